@@ -1,0 +1,274 @@
+"""Load and validate an environment's parameters (a file in params/).
+
+A file in params/ is exactly what `papermill -f` takes: its top-level keys become the
+notebook's parameters. `load()` turns those keys into a validated `Params`, so bad input
+stops here, before any host is touched, with an error that names the key.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lib import REPO
+
+DEFAULT_FILE = REPO / "params" / "lab.yaml"
+TOP_LEVEL_KEYS = ("environment", "lab", "hosts", "ssh", "postgres", "pgpool", "options")
+
+
+class ParamsError(ValueError):
+    """A parameter is missing, unknown, of the wrong type or out of range."""
+
+
+# --- the schema: key -> (type, required, default) -------------------------------------
+# A nested dict is a section. Types: str, int, bool, "address", "cidr", "port", "path".
+_HOST = {"name": ("hostname", True, None), "address": ("address", True, None)}
+SCHEMA: dict[str, Any] = {
+    "environment": ("name", True, None),
+    "lab": {
+        "name": ("name", True, None),
+        "subnet": ("cidr", True, None),
+        "gateway": ("address", True, None),
+    },
+    "hosts": {
+        "primary": _HOST,
+        "standbys": ([_HOST], True, None),
+        "pgpool": _HOST,
+    },
+    "ssh": {
+        "user": ("name", True, None),
+        "port": ("port", False, 22),
+        "key_file": ("path", True, None),
+        "known_hosts": ("path", True, None),
+        "connect_timeout": (int, False, 5),
+    },
+    "postgres": {
+        "version": (int, True, None),
+        "cluster": ("name", False, "main"),
+        "port": ("port", False, 5432),
+        "service": ("name", False, "postgresql"),
+        "conf_dir": (str, False, "/etc/postgresql/{version}/{cluster}"),
+        "data_dir": (str, False, "/var/lib/postgresql/{version}/{cluster}"),
+        "log_file": (str, False, "/var/log/postgresql/postgresql-{version}-{cluster}.log"),
+    },
+    "pgpool": {
+        "port": ("port", False, 9999),
+        "service": ("name", False, "pgpool2"),
+        "package": ("name", False, "pgpool2"),
+        "conf_dir": (str, False, "/etc/pgpool2"),
+    },
+    "options": {
+        "interface": ("name", False, "ens33"),
+    },
+}
+OPTIONAL_SECTIONS = {"lab", "options", "pgpool"}
+
+
+@dataclass(frozen=True)
+class Host:
+    role: str      # "primary", "standby", "pgpool"
+    name: str
+    address: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.role}, {self.address})"
+
+
+@dataclass(frozen=True)
+class Params:
+    environment: str
+    hosts: dict[str, Any]
+    ssh: dict[str, Any]
+    postgres: dict[str, Any]
+    pgpool: dict[str, Any]
+    options: dict[str, Any]
+    lab: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_lab(self) -> bool:
+        return self.lab is not None
+
+    @property
+    def primary(self) -> Host:
+        return Host("primary", **self.hosts["primary"])
+
+    @property
+    def standbys(self) -> list[Host]:
+        return [Host("standby", **h) for h in self.hosts["standbys"]]
+
+    @property
+    def pgpool_host(self) -> Host:
+        return Host("pgpool", **self.hosts["pgpool"])
+
+    @property
+    def all_hosts(self) -> list[Host]:
+        return [self.primary, *self.standbys, self.pgpool_host]
+
+    @property
+    def database_hosts(self) -> list[Host]:
+        return [self.primary, *self.standbys]
+
+    def host(self, name_or_role: str) -> Host:
+        for h in self.all_hosts:
+            if name_or_role in (h.name, h.role, h.address):
+                return h
+        raise ParamsError(f"no host called {name_or_role!r}; hosts are "
+                          + ", ".join(h.name for h in self.all_hosts))
+
+
+# --- loading ---------------------------------------------------------------------------
+def read_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a parameter file; YAML errors and missing files become ParamsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"parameter file {path} does not exist "
+                          f"(the files in params/ are: {', '.join(sorted(p.name for p in (REPO / 'params').glob('*.yaml')))})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path} must be a mapping of parameters at its top level")
+    return data
+
+
+def load(source: str | os.PathLike | dict[str, Any] | None = None, **injected: Any) -> Params:
+    """Validated parameters from a file, a dict, or the notebook's injected variables.
+
+    In a notebook: `load(environment=environment, hosts=hosts, ...)`. Variables left None
+    are not set; when nothing at all is set, params/lab.yaml applies (the built-in lab).
+    """
+    if source is None:
+        given = {k: v for k, v in injected.items() if v is not None}
+        data = given if given else read_file(DEFAULT_FILE)
+    elif isinstance(source, dict):
+        data = source
+    else:
+        data = read_file(source)
+    return validate(data)
+
+
+def validate(data: dict[str, Any]) -> Params:
+    unknown = sorted(set(data) - set(SCHEMA))
+    if unknown:
+        raise ParamsError(f"unknown parameter {unknown[0]!r}; the known ones are "
+                          + ", ".join(SCHEMA))
+    out = {}
+    for key, spec in SCHEMA.items():
+        if isinstance(spec, dict):
+            if key not in data and key in OPTIONAL_SECTIONS:
+                out[key] = None if key == "lab" else _section(key, {}, spec)
+                continue
+            out[key] = _section(key, data.get(key), spec)
+        else:
+            out[key] = _value(key, data.get(key), spec)
+    _check_hosts(out)
+    _fill_templates(out["postgres"])
+    return Params(**out, raw=data)
+
+
+def _section(where: str, value: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    if value is None:
+        raise ParamsError(f"missing parameter section {where!r}")
+    if not isinstance(value, dict):
+        raise ParamsError(f"{where} must be a mapping, not {type(value).__name__} ({value!r})")
+    unknown = sorted(set(value) - set(spec))
+    if unknown:
+        raise ParamsError(f"unknown parameter {where}.{unknown[0]}; {where} takes "
+                          + ", ".join(spec))
+    result = {}
+    for key, sub in spec.items():
+        path = f"{where}.{key}"
+        if isinstance(sub, dict):
+            result[key] = _section(path, value.get(key), sub)
+        else:
+            result[key] = _value(path, value.get(key), sub)
+    return result
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _value(path: str, value: Any, spec: tuple) -> Any:
+    kind, required, default = spec
+    if value is None:
+        if required:
+            raise ParamsError(f"missing parameter {path}")
+        return default
+    if isinstance(kind, list):
+        if not isinstance(value, list) or not value:
+            raise ParamsError(f"{path} must be a non-empty list")
+        return [_section(f"{path}[{i}]", item, kind[0]) for i, item in enumerate(value)]
+    if kind in (int, "port"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{path} must be a whole number, not {value!r}")
+        if kind == "port" and not 1 <= value <= 65535:
+            raise ParamsError(f"{path} = {value} is not a TCP port (1-65535)")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{path} must be true or false, not {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ParamsError(f"{path} must be a string, not {type(value).__name__} ({value!r})")
+    if kind == "name" and not _NAME.match(value):
+        raise ParamsError(f"{path} = {value!r}: use letters, digits, '.', '_' and '-' only")
+    if kind == "hostname" and not _HOSTNAME.match(value):
+        raise ParamsError(f"{path} = {value!r} is not a valid host name "
+                          "(lower-case letters, digits and '-', at most 63)")
+    if kind == "address":
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ParamsError(f"{path} = {value!r} is not an IPv4 address") from None
+    if kind == "cidr":
+        try:
+            ipaddress.IPv4Network(value)
+        except ValueError as e:
+            raise ParamsError(f"{path} = {value!r} is not a network like 10.0.0.0/24 ({e})") from None
+    if kind == "path":
+        return str(resolve_path(value))
+    return value
+
+
+def resolve_path(value: str) -> Path:
+    """`~` is the user's home; a relative path is relative to the repository."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else REPO / p
+
+
+def _check_hosts(out: dict[str, Any]) -> None:
+    hosts = [out["hosts"]["primary"], *out["hosts"]["standbys"], out["hosts"]["pgpool"]]
+    seen: dict[str, str] = {}
+    for h in hosts:
+        for key in ("address", "name"):
+            if h[key] in seen:
+                raise ParamsError(f"two hosts share the {key} {h[key]!r} "
+                                  f"({seen[h[key]]} and {h['name']}): each host needs its own")
+            seen[h[key]] = h["name"]
+    lab = out["lab"]
+    if lab:
+        subnet = ipaddress.IPv4Network(lab["subnet"])
+        for h in hosts + [{"name": "lab.gateway", "address": lab["gateway"]}]:
+            if ipaddress.IPv4Address(h["address"]) not in subnet:
+                raise ParamsError(f"{h['name']} address {h['address']} is outside lab.subnet {subnet}")
+        if lab["gateway"] in seen:
+            raise ParamsError(f"lab.gateway {lab['gateway']} is also a host's address")
+
+
+def _fill_templates(postgres: dict[str, Any]) -> None:
+    """Paths may say {version} and {cluster}: Debian and Ubuntu put the major version in them."""
+    for key in ("conf_dir", "data_dir", "log_file"):
+        try:
+            postgres[key] = postgres[key].format(version=postgres["version"], cluster=postgres["cluster"])
+        except (KeyError, IndexError, ValueError) as e:
+            raise ParamsError(f"postgres.{key} = {postgres[key]!r}: only {{version}} and "
+                              f"{{cluster}} may be filled in ({e})") from None
