@@ -159,6 +159,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _is_lab_nspawn(pid: int, lab: str) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"systemd-nspawn" in argv[0] and f"--machine={lab}-".encode() in b" ".join(argv)
+
+
 def _pids_in(dirs: list[Path]) -> set[int]:
     pids: set[int] = set()
     for base in dirs:
@@ -168,7 +176,7 @@ def _pids_in(dirs: list[Path]) -> set[int]:
     return pids
 
 
-def stop_all(lab: str, timeout: float = 10) -> None:
+def stop_all(lab: str, timeout: float = 5) -> None:
     """Power every host of the lab off (SIGTERM to nspawn shuts the container down
     cleanly), then kill whatever is still in the lab's cgroups. Safe to repeat."""
     nspawns = set()
@@ -178,9 +186,16 @@ def stop_all(lab: str, timeout: float = 10) -> None:
         except ValueError:
             pass
     nspawns |= {int(p) for p in run("pgrep", "-f", f"systemd-nspawn .*--machine={lab}-", check=False).stdout.split()}
+    nspawns = {p for p in nspawns if _is_lab_nspawn(p, lab)}   # a stale pid file may name another process
+    # A booted host powers off cleanly on SIGTERM in about 2 s. One still booting (a run
+    # killed half way) queues the power-off behind its boot and can take 10 s or more:
+    # it is a throwaway host whose disk is deleted next, so it is killed outright.
     for pid in nspawns:
+        init = _container_init(pid)
+        state = run("nsenter", "-t", str(init), "-a", "systemctl", "is-system-running",
+                    check=False).stdout.strip() if init else ""
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM if state in ("running", "degraded") else signal.SIGKILL)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout

@@ -1,0 +1,106 @@
+"""Running the guide's notebooks: headless with papermill (provisioning) or in place
+with nbclient (refreshing the stored outputs). Used by ci/provision and ci/refresh-outputs."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+# Cell and notebook metadata that changes on every run and documents nothing.
+VOLATILE_CELL_METADATA = ("execution", "papermill", "collapsed", "scrolled")
+
+
+def guide_notebooks() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
+
+
+def first_error(nb) -> str | None:
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"{out['ename']}: {out['evalue']}"
+    return None
+
+
+def provision(params_file: Path, env_name: str) -> int:
+    import papermill
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = REPO / "runs" / env_name / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"provision: {env_name} from {params_file.relative_to(REPO) if params_file.is_relative_to(REPO) else params_file}"
+          f"; executed notebooks go to {out_dir.relative_to(REPO)}/")
+    for nb_path in guide_notebooks():
+        start = time.monotonic()
+        out_path = out_dir / nb_path.name
+        print(f"  {nb_path.name:<34}", end="", flush=True)
+        try:
+            papermill.execute_notebook(str(nb_path), str(out_path), parameters_file=None,
+                                       parameters=_yaml(params_file), cwd=str(NOTEBOOKS),
+                                       progress_bar=False, log_output=False, kernel_name="python3")
+        except papermill.PapermillExecutionError as e:
+            print(f"FAILED after {time.monotonic() - start:.1f} s")
+            print(f"\nprovision stopped in {nb_path.name}, cell {e.exec_count}:\n  {e.ename}: {e.evalue}\n"
+                  f"The executed notebook, with the error in place: {out_path.relative_to(REPO)}")
+            return 1
+        print(f"ok ({time.monotonic() - start:.1f} s)")
+    print(f"provision: done. Executed notebooks: {out_dir.relative_to(REPO)}/")
+    return 0
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+    return yaml.safe_load(path.read_text())
+
+
+def refresh() -> int:
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    for nb_path in guide_notebooks():
+        start = time.monotonic()
+        nb = nbformat.read(nb_path, as_version=4)
+        print(f"  {nb_path.name:<34}", end="", flush=True)
+        client = NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(NOTEBOOKS)}})
+        try:
+            client.execute()
+        except CellExecutionError:
+            print(f"FAILED: {first_error(nb)}\nThe stored notebook was not changed.")
+            return 1
+        strip_volatile(nb)
+        nbformat.write(nb, nb_path)
+        print(f"saved ({time.monotonic() - start:.1f} s)")
+    return 0
+
+
+def strip_volatile(nb) -> None:
+    for cell in nb.cells:
+        for key in VOLATILE_CELL_METADATA:
+            cell.metadata.pop(key, None)
+    nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)
+    nb.metadata["language_info"] = {"name": "python"}   # the patch version is noise
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("provision")
+    p.add_argument("params", type=Path)
+    p.add_argument("env")
+    sub.add_parser("refresh")
+    args = ap.parse_args(argv)
+    if args.cmd == "provision":
+        return provision(args.params.resolve(), args.env)
+    return refresh()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,36 @@
+"""psycopg connections from the notebook to a host's PostgreSQL (or to pgpool)."""
+from __future__ import annotations
+
+import psycopg
+
+from lib import hosts
+from lib.params import Host, Params
+
+APPLICATION_NAME = "pgguide-notebook"
+
+
+def conninfo(params: Params, host: Host, *, user: str, port: int | None = None,
+             dbname: str = "postgres") -> dict:
+    """Connection keywords, without the password (it is passed separately)."""
+    return {"host": host.address, "port": port or params.postgres["port"], "user": user,
+            "dbname": dbname, "connect_timeout": params.ssh["connect_timeout"],
+            "application_name": APPLICATION_NAME}
+
+
+def connect(params: Params, host: Host, *, user: str, password: str, port: int | None = None,
+            dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
+    """An open connection. In the lab the address must be behind the lab's bridge."""
+    if params.is_lab:
+        hosts.require_lab_route(params, host)
+    kw = conninfo(params, host, user=user, port=port, dbname=dbname)
+    try:
+        return psycopg.connect(**kw, password=password, autocommit=autocommit)
+    except psycopg.OperationalError as e:
+        raise ConnectionError(f"cannot connect to {host.label} port {kw['port']} as {user} "
+                              f"(database {dbname}): {str(e).strip()}") from None
+
+
+def rows(conn: psycopg.Connection, sql: str, args: tuple | dict | None = None) -> list[tuple]:
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall() if cur.description else []

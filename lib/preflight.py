@@ -1,0 +1,142 @@
+"""The preflight of notebook 00: can we reach every host, and is each as the guide expects?
+
+Nothing here changes a host. Every problem is found before Part 1 changes anything.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from lib import hosts as hostmod
+from lib.show import expect, fields
+from lib.steps import Hosts, Remote
+
+# One round trip per host: facts as key=value lines.
+SURVEY = r"""
+iface={iface}
+echo "inet=$(ip -4 -o addr show dev "$iface" 2>/dev/null | awk '{{print $4}}' | head -1)"
+. /etc/os-release; echo "os=$PRETTY_NAME"
+pkg() {{ dpkg-query -W -f='${{Status}}|${{Version}}' "$1" 2>/dev/null | sed -n 's/^install ok installed|//p'; }}
+echo "postgresql=$(pkg postgresql-{version})"
+echo "postgresql_any=$(ls /usr/lib/postgresql 2>/dev/null | xargs)"
+echo "pgpool=$(pkg {pgpool_package})"
+echo "cluster=$(pg_lsclusters --no-header 2>/dev/null | awk '$1 == "{version}" && $2 == "{cluster}" {{print $4}}')"
+echo "systemd=$(systemctl is-system-running 2>/dev/null)"
+"""
+
+
+@dataclass
+class Facts:
+    remote: Remote
+    inet: str
+    os: str
+    postgresql: str          # package version, "" when not installed
+    postgresql_any: str      # major versions present, e.g. "15"
+    pgpool: str
+    cluster: str             # "online", "down" or ""
+    systemd: str
+
+    @property
+    def address(self) -> str:
+        return self.inet.split("/")[0]
+
+
+def survey(remote: Remote) -> Facts:
+    p = remote.params
+    script = SURVEY.format(iface=p.options["interface"], version=p.postgres["version"],
+                           cluster=p.postgres["cluster"], pgpool_package=p.pgpool["package"])
+    out = dict(line.split("=", 1) for line in remote.run(script).lines if "=" in line)
+    return Facts(remote, out["inet"], out["os"], out["postgresql"], out["postgresql_any"],
+                 out["pgpool"], out["cluster"], out["systemd"])
+
+
+def describe(f: Facts) -> str:
+    p = f.remote.params
+    v = p.postgres["version"]
+    pg = (f"installed (package {f.postgresql}), cluster {v}/{p.postgres['cluster']} {f.cluster or 'absent'}"
+          if f.postgresql else "not installed")
+    pool = f"installed (package {f.pgpool})" if f.pgpool else "not installed"
+    return f"{f.remote.host.name} ({f.remote.host.role})\n" + fields([
+        (f"{p.options['interface']} inet", f.inet or "none"),
+        ("os", f.os),
+        ("systemd", f.systemd),
+        (f"postgresql-{v}", pg),
+        (p.pgpool["package"], pool),
+    ])
+
+
+def check_host(f: Facts) -> None:
+    p, host = f.remote.params, f.remote.host
+    iface = p.options["interface"]
+    expect(f.inet != "", f"{host.name} has no IPv4 address on {iface}.",
+           f"set options.interface to the interface that carries {host.address} (`ip a` on the host).")
+    expect(f.address == host.address,
+           f"{host.name}'s {iface} address is {f.address}, but the parameters say {host.address}.",
+           "correct hosts.*.address in the parameter file (or options.interface).")
+    expect(f.systemd in ("running", "degraded"),
+           f"{host.name}: systemd says {f.systemd!r}; the guide's steps use systemctl.",
+           "boot the host with systemd as init, and check `systemctl --failed`.")
+    if host.role in ("primary", "standby"):
+        v = p.postgres["version"]
+        expect(f.postgresql != "",
+               f"PostgreSQL {v} is not installed on {host.name} (versions there: {f.postgresql_any or 'none'}).",
+               f"set postgres.version to the installed major version, or install postgresql-{v} on {host.name}.")
+        expect(f.cluster in ("online", "down"),
+               f"{host.name} has no cluster {v}/{p.postgres['cluster']}.",
+               f"create it (pg_createcluster {v} {p.postgres['cluster']}) or set postgres.cluster.")
+
+
+def check_sudo(remote: Remote) -> str:
+    who = remote.sudo("id -un").stdout.strip()
+    expect(who == "root", f"sudo on {remote.host.name} runs as {who!r}, not root.",
+           "give the admin user sudo rights (the guide runs every change with sudo).")
+    return "works"
+
+
+# --- reachability ------------------------------------------------------------------------
+def probe_from_host(remote: Remote, address: str, port: int) -> str:
+    r = remote.run(f"timeout 3 bash -c '</dev/tcp/{address}/{port}' 2>&1", check=False)
+    if r.ok:
+        return "listening"
+    if "refused" in r.stdout:
+        return "reachable, not listening yet"
+    if r.exit_code == 124:
+        return "FILTERED (timed out)"
+    return f"UNREACHABLE ({r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.exit_code})"
+
+
+def probe_from_here(env: Hosts, address: str, port: int) -> str:
+    host = env.params.host(address)
+    if env.params.is_lab:
+        hostmod.require_lab_route(env.params, host)
+    try:
+        with socket.create_connection((address, port), timeout=3):
+            return "listening"
+    except ConnectionRefusedError:
+        return "reachable, not listening yet"
+    except TimeoutError:
+        return "FILTERED (timed out)"
+    except OSError as e:
+        return f"UNREACHABLE ({e.strerror})"
+
+
+def paths_needed(env: Hosts) -> list[tuple[str, Remote | None, Remote, int, str]]:
+    """(why, from, to, port): the connections the guide relies on. from=None: this machine."""
+    pg, pool = env.params.postgres["port"], env.params.pgpool["port"]
+    paths = [("base backup and WAL streaming", s, env.primary, pg) for s in env.standbys]
+    paths += [("pgpool to its backends", env.pgpool, b, pg) for b in [env.primary, *env.standbys]]
+    paths += [("clients to pgpool", None, env.pgpool, pool)]
+    return paths
+
+
+def check_paths(env: Hosts) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for why, src, dst, port in paths_needed(env):
+        state = (probe_from_here(env, dst.host.address, port) if src is None
+                 else probe_from_host(src, dst.host.address, port))
+        rows.append((src.host.name if src else "this machine", f"{dst.host.name}:{port}", state, why))
+        expect(not state.startswith(("FILTERED", "UNREACHABLE")),
+               f"{rows[-1][0]} cannot reach {dst.host.label} on port {port}: {state}.",
+               f"open port {port} on {dst.host.name} (the guide's Step 4: `sudo ufw allow {port}/tcp`) "
+               "and check the routing between the hosts.")
+    return rows

@@ -1,0 +1,39 @@
+"""Printing evidence the way the guide shows it, and checking it.
+
+Print only what is stable, so that stored outputs are documentation and a test at once.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+
+class CheckFailed(AssertionError):
+    """A verification did not hold. The message says the likely cause and the fix."""
+
+
+def expect(condition: bool, problem: str, fix: str) -> None:
+    """Assert one expectation of the guide: `problem` says what is wrong, `fix` what to do."""
+    if not condition:
+        raise CheckFailed(f"{problem}\nLikely fix: {fix}")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A psql-style table: the guide's "Expected" blocks look like this."""
+    rows = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    line = lambda cells: " " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    out = [line(headers), "-" + "-+-".join("-" * w for w in widths) + "-"]
+    out += [line(r) for r in rows]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    print(table(headers, rows))
+
+
+def fields(pairs: Iterable[tuple[str, object]], indent: int = 2) -> str:
+    """Aligned `name  value` lines."""
+    pairs = list(pairs)
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join(" " * indent + f"{k.ljust(width)}  {v}" for k, v in pairs)

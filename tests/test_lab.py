@@ -1,0 +1,164 @@
+"""The built-in lab, checked from outside as a user would: ci/lab, ssh, ip, mount.
+
+Runs as root (ci/test). The last test leaves a fresh lab up for the notebooks."""
+import copy
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lib import REPO, hosts
+from lib import params as P
+from lib.steps import Remote
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")
+LAB_CMD = str(REPO / "ci" / "lab")
+PARAMS = P.load()
+
+
+def lab(*args, check=True):
+    proc = subprocess.run([LAB_CMD, *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, f"ci/lab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def on(host, command):
+    return lab("ssh", host, command).stdout
+
+
+def leftovers(name="pglab"):
+    found = [l for l in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines()
+             if name in l]
+    found += [l for l in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
+              if name in l]
+    found += [l for l in Path("/proc/self/mounts").read_text().splitlines() if "pgpool-guide-lab" in l]
+    found += [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{name}")] + \
+             [str(p) for p in Path("/sys/fs/cgroup").glob(name)]
+    found += subprocess.run(["pgrep", "-af", f"machine={name}-"], capture_output=True, text=True).stdout.splitlines()
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_lab():
+    lab("up")
+
+
+@pytest.mark.parametrize("host", PARAMS.all_hosts, ids=lambda h: h.name)
+def test_each_host_is_a_booted_host_of_its_own(host):
+    out = on(host.name, f"hostname; systemctl is-system-running; ip -4 -o addr show {PARAMS.options['interface']}")
+    name, state, addr = out.splitlines()
+    assert name == host.name and state == "running"
+    assert f"inet {host.address}/24" in addr
+
+
+def test_hosts_have_their_own_identity():
+    ids = {on(h.name, "cat /etc/machine-id") for h in PARAMS.all_hosts}
+    keys = {on(h.name, "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1] for h in PARAMS.all_hosts}
+    assert len(ids) == len(keys) == 3
+
+
+@pytest.mark.parametrize("host", PARAMS.database_hosts, ids=lambda h: h.name)
+def test_database_hosts_start_with_postgresql_online(host):
+    assert on(host.name, "sudo -i -u postgres psql -Atc 'select version()'").startswith("PostgreSQL 15.")
+
+
+def test_pgpool_host_starts_bare():
+    assert on("vm3", "dpkg-query -W -f='${Status}' pgpool2 postgresql-15 2>&1 || true").count("install ok") == 0
+
+
+def test_hosts_have_no_way_out():
+    for h in PARAMS.all_hosts:
+        assert "default" not in on(h.name, "ip route")
+
+
+def test_wrong_ssh_key_is_a_clear_error(tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+    data = copy.deepcopy(PARAMS.raw)
+    data["ssh"]["key_file"] = str(tmp_path / "k")
+    with pytest.raises(hosts.HostUnreachable, match="SSH as labadmin failed.*is a key that labadmin accepts"):
+        hosts.connect(P.validate(data), PARAMS.primary)
+
+
+def test_changed_host_key_is_refused(tmp_path):
+    other = on("vm2", "cat /etc/ssh/ssh_host_ed25519_key.pub").split()
+    (tmp_path / "kh").write_text(f"{PARAMS.primary.address} {other[0]} {other[1]}\n")
+    data = copy.deepcopy(PARAMS.raw)
+    data["ssh"]["known_hosts"] = str(tmp_path / "kh")
+    with pytest.raises(hosts.HostUnreachable, match="does not match"):
+        hosts.connect(P.validate(data), PARAMS.primary)
+
+
+def test_unreachable_host_is_a_clear_error():
+    data = copy.deepcopy(PARAMS.raw)
+    data["hosts"]["pgpool"]["address"] = "10.213.93.200"     # in the lab's subnet, no host there
+    prm = P.validate(data)
+    start = time.monotonic()
+    with pytest.raises(hosts.HostUnreachable, match=r"vm3 \(pgpool, 10.213.93.200\): cannot reach SSH port 22"):
+        hosts.connect(prm, prm.pgpool_host)
+    assert time.monotonic() - start < 10
+
+
+def test_lab_addresses_are_refused_when_the_lab_is_not_behind_them():
+    data = copy.deepcopy(PARAMS.raw)
+    data["lab"]["name"] = "nolab"
+    with pytest.raises(hosts.HostUnreachable, match="the lab is not up"):
+        hosts.connect(P.validate(data), PARAMS.primary)
+
+
+def test_steps_report_host_command_and_stderr():
+    r = Remote(PARAMS, PARAMS.standby if hasattr(PARAMS, "standby") else PARAMS.standbys[0])
+    from lib.steps import StepFailed
+    with pytest.raises(StepFailed, match=r"(?s)vm2 \(standby, 10.213.93.133\): `ls /nonexistent` as root exited 2"
+                                         r"\nstderr: ls: cannot access '/nonexistent'"):
+        r.sudo("ls /nonexistent")
+    assert r.postgres("id -un").stdout.strip() == "postgres"
+    assert r.psql("select 6 * 7").stdout.strip() == "42"
+    r.close()
+
+
+def test_apt_installs_pgpool2_on_vm3():
+    out = on("vm3", "sudo apt-get update -q >/dev/null && sudo apt-get install -y -q pgpool2 >/dev/null 2>&1;"
+                    " /usr/sbin/pgpool --version 2>&1")
+    assert out.startswith("pgpool-II version 4.3")
+
+
+def test_down_twice_leaves_nothing():
+    first, second = lab("down"), lab("down")
+    assert "nothing of the lab is left" in first.stdout and "nothing of the lab is left" in second.stdout
+    assert leftovers() == []
+
+
+def test_another_subnet_gives_a_lab_at_those_addresses(tmp_path):
+    data = copy.deepcopy(PARAMS.raw)
+    data["lab"].update(subnet="10.213.94.0/24", gateway="10.213.94.1")
+    for h, last in zip([data["hosts"]["primary"], *data["hosts"]["standbys"], data["hosts"]["pgpool"]], (11, 12, 13)):
+        h["address"] = f"10.213.94.{last}"
+    alt = tmp_path / "alt.yaml"
+    alt.write_text(yaml.safe_dump(data))
+    try:
+        lab("up", str(alt))
+        out = subprocess.run([LAB_CMD, "ssh", "--params", str(alt), "vm3", "ip -4 -o addr show ens33"],
+                             capture_output=True, text=True).stdout
+        assert "inet 10.213.94.13/24" in out
+    finally:
+        lab("down")
+    assert leftovers() == []
+
+
+def test_up_twice_and_after_a_killed_run():
+    lab("up")
+    again = lab("up")
+    assert "3 hosts running" in again.stdout
+    killed = subprocess.Popen([LAB_CMD, "up"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    time.sleep(4)                          # clearing the earlier lab, then half-way into booting
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    final = lab("up")                      # leaves a fresh lab for the notebooks
+    assert "3 hosts running" in final.stdout
+    assert lab("status").returncode == 0

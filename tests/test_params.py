@@ -1,0 +1,101 @@
+import copy
+
+import pytest
+import yaml
+
+from lib import params as P
+
+LAB = P.read_file(P.DEFAULT_FILE)
+
+
+def bad(change):
+    data = copy.deepcopy(LAB)
+    change(data)
+    with pytest.raises(P.ParamsError) as e:
+        P.validate(data)
+    return str(e.value)
+
+
+def test_every_shipped_file_loads():
+    for path in sorted((P.REPO / "params").glob("*.yaml")):
+        prm = P.load(path)
+        assert prm.primary.role == "primary" and prm.standbys and prm.pgpool_host
+
+
+def test_lab_defaults_and_templates():
+    prm = P.load()
+    assert prm.is_lab and prm.environment == "lab"
+    assert [h.address for h in prm.all_hosts] == ["10.213.93.132", "10.213.93.133", "10.213.93.134"]
+    assert prm.postgres["conf_dir"] == "/etc/postgresql/15/main"
+    assert prm.postgres["data_dir"] == "/var/lib/postgresql/15/main"
+    assert prm.pgpool["port"] == 9999 and prm.ssh["port"] == 22
+    assert prm.ssh["key_file"].startswith(str(P.REPO))
+
+
+def test_vmware_is_the_guides_environment():
+    prm = P.load(P.REPO / "params" / "vmware.yaml")
+    assert not prm.is_lab and prm.postgres["version"] == 16
+    assert prm.postgres["conf_dir"] == "/etc/postgresql/16/main"
+    assert [h.address for h in prm.all_hosts] == ["172.16.93.132", "172.16.93.133", "172.16.93.134"]
+
+
+def test_injected_values_replace_the_lab_file():
+    vm = P.read_file(P.REPO / "params" / "vmware.yaml")
+    assert P.load(**vm).environment == "vmware"
+    assert P.load(environment=None, hosts=None).environment == "lab"
+
+
+def test_missing_key():
+    assert "missing parameter hosts.primary.address" in bad(lambda d: d["hosts"]["primary"].pop("address"))
+
+
+def test_missing_section():
+    assert "missing parameter section 'postgres'" in bad(lambda d: d.pop("postgres"))
+
+
+def test_wrong_type():
+    assert "postgres.version must be a whole number, not '15'" in bad(lambda d: d["postgres"].update(version="15"))
+    assert "ssh.port must be a whole number" in bad(lambda d: d["ssh"].update(port=True))
+    assert "hosts.standbys must be a non-empty list" in bad(lambda d: d["hosts"].update(standbys={"name": "x"}))
+
+
+def test_bad_address():
+    msg = bad(lambda d: d["hosts"]["standbys"][0].update(address="10.213.93.300"))
+    assert "hosts.standbys[0].address = '10.213.93.300' is not an IPv4 address" in msg
+
+
+def test_bad_port():
+    assert "is not a TCP port" in bad(lambda d: d["postgres"].update(port=70000))
+
+
+def test_unknown_key_is_named():
+    assert "unknown parameter 'colour'" in bad(lambda d: d.update(colour="blue"))
+    assert "unknown parameter postgres.verison" in bad(lambda d: d["postgres"].update(verison=15))
+
+
+def test_duplicate_and_standby_equal_to_primary():
+    msg = bad(lambda d: d["hosts"]["standbys"][0].update(address=d["hosts"]["primary"]["address"]))
+    assert "two hosts share the address '10.213.93.132' (vm1 and vm2)" in msg
+    assert "share the name 'vm1'" in bad(lambda d: d["hosts"]["pgpool"].update(name="vm1"))
+
+
+def test_lab_addresses_stay_in_the_lab_subnet():
+    assert "outside lab.subnet" in bad(lambda d: d["hosts"]["pgpool"].update(address="192.0.2.1"))
+    assert "is also a host's address" in bad(lambda d: d["lab"].update(gateway="10.213.93.132"))
+
+
+def test_bad_template_in_path():
+    assert "only {version} and {cluster}" in bad(lambda d: d["postgres"].update(data_dir="/x/{major}"))
+
+
+def test_no_file_and_yaml_syntax_error(tmp_path):
+    with pytest.raises(P.ParamsError, match="does not exist"):
+        P.load(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("hosts:\n  primary: [unclosed\n")
+    with pytest.raises(P.ParamsError, match="is not valid YAML"):
+        P.load(broken)
+    listy = tmp_path / "list.yaml"
+    listy.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(P.ParamsError, match="mapping"):
+        P.load(listy)

@@ -1,0 +1,23 @@
+import pytest
+
+from lib.show import CheckFailed, expect, fields, table
+
+
+def test_table_looks_like_psql():
+    assert table(["id", "name"], [(1, "Alice"), (2, None)]) == (
+        " id | name\n"
+        "----+-------\n"
+        " 1  | Alice\n"
+        " 2  |\n"
+        "(2 rows)")
+
+
+def test_expect_names_problem_and_fix():
+    expect(True, "never", "never")
+    with pytest.raises(CheckFailed) as e:
+        expect(False, "pg_stat_replication is empty.", "check the standby's log")
+    assert str(e.value) == "pg_stat_replication is empty.\nLikely fix: check the standby's log"
+
+
+def test_fields_align():
+    assert fields([("a", 1), ("long", 2)]) == "  a     1\n  long  2"

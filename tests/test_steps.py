@@ -1,0 +1,34 @@
+from lib import params as P
+from lib.steps import Remote, Result
+
+
+def remote(sudo_needs_password=False):
+    prm = P.load()
+    r = Remote(prm, prm.primary)
+    r._sudo_needs_password = sudo_needs_password      # as if probed
+    return r
+
+
+def test_commands_run_with_bash_as_the_right_user():
+    r = remote()
+    assert r._wrap("echo 'hi'", None, None) == ("bash -c 'echo '\"'\"'hi'\"'\"''", None)
+    cmd, stdin = r._wrap("pg_lsclusters", "postgres", "SELECT 1")
+    assert cmd == "sudo -n -H -u postgres bash -c 'cd ~ 2>/dev/null; pg_lsclusters'" and stdin == "SELECT 1"
+
+
+def test_sudo_password_goes_first_on_stdin(monkeypatch):
+    monkeypatch.setenv("PGGUIDE_SUDO_PASSWORD", "sudo-pw")
+    r = remote(sudo_needs_password=True)
+    cmd, stdin = r._wrap("true", "root", "data")
+    assert cmd.startswith("sudo -S -p '' -H -u root ") and stdin == "sudo-pw\ndata"
+
+
+def test_failure_message_names_host_command_code_stderr_and_masks_secrets():
+    r = remote()
+    msg = r.describe_failure(Result("psql -c \"ALTER ROLE x PASSWORD 'replica123'\"", 2, "",
+                                    "psql: error: connection refused"), "postgres", "is PostgreSQL running?")
+    assert msg.startswith("vm1 (primary, 10.213.93.132): `psql -c \"ALTER ROLE x PASSWORD '********'\"` "
+                          "as postgres exited 2\n")
+    assert "stderr: psql: error: connection refused" in msg
+    assert msg.endswith("What to check: is PostgreSQL running?")
+    assert "replica123" not in msg

@@ -1,0 +1,55 @@
+"""The stored outputs are the documentation and the test: a code cell that was never
+executed checks nothing, so every stored notebook must be one complete, in-order run."""
+import re
+
+import nbformat
+import pytest
+
+from lib import REPO
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+SECRET_LOOKING = re.compile(r"replica123|postgres123|pgpool123|password=(?!\*)\S")
+
+
+def code_cells(path):
+    nb = nbformat.read(path, as_version=4)
+    return [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_code_cell_has_run_once_in_order(path):
+    counts = [c.execution_count for c in code_cells(path)]
+    assert None not in counts, f"{path.name}: cells {[i for i, c in enumerate(counts) if c is None]} never ran; " \
+                               "run ci/refresh-outputs"
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: execution counts {counts} are not one run"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_code_cell_but_parameters_shows_output(path):
+    silent = [c.execution_count for c in code_cells(path)
+              if not c.outputs and "parameters" not in c.metadata.get("tags", [])]
+    assert not silent, f"{path.name}: cells {silent} have no stored output; print the evidence they check"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_errors_and_no_secrets_in_outputs(path):
+    for c in code_cells(path):
+        for out in c.outputs:
+            assert out.output_type != "error", f"{path.name} cell {c.execution_count}: {out.get('evalue')}"
+            text = str(out.get("text", "")) + str(out.get("data", {}).get("text/plain", ""))
+            assert not SECRET_LOOKING.search(text), f"{path.name} cell {c.execution_count} shows a secret"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exclusions_from_comparison_are_rare_and_explained(path):
+    for c in code_cells(path):
+        tags = set(c.metadata.get("tags", []))
+        if re.search(r"NBVAL_(IGNORE_OUTPUT|SKIP)", c.source) or {"nbval-ignore-output", "nbval-skip"} & tags:
+            first = c.source.strip().splitlines()[0]
+            assert first.startswith("# NBVAL_") and len(first.split(":", 1)) == 2 and \
+                len(first.split(":", 1)[1].strip()) > 10, \
+                f"{path.name} cell {c.execution_count}: an excluded cell starts with '# NBVAL_...: <why>'"
