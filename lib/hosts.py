@@ -36,7 +36,7 @@ def connect(params: Params, host: Host) -> Connection:
                               + (": run `ci/lab up`, which creates it." if params.is_lab else "."))
     conn = Connection(host.address, user=ssh["user"], port=ssh["port"],
                       connect_timeout=ssh["connect_timeout"],
-                      config=Config(overrides={"load_ssh_configs": False}),
+                      config=Config(ssh_config=paramiko.SSHConfig()),  # the parameters, not ~/.ssh/config, decide
                       connect_kwargs={"key_filename": str(key_file), "look_for_keys": False,
                                       "allow_agent": False, "banner_timeout": ssh["connect_timeout"],
                                       "auth_timeout": ssh["connect_timeout"]})

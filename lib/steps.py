@@ -123,7 +123,12 @@ class Remote:
             hint = hint or f"the sudo password in {secrets.SECRETS['sudo'][0]} is wrong"
         return (f"{self.host.label}: `{self.mask(result.command)}` as {who} exited {result.exit_code}\n"
                 f"stderr: {stderr[-2000:]}\n"
-                f"What to check: {hint or 'the error above; the command can be run by hand with ci/lab ssh ' + self.host.name}")
+                f"What to check: {hint or self._by_hand()}")
+
+    def _by_hand(self) -> str:
+        login = (f"ci/lab ssh {self.host.name}" if self.params.is_lab
+                 else f"ssh {self.params.ssh['user']}@{self.host.address}")
+        return f"the error above; run the command by hand after `{login}` to see more"
 
 
 class Hosts:

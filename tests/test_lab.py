@@ -13,7 +13,7 @@ import yaml
 
 from lib import REPO, hosts
 from lib import params as P
-from lib.steps import Remote
+from lib.steps import Remote, StepFailed
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")
 LAB_CMD = str(REPO / "ci" / "lab")
@@ -111,8 +111,7 @@ def test_lab_addresses_are_refused_when_the_lab_is_not_behind_them():
 
 
 def test_steps_report_host_command_and_stderr():
-    r = Remote(PARAMS, PARAMS.standby if hasattr(PARAMS, "standby") else PARAMS.standbys[0])
-    from lib.steps import StepFailed
+    r = Remote(PARAMS, PARAMS.standbys[0])
     with pytest.raises(StepFailed, match=r"(?s)vm2 \(standby, 10.213.93.133\): `ls /nonexistent` as root exited 2"
                                          r"\nstderr: ls: cannot access '/nonexistent'"):
         r.sudo("ls /nonexistent")

@@ -32,3 +32,11 @@ def test_failure_message_names_host_command_code_stderr_and_masks_secrets():
     assert "stderr: psql: error: connection refused" in msg
     assert msg.endswith("What to check: is PostgreSQL running?")
     assert "replica123" not in msg
+
+
+def test_default_hint_says_how_to_run_it_by_hand():
+    lab = remote()
+    assert lab.describe_failure(Result("x", 1, "", "e"), None, None).endswith("after `ci/lab ssh vm1` to see more")
+    vm = P.load(P.REPO / "params" / "vmware.yaml")
+    real = Remote(vm, vm.primary)
+    assert "after `ssh ubuntu@172.16.93.132` to see more" in real.describe_failure(Result("x", 1, "", "e"), None, None)
