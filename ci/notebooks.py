@@ -12,6 +12,9 @@ import nbformat
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
+# ipykernel 7 warns on stderr that its local TCP sockets are unencrypted: noise in a
+# headless run on one machine. Errors still show.
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 # Cell and notebook metadata that changes on every run and documents nothing.
 VOLATILE_CELL_METADATA = ("execution", "papermill", "collapsed", "scrolled")
 
@@ -43,7 +46,8 @@ def provision(params_file: Path, env_name: str) -> int:
         try:
             papermill.execute_notebook(str(nb_path), str(out_path), parameters_file=None,
                                        parameters=_yaml(params_file), cwd=str(NOTEBOOKS),
-                                       progress_bar=False, log_output=False, kernel_name="python3")
+                                       progress_bar=False, log_output=False, kernel_name="python3",
+                                       extra_arguments=QUIET_KERNEL)
         except papermill.PapermillExecutionError as e:
             print(f"FAILED after {time.monotonic() - start:.1f} s")
             print(f"\nprovision stopped in {nb_path.name}, cell {e.exec_count}:\n  {e.ename}: {e.evalue}\n"
@@ -67,7 +71,7 @@ def refresh() -> int:
         start = time.monotonic()
         nb = nbformat.read(nb_path, as_version=4)
         print(f"  {nb_path.name:<34}", end="", flush=True)
-        client = NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
+        client = NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False, extra_arguments=QUIET_KERNEL,
                                 resources={"metadata": {"path": str(NOTEBOOKS)}})
         try:
             client.execute()

@@ -120,6 +120,29 @@ def test_steps_report_host_command_and_stderr():
     r.close()
 
 
+def test_sudo_that_asks_for_a_password(monkeypatch):
+    """As on the guide's Ubuntu VMs: sudo wants the user's password, taken from
+    PGGUIDE_SUDO_PASSWORD; commands that read stdin (psql) still get theirs."""
+    Remote(PARAMS, PARAMS.primary).sudo(
+        "echo 'labadmin:pw-for-test' | chpasswd && echo 'labadmin ALL=(ALL:ALL) ALL' > /etc/sudoers.d/lab-admin")
+    try:
+        monkeypatch.delenv("PGGUIDE_SUDO_PASSWORD", raising=False)
+        with pytest.raises(StepFailed, match="sudo asks labadmin for a password.*Set PGGUIDE_SUDO_PASSWORD"):
+            Remote(PARAMS, PARAMS.primary).sudo("true")
+        monkeypatch.setenv("PGGUIDE_SUDO_PASSWORD", "wrong-password")
+        with pytest.raises(StepFailed, match="the sudo password in PGGUIDE_SUDO_PASSWORD is wrong"):
+            Remote(PARAMS, PARAMS.primary).sudo("true")
+        monkeypatch.setenv("PGGUIDE_SUDO_PASSWORD", "pw-for-test")
+        r = Remote(PARAMS, PARAMS.primary)
+        assert r.sudo("id -un").stdout.strip() == "root"
+        assert r.psql("select 'stdin reached psql'").stdout.strip() == "stdin reached psql"
+    finally:
+        monkeypatch.setenv("PGGUIDE_SUDO_PASSWORD", "pw-for-test")
+        Remote(PARAMS, PARAMS.primary).sudo(
+            "echo 'labadmin ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/lab-admin")
+    assert on("vm1", "sudo -n true && echo restored").strip() == "restored"
+
+
 def test_apt_installs_pgpool2_on_vm3():
     out = on("vm3", "sudo apt-get update -q >/dev/null && sudo apt-get install -y -q pgpool2 >/dev/null 2>&1;"
                     " /usr/sbin/pgpool --version 2>&1")
