@@ -156,41 +156,36 @@ def load(source: str | os.PathLike | dict[str, Any] | None = None, **injected: A
 
 
 def validate(data: dict[str, Any]) -> Params:
-    unknown = sorted(set(data) - set(SCHEMA))
-    if unknown:
-        raise ParamsError(f"unknown parameter {unknown[0]!r}; the known ones are "
-                          + ", ".join(SCHEMA))
-    out = {}
-    for key, spec in SCHEMA.items():
-        if isinstance(spec, dict):
-            if key not in data and key in OPTIONAL_SECTIONS:
-                out[key] = None if key == "lab" else _section(key, {}, spec)
-                continue
-            out[key] = _section(key, data.get(key), spec)
-        else:
-            out[key] = _value(key, data.get(key), spec)
+    out = _section("", data, SCHEMA)
     _check_hosts(out)
     _fill_templates(out["postgres"])
     return Params(**out, raw=data)
 
 
 def _section(where: str, value: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """Validate one mapping against its spec; where="" is the top level."""
     if value is None:
         raise ParamsError(f"missing parameter section {where!r}")
     if not isinstance(value, dict):
-        raise ParamsError(f"{where} must be a mapping, not {type(value).__name__} ({value!r})")
+        raise ParamsError(f"{where or 'the parameters'} must be a mapping, not {type(value).__name__} ({value!r})")
     unknown = sorted(set(value) - set(spec))
     if unknown:
-        raise ParamsError(f"unknown parameter {where}.{unknown[0]}; {where} takes "
+        raise ParamsError(f"unknown parameter {_join(where, unknown[0])}; {where or 'the top level'} takes "
                           + ", ".join(spec))
     result = {}
     for key, sub in spec.items():
-        path = f"{where}.{key}"
-        if isinstance(sub, dict):
-            result[key] = _section(path, value.get(key), sub)
-        else:
+        path = _join(where, key)
+        if not isinstance(sub, dict):
             result[key] = _value(path, value.get(key), sub)
+        elif value.get(key) is None and path in OPTIONAL_SECTIONS:
+            result[key] = None if path == "lab" else _section(path, {}, sub)
+        else:
+            result[key] = _section(path, value.get(key), sub)
     return result
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -69,7 +69,7 @@ def test_bad_port():
 
 
 def test_unknown_key_is_named():
-    assert "unknown parameter 'colour'" in bad(lambda d: d.update(colour="blue"))
+    assert "unknown parameter colour; the top level takes environment, lab" in bad(lambda d: d.update(colour="blue"))
     assert "unknown parameter postgres.verison" in bad(lambda d: d["postgres"].update(verison=15))
 
 

@@ -62,7 +62,7 @@ def ensure_lab_key(plan: Plan) -> str:
 
 def down(quiet: bool = False) -> float:
     start = time.monotonic()
-    labs = machines.known_labs() | {"pglab"}
+    labs = machines.known_labs() | {P.load().lab["name"]}   # and the default lab, even without state
     for lab in labs:
         machines.stop_all(lab)
         machines.unmount_all(lab)
@@ -117,8 +117,9 @@ def status(params_file: str) -> int:
 
 def ssh(params_file: str, host_name: str, command: list[str]) -> None:
     plan = plan_from(params_file)
-    prm = P.load(params_file)
-    host = prm.host(host_name)
+    host = next((h for h in plan.hosts if host_name in (h.name, h.role, h.address)), None)
+    if host is None:
+        raise LabError(f"no lab host {host_name!r}; the hosts are {', '.join(h.name for h in plan.hosts)}")
     argv = ["ssh", "-i", str(plan.key_file), "-o", f"UserKnownHostsFile={plan.known_hosts}",
             "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-p", str(plan.ssh_port),
             f"{plan.user}@{host.address}", *command]
