@@ -64,6 +64,7 @@ SCHEMA: dict[str, Any] = {
     },
     "options": {
         "interface": ("name", False, "ens33"),
+        "rebuild_standby": (bool, False, False),   # clone a standby again even if it already streams
     },
 }
 OPTIONAL_SECTIONS = {"lab", "options", "pgpool"}

@@ -1,0 +1,57 @@
+"""Editing postgresql.conf and pg_hba.conf (and pgpool's pool_hba.conf) idempotently.
+
+The text is edited with dalibo's pgtoolkit, which keeps comments and layout; a file is
+written back only when its text changes, so a second run leaves it byte-identical.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+from typing import Any
+
+from pgtoolkit import conf as pgconf
+from pgtoolkit import hba as pghba
+
+
+def set_settings(text: str, settings: dict[str, Any]) -> tuple[str, list[str]]:
+    """Set (and uncomment) each setting. Returns the new text and the changed lines as
+    `-old` / `+new` pairs; no change gives the same text and an empty list."""
+    cfg = pgconf.Configuration()
+    list(cfg.parse(text.splitlines(True)))   # yields include directives; the file itself is what we edit
+    with cfg.edit() as entries:
+        for name, value in settings.items():
+            if name in entries:
+                entry = entries[name]
+                if entry.commented or entry.value != value:
+                    entry.value = value
+                    entry.commented = False
+            else:
+                entries.add(name, value)
+    out = io.StringIO()
+    cfg.save(out)
+    new = out.getvalue()
+    return new, changed_lines(text, new)
+
+
+def add_hba_records(text: str, records: list[str]) -> tuple[str, list[str]]:
+    """Append each pg_hba record unless an equal one (same fields) is already there."""
+    hba = pghba.parse(io.StringIO(text))
+    present = {str(r) for r in hba.lines if isinstance(r, pghba.HBARecord)}
+    added = []
+    for line in records:
+        record = pghba.HBARecord.parse(line)
+        if str(record) not in present:
+            hba.lines.append(record)
+            present.add(str(record))
+            added.append(str(record))
+    if not added:
+        return text, []
+    out = io.StringIO()
+    hba.save(out)
+    new = out.getvalue()
+    return new, changed_lines(text, new)
+
+
+def changed_lines(old: str, new: str) -> list[str]:
+    return [line.rstrip("\n") for line in difflib.unified_diff(old.splitlines(True), new.splitlines(True), n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))]

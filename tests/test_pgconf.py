@@ -1,0 +1,42 @@
+from lib.pgconf import add_hba_records, set_settings
+
+CONF = """# a comment kept as it is
+#listen_addresses = 'localhost'\t\t# what IP address(es) to listen on;
+port = 5432\t\t\t\t# (change requires restart)
+#wal_level = replica\t\t\t# minimal, replica, or logical
+include_dir = 'conf.d'
+"""
+
+
+def test_uncomments_and_sets_then_second_run_changes_nothing():
+    new, changes = set_settings(CONF, {"listen_addresses": "*", "wal_level": "replica", "port": 5432})
+    assert changes == [
+        "-#listen_addresses = 'localhost'\t\t# what IP address(es) to listen on;",
+        "+listen_addresses = '*'  # what IP address(es) to listen on;",
+        "-#wal_level = replica\t\t\t# minimal, replica, or logical",
+        "+wal_level = 'replica'  # minimal, replica, or logical",
+    ]
+    assert "# a comment kept as it is\n" in new and "include_dir = 'conf.d'\n" in new
+    again, none = set_settings(new, {"listen_addresses": "*", "wal_level": "replica", "port": 5432})
+    assert none == [] and again == new
+
+
+def test_unknown_setting_is_added():
+    new, changes = set_settings(CONF, {"wal_keep_size": 64})
+    assert changes == ["+wal_keep_size = 64"] and new.endswith("wal_keep_size = 64\n")
+
+
+HBA = """# TYPE  DATABASE        USER            ADDRESS                 METHOD
+local   all             postgres                                peer
+host    all             all             127.0.0.1/32            scram-sha-256
+"""
+
+
+def test_hba_record_added_once():
+    line = "host replication replicator 10.0.0.2/32 scram-sha-256"
+    new, changes = add_hba_records(HBA, [line])
+    assert len(changes) == 1 and changes[0].split() == ["+host", "replication", "replicator", "10.0.0.2/32",
+                                                        "scram-sha-256"]
+    assert new.startswith(HBA)
+    again, none = add_hba_records(new, [line, "host  replication  replicator  10.0.0.2/32  scram-sha-256"])
+    assert none == [] and again == new
