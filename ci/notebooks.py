@@ -88,9 +88,24 @@ def strip_volatile(nb) -> None:
     for cell in nb.cells:
         for key in VOLATILE_CELL_METADATA:
             cell.metadata.pop(key, None)
+        if cell.cell_type == "code":
+            cell.outputs = merged_streams(cell.outputs)
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)
     nb.metadata["language_info"] = {"name": "python"}   # the patch version is noise
+
+
+def merged_streams(outputs: list) -> list:
+    """One output per run of stdout (or stderr) text: how print() calls were split into
+    messages depends on timing, and would otherwise change the stored file run to run."""
+    merged = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                and merged[-1]["name"] == out["name"]):
+            merged[-1]["text"] += out["text"]
+        else:
+            merged.append(out)
+    return merged
 
 
 def main(argv: list[str]) -> int:

@@ -155,7 +155,10 @@ def needs_clone(remote: Remote, primary: Remote) -> tuple[bool, str]:
 
 def stop_server(remote: Remote) -> str:
     remote.sudo(f"systemctl stop {remote.params.postgres['service']}")
-    state = cluster_state(remote)
+    # The per-cluster unit can still be stopping when systemctl returns: wait for it.
+    state, _ = wait_until(lambda: (lambda st: st if st.startswith("down") else "")(cluster_state(remote)),
+                          timeout=30)
+    state = state or cluster_state(remote)
     expect(state.startswith("down"), f"{remote.host.name}: the cluster is {state!r} after systemctl stop.",
            "stop it with pg_ctlcluster VERSION CLUSTER stop and read its log.")
     return f"{remote.host.name}: cluster {state}"
