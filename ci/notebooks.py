@@ -108,6 +108,23 @@ def merged_streams(outputs: list) -> list:
     return merged
 
 
+def step_times(record: Path) -> None:
+    """Seconds per guide step, from papermill's per-cell durations in a run record."""
+    for nb_path in sorted(record.glob("*.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        totals: dict[str, float] = {}
+        heading = "(start)"
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                titles = [l.lstrip("#").strip() for l in cell.source.splitlines() if l.startswith("#")]
+                heading = titles[-1] if titles else heading
+            elif cell.metadata.get("papermill", {}).get("duration") is not None:
+                totals[heading] = totals.get(heading, 0) + cell.metadata["papermill"]["duration"]
+        print(f"{nb_path.name}: {sum(totals.values()):.1f} s in cells")
+        for title, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+            print(f"  {seconds:6.2f} s  {title}")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -115,9 +132,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("params", type=Path)
     p.add_argument("env")
     sub.add_parser("refresh")
+    p = sub.add_parser("times", help="seconds per step of a run record (runs/<env>/<timestamp>)")
+    p.add_argument("record", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "provision":
         return provision(args.params.resolve(), args.env)
+    if args.cmd == "times":
+        step_times(args.record)
+        return 0
     return refresh()
 
 
