@@ -27,7 +27,8 @@ class ParamsError(ValueError):
 
 # --- the schema: key -> (type, required, default) -------------------------------------
 # A nested dict is a section. Types: str, int, bool, "address", "cidr", "port", "path".
-_HOST = {"name": ("hostname", True, None), "address": ("address", True, None)}
+_HOST = {"name": ("hostname", True, None), "address": ("address", True, None),
+         "weight": (int, False, None)}   # pgpool's backend_weight; the guide's 1 (primary) and 2 (standby)
 SCHEMA: dict[str, Any] = {
     "environment": ("name", True, None),
     "lab": {
@@ -61,6 +62,11 @@ SCHEMA: dict[str, Any] = {
         "service": ("name", False, "pgpool2"),
         "package": ("name", False, "pgpool2"),
         "conf_dir": (str, False, "/etc/pgpool2"),
+        "pcp_port": ("port", False, 9898),
+        "allowed_clients": ("cidr", False, None),     # pool_hba.conf; default: the lab's subnet
+        "num_init_children": (int, False, 32),
+        "max_pool": (int, False, 3),
+        "lb_sessions": (int, False, 300),             # sessions opened by the Step 38 test
     },
     "options": {
         "interface": ("name", False, "ens33"),
@@ -75,6 +81,12 @@ class Host:
     role: str      # "primary", "standby", "pgpool"
     name: str
     address: str
+    weight: int | None = None
+
+    @property
+    def lb_weight(self) -> int:
+        """pgpool's backend_weight: as set, or the guide's 1 for the primary, 2 for a standby."""
+        return self.weight if self.weight is not None else (1 if self.role == "primary" else 2)
 
     @property
     def label(self) -> str:
@@ -160,6 +172,11 @@ def validate(data: dict[str, Any]) -> Params:
     out = _section("", data, SCHEMA)
     _check_hosts(out)
     _fill_templates(out["postgres"])
+    if out["pgpool"]["allowed_clients"] is None:
+        if out["lab"] is None:
+            raise ParamsError("missing parameter pgpool.allowed_clients: the network (CIDR) whose clients "
+                              "may connect to pgpool, e.g. 192.0.2.0/24 (the guide's 0.0.0.0/0 admits anyone)")
+        out["pgpool"]["allowed_clients"] = out["lab"]["subnet"]
     return Params(**out, raw=data)
 
 

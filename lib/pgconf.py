@@ -34,21 +34,19 @@ def set_settings(text: str, settings: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def add_hba_records(text: str, records: list[str]) -> tuple[str, list[str]]:
-    """Append each pg_hba record unless an equal one (same fields) is already there."""
+    """Append each record unless an equal one (same fields) is already there. The rest of
+    the file is left exactly as it was (pgtoolkit only parses it)."""
     hba = pghba.parse(io.StringIO(text))
     present = {str(r) for r in hba.lines if isinstance(r, pghba.HBARecord)}
     added = []
     for line in records:
-        record = pghba.HBARecord.parse(line)
-        if str(record) not in present:
-            hba.lines.append(record)
-            present.add(str(record))
-            added.append(str(record))
+        record = str(pghba.HBARecord.parse(line))
+        if record not in present:
+            present.add(record)
+            added.append(record)
     if not added:
         return text, []
-    out = io.StringIO()
-    hba.save(out)
-    new = out.getvalue()
+    new = text + ("" if text.endswith("\n") or not text else "\n") + "".join(r + "\n" for r in added)
     return new, changed_lines(text, new)
 
 

@@ -15,6 +15,7 @@ SECRETS: dict[str, tuple[str, str | None, str]] = {
     "replication": ("PGGUIDE_REPLICATION_PASSWORD", "replica123", "the replicator role (Part 1)"),
     "postgres": ("PGGUIDE_POSTGRES_PASSWORD", "postgres123", "the postgres role (Part 2)"),
     "pgpool": ("PGGUIDE_PGPOOL_PASSWORD", "pgpool123", "the pgpool role (Part 2)"),
+    "pgpool_key": ("PGGUIDE_PGPOOL_KEY", "pgpool-lab-key", "the AES key that encrypts pool_passwd (Part 2)"),
     "sudo": ("PGGUIDE_SUDO_PASSWORD", None, "sudo on the hosts, where sudo asks for one"),
 }
 

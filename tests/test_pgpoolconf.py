@@ -1,0 +1,39 @@
+from lib.pgpoolconf import render, set_settings
+
+SHIPPED = """backend_clustering_mode = 'streaming_replication'
+                                   # Clustering mode
+#listen_addresses = 'localhost'
+                                   # Host name or IP address to listen on
+#port = 5433
+#backend_hostname0 = 'host1'
+                                   # Host name or IP address to connect to for backend 0
+#load_balance_mode = on
+#log_line_prefix = '%m: %a pid %p: '   # printf-style string
+"""
+
+
+def test_uncomments_sets_appends_and_is_idempotent():
+    settings = {"listen_addresses": "*", "port": 9999, "backend_hostname0": "10.0.0.1",
+                "backend_hostname1": "10.0.0.2", "load_balance_mode": True,
+                "backend_clustering_mode": "streaming_replication"}
+    new, changes = set_settings(SHIPPED, settings)
+    assert "listen_addresses = '*'\n" in new and "port = 9999\n" in new
+    assert "backend_hostname0 = '10.0.0.1'\n" in new and new.endswith("backend_hostname1 = '10.0.0.2'\n")
+    assert "load_balance_mode = on\n" in new
+    assert "-#port = 5433" in changes and "+port = 9999" in changes
+    assert not any("clustering" in c for c in changes)
+    again, none = set_settings(new, settings)
+    assert none == [] and again == new
+
+
+def test_changes_an_active_value_keeping_its_comment():
+    text = "port = 5433\t\t# the port\n"
+    new, changes = set_settings(text, {"port": 9999})
+    assert new == "port = 9999\t\t# the port\n" and changes == ["-port = 5433\t\t# the port", "+port = 9999\t\t# the port"]
+
+
+def test_values_with_quotes_and_hashes():
+    assert render("it's") == "'it''s'" and render(False) == "off" and render(3) == "3"
+    text = "log_line_prefix = '%m # %p'  # a comment\n"
+    new, changes = set_settings(text, {"log_line_prefix": "%m # %p"})
+    assert changes == [] and new == text
