@@ -56,6 +56,8 @@ SCHEMA: dict[str, Any] = {
         "conf_dir": (str, False, "/etc/postgresql/{version}/{cluster}"),
         "data_dir": (str, False, "/var/lib/postgresql/{version}/{cluster}"),
         "log_file": (str, False, "/var/log/postgresql/postgresql-{version}-{cluster}.log"),
+        # scram-sha-256 end to end (default), or md5 exactly as the guide does it
+        "auth_method": ("auth_method", False, "scram-sha-256"),
     },
     "pgpool": {
         "port": ("port", False, 9999),
@@ -232,6 +234,8 @@ def _value(path: str, value: Any, spec: tuple) -> Any:
         return value
     if not isinstance(value, str):
         raise ParamsError(f"{path} must be a string, not {type(value).__name__} ({value!r})")
+    if kind == "auth_method" and value not in ("scram-sha-256", "md5"):
+        raise ParamsError(f"{path} = {value!r}: choose scram-sha-256 (the default) or md5 (the guide's way)")
     if kind == "name" and not _NAME.match(value):
         raise ParamsError(f"{path} = {value!r}: use letters, digits, '.', '_' and '-' only")
     if kind == "hostname" and not _HOSTNAME.match(value):

@@ -50,6 +50,20 @@ def add_hba_records(text: str, records: list[str]) -> tuple[str, list[str]]:
     return new, changed_lines(text, new)
 
 
+def set_hba_method(text: str, old: str, new: str) -> tuple[str, list[str]]:
+    """The guide's Step 25: every host record authenticating with `old` now uses `new`.
+    Only those lines change, and only their last field."""
+    out = []
+    for line in text.splitlines(True):
+        fields = line.split("#", 1)[0].split()
+        if fields and fields[0].startswith("host") and fields[-1] == old:
+            head, sep, comment = line.partition("#")
+            line = head.rstrip()[: -len(old)] + new + (("  " + sep + comment) if sep else "\n")
+        out.append(line)
+    new_text = "".join(out)
+    return new_text, changed_lines(text, new_text)
+
+
 def changed_lines(old: str, new: str) -> list[str]:
     return [line.rstrip("\n") for line in difflib.unified_diff(old.splitlines(True), new.splitlines(True), n=0)
             if line[:1] in "+-" and not line.startswith(("+++", "---"))]

@@ -17,7 +17,6 @@ from lib.steps import Hosts, Remote
 from lib.wait import wait_until
 
 PGPOOL_ROLE = "pgpool"
-AUTH_METHOD = "scram-sha-256"
 KEY_FILE = "/var/lib/postgresql/.pgpoolkey"     # pgpool runs as postgres and reads its home's key
 PCPPASS = "/var/lib/postgresql/.pcppass"
 
@@ -60,18 +59,48 @@ def ensure_monitor_grant(primary: Remote) -> str:
     return f"{primary.host.name}: granted pg_monitor to {PGPOOL_ROLE}"
 
 
-def hba_pgpool_lines(pgpool_host) -> list[str]:
-    return [f"host all {PGPOOL_ROLE} {pgpool_host.address}/32 {AUTH_METHOD}",
-            f"host all all {pgpool_host.address}/32 {AUTH_METHOD}"]
+def hba_pgpool_lines(remote: Remote, pgpool_host) -> list[str]:
+    method = replication.auth_method(remote.params)
+    return [f"host all {PGPOOL_ROLE} {pgpool_host.address}/32 {method}",
+            f"host all all {pgpool_host.address}/32 {method}"]
 
 
 def allow_pgpool(remote: Remote, pgpool_host) -> list[str]:
     return replication.edit_file(remote, replication.conf_file(remote, "pg_hba.conf"),
-                                 lambda text: pgconf.add_hba_records(text, hba_pgpool_lines(pgpool_host)))
+                                 lambda text: pgconf.add_hba_records(text, hba_pgpool_lines(remote, pgpool_host)))
 
 
 def password_encryption(remote: Remote) -> str:
     return remote.psql("SHOW password_encryption").stdout.strip()
+
+
+def encryption_settings(params: Params) -> dict:
+    return {"password_encryption": replication.auth_method(params)}
+
+
+def configure_encryption(remote: Remote) -> list[str]:
+    """Steps 24 and 27. md5 mode: password_encryption = md5, as the guide does. Default:
+    nothing to write, PostgreSQL 14+ already stores SCRAM."""
+    if replication.auth_method(remote.params) != "md5":
+        return []
+    return replication.edit_file(remote, replication.conf_file(remote, "postgresql.conf"),
+                                 lambda text: pgconf.set_settings(text, encryption_settings(remote.params)))
+
+
+def switch_hba_methods(remote: Remote) -> list[str]:
+    """Steps 25 and 26. md5 mode: every scram-sha-256 host line becomes md5."""
+    if replication.auth_method(remote.params) != "md5":
+        return []
+    return replication.edit_file(remote, replication.conf_file(remote, "pg_hba.conf"),
+                                 lambda text: pgconf.set_hba_method(text, "scram-sha-256", "md5"))
+
+
+def stored_formats(primary: Remote, roles: list[str]) -> dict[str, str]:
+    """How each role's password is stored: 'md5' or 'SCRAM-SHA-256' (never the value)."""
+    names = ", ".join(sql_literal(r) for r in roles)
+    return dict(line.split("|") for line in primary.psql(
+        f"SELECT rolname, CASE WHEN rolpassword LIKE 'md5%' THEN 'md5' ELSE split_part(rolpassword, '$', 1) END "
+        f"FROM pg_authid WHERE rolname IN ({names}) ORDER BY rolname").lines)
 
 
 STANDBY_SETTINGS = {"listen_addresses": "*"}
@@ -137,13 +166,15 @@ def connection_budget(primary: Remote) -> tuple[int, int]:
 
 # --- Steps 31-32 --------------------------------------------------------------------------------
 def allow_clients(remote: Remote) -> list[str]:
-    line = f"host all all {remote.params.pgpool['allowed_clients']} {AUTH_METHOD}"
+    line = f"host all all {remote.params.pgpool['allowed_clients']} {replication.auth_method(remote.params)}"
     return replication.edit_file(remote, conf(remote.params, "pool_hba.conf"),
                                  lambda text: pgconf.add_hba_records(text, [line]))
 
 
 def ensure_key(remote: Remote, key: str) -> str:
     """The AES key pool_passwd is encrypted with, readable by postgres only."""
+    if replication.auth_method(remote.params) == "md5":
+        return f"{remote.host.name}: md5 mode stores md5 hashes in pool_passwd: no AES key needed"
     current = remote.run(f"test -f {KEY_FILE} && cat {KEY_FILE}", user="postgres", check=False, mask=False).stdout
     if current.strip() == key:
         return f"{remote.host.name}: {KEY_FILE} already in place"
@@ -152,16 +183,25 @@ def ensure_key(remote: Remote, key: str) -> str:
 
 
 def ensure_pool_passwd(remote: Remote, users: dict[str, str]) -> str:
-    """AES entries via pg_enc, fed on stdin (-i /dev/stdin) so no password is in argv.
-    pg_enc's output is deterministic for a given key, so a rerun leaves the file as it is."""
+    """Default: AES entries via pg_enc, fed on stdin (-i /dev/stdin) so no password is in
+    argv; pg_enc's output is deterministic for a key, so a rerun leaves the file as it is.
+    md5 mode: the guide's pg_md5 entries (user:md5 of password+user), written directly."""
     path = conf(remote.params, "pool_passwd")
     before = remote.sudo(f"sha256sum {path}").stdout
-    pairs = "".join(f"{u}:{pw}\n" for u, pw in users.items())
-    remote.sudo(f"pg_enc -m -k {KEY_FILE} -f {conf(remote.params, 'pgpool.conf')} -i /dev/stdin", stdin=pairs)
+    if replication.auth_method(remote.params) == "md5":
+        for user, pw in users.items():
+            entry = f"{user}:md5{hashlib.md5((pw + user).encode()).hexdigest()}"
+            replication.edit_file(remote, path, lambda text: _ensure_line(text, entry, f"{user}:"))
+    else:
+        pairs = "".join(f"{u}:{pw}\n" for u, pw in users.items())
+        remote.sudo(f"pg_enc -m -k {KEY_FILE} -f {conf(remote.params, 'pgpool.conf')} -i /dev/stdin", stdin=pairs)
     after = remote.sudo(f"sha256sum {path}").stdout
-    entries = [line.split(":", 1)[0] + ":AES…" for line in remote.sudo(f"cat {path}").lines if line.strip()]
-    return (f"{remote.host.name}: {path} " + ("unchanged" if before == after else "written") + "\n  "
-            + "\n  ".join(entries))
+    kinds = []
+    for line in remote.sudo(f"cat {path}", mask=False).lines:
+        if line.strip():
+            user, _, value = line.partition(":")
+            kinds.append(f"{user}:{'AES' if value.startswith('AES') else value[:3]}…")
+    return f"{remote.host.name}: {path} " + ("unchanged" if before == after else "written") + "\n  " + "\n  ".join(kinds)
 
 
 def ensure_pcp(remote: Remote, password: str) -> str:
@@ -230,8 +270,10 @@ def wait_for_nodes(connect, params: Params, timeout: float = 60) -> list[dict]:
         try:
             with connect() as conn:
                 nodes = pool_nodes(conn)
-        except ConnectionError:
-            return None
+        except ConnectionError as e:
+            if any(sign in str(e) for sign in AUTH_FAILURES):
+                raise_auth_failure(params, e)
+            return None                                     # not listening yet: try again
         ok = all(n["status"] == "up" and n["pg_status"] == "up" for n in nodes) and \
             all(n["replication_state"] == "streaming" for n in nodes if n["role"] == "standby")
         return nodes if ok else None
@@ -240,6 +282,21 @@ def wait_for_nodes(connect, params: Params, timeout: float = 60) -> list[dict]:
         with connect() as conn:
             nodes = pool_nodes(conn)
     return nodes
+
+
+AUTH_FAILURES = ("authentication failed", "valid password not found", "failed to authenticate",
+                 "unable to decrypt password", "md5 authentication failed", "SCRAM")
+
+
+def raise_auth_failure(params: Params, error: Exception) -> None:
+    method = replication.auth_method(params)
+    store = ("AES entries made by pg_enc with the key in " + KEY_FILE if method == "scram-sha-256"
+             else "md5 entries as pg_md5 makes them")
+    expect(False, f"pgpool refused the login: {error}",
+           f"pgpool checks passwords against pool_passwd ({conf(params, 'pool_passwd')}), which with "
+           f"auth_method {method} must hold {store}, for the same password the role has on the servers. "
+           "Run step 32 again with the right secrets (PGGUIDE_POSTGRES_PASSWORD, PGGUIDE_PGPOOL_PASSWORD) "
+           "and restart pgpool (step 33).")
 
 
 def check_nodes(nodes: list[dict], params: Params) -> None:

@@ -17,9 +17,13 @@ from lib.wait import wait_until
 #: Step 2: the settings the guide sets on the primary (wal_keep_size in MB).
 PRIMARY_SETTINGS = {"listen_addresses": "*", "wal_level": "replica", "max_wal_senders": 5, "wal_keep_size": 64}
 REPLICATION_ROLE = "replicator"
-#: The guide's pg_hba method is md5; with PostgreSQL 14+ passwords are stored as SCRAM and
-#: md5 in pg_hba only means "SCRAM or md5". We name the method that is actually used.
-HBA_METHOD = "scram-sha-256"
+
+
+def auth_method(params) -> str:
+    """pg_hba's method, and how passwords are stored: postgres.auth_method. The guide writes
+    md5; with PostgreSQL 14+ passwords are stored as SCRAM and md5 in pg_hba only means
+    "SCRAM or md5", so by default we name the method that is actually used."""
+    return params.postgres["auth_method"]
 
 
 def conf_file(remote: Remote, name: str) -> str:
@@ -43,19 +47,23 @@ def report(remote: Remote, path: str, changes: list[str]) -> str:
 
 # --- Step 1 ----------------------------------------------------------------------------------
 def ensure_role(remote: Remote, role: str, password: str, attributes: str) -> str:
-    """Create the role, or bring its attributes and password in line; untouched if both match."""
+    """Create the role, or bring its attributes and password in line; untouched if both
+    match. The password is stored the way postgres.auth_method says (SCRAM or md5)."""
     row = remote.psql(f"SELECT rolreplication, rolcanlogin, rolpassword FROM pg_authid "
                       f"WHERE rolname = {sql_literal(role)}", mask=False).stdout.strip()
-    wanted = f"WITH {attributes} PASSWORD {sql_literal(password)}"
+    method = auth_method(remote.params)
+    wanted = (f"SET password_encryption = {sql_literal(method)};\n"
+              f"{{verb}} ROLE {role} WITH {attributes} PASSWORD {sql_literal(password)};")
     if not row:
-        remote.psql(f"CREATE ROLE {role} {wanted};")
+        remote.psql(wanted.format(verb="CREATE"))
         return f"{remote.host.name}: role {role} created"
     replication, login, stored = row.split("|", 2)
     # Only what is asked for is checked: postgres keeps its REPLICATION when asked for LOGIN.
     attrs_ok = login == "t" and (replication == "t" or "REPLICATION" not in attributes.upper())
-    if attrs_ok and verifier_matches(stored, password, role):
+    stored_as = "md5" if stored.startswith("md5") else "scram-sha-256"
+    if attrs_ok and stored_as == method and verifier_matches(stored, password, role):
         return f"{remote.host.name}: role {role} already in place (attributes and password match)"
-    remote.psql(f"ALTER ROLE {role} {wanted};")
+    remote.psql(wanted.format(verb="ALTER"))
     return f"{remote.host.name}: role {role} updated (attributes or password differed)"
 
 
@@ -77,7 +85,7 @@ def configure_primary(remote: Remote) -> list[str]:
 
 
 def hba_replication_lines(standbys: list[Remote]) -> list[str]:
-    return [f"host replication {REPLICATION_ROLE} {s.host.address}/32 {HBA_METHOD}" for s in standbys]
+    return [f"host replication {REPLICATION_ROLE} {s.host.address}/32 {auth_method(s.params)}" for s in standbys]
 
 
 def allow_replication(remote: Remote, standbys: list[Remote]) -> list[str]:

@@ -99,3 +99,16 @@ def test_no_file_and_yaml_syntax_error(tmp_path):
     listy.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(P.ParamsError, match="mapping"):
         P.load(listy)
+
+
+def test_real_environments_must_name_pgpool_clients():
+    vm = P.read_file(P.REPO / "params" / "vmware.yaml")
+    vm["pgpool"].pop("allowed_clients")
+    with pytest.raises(P.ParamsError, match="missing parameter pgpool.allowed_clients"):
+        P.validate(vm)
+    assert P.load().pgpool["allowed_clients"] == "10.213.93.0/24"
+
+
+def test_auth_method_is_scram_or_md5():
+    assert P.load().postgres["auth_method"] == "scram-sha-256"
+    assert "choose scram-sha-256" in bad(lambda d: d["postgres"].update(auth_method="trust"))

@@ -1,4 +1,4 @@
-from lib.pgconf import add_hba_records, set_settings
+from lib.pgconf import add_hba_records, set_hba_method, set_settings
 
 CONF = """# a comment kept as it is
 #listen_addresses = 'localhost'\t\t# what IP address(es) to listen on;
@@ -39,4 +39,15 @@ def test_hba_record_added_once():
                                                         "scram-sha-256"]
     assert new.startswith(HBA)
     again, none = add_hba_records(new, [line, "host  replication  replicator  10.0.0.2/32  scram-sha-256"])
+    assert none == [] and again == new
+
+
+def test_hba_method_switch_changes_only_that_field():
+    text = HBA + "host replication all 127.0.0.1/32 scram-sha-256  # keep\nlocal all all scram-sha-256\n"
+    new, changes = set_hba_method(text, "scram-sha-256", "md5")
+    assert "host    all             all             127.0.0.1/32            md5\n" in new
+    assert "host replication all 127.0.0.1/32 md5  # keep\n" in new
+    assert "local all all scram-sha-256\n" in new          # the guide changes host lines only
+    assert len(changes) == 4
+    again, none = set_hba_method(new, "scram-sha-256", "md5")
     assert none == [] and again == new
