@@ -218,6 +218,17 @@ def ensure_pcp(remote: Remote, password: str) -> str:
     return f"{remote.host.name}: pcp " + ("already set up" if not changed else "set up (pcp.conf, .pcppass)")
 
 
+def pcp_node_count(remote: Remote) -> int:
+    """pcp works: pcp_node_count as postgres, password from ~postgres/.pcppass (-w: never prompt)."""
+    r = remote.postgres(f"pcp_node_count -h localhost -p {remote.params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w",
+                        check=False)
+    expect(r.ok, f"pcp_node_count failed on {remote.host.name}: {r.stderr.strip()}",
+           f"check pcp.conf (user:md5 of the password) and {PCPPASS} (host:port:user:password, mode 600).")
+    count = int(r.stdout.strip())
+    expect(count == len(remote.params.database_hosts), f"pcp reports {count} nodes.", "check pgpool.conf's backends.")
+    return count
+
+
 def _ensure_line(text: str, line: str, prefix: str) -> tuple[str, list[str]]:
     kept = [l for l in text.splitlines() if not l.startswith(prefix)]
     new = "\n".join(kept + [line]) + "\n"
