@@ -1,9 +1,8 @@
-"""Running the guide's notebooks: headless with papermill (provisioning) or in place
-with nbclient (refreshing the stored outputs). Used by ci/provision and ci/refresh-outputs."""
+"""Refreshing the stored notebooks in place with nbclient (ci/refresh-outputs), and reading
+per-step times from a run record. Provisioning is ci/provision.py."""
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import time
 from pathlib import Path
@@ -29,38 +28,6 @@ def first_error(nb) -> str | None:
             if out.get("output_type") == "error":
                 return f"{out['ename']}: {out['evalue']}"
     return None
-
-
-def provision(params_file: Path, env_name: str) -> int:
-    import papermill
-
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = REPO / "runs" / env_name / stamp
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"provision: {env_name} from {params_file.relative_to(REPO) if params_file.is_relative_to(REPO) else params_file}"
-          f"; executed notebooks go to {out_dir.relative_to(REPO)}/")
-    for nb_path in guide_notebooks():
-        start = time.monotonic()
-        out_path = out_dir / nb_path.name
-        print(f"  {nb_path.name:<34}", end="", flush=True)
-        try:
-            papermill.execute_notebook(str(nb_path), str(out_path), parameters_file=None,
-                                       parameters=_yaml(params_file), cwd=str(NOTEBOOKS),
-                                       progress_bar=False, log_output=False, kernel_name="python3",
-                                       extra_arguments=QUIET_KERNEL)
-        except papermill.PapermillExecutionError as e:
-            print(f"FAILED after {time.monotonic() - start:.1f} s")
-            print(f"\nprovision stopped in {nb_path.name}, cell {e.exec_count}:\n  {e.ename}: {e.evalue}\n"
-                  f"The executed notebook, with the error in place: {out_path.relative_to(REPO)}")
-            return 1
-        print(f"ok ({time.monotonic() - start:.1f} s)")
-    print(f"provision: done. Executed notebooks: {out_dir.relative_to(REPO)}/")
-    return 0
-
-
-def _yaml(path: Path) -> dict:
-    import yaml
-    return yaml.safe_load(path.read_text())
 
 
 def refresh() -> int:
@@ -128,15 +95,10 @@ def step_times(record: Path) -> None:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("provision")
-    p.add_argument("params", type=Path)
-    p.add_argument("env")
     sub.add_parser("refresh")
     p = sub.add_parser("times", help="seconds per step of a run record (runs/<env>/<timestamp>)")
     p.add_argument("record", type=Path)
     args = ap.parse_args(argv)
-    if args.cmd == "provision":
-        return provision(args.params.resolve(), args.env)
     if args.cmd == "times":
         step_times(args.record)
         return 0

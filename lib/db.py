@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import psycopg
 
-from lib import hosts
+from lib import hosts, journal
 from lib.params import Host, Params
 
 APPLICATION_NAME = "pgguide-notebook"
@@ -23,6 +23,7 @@ def connect(params: Params, host: Host, *, user: str, password: str, port: int |
     if params.is_lab:
         hosts.require_lab_route(params, host)
     kw = conninfo(params, host, user=user, port=port, dbname=dbname)
+    journal.contacted(host.name)
     try:
         return psycopg.connect(**kw, password=password, autocommit=autocommit)
     except psycopg.OperationalError as e:

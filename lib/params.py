@@ -73,6 +73,7 @@ SCHEMA: dict[str, Any] = {
     "options": {
         "interface": ("name", False, "ens33"),
         "rebuild_standby": (bool, False, False),   # clone a standby again even if it already streams
+        "reset_passwords": (bool, False, False),   # let the secrets replace the roles' existing passwords
     },
 }
 OPTIONAL_SECTIONS = {"lab", "options", "pgpool"}
@@ -189,6 +190,11 @@ def _section(where: str, value: Any, spec: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ParamsError(f"{where or 'the parameters'} must be a mapping, not {type(value).__name__} ({value!r})")
     unknown = sorted(set(value) - set(spec))
+    secret_like = [k for k in unknown if re.search(r"pass|secret|key$|token", str(k), re.I)]
+    if secret_like:
+        raise ParamsError(f"{_join(where, secret_like[0])}: secrets never go in parameter files (they end up in "
+                          "the executed notebooks); set them as environment variables or in a secrets file, "
+                          "see README.md")
     if unknown:
         raise ParamsError(f"unknown parameter {_join(where, unknown[0])}; {where or 'the top level'} takes "
                           + ", ".join(spec))
@@ -264,6 +270,11 @@ def resolve_path(value: str) -> Path:
 
 def _check_hosts(out: dict[str, Any]) -> None:
     hosts = [out["hosts"]["primary"], *out["hosts"]["standbys"], out["hosts"]["pgpool"]]
+    primary = out["hosts"]["primary"]
+    for i, standby in enumerate(out["hosts"]["standbys"]):
+        if standby["address"] == primary["address"]:
+            raise ParamsError(f"hosts.standbys[{i}].address {standby['address']} is the primary's address: "
+                              "a standby must be another machine (Part 1 clears the standby's data directory)")
     seen: dict[str, str] = {}
     for h in hosts:
         for key in ("address", "name"):

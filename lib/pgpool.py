@@ -35,6 +35,7 @@ def ensure_packages(remote: Remote, packages: list[str]) -> str:
     remote.sudo("apt-get update -q", timeout=600)
     remote.sudo(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {' '.join(missing)}", timeout=900,
                 hint="the host needs a reachable apt repository with these packages")
+    remote.changed(f"installed {' '.join(missing)}")
     return f"{remote.host.name}: installed {' '.join(missing)}"
 
 
@@ -56,6 +57,7 @@ def ensure_monitor_grant(primary: Remote) -> str:
     if member == "t":
         return f"{primary.host.name}: {PGPOOL_ROLE} already a member of pg_monitor"
     primary.psql(f"GRANT pg_monitor TO {PGPOOL_ROLE};")
+    primary.changed(f"granted pg_monitor to {PGPOOL_ROLE}")
     return f"{primary.host.name}: granted pg_monitor to {PGPOOL_ROLE}"
 
 
@@ -151,7 +153,9 @@ def pgpool_settings(params: Params) -> dict:
 
 def configure_pgpool(remote: Remote) -> list[str]:
     """The changed settings, as their new lines (the file's old lines are the shipped comments)."""
-    remote.sudo("install -d -o postgres -g postgres -m 750 /var/log/pgpool2")
+    if not remote.read_only and not remote.run("test -d /var/log/pgpool2", check=False).ok:
+        remote.sudo("install -d -o postgres -g postgres -m 750 /var/log/pgpool2")
+        remote.changed("created /var/log/pgpool2")
     return replication.edit_file(remote, conf(remote.params, "pgpool.conf"),
                                  lambda text: pgpoolconf.set_settings(text, pgpool_settings(remote.params)))
 
@@ -179,6 +183,7 @@ def ensure_key(remote: Remote, key: str) -> str:
     if current.strip() == key:
         return f"{remote.host.name}: {KEY_FILE} already in place"
     remote.postgres(f"umask 077; cat > {KEY_FILE}", stdin=key + "\n")
+    remote.changed(f"wrote {KEY_FILE}")
     return f"{remote.host.name}: wrote {KEY_FILE} (mode 600, owner postgres)"
 
 
@@ -191,11 +196,14 @@ def ensure_pool_passwd(remote: Remote, users: dict[str, str]) -> str:
     if replication.auth_method(remote.params) == "md5":
         for user, pw in users.items():
             entry = f"{user}:md5{hashlib.md5((pw + user).encode()).hexdigest()}"
-            replication.edit_file(remote, path, lambda text: _ensure_line(text, entry, f"{user}:"))
+            replication.edit_file(remote, path, lambda text: _ensure_line(text, entry, f"{user}:"),
+                                  secret_content=True)
     else:
         pairs = "".join(f"{u}:{pw}\n" for u, pw in users.items())
         remote.sudo(f"pg_enc -m -k {KEY_FILE} -f {conf(remote.params, 'pgpool.conf')} -i /dev/stdin", stdin=pairs)
     after = remote.sudo(f"sha256sum {path}").stdout
+    if before != after and replication.auth_method(remote.params) != "md5":
+        remote.changed(f"{path}: entries for {', '.join(users)} written with pg_enc")
     kinds = []
     for line in remote.sudo(f"cat {path}", mask=False).lines:
         if line.strip():
@@ -209,11 +217,13 @@ def ensure_pcp(remote: Remote, password: str) -> str:
     pcp_node_info and friends work without a prompt."""
     pcp_conf = conf(remote.params, "pcp.conf")
     line = f"{PGPOOL_ROLE}:{hashlib.md5(password.encode()).hexdigest()}"
-    changed = replication.edit_file(remote, pcp_conf, lambda text: _ensure_line(text, line, f"{PGPOOL_ROLE}:"))
+    changed = replication.edit_file(remote, pcp_conf, lambda text: _ensure_line(text, line, f"{PGPOOL_ROLE}:"),
+                                    secret_content=True)
     pcppass = f"localhost:{remote.params.pgpool['pcp_port']}:{PGPOOL_ROLE}:{password}"
     current = remote.run(f"test -f {PCPPASS} && cat {PCPPASS}", user="postgres", check=False, mask=False).stdout
     if current.strip() != pcppass:
         remote.postgres(f"umask 077; cat > {PCPPASS}", stdin=pcppass + "\n")
+        remote.changed(f"wrote {PCPPASS}")
         changed.append(f"+{PCPPASS}")
     return f"{remote.host.name}: pcp " + ("already set up" if not changed else "set up (pcp.conf, .pcppass)")
 
@@ -240,7 +250,9 @@ def start_pgpool(remote: Remote, changed: bool) -> str:
     service = remote.params.pgpool["service"]
     hint = f"read /var/log/pgpool2/pgpool.log and `journalctl -u {service}` on {remote.host.name}"
     active = remote.run(f"systemctl is-active {service}", check=False).stdout.strip() == "active"
-    remote.sudo(f"systemctl enable {service} 2>&1 | grep -v '^Synchronizing\\|^Executing' || true")
+    if not remote.run(f"systemctl is-enabled -q {service}", check=False).ok:
+        remote.sudo(f"systemctl enable {service} 2>&1 | grep -v '^Synchronizing\\|^Executing' || true")
+        remote.changed(f"{service} enabled at boot")
     if changed or not active:
         if active:
             # SIGTERM is pgpool's "smart" shutdown, which can wait out systemd's 90 s stop
@@ -251,6 +263,7 @@ def start_pgpool(remote: Remote, changed: bool) -> str:
             if not stopped:
                 remote.sudo(f"systemctl stop {service}", hint=hint)
         remote.sudo(f"systemctl start {service}", hint=hint)
+        remote.changed(f"{service} {'restarted' if active else 'started'}")
         action = "restarted (configuration changed)" if active else "started"
     else:
         action = "already running with this configuration"
@@ -336,3 +349,16 @@ def check_nodes(nodes: list[dict], params: Params) -> None:
 
 def node_rows(nodes: list[dict]) -> list[list[str]]:
     return [[n[c] for c in POOL_NODE_COLUMNS] for n in nodes]
+
+
+def insert_through_pgpool(connect, pgpool: Remote, name: str, department: str) -> bool:
+    """Insert one employee through pgpool unless one with that name exists; True if inserted.
+    (Steps 35 and 39: a write through pgpool must reach the primary.)"""
+    from lib import db
+    with connect(dbname=replication.TEST_DB) as conn:
+        added = bool(db.rows(conn, "INSERT INTO employees (name, department) SELECT %(n)s::varchar, %(d)s::varchar "
+                                   "WHERE NOT EXISTS (SELECT FROM employees WHERE name = %(n)s::varchar) RETURNING 1",
+                             {"n": name, "d": department}))
+    if added:
+        pgpool.changed(f"{name} inserted into {replication.TEST_DB}.employees through pgpool")
+    return added

@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass
 
 from lib import hosts as hostmod
+from lib import replication, secrets
 from lib.show import expect, fields
 from lib.steps import Hosts, Remote
 
@@ -139,4 +140,43 @@ def check_paths(env: Hosts) -> list[tuple[str, str, str, str]]:
                f"{rows[-1][0]} cannot reach {dst.host.label} on port {port}: {state}.",
                f"open port {port} on {dst.host.name} (the guide's Step 4: `sudo ufw allow {port}/tcp`) "
                "and check the routing between the hosts.")
+    return rows
+
+
+# --- secrets ------------------------------------------------------------------------------------
+#: the roles whose passwords the secrets set (steps 1, 21, 22), and their attributes
+ROLES = {"replication": ("replicator", "REPLICATION LOGIN"), "postgres": ("postgres", "LOGIN"),
+         "pgpool": ("pgpool", "LOGIN")}
+
+
+def check_secrets(env: Hosts) -> list[tuple[str, str, str]]:
+    """Every secret is set, and where a role already has a password, the secret is that
+    password: a run never silently replaces a password other clients use (unless
+    options.reset_passwords). Reads only; no value is ever shown."""
+    p = env.params
+    sources = secrets.require_all(p)
+    rows = []
+    online = replication.cluster_state(env.primary).startswith("online")
+    for name in secrets.REQUIRED:
+        variable = secrets.SECRETS[name][0]
+        state = "(pool_passwd's key)"
+        if name in ROLES:
+            role, attributes = ROLES[name]
+            if not online:
+                state = f"{role}: not checked ({env.primary.host.name} is down)"
+            else:
+                differences = replication.role_differences(env.primary, role, secrets.secret(name, p), attributes)
+                wrong = differences is not None and "has another password" in differences
+                expect(not wrong or p.options["reset_passwords"],
+                       f"{variable} is not the password role {role} has on {env.primary.host.name}.",
+                       f"set {variable} to the role's current password, or set options.reset_passwords: true "
+                       "to replace it (clients using the old one will fail).")
+                state = (f"{role}: not created yet" if differences is None else
+                         f"{role}: will be replaced (options.reset_passwords)" if wrong else
+                         f"{role}: no password yet" if "has no password" in differences else
+                         f"{role}: matches")
+        rows.append((variable, sources[variable], state))
+    needs = [r.host.name for r in env.all if r.sudo_password_needed()]
+    rows.append((secrets.SECRETS["sudo"][0], "needed on " + ", ".join(needs) if needs else "not needed",
+                 "sudo works" if needs else "(sudo asks for none)"))
     return rows

@@ -30,12 +30,17 @@ def conf_file(remote: Remote, name: str) -> str:
     return f"{remote.params.postgres['conf_dir']}/{name}"
 
 
-def edit_file(remote: Remote, path: str, edit: Callable[[str], tuple[str, list[str]]]) -> list[str]:
-    """Read, edit, and write back only if the text changed. Returns the changed lines."""
+def edit_file(remote: Remote, path: str, edit: Callable[[str], tuple[str, list[str]]], *,
+              secret_content: bool = False) -> list[str]:
+    """Read, edit, and write back only if the text changed. Returns the changed lines.
+    On a read-only Remote (a check) nothing is written: the changes are what would be made.
+    secret_content: the lines hold password hashes, so the journal names only the file."""
     old = remote.read_file(path)
     new, changes = edit(old)
-    if new != old:
+    if new != old and not remote.read_only:
         remote.write_file(path, new)
+        for line in ([] if secret_content else [c for c in changes if c.startswith("+")]) or ["rewritten"]:
+            remote.changed(f"{path}: {line}")
     return changes
 
 
@@ -46,24 +51,44 @@ def report(remote: Remote, path: str, changes: list[str]) -> str:
 
 
 # --- Step 1 ----------------------------------------------------------------------------------
+def role_differences(remote: Remote, role: str, password: str, attributes: str) -> list[str] | None:
+    """None if the role does not exist; else what differs from the wanted attributes and
+    password (an empty list: nothing). Reads only; the password is never shown."""
+    row = remote.psql(f"SELECT rolreplication, rolcanlogin, coalesce(rolpassword, '') FROM pg_authid "
+                      f"WHERE rolname = {sql_literal(role)}", mask=False).stdout.strip()
+    if not row:
+        return None
+    replication, login, stored = row.split("|", 2)
+    method = auth_method(remote.params)
+    differences = []
+    # Only what is asked for is checked: postgres keeps its REPLICATION when asked for LOGIN.
+    if login != "t":
+        differences.append("cannot log in")
+    if replication != "t" and "REPLICATION" in attributes.upper():
+        differences.append("lacks REPLICATION")
+    if not stored:
+        differences.append("has no password")
+    elif ("md5" if stored.startswith("md5") else "scram-sha-256") != method:
+        differences.append(f"password not stored as {method}")
+    elif not verifier_matches(stored, password, role):
+        differences.append("has another password")
+    return differences
+
+
 def ensure_role(remote: Remote, role: str, password: str, attributes: str) -> str:
     """Create the role, or bring its attributes and password in line; untouched if both
     match. The password is stored the way postgres.auth_method says (SCRAM or md5)."""
-    row = remote.psql(f"SELECT rolreplication, rolcanlogin, rolpassword FROM pg_authid "
-                      f"WHERE rolname = {sql_literal(role)}", mask=False).stdout.strip()
-    method = auth_method(remote.params)
-    wanted = (f"SET password_encryption = {sql_literal(method)};\n"
+    differences = role_differences(remote, role, password, attributes)
+    wanted = (f"SET password_encryption = {sql_literal(auth_method(remote.params))};\n"
               f"{{verb}} ROLE {role} WITH {attributes} PASSWORD {sql_literal(password)};")
-    if not row:
+    if differences is None:
         remote.psql(wanted.format(verb="CREATE"))
+        remote.changed(f"role {role} created")
         return f"{remote.host.name}: role {role} created"
-    replication, login, stored = row.split("|", 2)
-    # Only what is asked for is checked: postgres keeps its REPLICATION when asked for LOGIN.
-    attrs_ok = login == "t" and (replication == "t" or "REPLICATION" not in attributes.upper())
-    stored_as = "md5" if stored.startswith("md5") else "scram-sha-256"
-    if attrs_ok and stored_as == method and verifier_matches(stored, password, role):
+    if not differences:
         return f"{remote.host.name}: role {role} already in place (attributes and password match)"
     remote.psql(wanted.format(verb="ALTER"))
+    remote.changed(f"role {role} updated ({', '.join(differences)})")
     return f"{remote.host.name}: role {role} updated (attributes or password differed)"
 
 
@@ -102,6 +127,8 @@ def open_firewall(remote: Remote, port: int) -> str:
     before = remote.sudo("ufw status").stdout
     remote.sudo(f"ufw allow {port}/tcp && ufw reload")
     after = remote.sudo("ufw status").stdout
+    if before != after:
+        remote.changed(f"ufw allows {port}/tcp")
     return (f"{remote.host.name}: ufw already allows {port}/tcp" if before == after
             else f"{remote.host.name}: ufw now allows {port}/tcp")
 
@@ -122,9 +149,11 @@ def apply_changes(remote: Remote, conf_changed: bool, hba_changed: bool, wanted:
     hint = f"the server did not come back: read {remote.params.postgres['log_file']} on {remote.host.name}"
     if conf_changed or settings_differing(remote, wanted):
         remote.sudo(f"systemctl restart {service}", hint=hint)
+        remote.changed("PostgreSQL restarted")
         return f"{remote.host.name}: restarted PostgreSQL (settings changed)"
     if hba_changed:
         remote.sudo(f"systemctl reload {service}", hint=hint)
+        remote.changed("PostgreSQL reloaded")
         return f"{remote.host.name}: reloaded PostgreSQL (pg_hba.conf changed)"
     return f"{remote.host.name}: configuration unchanged and in effect: no restart needed"
 
@@ -164,6 +193,7 @@ def needs_clone(remote: Remote, primary: Remote) -> tuple[bool, str]:
 
 def stop_server(remote: Remote) -> str:
     remote.sudo(f"systemctl stop {remote.params.postgres['service']}")
+    remote.changed("PostgreSQL stopped")
     # The per-cluster unit can still be stopping when systemctl returns: wait for it.
     state, _ = wait_until(lambda: (lambda st: st if st.startswith("down") else "")(cluster_state(remote)),
                           timeout=30)
@@ -192,6 +222,7 @@ def clear_data_directory(remote: Remote, primary: Remote) -> str:
     expect(not refusals, "Refusing to clear the data directory: " + "; ".join(refusals) + ".",
            "check the parameters (hosts, postgres.data_dir) and stop the standby first (step 7).")
     remote.postgres(f"find {shlex.quote(data_dir)} -mindepth 1 -delete")
+    remote.changed(f"{data_dir} cleared")
     left = remote.postgres(f"ls -A {shlex.quote(data_dir)}").stdout.strip()
     expect(left == "", f"{data_dir} is not empty after clearing: {left}", "remove what is left by hand.")
     return f"{remote.host.name}: {data_dir} is empty"
@@ -210,7 +241,9 @@ def base_backup(remote: Remote, primary: Remote, password: str) -> str:
               "tr '\\r' '\\n' <\"$log\" | grep -v '^$' | "
               "if [ $rc -eq 0 ]; then tail -1; else grep -v ' kB (' >&2; fi; rm -f \"$log\"; exit $rc")
     try:
-        return remote.postgres(script, stdin=password + "\n").stdout.strip()
+        progress = remote.postgres(script, stdin=password + "\n").stdout.strip()
+        remote.changed(f"base backup from {primary.host.name} into {p['data_dir']}")
+        return progress
     except StepFailed as e:
         raise StepFailed(f"{e}\nThe base backup failed. Likely causes: a wrong replication password "
                          f"(PGGUIDE_REPLICATION_PASSWORD), no pg_hba line for {remote.host.address} on "
@@ -233,6 +266,7 @@ def standby_files(remote: Remote) -> tuple[bool, dict[str, str]]:
 
 def start_server(remote: Remote) -> str:
     remote.sudo(f"systemctl start {remote.params.postgres['service']}")
+    remote.changed("PostgreSQL started")
     state, _ = wait_until(lambda: cluster_state(remote) == "online,recovery" and "online,recovery",
                           timeout=30)
     expect(state == "online,recovery",
@@ -285,6 +319,8 @@ def create_test_data(primary: Remote) -> str:
                        WHERE NOT EXISTS (SELECT FROM employees e WHERE e.name = g.name) RETURNING 1)
         SELECT count(*) FROM added;""", database=TEST_DB).stdout.strip()
     there = len(GUIDE_ROWS) - int(inserted)
+    if int(inserted):
+        primary.changed(f"{inserted} rows inserted into {TEST_DB}.employees")
     return (f"{primary.host.name}: database {TEST_DB} and table employees ready; {inserted} of the guide's "
             f"{len(GUIDE_ROWS)} rows inserted" + (f", {there} already there" if there else ""))
 
@@ -321,8 +357,11 @@ def write_on_standby(standby: Remote) -> tuple[int, str]:
 
 def insert_if_absent(primary: Remote, name: str, department: str) -> bool:
     """Insert one employee unless one with that name exists; True if inserted."""
-    return primary.psql(f"""
+    inserted = primary.psql(f"""
         WITH added AS (INSERT INTO employees (name, department)
                        SELECT {sql_literal(name)}, {sql_literal(department)}
                        WHERE NOT EXISTS (SELECT FROM employees WHERE name = {sql_literal(name)}) RETURNING 1)
         SELECT count(*) FROM added""", database=TEST_DB).stdout.strip() == "1"
+    if inserted:
+        primary.changed(f"{name} inserted into {TEST_DB}.employees")
+    return inserted

@@ -1,13 +1,22 @@
-"""Secrets come from environment variables, never from parameter files or notebooks.
+"""Secrets come from environment variables or from a secrets file outside the repository,
+never from parameter files or notebooks.
 
-Only the built-in lab may fall back to demo values (the guide's own passwords), so a
-newcomer can run it with no set-up; a real environment without the variable stops with
-an error that names it.
+Order: the environment variable, then the secrets file named by PGGUIDE_SECRETS_FILE
+(`ci/provision --secrets FILE` sets it). Only the built-in lab, and only when no secrets
+file is given, falls back to demo values (the guide's own passwords), so a newcomer can run
+it with no set-up; anywhere else a missing secret stops with an error that names it.
+
+A secrets file has one `VARIABLE=value` line per secret (blank lines and `#` comments are
+allowed), uses only the variable names below, is readable by its owner only (like an SSH
+key), and must not be inside the repository, where it could be committed.
 """
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
+from lib import REPO
 from lib.params import Params
 
 #: name -> (environment variable, the lab's demo value, what it is for)
@@ -18,23 +27,91 @@ SECRETS: dict[str, tuple[str, str | None, str]] = {
     "pgpool_key": ("PGGUIDE_PGPOOL_KEY", "pgpool-lab-key", "the AES key that encrypts pool_passwd (Part 2)"),
     "sudo": ("PGGUIDE_SUDO_PASSWORD", None, "sudo on the hosts, where sudo asks for one"),
 }
+FILE_VARIABLE = "PGGUIDE_SECRETS_FILE"
+#: the secrets every run needs; sudo's only where sudo asks for a password
+REQUIRED = ("replication", "postgres", "pgpool", "pgpool_key")
 
 
 class MissingSecret(LookupError):
     pass
 
 
+class BadSecretsFile(ValueError):
+    pass
+
+
+def read_secrets_file(path: str | os.PathLike) -> dict[str, str]:
+    """The file's VARIABLE=value pairs, after checking where it is and who can read it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BadSecretsFile(f"secrets file {path} does not exist")
+    if path.resolve().is_relative_to(REPO.resolve()):
+        raise BadSecretsFile(f"secrets file {path} is inside the repository, where it could be committed: "
+                             "keep it elsewhere, e.g. ~/.config/pgpool-guide/<env>.secrets")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise BadSecretsFile(f"secrets file {path} can be read by others (mode {mode:o}): chmod 600 {path}")
+    known = {v for v, _, _ in SECRETS.values()}
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            # never echo the line: it may hold a password
+            raise BadSecretsFile(f"{path} line {number}: expected VARIABLE=value with VARIABLE one of "
+                                 + ", ".join(sorted(known)))
+        values[name] = value.strip()
+    return values
+
+
+def _from_file() -> dict[str, str] | None:
+    path = os.environ.get(FILE_VARIABLE)
+    return read_secrets_file(path) if path else None
+
+
+def source(name: str, params: Params) -> str | None:
+    """Where the secret comes from: 'environment', 'secrets file', 'lab demo value' or None."""
+    variable, demo, _ = SECRETS[name]
+    if os.environ.get(variable):
+        return "environment"
+    from_file = _from_file()
+    if from_file is not None:
+        return "secrets file" if from_file.get(variable) else None
+    if params.is_lab and demo is not None:
+        return "lab demo value"
+    return None
+
+
 def secret(name: str, params: Params, *, required: bool = True) -> str | None:
     variable, demo, purpose = SECRETS[name]
-    value = os.environ.get(variable)
-    if value:
-        return value
-    if params.is_lab and demo is not None:
+    where = source(name, params)
+    if where == "environment":
+        return os.environ[variable]
+    if where == "secrets file":
+        return _from_file()[variable]
+    if where == "lab demo value":
         return demo
     if required:
-        raise MissingSecret(f"set the environment variable {variable}: it holds the password for "
-                            f"{purpose}. Secrets are never read from parameter files.")
+        raise MissingSecret(f"set {variable}: it holds the password for {purpose}"
+                            + (f" (it is not in the secrets file {os.environ[FILE_VARIABLE]})"
+                               if os.environ.get(FILE_VARIABLE) else "")
+                            + ". Secrets are never read from parameter files.")
     return None
+
+
+def require_all(params: Params) -> dict[str, str]:
+    """Every required secret's source; one error naming all that are missing."""
+    missing = [SECRETS[n][0] for n in REQUIRED if source(n, params) is None]
+    if missing:
+        where = (f"in the environment or in the secrets file {os.environ[FILE_VARIABLE]}"
+                 if os.environ.get(FILE_VARIABLE) else
+                 "as environment variables, or in a secrets file (ci/provision --secrets FILE)")
+        raise MissingSecret(f"missing secret{'s' if len(missing) > 1 else ''} {', '.join(missing)}: set "
+                            f"{'them' if len(missing) > 1 else 'it'} {where}. "
+                            "Secrets are never read from parameter files.")
+    return {SECRETS[n][0]: source(n, params) for n in REQUIRED}
 
 
 def known_values(params: Params) -> list[str]:

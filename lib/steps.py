@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fabric import Connection
 
-from lib import hosts, secrets
+from lib import hosts, journal, secrets
 from lib.params import Host, Params
 
 
@@ -41,9 +41,12 @@ SUDO_PROMPT = "[pgguide sudo password]"
 class Remote:
     """One host: a lazily opened, reused SSH connection and the ways to run commands."""
 
-    def __init__(self, params: Params, host: Host):
+    def __init__(self, params: Params, host: Host, *, read_only: bool = False):
         self.params = params
         self.host = host
+        # read_only: checking, not provisioning (ci/provision --check). Edits are planned and
+        # not written; write_file refuses, so a step that would change the host fails loudly.
+        self.read_only = read_only
         self._conn: Connection | None = None
         self._sudo_needs_password: bool | None = None
         self._masked = secrets.known_values(params)
@@ -97,15 +100,22 @@ class Remote:
 
     def write_file(self, path: str, text: str, *, user: str = "root") -> None:
         """Replace an existing file's text in place, keeping its owner and mode."""
+        if self.read_only:
+            raise StepFailed(f"{self.host.label}: refusing to write {path}: this is a read-only check")
         self.run(f"test -f {shlex.quote(path)} && cat > {shlex.quote(path)}", user=user, stdin=text)
 
     def mask(self, text: str) -> str:
         return secrets.mask(text, self._masked)
 
+    def changed(self, what: str) -> None:
+        """Note in the step journal that this step changed `what` on this host."""
+        journal.changed(self.host.name, self.mask(what))
+
     # -- internals -----------------------------------------------------------------------
     def _exec(self, command: str, stdin: str | None, timeout: float | None) -> tuple[int, str, str]:
         """One command on the fabric connection's SSH transport. (Fabric's own run() feeds
         stdin one byte per 10 ms, which made writing a 30 kB file take five minutes.)"""
+        journal.contacted(self.host.name)
         channel = self.conn.client.get_transport().open_session()
         channel.settimeout(timeout)
         channel.exec_command(command)
@@ -136,13 +146,13 @@ class Remote:
             return f"bash -c {shlex.quote(command)}", stdin
         # cd to the target user's home so tools like psql do not warn about the cwd
         inner = f"bash -c {shlex.quote('cd ~ 2>/dev/null; ' + command)}"
-        if not self._sudo_password_needed():
+        if not self.sudo_password_needed():
             return f"sudo -n -H -u {user} {inner}", stdin
         password = secrets.secret("sudo", self.params)
         # sudo -S reads exactly one line for the password; the rest of stdin is the command's.
         return f"sudo -S -p '' -H -u {user} {inner}", password + "\n" + (stdin or "")
 
-    def _sudo_password_needed(self) -> bool:
+    def sudo_password_needed(self) -> bool:
         if self._sudo_needs_password is None:
             code, _, stderr = self._exec("sudo -n true", None, 30)
             self._sudo_needs_password = code != 0
@@ -171,11 +181,11 @@ class Remote:
 class Hosts:
     """The environment's hosts by role, each a Remote with one reused connection."""
 
-    def __init__(self, params: Params):
+    def __init__(self, params: Params, *, read_only: bool = False):
         self.params = params
-        self.primary = Remote(params, params.primary)
-        self.standbys = [Remote(params, h) for h in params.standbys]
-        self.pgpool = Remote(params, params.pgpool_host)
+        self.primary = Remote(params, params.primary, read_only=read_only)
+        self.standbys = [Remote(params, h, read_only=read_only) for h in params.standbys]
+        self.pgpool = Remote(params, params.pgpool_host, read_only=read_only)
 
     @property
     def standby(self) -> Remote:

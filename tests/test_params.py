@@ -75,7 +75,9 @@ def test_unknown_key_is_named():
 
 def test_duplicate_and_standby_equal_to_primary():
     msg = bad(lambda d: d["hosts"]["standbys"][0].update(address=d["hosts"]["primary"]["address"]))
-    assert "two hosts share the address '10.213.93.132' (vm1 and vm2)" in msg
+    assert "hosts.standbys[0].address 10.213.93.132 is the primary's address" in msg
+    msg = bad(lambda d: d["hosts"]["pgpool"].update(address=d["hosts"]["standbys"][0]["address"]))
+    assert "two hosts share the address '10.213.93.133' (vm2 and vm3)" in msg
     assert "share the name 'vm1'" in bad(lambda d: d["hosts"]["pgpool"].update(name="vm1"))
 
 
@@ -112,3 +114,9 @@ def test_real_environments_must_name_pgpool_clients():
 def test_auth_method_is_scram_or_md5():
     assert P.load().postgres["auth_method"] == "scram-sha-256"
     assert "choose scram-sha-256" in bad(lambda d: d["postgres"].update(auth_method="trust"))
+
+
+def test_a_secret_in_a_parameter_file_is_refused_with_the_reason():
+    msg = bad(lambda d: d["postgres"].update(password="hunter2"))
+    assert "postgres.password: secrets never go in parameter files" in msg
+    assert "hunter2" not in msg

@@ -1,0 +1,204 @@
+"""ci/provision: run the guide's notebooks against an environment with papermill, one line
+per step, stopping at the first failure; or check a live cluster (--check); or take the
+cluster apart (--teardown). See `ci/provision --help`."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+import runbook
+from runrecord import StepRecord, Summary, render_html
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+NOTEBOOKS = REPO / "notebooks"
+# ipykernel 7 warns on stderr that its local TCP sockets are unencrypted: noise in a
+# headless run on one machine. Errors still show.
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+def guide_notebooks() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
+
+
+def shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+class Console:
+    """Prints progress to the terminal and keeps the same lines for provision.log."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self._partial = ""
+
+    def start(self, text: str) -> None:
+        self._partial = text
+        print(text, end="", flush=True)
+
+    def end(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(self._partial + text)
+        self._partial = ""
+
+    def line(self, text: str = "") -> None:
+        self.start(text)
+        self.end()
+
+
+class Progress:
+    """nbclient's cell hooks: the journal lines a cell wrote say which hosts it used and
+    what it changed; a unit's line is printed when its last cell has run."""
+
+    def __init__(self, console: Console, units: list[runbook.Unit], records: dict[int, StepRecord],
+                 journal_path: str, position: int, total: int):
+        self.console, self.units, self.records = console, units, records
+        self.by_cell = runbook.unit_of_cell(units)
+        self.journal_path = journal_path
+        self.offset = os.path.getsize(journal_path) if os.path.exists(journal_path) else 0
+        self.position, self.total = position, total
+        self.current: runbook.Unit | None = None
+        self.cell_started = 0.0
+        self.failure: tuple[runbook.Unit, str, str] | None = None
+
+    def before(self, cell, cell_index, **_):
+        unit = self.by_cell.get(cell.get("id"), self.current)   # papermill's injected cell: the unit before it
+        if unit is not None and unit is not self.current:
+            self.current = unit
+            self.position += 1
+            self.console.start(f"[{self.position:>2}/{self.total}] {unit.notebook[:2]} {unit.label:<54.54} ")
+        self.cell_started = time.monotonic()
+
+    def after(self, cell, cell_index, execute_reply, **_):
+        from lib import journal
+
+        unit = self.current
+        record = self.records[id(unit)]
+        events, self.offset = journal.read(self.journal_path, self.offset)
+        record.add_events(events)
+        record.seconds += time.monotonic() - self.cell_started
+        error = execute_reply.get("content", {}).get("status") == "error"
+        if error:
+            content = execute_reply["content"]
+            record.status = "failed"
+            self.failure = (unit, content.get("ename", "Error"), content.get("evalue", ""))
+        elif cell.get("id") == unit.cell_ids[-1]:
+            record.status = "changed" if record.changes else "in place"
+        else:
+            return
+        self.console.end(f"{', '.join(record.hosts) or '-':<14} {record.status:<9} {record.seconds:5.1f} s")
+
+
+def provision(params_file: Path, prm, console: Console) -> int:
+    import papermill
+    import yaml
+
+    started = time.monotonic()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    record_dir = REPO / "runs" / prm.environment / stamp
+    record_dir.mkdir(parents=True, exist_ok=True)
+    summary = Summary(prm.environment, shown(params_file))
+    notebooks = [(p, runbook.units(nbformat.read(p, as_version=4), p.stem)) for p in guide_notebooks()]
+    total = sum(len(u) for _, u in notebooks)
+    records = {id(u): StepRecord(u.notebook, u.number, u.title) for _, units in notebooks for u in units}
+    summary.steps = list(records.values())
+    console.line(f"provision {prm.environment} from {shown(params_file)}: {total} steps in "
+                 f"{len(notebooks)} notebooks; record in {shown(record_dir)}/")
+    parameters = yaml.safe_load(params_file.read_text())
+    position, failure, failed_nb = 0, None, None
+    with tempfile.TemporaryDirectory(prefix="pgguide-") as tmp:
+        journal_path = os.path.join(tmp, "journal.jsonl")
+        os.environ["PGGUIDE_JOURNAL"] = journal_path       # the kernel inherits it
+        for nb_path, units in notebooks:
+            progress = Progress(console, units, records, journal_path, position, total)
+            out_path = record_dir / nb_path.name
+            try:
+                papermill.execute_notebook(
+                    str(nb_path), str(out_path), parameters=parameters, cwd=str(NOTEBOOKS),
+                    progress_bar=False, log_output=False, kernel_name="python3", extra_arguments=QUIET_KERNEL,
+                    on_cell_execute=progress.before, on_cell_executed=progress.after)
+            except papermill.PapermillExecutionError:
+                failure, failed_nb = progress.failure, out_path
+            finally:
+                position = progress.position
+                if out_path.exists():
+                    render_html(out_path)
+            if failure:
+                break
+    if failure:
+        unit, ename, evalue = failure
+        record = records[id(unit)]
+        where = f"{unit.notebook}, {unit.label.replace('  ', ' — ', 1) if unit.number is not None else unit.title}"
+        summary.failure = {"notebook": unit.notebook, "step": unit.number, "title": unit.title,
+                           "hosts": record.hosts, "cause": f"{ename}: {evalue}"}
+        summary.finish("failed", time.monotonic() - started)
+        console.line()
+        console.line(f"provision FAILED in {where} ({', '.join(record.hosts) or 'no host'}):")
+        for line in f"{ename}: {evalue}".splitlines():
+            console.line(f"  {line}")
+        console.line(f"Nothing after this step ran. The executed notebook, with the error in place: "
+                     f"{shown(failed_nb)} (and .html); summary: {shown(record_dir)}/summary.json")
+    else:
+        summary.finish("succeeded", time.monotonic() - started)
+        in_place = sum(1 for s in summary.steps if s.status == "in place")
+        console.line(f"provision succeeded in {summary.seconds:.1f} s: {summary.steps_changed} steps changed, "
+                     f"{in_place} already in place. Record: {shown(record_dir)}/")
+    summary.write(record_dir)
+    (record_dir / "provision.log").write_text("\n".join(console.lines) + "\n")
+    return EXIT_FAILED if failure else 0
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ci/provision", description=__doc__)
+    ap.add_argument("params", type=Path, nargs="?", default=REPO / "params" / "lab.yaml",
+                    help="parameter file (default: params/lab.yaml, the built-in lab)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="change nothing; report where the live cluster differs from the guide (exit 0: it matches)")
+    mode.add_argument("--teardown", action="store_true",
+                      help="stop pgpool and turn the standbys into standalone servers")
+    ap.add_argument("--secrets", type=Path, metavar="FILE",
+                    help="a file of VARIABLE=value secrets outside the repository (mode 600)")
+    args = ap.parse_args(argv)
+
+    from lib import params as P
+    from lib import secrets
+
+    console = Console()
+    try:
+        prm = P.load(args.params.resolve())
+        if args.secrets:
+            secrets.read_secrets_file(args.secrets)
+            os.environ[secrets.FILE_VARIABLE] = str(args.secrets.expanduser().resolve())
+        secrets.require_all(prm)
+    except (P.ParamsError, secrets.MissingSecret, secrets.BadSecretsFile) as e:
+        print(f"ci/provision: {e}\nNothing was changed.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.check:
+        from lib import drift
+        return drift.main(prm, console.line)
+    if args.teardown:
+        from lib import teardown
+        return teardown.main(prm, console.line)
+    if prm.is_lab:
+        start_lab_if_down(args.params.resolve())
+    return provision(args.params.resolve(), prm, console)
+
+
+def start_lab_if_down(params_file: Path) -> None:
+    import subprocess
+    lab = [str(REPO / "ci" / "lab")]
+    if subprocess.run(lab + ["status", str(params_file)], capture_output=True).returncode != 0:
+        subprocess.run(lab + ["up", str(params_file)], check=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

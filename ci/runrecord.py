@@ -1,0 +1,99 @@
+"""A run record: runs/<environment>/<timestamp>/ with the executed notebooks, an HTML copy of
+each that reads offline, summary.json (every step's status, changes and duration) and
+provision.log (what ci/provision printed)."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nbformat
+
+# The lab template loads MathJax and require.js from a CDN. A record must read offline and
+# opening it must not send traffic anywhere, so those tags are dropped (the notebooks use
+# no LaTeX and no widgets).
+EXTERNAL_SCRIPT = re.compile(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>\s*', re.S)
+EXTERNAL_LINK = re.compile(r'<link[^>]*\shref="https?://[^"]*"[^>]*>\s*', re.S)
+
+
+@dataclass
+class StepRecord:
+    notebook: str
+    step: int | None
+    title: str
+    status: str = "not run"          # changed | in place | failed | not run
+    hosts: list[str] = field(default_factory=list)
+    changes: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add_events(self, events: list[dict]) -> None:
+        for e in events:
+            if e["host"] not in self.hosts:
+                self.hosts.append(e["host"])
+            if "changed" in e:
+                self.changes.append({"host": e["host"], "what": e["changed"]})
+
+
+@dataclass
+class Summary:
+    environment: str
+    parameters: str
+    mode: str = "provision"
+    started: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    finished: str | None = None
+    seconds: float = 0.0
+    result: str = "running"          # succeeded | failed
+    steps_changed: int = 0
+    steps: list[StepRecord] = field(default_factory=list)
+    failure: dict | None = None
+
+    def finish(self, result: str, seconds: float) -> None:
+        self.result, self.seconds = result, round(seconds, 2)
+        self.finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.steps_changed = sum(1 for s in self.steps if s.status == "changed")
+
+    def write(self, directory: Path) -> None:
+        data = asdict(self)
+        for s in data["steps"]:
+            s["seconds"] = round(s["seconds"], 2)
+        (directory / "summary.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def render_html(notebook_path: Path) -> Path:
+    """An HTML copy next to the notebook, readable offline (styles inline, no remote scripts)."""
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook_path, as_version=4)
+    body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(nb)
+    body = EXTERNAL_LINK.sub("", EXTERNAL_SCRIPT.sub("", body))
+    out = notebook_path.with_suffix(".html")
+    out.write_text(body)
+    return out
+
+
+def external_references(html: str) -> list[str]:
+    """src= / href= attributes that would load something from the network."""
+    return re.findall(r'(?:src|href)="(https?://[^"]+)"', html)
+
+
+# --- searching a record for secrets ---------------------------------------------------------------
+def secret_forms(value: str, user: str | None = None) -> dict[str, str]:
+    """The forms a secret can leak in: itself, and its md5 forms (md5(password + user) as in
+    pg_authid and pool_passwd, md5(password) as in pcp.conf). SCRAM verifiers are salted, so
+    the caller adds the verifiers the servers actually store."""
+    forms = {"value": value, "md5(password)": hashlib.md5(value.encode()).hexdigest()}
+    if user:
+        forms[f"md5(password+{user})"] = hashlib.md5((value + user).encode()).hexdigest()
+    return forms
+
+
+def find_in_record(record: Path, needles: dict[str, str]) -> list[str]:
+    """Every (file, what) where a needle occurs, in any file of the record."""
+    hits = []
+    for path in sorted(p for p in record.rglob("*") if p.is_file()):
+        text = path.read_text(errors="replace")
+        hits += [f"{path.name}: {what}" for what, needle in needles.items() if needle and needle in text]
+    return hits
