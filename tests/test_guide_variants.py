@@ -34,6 +34,7 @@ def test_md5_mode_does_what_the_guide_does(tmp_path):
     sh(LAB, "up", params)
     sh(REPO / "ci" / "provision", params)
     sh(REPO / "ci" / "provision", params)          # and again: nothing to change
+    assert "check passed" in sh(REPO / "ci" / "provision", "--check", params)
     hba = sh(LAB, "ssh", "vm1", "sudo grep -v '^#' /etc/postgresql/15/main/pg_hba.conf")
     assert "scram-sha-256" not in hba and "10.213.93.134/32         md5" in hba
     assert sh(LAB, "ssh", "vm1", "sudo -u postgres psql -XAtc \"select count(*) from pg_authid "

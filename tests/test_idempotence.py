@@ -1,8 +1,12 @@
-"""Provisioning on the lab, checked from outside: a second run changes nothing, the
-result is what the guide promises (read with plain psql on the hosts), and a broken step
-stops with a message that says why. Runs before test_lab.py, which leaves a fresh lab."""
+"""Provisioning on the lab, checked from outside: two runs leave two run records, the second
+changes nothing (file hashes, rows, restarts) and says so; the records hold no secret; the
+result is what the guide promises (read with plain psql on the hosts); --check sees drift
+and names the step that fixes it; --teardown does what it says; a broken step stops with a
+message that says why. Runs before test_lab.py, which leaves a fresh lab."""
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -10,21 +14,31 @@ import pytest
 from lib import REPO, replication
 from lib import params as P
 from lib.steps import Hosts, StepFailed
+from runrecord import find_in_record, secret_forms
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")
 PARAMS = P.load()
 WATCHED = ["/etc/postgresql/15/main/postgresql.conf", "/etc/postgresql/15/main/pg_hba.conf",
            "/var/lib/postgresql/15/main/postgresql.auto.conf"]
+# Not the lab's demo values: the records are searched for these and their hashed forms.
+SECRETS = {"PGGUIDE_REPLICATION_PASSWORD": "Repl-7f3a-secret", "PGGUIDE_POSTGRES_PASSWORD": "Pg-91c2-secret",
+           "PGGUIDE_PGPOOL_PASSWORD": "Pool-5d8e-secret", "PGGUIDE_PGPOOL_KEY": "Key-0b6f-secret"}
+ROLE_OF = {"PGGUIDE_REPLICATION_PASSWORD": "replicator", "PGGUIDE_POSTGRES_PASSWORD": "postgres",
+           "PGGUIDE_PGPOOL_PASSWORD": "pgpool"}
+#: the steps a first run on a fresh lab must report as changed (the journal's instrumentation)
+CHANGING_STEPS = {1, 2, 3, 5, 7, 8, 9, 11, 14, 17, 19, 20, 21, 22, 23, 25, 26, 28, 30, 31, 32, 33, 35, 39}
 
 
-def sh(*argv):
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+def sh(*argv, check=True, env=None):
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+    assert not check or proc.returncode == 0, \
+        f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout if check else proc
 
 
 def on(host, command):
-    return sh(str(REPO / "ci" / "lab"), "ssh", host, command)
+    return sh(REPO / "ci" / "lab", "ssh", host, command)
 
 
 POOL_FILES = ["/etc/pgpool2/pgpool.conf", "/etc/pgpool2/pool_hba.conf", "/etc/pgpool2/pool_passwd",
@@ -42,18 +56,34 @@ def snapshot():
     return state
 
 
-def provision():
-    out = sh(str(REPO / "ci" / "provision"))
-    return REPO / out.strip().splitlines()[-1].split("Executed notebooks: ")[1]
+@pytest.fixture(scope="module")
+def secrets_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("secrets") / "lab.secrets"
+    path.write_text("# test secrets\n" + "".join(f"{k}={v}\n" for k, v in SECRETS.items()))
+    path.chmod(0o600)
+    return path
+
+
+def provision(secrets_file):
+    out = sh(REPO / "ci" / "provision", "--secrets", secrets_file)
+    return REPO / out.strip().splitlines()[-1].split("Record: ")[1]
+
+
+def check(secrets_file):
+    return sh(REPO / "ci" / "provision", "--check", "--secrets", secrets_file, check=False)
 
 
 @pytest.fixture(scope="module")
-def provisioned_twice():
-    sh(str(REPO / "ci" / "lab"), "up")
-    first_run = provision()
+def provisioned_twice(secrets_file):
+    sh(REPO / "ci" / "lab", "up")
+    first_run = provision(secrets_file)
     before = snapshot()
-    second_run = provision()
+    second_run = provision(secrets_file)
     return first_run, second_run, before, snapshot()
+
+
+def summary(record):
+    return json.loads((record / "summary.json").read_text())
 
 
 def outputs(record, notebook="01-streaming-replication.ipynb"):
@@ -68,9 +98,34 @@ def test_second_run_changes_no_file_no_row_and_restarts_nothing(provisioned_twic
     assert before["vm1"].splitlines()[3] == "6"          # Alice, Bob, Charlie, David; Frank, Grace
 
 
+def test_two_runs_leave_two_records(provisioned_twice):
+    first, second, _, _ = provisioned_twice
+    assert first != second and first.parent == second.parent == REPO / "runs" / "lab"
+    for record in (first, second):
+        names = sorted(p.name for p in record.iterdir())
+        assert names == ["00-environment.html", "00-environment.ipynb", "01-streaming-replication.html",
+                         "01-streaming-replication.ipynb", "02-pgpool.html", "02-pgpool.ipynb",
+                         "provision.log", "summary.json"]
+        assert summary(record)["result"] == "succeeded"
+
+
+def test_summary_says_what_each_step_changed(provisioned_twice):
+    first, second, _, _ = provisioned_twice
+    steps = summary(first)["steps"]
+    assert [s["step"] for s in steps if s["step"] is not None] == list(range(1, 40))
+    assert {s["step"] for s in steps if s["status"] == "changed"} == CHANGING_STEPS
+    by_step = {s["step"]: s for s in steps}
+    assert by_step[5]["changes"] == [{"host": "vm1", "what": "PostgreSQL restarted"}]
+    assert by_step[9]["hosts"] == ["vm2"] and by_step[9]["changes"][0]["what"].startswith("base backup from vm1")
+    assert all(s["seconds"] >= 0 for s in steps) and by_step[38]["seconds"] > 1
+    again = summary(second)
+    assert again["steps_changed"] == 0 and {s["status"] for s in again["steps"]} == {"in place"}
+    log = (second / "provision.log").read_text()
+    assert "0 steps changed, 47 already in place" in log and "[47/47] 02" in log
+
+
 def test_second_run_reports_everything_in_place(provisioned_twice):
     first, second, _, _ = provisioned_twice
-    assert first != second
     text = outputs(second)
     for phrase in ("role replicator already in place", "postgresql.conf already as the guide wants it",
                    "pg_hba.conf already as the guide wants it", "no restart needed",
@@ -101,8 +156,9 @@ def test_independent_check_with_psql_on_the_hosts(provisioned_twice):
 
 def through_pgpool(sql, database="postgres"):
     """Plain psql against pgpool's port, from vm1 (inside pool_hba's client network)."""
-    return sh(str(REPO / "ci" / "lab"), "ssh", "vm1",
-              f"PGPASSWORD=postgres123 psql -XAt -h 10.213.93.134 -p 9999 -U postgres -d {database} -c \"{sql}\"")
+    return sh(REPO / "ci" / "lab", "ssh", "vm1",
+              f"PGPASSWORD={SECRETS['PGGUIDE_POSTGRES_PASSWORD']} psql -XAt -h 10.213.93.134 -p 9999 -U postgres "
+              f"-d {database} -c \"{sql}\"")
 
 
 def test_independent_check_through_pgpool(provisioned_twice):
@@ -119,31 +175,112 @@ def test_independent_check_through_pgpool(provisioned_twice):
     assert int(scram) >= 1
 
 
-def test_no_secret_in_the_run_records(provisioned_twice):
+def secret_needles():
+    """Each secret, its md5 forms, and the forms the hosts store: SCRAM verifiers (salted, so
+    read from pg_authid), pool_passwd's AES entries, the key file."""
+    needles = {}
+    for variable, value in SECRETS.items():
+        needles.update({f"{variable} {form}": v for form, v in secret_forms(value, ROLE_OF.get(variable)).items()})
+    for line in on("vm1", "sudo -u postgres psql -XAtc \"select rolname, rolpassword from pg_authid "
+                          "where rolname in ('replicator', 'postgres', 'pgpool')\"").split():
+        role, verifier = line.split("|", 1)
+        needles[f"{role}'s stored verifier"] = verifier
+        needles[f"{role}'s StoredKey:ServerKey"] = verifier.split("$")[-1]
+    for line in on("vm3", "sudo cat /etc/pgpool2/pool_passwd").split():
+        user, entry = line.split(":", 1)
+        needles[f"pool_passwd entry of {user}"] = entry
+    return needles
+
+
+def test_no_secret_in_any_form_in_the_run_records(provisioned_twice):
+    needles = secret_needles()
+    assert len(needles) >= 4 * 2 + 3 * 2 + 2
     for record in provisioned_twice[:2]:
-        for nb in record.glob("*.ipynb"):
-            text = nb.read_text()
-            for value in ("replica123", "postgres123", "pgpool123", "pgpool-lab-key"):
-                assert value not in text, f"{nb.name} shows {value}"
+        assert find_in_record(record, needles) == []
+        injected = json.loads((record / "01-streaming-replication.ipynb").read_text())["metadata"]["papermill"]
+        assert set(injected["parameters"]) == {"environment", "lab", "hosts", "ssh", "postgres", "options"}
 
 
-def test_wrong_pool_passwd_entry_stops_with_the_reason(provisioned_twice):
+def test_html_record_opens_in_headless_chromium_and_shows_the_steps(provisioned_twice, tmp_path):
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing: ci/test installs it (apt-get install chromium)"
+    page = provisioned_twice[1] / "02-pgpool.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage"]
+    dom = sh(chromium, *flags, "--dump-dom", f"file://{page}")
+    for text in ("Step 34 — Check PgPool Node Status", "Step 39 — Real-Time Sync Test Through PgPool",
+                 "10.213.93.133", "streaming"):
+        assert text in dom, text
+    shot = tmp_path / "page.png"
+    sh(chromium, *flags, "--window-size=1200,900", f"--screenshot={shot}", f"file://{page}")
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000     # a blank page compresses to ~5 kB
+
+
+def test_check_passes_on_the_provisioned_cluster(provisioned_twice, secrets_file):
+    result = check(secrets_file)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "check passed: all 17 checks match the guide." in result.stdout
+
+
+@pytest.mark.parametrize("host, path, edit, step, drift", [
+    ("vm2", "/etc/postgresql/15/main/pg_hba.conf", "sed -i '/pgpool .*10.213.93.134/d'", "Step 26",
+     "pg_hba.conf lacks `host all pgpool 10.213.93.134/32 scram-sha-256`"),
+    ("vm3", "/etc/pgpool2/pgpool.conf", "sed -i 's/^backend_weight1 = 2/backend_weight1 = 0/'", "Step 30",
+     "pgpool.conf has  `backend_weight1 = 0`"),
+], ids=["pgpool line removed from the standby's pg_hba", "backend_weight1 set to 0"])
+def test_check_names_a_drift_and_the_step_that_fixes_it(provisioned_twice, secrets_file, host, path, edit, step, drift):
+    on(host, f"sudo cp -p {path} /tmp/drift.bak && sudo {edit} {path}")
+    try:
+        edited = on(host, f"sudo sha256sum {path}")
+        result = check(secrets_file)
+        assert on(host, f"sudo sha256sum {path}") == edited, "--check changed the file"
+    finally:
+        on(host, f"sudo cp -p /tmp/drift.bak {path}")
+    assert result.returncode == 1, result.stdout
+    drifted = [line for line in result.stdout.splitlines() if line.lstrip().startswith("DRIFT")]
+    assert len(drifted) == 1 and f"DRIFT {step}" in drifted[0], result.stdout
+    assert drift in result.stdout and f"The steps that fix them: {step};" in result.stdout
+    assert check(secrets_file).returncode == 0
+
+
+def test_wrong_pool_passwd_entry_stops_with_the_reason(provisioned_twice, monkeypatch):
     from lib import db, pgpool as pool
     from functools import partial
 
+    for variable, value in SECRETS.items():
+        monkeypatch.setenv(variable, value)
+    postgres_password = SECRETS["PGGUIDE_POSTGRES_PASSWORD"]
     env = Hosts(PARAMS)
     vm3 = env.pgpool
     try:
         pool.ensure_pool_passwd(vm3, {"postgres": "not-the-password"})
         pool.start_pgpool(vm3, changed=True)
-        via_pgpool = partial(db.connect, PARAMS, vm3.host, user="postgres", password="postgres123", port=9999)
+        via_pgpool = partial(db.connect, PARAMS, vm3.host, user="postgres", password=postgres_password, port=9999)
         with pytest.raises(AssertionError, match=r"(?s)pgpool refused the login.*pool_passwd.*"
                                                  r"auth_method scram-sha-256 must hold AES entries"):
             pool.wait_for_nodes(via_pgpool, PARAMS, timeout=20)
     finally:
-        pool.ensure_pool_passwd(vm3, {"postgres": "postgres123"})
+        pool.ensure_pool_passwd(vm3, {"postgres": postgres_password})
         pool.start_pgpool(vm3, changed=True)
         env.close()
+
+
+def test_teardown_stops_pgpool_and_leaves_a_standalone_standby(provisioned_twice, secrets_file):
+    before = on("vm1", f"sudo sha256sum {' '.join(WATCHED[:2])}")
+    out = sh(REPO / "ci" / "provision", "--teardown", "--secrets", secrets_file)
+    assert "vm3: pgpool2 stopped and disabled at boot" in out and "vm2: promoted" in out
+    assert on("vm3", "systemctl is-active pgpool2 || true").strip() == "inactive"
+    assert on("vm2", "sudo -u postgres psql -XAtc 'select pg_is_in_recovery()'").strip() == "f"
+    assert "primary_conninfo" not in on("vm2", "sudo cat /var/lib/postgresql/15/main/postgresql.auto.conf")
+    on("vm2", "sudo -u postgres psql -XAtc \"insert into employees (name) values ('standalone')\" testdb")
+    assert on("vm1", f"sudo sha256sum {' '.join(WATCHED[:2])}") == before      # the primary is left alone
+    again = sh(REPO / "ci" / "provision", "--teardown", "--secrets", secrets_file)
+    assert "pgpool2 already stopped" in again and "vm2: already a standalone server" in again
+    result = check(secrets_file)
+    assert result.returncode == 1
+    for drift in ("DRIFT Steps 7-11  vm2", "DRIFT Step 33     vm3", "DRIFT Step 34     vm3"):
+        assert drift in result.stdout, result.stdout
 
 
 def test_wrong_replication_password_stops_the_base_backup_with_the_reason(provisioned_twice):

@@ -29,3 +29,49 @@ def test_mask_hides_every_known_value(monkeypatch):
     assert "pool-pass" in values and "replica123" in values
     assert S.mask("password=pool-pass user=replicator password=replica123", values) == \
         "password=******** user=replicator password=********"
+
+
+def write(tmp_path, text, mode=0o600):
+    path = tmp_path / "env.secrets"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_secrets_file_is_read_after_the_environment(monkeypatch, tmp_path):
+    for v in ("PGGUIDE_REPLICATION_PASSWORD", "PGGUIDE_POSTGRES_PASSWORD"):
+        monkeypatch.delenv(v, raising=False)
+    path = write(tmp_path, "# comment\n\nPGGUIDE_REPLICATION_PASSWORD=from-file\nPGGUIDE_POSTGRES_PASSWORD = x=y\n")
+    monkeypatch.setenv(S.FILE_VARIABLE, str(path))
+    vm = P.load(P.REPO / "params" / "vmware.yaml")
+    assert S.secret("replication", vm) == "from-file" and S.secret("postgres", vm) == "x=y"
+    assert S.source("replication", vm) == "secrets file"
+    monkeypatch.setenv("PGGUIDE_REPLICATION_PASSWORD", "from-env")
+    assert S.secret("replication", vm) == "from-env"
+
+
+def test_a_secrets_file_turns_off_the_lab_demo_values(monkeypatch, tmp_path):
+    monkeypatch.delenv("PGGUIDE_PGPOOL_KEY", raising=False)
+    monkeypatch.setenv(S.FILE_VARIABLE, str(write(tmp_path, "PGGUIDE_REPLICATION_PASSWORD=a\n")))
+    with pytest.raises(S.MissingSecret, match="missing secrets .*PGGUIDE_PGPOOL_KEY: set them in the environment "
+                                              "or in the secrets file"):
+        S.require_all(P.load())
+
+
+def test_bad_secrets_files_are_refused_without_echoing_them(tmp_path):
+    with pytest.raises(S.BadSecretsFile, match="does not exist"):
+        S.read_secrets_file(tmp_path / "none")
+    with pytest.raises(S.BadSecretsFile, match=r"can be read by others \(mode 644\): chmod 600"):
+        S.read_secrets_file(write(tmp_path, "PGGUIDE_PGPOOL_KEY=k\n", 0o644))
+    with pytest.raises(S.BadSecretsFile, match="line 1: expected VARIABLE=value") as e:
+        S.read_secrets_file(write(tmp_path, "PASSWORD=hunter2\n"))
+    assert "hunter2" not in str(e.value)
+    inside = P.REPO / "runs" / "test-inside.secrets"
+    inside.parent.mkdir(exist_ok=True)
+    inside.write_text("PGGUIDE_PGPOOL_KEY=k\n")
+    inside.chmod(0o600)
+    try:
+        with pytest.raises(S.BadSecretsFile, match="inside the repository"):
+            S.read_secrets_file(inside)
+    finally:
+        inside.unlink()

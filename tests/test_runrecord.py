@@ -1,0 +1,48 @@
+"""The pieces of a run record: the secret search must find a secret in any form in any file,
+and the HTML must not load anything from the network."""
+import hashlib
+import json
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from runrecord import StepRecord, Summary, external_references, find_in_record, render_html, secret_forms
+
+
+def test_secret_forms_are_the_value_and_its_md5_forms():
+    forms = secret_forms("s3cret", "pgpool")
+    assert forms == {"value": "s3cret", "md5(password)": hashlib.md5(b"s3cret").hexdigest(),
+                     "md5(password+pgpool)": hashlib.md5(b"s3cretpgpool").hexdigest()}
+
+
+def test_a_secret_printed_on_purpose_is_found_in_every_kind_of_file(tmp_path):
+    forms = secret_forms("s3cret", "pgpool")
+    for i, (what, needle) in enumerate(forms.items()):
+        nb = new_notebook(cells=[new_code_cell("print(x)", outputs=[new_output("stream", name="stdout", text=needle)])])
+        nbformat.write(nb, tmp_path / f"{i}.ipynb")
+    (tmp_path / "provision.log").write_text(f"line with {forms['value']} in it\n")
+    (tmp_path / "summary.json").write_text(json.dumps({"changes": [forms["md5(password+pgpool)"]]}))
+    hits = find_in_record(tmp_path, forms)
+    assert "0.ipynb: value" in hits and "1.ipynb: md5(password)" in hits and "2.ipynb: md5(password+pgpool)" in hits
+    assert "provision.log: value" in hits and "summary.json: md5(password+pgpool)" in hits
+    assert find_in_record(tmp_path, secret_forms("other")) == []
+
+
+def test_html_reads_offline(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("print('hi')", outputs=[new_output("stream", name="stdout", text="hi\n")])])
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    html = render_html(tmp_path / "n.ipynb").read_text()
+    assert "hi" in html and external_references(html) == []
+    assert external_references('<script src="https://cdn.example/x.js"></script>') == ["https://cdn.example/x.js"]
+
+
+def test_summary_counts_changed_steps(tmp_path):
+    s = Summary("lab", "params/lab.yaml")
+    s.steps = [StepRecord("01", 1, "a", "changed"), StepRecord("01", 2, "b", "in place")]
+    s.steps[0].add_events([{"host": "vm1"}, {"host": "vm1", "changed": "role x created"}, {"host": "vm2"}])
+    s.finish("succeeded", 1.234)
+    s.write(tmp_path)
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["steps_changed"] == 1 and data["seconds"] == 1.23
+    assert data["steps"][0]["hosts"] == ["vm1", "vm2"]
+    assert data["steps"][0]["changes"] == [{"host": "vm1", "what": "role x created"}]
