@@ -122,19 +122,22 @@ def probe_from_here(env: Hosts, address: str, port: int) -> str:
 
 
 def paths_needed(env: Hosts) -> list[tuple[str, Remote | None, Remote, int, str]]:
-    """(why, from, to, port): the connections the guide relies on. from=None: this machine."""
+    """(why, from, to, port, the step that opens the port where ufw is active). from=None: this machine."""
     pg, pool = env.params.postgres["port"], env.params.pgpool["port"]
-    paths = [("base backup and WAL streaming", s, env.primary, pg) for s in env.standbys]
-    paths += [("pgpool to its backends", env.pgpool, b, pg) for b in [env.primary, *env.standbys]]
-    paths += [("clients to pgpool", None, env.pgpool, pool)]
+    paths = [("base backup and WAL streaming", s, env.primary, pg, "Step 4") for s in env.standbys]
+    paths += [("pgpool to its backends", env.pgpool, env.primary, pg, "Step 4")]
+    paths += [("pgpool to its backends", env.pgpool, s, pg, "Step 26") for s in env.standbys]
+    paths += [("clients to pgpool", None, env.pgpool, pool, "Step 33")]
     return paths
 
 
 def check_paths(env: Hosts) -> list[tuple[str, str, str, str]]:
     rows = []
-    for why, src, dst, port in paths_needed(env):
+    for why, src, dst, port, opener in paths_needed(env):
         state = (probe_from_here(env, dst.host.address, port) if src is None
                  else probe_from_host(src, dst.host.address, port))
+        if state.startswith("FILTERED") and replication.ufw_state(dst) == "active":
+            state = f"filtered by ufw ({opener} opens it)"
         rows.append((src.host.name if src else "this machine", f"{dst.host.name}:{port}", state, why))
         expect(not state.startswith(("FILTERED", "UNREACHABLE")),
                f"{rows[-1][0]} cannot reach {dst.host.label} on port {port}: {state}.",

@@ -118,11 +118,17 @@ def allow_replication(remote: Remote, standbys: list[Remote]) -> list[str]:
                      lambda text: pgconf.add_hba_records(text, hba_replication_lines(standbys)))
 
 
-def open_firewall(remote: Remote, port: int) -> str:
+def ufw_state(remote: Remote) -> str:
+    """'absent', 'inactive' or 'active': Ubuntu installs ufw (often active), Debian does not."""
     state = remote.sudo("command -v ufw >/dev/null || { echo absent; exit 0; }; ufw status | head -1").stdout.strip()
+    return "absent" if state == "absent" else "inactive" if "inactive" in state else "active"
+
+
+def open_firewall(remote: Remote, port: int) -> str:
+    state = ufw_state(remote)
     if state == "absent":
         return f"{remote.host.name}: ufw is not installed, so no host firewall to open (step skipped)"
-    if "inactive" in state:
+    if state == "inactive":
         return f"{remote.host.name}: ufw is installed but inactive, so port {port} is not blocked (step skipped)"
     before = remote.sudo("ufw status").stdout
     remote.sudo(f"ufw allow {port}/tcp && ufw reload")
