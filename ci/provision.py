@@ -81,6 +81,8 @@ class Progress:
         from lib import journal
 
         unit = self.current
+        if unit is None:            # a cell before any unit: nothing to report
+            return
         record = self.records[id(unit)]
         events, self.offset = journal.read(self.journal_path, self.offset)
         record.add_events(events)

@@ -107,7 +107,7 @@ CASES = [
      "vm3 (pgpool, 10.213.93.200): cannot reach SSH port 22"),
     ("wrong SSH key", lambda t: [params_file(t, set_key("ssh.key_file", str(new_key(t))))], EXIT_FAILED,
      "SSH as labadmin failed"),
-    ("PostgreSQL version not installed", lambda t: [params_file(t, set_key("postgres.version", 16))], EXIT_FAILED,
+    ("PostgreSQL version not installed on the host", lambda t: [params_file(t, set_key("postgres.version", 16))], EXIT_FAILED,
      "PostgreSQL 16 is not installed on vm1 (versions there: 15)"),
 ]
 
