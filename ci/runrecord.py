@@ -12,11 +12,13 @@ from pathlib import Path
 
 import nbformat
 
-# The lab template loads MathJax and require.js from a CDN. A record must read offline and
-# opening it must not send traffic anywhere, so those tags are dropped (the notebooks use
-# no LaTeX and no widgets).
-EXTERNAL_SCRIPT = re.compile(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>\s*', re.S)
+# The lab template loads MathJax, require.js and mermaid from a CDN. A record must read
+# offline and opening it must not send traffic anywhere, so every script that names a
+# network address is dropped (the notebooks use no LaTeX and no widgets). A mermaid diagram
+# then shows as its source text, which reads as a diagram description.
+SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>\s*", re.S)
 EXTERNAL_LINK = re.compile(r'<link[^>]*\shref="https?://[^"]*"[^>]*>\s*', re.S)
+URL = re.compile(r"https?://[^\s\"'<>)]+")
 
 
 @dataclass
@@ -68,15 +70,22 @@ def render_html(notebook_path: Path) -> Path:
 
     nb = nbformat.read(notebook_path, as_version=4)
     body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(nb)
-    body = EXTERNAL_LINK.sub("", EXTERNAL_SCRIPT.sub("", body))
+    body = EXTERNAL_LINK.sub("", SCRIPT.sub(lambda m: "" if URL.search(m.group(0)) else m.group(0), body))
+    # The template hides a diagram until mermaid has drawn it; offline, show its source the way
+    # JupyterLab shows a diagram it cannot draw (the "warning" style keeps the <pre> visible).
+    body = body.replace('<div class="jp-Mermaid">', '<div class="jp-Mermaid jp-RenderedMermaid jp-mod-warning">')
     out = notebook_path.with_suffix(".html")
     out.write_text(body)
     return out
 
 
 def external_references(html: str) -> list[str]:
-    """src= / href= attributes that would load something from the network."""
-    return re.findall(r'(?:src|href)="(https?://[^"]+)"', html)
+    """What would load something from the network: src= attributes, stylesheet links, and
+    any address inside a script (an import)."""
+    found = re.findall(r'\ssrc="(https?://[^"]+)"', html)
+    found += [m for tag in re.findall(r"<link\b[^>]*>", html) for m in re.findall(r'href="(https?://[^"]+)"', tag)]
+    found += [u for script in SCRIPT.findall(html) for u in URL.findall(script)]
+    return list(dict.fromkeys(found))
 
 
 # --- searching a record for secrets ---------------------------------------------------------------

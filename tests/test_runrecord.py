@@ -4,7 +4,7 @@ import hashlib
 import json
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_notebook, new_output
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from runrecord import StepRecord, Summary, external_references, find_in_record, render_html, secret_forms
 
@@ -34,6 +34,17 @@ def test_html_reads_offline(tmp_path):
     html = render_html(tmp_path / "n.ipynb").read_text()
     assert "hi" in html and external_references(html) == []
     assert external_references('<script src="https://cdn.example/x.js"></script>') == ["https://cdn.example/x.js"]
+    assert external_references('<script type="module">await import("https://cdn.example/m.mjs")</script>') == \
+        ["https://cdn.example/m.mjs"]
+    assert external_references('<a href="https://example.org/doc">a link is fine</a>') == []
+
+
+def test_a_mermaid_diagram_stays_readable_offline(tmp_path):
+    nb = new_notebook(cells=[new_markdown_cell("```mermaid\nflowchart LR\n  VM1 --> VM2\n```")])
+    nbformat.write(nb, tmp_path / "m.ipynb")
+    html = render_html(tmp_path / "m.ipynb").read_text()
+    assert external_references(html) == [] and "VM1 --&gt; VM2" in html
+    assert '<div class="jp-Mermaid">' not in html         # the template's CSS hides that until mermaid runs
 
 
 def test_summary_counts_changed_steps(tmp_path):
