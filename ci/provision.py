@@ -14,19 +14,11 @@ from pathlib import Path
 import nbformat
 
 import runbook
+from notebooks import NOTEBOOKS, QUIET_KERNEL, REPO, guide_notebooks
 from runrecord import StepRecord, Summary, render_html
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-NOTEBOOKS = REPO / "notebooks"
-# ipykernel 7 warns on stderr that its local TCP sockets are unencrypted: noise in a
-# headless run on one machine. Errors still show.
-QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
-
-
-def guide_notebooks() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
 
 
 def shown(path: Path) -> str:

@@ -39,7 +39,9 @@ def role(remote: Remote, name: str, secret_name: str, attributes: str) -> list[s
     differences = replication.role_differences(remote, name, secrets.secret(secret_name, remote.params), attributes)
     if differences is None:
         return [f"role {name} does not exist"]
-    return [f"role {name} {d}" for d in differences]
+    hint = {"has another password": f" (not the secret {secrets.SECRETS[secret_name][0]}: correct the secret, "
+                                    "or provision with options.reset_passwords: true to replace it)"}
+    return [f"role {name} {d}{hint.get(d, '')}" for d in differences]
 
 
 def running_settings(remote: Remote, wanted: dict) -> list[str]:
@@ -58,8 +60,7 @@ def guide_rows(primary: Remote) -> list[str]:
 
 
 def packages(remote: Remote, names: list[str]) -> list[str]:
-    return [f"{p} is not installed" for p in names if "install ok installed" not in remote.run(
-        f"dpkg-query -W -f='${{Status}}' {p} 2>/dev/null", check=False).stdout]
+    return [f"{p} is not installed" for p in pool.missing_packages(remote, names)]
 
 
 def monitor_grant(primary: Remote) -> list[str]:
@@ -69,21 +70,19 @@ def monitor_grant(primary: Remote) -> list[str]:
 
 def pgpool_files(vm3: Remote) -> list[str]:
     drifts = []
-    if replication.auth_method(vm3.params) != "md5":
-        key = vm3.run(f"test -f {pool.KEY_FILE} && cat {pool.KEY_FILE}", user="postgres", check=False, mask=False)
-        if key.stdout.strip() != secrets.secret("pgpool_key", vm3.params):
-            drifts.append(f"{pool.KEY_FILE} does not hold PGGUIDE_PGPOOL_KEY")
-    pcppass = vm3.run(f"test -f {pool.PCPPASS} && cat {pool.PCPPASS}", user="postgres", check=False, mask=False)
-    wanted = f"localhost:{vm3.params.pgpool['pcp_port']}:{pool.PGPOOL_ROLE}:{secrets.secret('pgpool', vm3.params)}"
-    if pcppass.stdout.strip() != wanted:
+    if replication.auth_method(vm3.params) != "md5" and not pool.key_in_place(
+            vm3, secrets.secret("pgpool_key", vm3.params)):
+        drifts.append(f"{pool.KEY_FILE} does not hold PGGUIDE_PGPOOL_KEY")
+    if not pool.pcppass_in_place(vm3, secrets.secret("pgpool", vm3.params)):
         drifts.append(f"{pool.PCPPASS} is missing or holds another password")
     return drifts
 
 
 def service(vm3: Remote) -> list[str]:
-    name = vm3.params.pgpool["service"]
-    state = vm3.run(f"systemctl is-active {name}; systemctl is-enabled {name}", check=False).lines
-    return [] if state == ["active", "enabled"] else [f"{name} is {' and '.join(state) or 'unknown'}"]
+    state = pool.service_state(vm3)
+    if state == ["active", "enabled"]:
+        return []
+    return [f"{vm3.params.pgpool['service']} is {' and '.join(state) or 'unknown'}"]
 
 
 def nodes(vm3: Remote) -> list[str]:
@@ -155,8 +154,9 @@ def run(env: Hosts) -> list[Check]:
         try:
             result.drifts = check()
         except Exception as e:          # one failing check must not hide the others
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            result.drifts = [f"could not check: {first}"]
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            why = next((l.removeprefix("stderr: ") for l in lines if l.startswith("stderr: ")), "")
+            result.drifts = [f"could not check: {lines[0]}" + (f" ({why})" if why else "")]
         results.append(result)
     return results
 

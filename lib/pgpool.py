@@ -26,10 +26,14 @@ def conf(params: Params, name: str) -> str:
 
 
 # --- Steps 19-20 --------------------------------------------------------------------------------
+def missing_packages(remote: Remote, packages: list[str]) -> list[str]:
+    return [p for p in packages if "install ok installed" not in remote.run(
+        f"dpkg-query -W -f='${{Status}}' {p} 2>/dev/null", check=False).stdout]
+
+
 def ensure_packages(remote: Remote, packages: list[str]) -> str:
     query = " ".join(packages)
-    missing = [p for p in packages if "install ok installed" not in remote.run(
-        f"dpkg-query -W -f='${{Status}}' {p} 2>/dev/null", check=False).stdout]
+    missing = missing_packages(remote, packages)
     if not missing:
         return f"{remote.host.name}: {query} already installed"
     remote.sudo("apt-get update -q", timeout=600)
@@ -179,12 +183,28 @@ def ensure_key(remote: Remote, key: str) -> str:
     """The AES key pool_passwd is encrypted with, readable by postgres only."""
     if replication.auth_method(remote.params) == "md5":
         return f"{remote.host.name}: md5 mode stores md5 hashes in pool_passwd: no AES key needed"
-    current = remote.run(f"test -f {KEY_FILE} && cat {KEY_FILE}", user="postgres", check=False, mask=False).stdout
-    if current.strip() == key:
+    if key_in_place(remote, key):
         return f"{remote.host.name}: {KEY_FILE} already in place"
     remote.postgres(f"umask 077; cat > {KEY_FILE}", stdin=key + "\n")
     remote.changed(f"wrote {KEY_FILE}")
     return f"{remote.host.name}: wrote {KEY_FILE} (mode 600, owner postgres)"
+
+
+def _postgres_dotfile(remote: Remote, path: str) -> str:
+    """A file in postgres's home, "" if absent (secrets not masked: compare, never print)."""
+    return remote.run(f"test -f {path} && cat {path}", user="postgres", check=False, mask=False).stdout.strip()
+
+
+def key_in_place(remote: Remote, key: str) -> bool:
+    return _postgres_dotfile(remote, KEY_FILE) == key
+
+
+def pcppass_line(params: Params, password: str) -> str:
+    return f"localhost:{params.pgpool['pcp_port']}:{PGPOOL_ROLE}:{password}"
+
+
+def pcppass_in_place(remote: Remote, password: str) -> bool:
+    return _postgres_dotfile(remote, PCPPASS) == pcppass_line(remote.params, password)
 
 
 def ensure_pool_passwd(remote: Remote, users: dict[str, str]) -> str:
@@ -219,10 +239,8 @@ def ensure_pcp(remote: Remote, password: str) -> str:
     line = f"{PGPOOL_ROLE}:{hashlib.md5(password.encode()).hexdigest()}"
     changed = replication.edit_file(remote, pcp_conf, lambda text: _ensure_line(text, line, f"{PGPOOL_ROLE}:"),
                                     secret_content=True)
-    pcppass = f"localhost:{remote.params.pgpool['pcp_port']}:{PGPOOL_ROLE}:{password}"
-    current = remote.run(f"test -f {PCPPASS} && cat {PCPPASS}", user="postgres", check=False, mask=False).stdout
-    if current.strip() != pcppass:
-        remote.postgres(f"umask 077; cat > {PCPPASS}", stdin=pcppass + "\n")
+    if not pcppass_in_place(remote, password):
+        remote.postgres(f"umask 077; cat > {PCPPASS}", stdin=pcppass_line(remote.params, password) + "\n")
         remote.changed(f"wrote {PCPPASS}")
         changed.append(f"+{PCPPASS}")
     return f"{remote.host.name}: pcp " + ("already set up" if not changed else "set up (pcp.conf, .pcppass)")
@@ -246,6 +264,12 @@ def _ensure_line(text: str, line: str, prefix: str) -> tuple[str, list[str]]:
 
 
 # --- Step 33 ------------------------------------------------------------------------------------
+def service_state(remote: Remote) -> list[str]:
+    """['active', 'enabled'] when pgpool runs and starts at boot."""
+    service = remote.params.pgpool["service"]
+    return remote.run(f"systemctl is-active {service}; systemctl is-enabled {service}", check=False).lines
+
+
 def start_pgpool(remote: Remote, changed: bool) -> str:
     service = remote.params.pgpool["service"]
     hint = f"read /var/log/pgpool2/pgpool.log and `journalctl -u {service}` on {remote.host.name}"
@@ -271,7 +295,7 @@ def start_pgpool(remote: Remote, changed: bool) -> str:
     listening, _ = wait_until(lambda: remote.run(f"timeout 1 bash -c '</dev/tcp/127.0.0.1/{port}'",
                                                  check=False).ok, timeout=30, interval=0.1)
     expect(listening, f"{service} on {remote.host.name} does not listen on port {port}.", hint)
-    state = remote.run(f"systemctl is-active {service}; systemctl is-enabled {service}", check=False).lines
+    state = service_state(remote)
     expect(state == ["active", "enabled"], f"{service} on {remote.host.name} is {state}.", hint)
     return f"{remote.host.name}: {service} {action}; active (running), enabled at boot"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from lib import pgpool as pool
 from lib import replication
 from lib.show import expect
 from lib.steps import Hosts, Remote
@@ -25,7 +26,7 @@ from lib.wait import wait_until
 
 def stop_pgpool(vm3: Remote) -> str:
     service = vm3.params.pgpool["service"]
-    state = vm3.run(f"systemctl is-active {service}; systemctl is-enabled {service}", check=False).lines
+    state = pool.service_state(vm3)
     if state[:1] != ["active"] and state[1:] != ["enabled"]:
         return f"{vm3.host.name}: {service} already stopped and not enabled ({' / '.join(state) or 'not installed'})"
     vm3.sudo(f"systemctl disable --now {service} 2>&1 | grep -v '^Synchronizing\\|^Executing\\|^Removed' || true")
