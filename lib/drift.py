@@ -54,6 +54,13 @@ def standby_streams(standby: Remote, primary: Remote) -> list[str]:
     return [] if state == "streaming" else [f"not a standby streaming from {primary.host.name}: {state}"]
 
 
+def conninfo_password(standby: Remote) -> list[str]:
+    fields = replication.conninfo_fields(replication.auto_conf(standby))
+    if fields.get("password") == secrets.secret("replication", standby.params):
+        return []
+    return ["primary_conninfo does not hold PGGUIDE_REPLICATION_PASSWORD"]
+
+
 def guide_rows(primary: Remote) -> list[str]:
     missing = [n for n, _ in replication.GUIDE_ROWS if n not in replication.employee_names(primary)]
     return [f"{replication.TEST_DB}.employees lacks {', '.join(missing)}"] if missing else []
@@ -116,6 +123,7 @@ def checks(env: Hosts) -> list[tuple[str, Remote, str, Callable[[], list[str]]]]
     ]
     for s in env.standbys:
         out.append(("Steps 7-11", s, "streaming from the primary", partial(standby_streams, s, primary)))
+        out.append(("Step 10", s, "primary_conninfo password", partial(conninfo_password, s)))
     out += [
         ("Step 14", primary, "the guide's test rows", lambda: guide_rows(primary)),
         ("Steps 19-20", vm3, "packages", lambda: packages(vm3, ["postgresql-client", p.pgpool["package"]])),

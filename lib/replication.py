@@ -261,13 +261,81 @@ def standby_files(remote: Remote) -> tuple[bool, dict[str, str]]:
     """standby.signal present?, and primary_conninfo's fields (password masked)."""
     data_dir = remote.params.postgres["data_dir"]
     signal = remote.postgres(f"test -f {data_dir}/standby.signal", check=False).ok
-    auto = remote.postgres(f"cat {data_dir}/postgresql.auto.conf").stdout
-    line = next((l for l in auto.splitlines() if l.startswith("primary_conninfo")), "")
-    value = line.split("=", 1)[1].strip().strip("'") if line else ""
-    fields = dict(item.split("=", 1) for item in shlex.split(value.replace("''", "'")) if "=" in item)
+    fields = conninfo_fields(auto_conf(remote))
     if "password" in fields:
         fields["password"] = "********"
     return signal, fields
+
+
+def auto_conf(standby: Remote) -> str:
+    """postgresql.auto.conf, unmasked: it holds the replication password; never print it."""
+    data_dir = standby.params.postgres["data_dir"]
+    return standby.postgres(f"cat {data_dir}/postgresql.auto.conf", mask=False).stdout
+
+
+def conninfo_fields(auto_conf_text: str) -> dict[str, str]:
+    """primary_conninfo's keywords, from postgresql.auto.conf's text. Two quotings nest: the
+    file's ('' and \\ doubled, as ALTER SYSTEM writes them) around libpq's (a value in '...'
+    with \\' and \\\\ escaped, or bare with \\ escapes)."""
+    line = next((l for l in auto_conf_text.splitlines() if l.startswith("primary_conninfo")), "")
+    quoted = line.split("=", 1)[1].strip() if line else ""
+    return _parse_conninfo(_unquote_setting(quoted[1:-1] if quoted.startswith("'") else quoted))
+
+
+def _unquote_setting(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] in "'\\" and i + 1 < len(text):
+            i += 1
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def _parse_conninfo(text: str) -> dict[str, str]:
+    fields, i, n = {}, 0, len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n or "=" not in text[i:]:
+            break
+        eq = text.index("=", i)
+        key, i = text[i:eq].strip(), eq + 1
+        while i < n and text[i].isspace():
+            i += 1
+        quoted = i < n and text[i] == "'"
+        i += quoted
+        value = []
+        while i < n and (text[i] != "'" if quoted else not text[i].isspace()):
+            if text[i] == "\\" and i + 1 < n:
+                i += 1
+            value.append(text[i])
+            i += 1
+        i += quoted
+        fields[key] = "".join(value)
+    return fields
+
+
+def _conninfo_quote(value: str) -> str:
+    """A libpq connection-string value, quoted when it needs to be."""
+    if value and all(c.isalnum() or c in "._-/:@" for c in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sync_replication_password(standby: Remote, password: str) -> str:
+    """The password in the standby's primary_conninfo is the replication secret. A standby
+    that streams is not cloned again, so it keeps the password it was cloned with; when
+    options.reset_passwords changed the role's password in Step 1, the standby would fail
+    at its next reconnect. ALTER SYSTEM works on a standby and a reload applies it."""
+    fields = conninfo_fields(auto_conf(standby))
+    if fields.get("password") == password:
+        return "primary_conninfo password matches PGGUIDE_REPLICATION_PASSWORD"
+    fields["password"] = password
+    conninfo = " ".join(f"{k}={_conninfo_quote(v)}" for k, v in fields.items())
+    standby.psql(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(conninfo)};\nSELECT pg_reload_conf();")
+    standby.changed("primary_conninfo: password set to PGGUIDE_REPLICATION_PASSWORD")
+    return "primary_conninfo password set to PGGUIDE_REPLICATION_PASSWORD (reloaded)"
 
 
 def start_server(remote: Remote) -> str:

@@ -3,11 +3,11 @@ changes nothing (file hashes, rows, restarts) and says so; the records hold no s
 result is what the guide promises (read with plain psql on the hosts); --check sees drift
 and names the step that fixes it; --teardown does what it says; a broken step stops with a
 message that says why. Runs before test_lab.py, which leaves a fresh lab."""
-import hashlib
 import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -220,7 +220,7 @@ def test_html_record_opens_in_headless_chromium_and_shows_the_steps(provisioned_
 def test_check_passes_on_the_provisioned_cluster(provisioned_twice, secrets_file):
     result = check(secrets_file)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "check passed: all 17 checks match the guide." in result.stdout
+    assert "check passed: all 18 checks match the guide." in result.stdout
 
 
 @pytest.mark.parametrize("host, path, edit, step, drift", [
@@ -242,6 +242,36 @@ def test_check_names_a_drift_and_the_step_that_fixes_it(provisioned_twice, secre
     assert len(drifted) == 1 and f"DRIFT {step}" in drifted[0], result.stdout
     assert drift in result.stdout and f"The steps that fix them: {step};" in result.stdout
     assert check(secrets_file).returncode == 0
+
+
+def streams_after_restart():
+    """Restart the standby so it must log in again with primary_conninfo's password."""
+    on("vm2", "sudo systemctl restart postgresql")
+    for _ in range(100):
+        rows = on("vm1", "sudo -u postgres psql -XAtc 'select client_addr, state from pg_stat_replication'")
+        if rows.split() == ["10.213.93.133|streaming"]:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_reset_passwords_rotates_the_replication_password_and_the_standby_follows(
+        provisioned_twice, secrets_file, tmp_path):
+    rotated = tmp_path / "rotated.secrets"
+    rotated.write_text(secrets_file.read_text().replace(SECRETS["PGGUIDE_REPLICATION_PASSWORD"], "Rot'at\\e-1"))
+    rotated.chmod(0o600)
+    params = tmp_path / "rotate.yaml"
+    params.write_text((REPO / "params" / "lab.yaml").read_text().replace("options:\n", "options:\n  reset_passwords: true\n"))
+    try:
+        record = REPO / sh(REPO / "ci" / "provision", "--secrets", rotated, params).strip().splitlines()[-1].split("Record: ")[1]
+        changed = {s["step"]: s["changes"] for s in summary(record)["steps"] if s["status"] == "changed"}
+        assert set(changed) == {1, 10}, changed
+        assert changed[10] == [{"host": "vm2", "what": "primary_conninfo: password set to PGGUIDE_REPLICATION_PASSWORD"}]
+        assert streams_after_restart(), "the standby did not reconnect with the new password"
+        assert "all 18 checks match" in check(rotated).stdout
+    finally:
+        sh(REPO / "ci" / "provision", "--secrets", secrets_file, params)
+    assert streams_after_restart() and check(secrets_file).returncode == 0
 
 
 def test_wrong_pool_passwd_entry_stops_with_the_reason(provisioned_twice, monkeypatch):
