@@ -35,7 +35,8 @@ def planned(changes: list[str], path: str) -> list[str]:
             + [f"{name} lacks `{tidy(c)}`" for c in changes if c.startswith("+")])
 
 
-def role(remote: Remote, name: str, secret_name: str, attributes: str) -> list[str]:
+def role(remote: Remote, secret_name: str) -> list[str]:
+    name, attributes = secrets.ROLES[secret_name]
     differences = replication.role_differences(remote, name, secrets.secret(secret_name, remote.params), attributes)
     if differences is None:
         return [f"role {name} does not exist"]
@@ -114,7 +115,7 @@ def checks(env: Hosts) -> list[tuple[str, Remote, str, Callable[[], list[str]]]]
     md5 = replication.auth_method(p) == "md5"
     primary_wants = {**replication.PRIMARY_SETTINGS, **pool.encryption_settings(p)}
     out = [
-        ("Step 1", primary, "replication role", lambda: role(primary, "replicator", "replication", "REPLICATION LOGIN")),
+        ("Step 1", primary, "replication role", lambda: role(primary, "replication")),
         ("Step 2", primary, "postgresql.conf", lambda: planned(replication.configure_primary(primary),
                                                               conf(primary, "postgresql.conf"))),
         ("Step 3", primary, "pg_hba.conf replication lines", lambda: planned(
@@ -127,8 +128,8 @@ def checks(env: Hosts) -> list[tuple[str, Remote, str, Callable[[], list[str]]]]
     out += [
         ("Step 14", primary, "the guide's test rows", lambda: guide_rows(primary)),
         ("Steps 19-20", vm3, "packages", lambda: packages(vm3, ["postgresql-client", p.pgpool["package"]])),
-        ("Step 21", primary, "postgres password", lambda: role(primary, "postgres", "postgres", "LOGIN")),
-        ("Step 22", primary, "pgpool role", lambda: role(primary, pool.PGPOOL_ROLE, "pgpool", "LOGIN")
+        ("Step 21", primary, "postgres password", lambda: role(primary, "postgres")),
+        ("Step 22", primary, "pgpool role", lambda: role(primary, "pgpool")
          + monitor_grant(primary)),
         ("Step 23", primary, "pg_hba.conf lines for pgpool", lambda: planned(
             pool.allow_pgpool(primary, vm3.host), conf(primary, "pg_hba.conf"))),

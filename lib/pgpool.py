@@ -273,8 +273,9 @@ def service_state(remote: Remote) -> list[str]:
 def start_pgpool(remote: Remote, changed: bool) -> str:
     service = remote.params.pgpool["service"]
     hint = f"read /var/log/pgpool2/pgpool.log and `journalctl -u {service}` on {remote.host.name}"
-    active = remote.run(f"systemctl is-active {service}", check=False).stdout.strip() == "active"
-    if not remote.run(f"systemctl is-enabled -q {service}", check=False).ok:
+    state = service_state(remote)
+    active = state[:1] == ["active"]
+    if state[1:] != ["enabled"]:
         remote.sudo(f"systemctl enable {service} 2>&1 | grep -v '^Synchronizing\\|^Executing' || true")
         remote.changed(f"{service} enabled at boot")
     if changed or not active:

@@ -147,11 +147,6 @@ def check_paths(env: Hosts) -> list[tuple[str, str, str, str]]:
 
 
 # --- secrets ------------------------------------------------------------------------------------
-#: the roles whose passwords the secrets set (steps 1, 21, 22), and their attributes
-ROLES = {"replication": ("replicator", "REPLICATION LOGIN"), "postgres": ("postgres", "LOGIN"),
-         "pgpool": ("pgpool", "LOGIN")}
-
-
 def check_secrets(env: Hosts) -> list[tuple[str, str, str]]:
     """Every secret is set, and where a role already has a password, the secret is that
     password: a run never silently replaces a password other clients use (unless
@@ -163,8 +158,8 @@ def check_secrets(env: Hosts) -> list[tuple[str, str, str]]:
     for name in secrets.REQUIRED:
         variable = secrets.SECRETS[name][0]
         state = "(pool_passwd's key)"
-        if name in ROLES:
-            role, attributes = ROLES[name]
+        if name in secrets.ROLES:
+            role, attributes = secrets.ROLES[name]
             if not online:
                 state = f"{role}: not checked ({env.primary.host.name} is down)"
             else:

@@ -27,6 +27,9 @@ SECRETS: dict[str, tuple[str, str | None, str]] = {
     "pgpool_key": ("PGGUIDE_PGPOOL_KEY", "pgpool-lab-key", "the AES key that encrypts pool_passwd (Part 2)"),
     "sudo": ("PGGUIDE_SUDO_PASSWORD", None, "sudo on the hosts, where sudo asks for one"),
 }
+#: the roles whose passwords the secrets are (steps 1, 21, 22), with the attributes they need
+ROLES: dict[str, tuple[str, str]] = {"replication": ("replicator", "REPLICATION LOGIN"),
+                                     "postgres": ("postgres", "LOGIN"), "pgpool": ("pgpool", "LOGIN")}
 FILE_VARIABLE = "PGGUIDE_SECRETS_FILE"
 #: the secrets every run needs; sudo's only where sudo asks for a password
 REQUIRED = ("replication", "postgres", "pgpool", "pgpool_key")
@@ -66,9 +69,24 @@ def read_secrets_file(path: str | os.PathLike) -> dict[str, str]:
     return values
 
 
+_cache: dict[tuple, dict[str, str]] = {}
+
+
 def _from_file() -> dict[str, str] | None:
+    """The secrets file's values, read again only when the file changes (masking asks for
+    every secret each time a host connection is made)."""
     path = os.environ.get(FILE_VARIABLE)
-    return read_secrets_file(path) if path else None
+    if not path:
+        return None
+    try:
+        st = Path(path).expanduser().stat()
+        key = (path, st.st_mtime_ns, st.st_size, st.st_mode)
+    except OSError:
+        return read_secrets_file(path)             # raises the "does not exist" error
+    if key not in _cache:
+        _cache.clear()
+        _cache[key] = read_secrets_file(path)
+    return _cache[key]
 
 
 def source(name: str, params: Params) -> str | None:
