@@ -13,9 +13,9 @@ from pathlib import Path
 
 import nbformat
 
-import runbook
+from lib import runbook
 from notebooks import NOTEBOOKS, QUIET_KERNEL, REPO, guide_notebooks
-from runrecord import StepRecord, Summary, render_html
+from runrecord import StepRecord, Summary, commands_sh, render_html
 
 sys.path.insert(0, str(REPO))
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
@@ -146,6 +146,9 @@ def provision(params_file: Path, prm, console: Console) -> int:
         console.line(f"provision succeeded in {summary.seconds:.1f} s: {summary.steps_changed} steps changed, "
                      f"{in_place} already in place. Record: {shown(record_dir)}/")
     summary.write(record_dir)
+    by_hand = record_dir / "commands.sh"
+    by_hand.write_text(commands_sh(summary, prm))
+    by_hand.chmod(0o755)
     (record_dir / "provision.log").write_text("\n".join(console.lines) + "\n")
     return EXIT_FAILED if failure else 0
 
@@ -177,7 +180,7 @@ def main(argv: list[str]) -> int:
         print(f"ci/provision: {e}\nNothing was changed.", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.check:
-        from lib import drift
+        from lib import check as drift
         return drift.main(prm, console.line)
     if args.teardown:
         from lib import teardown

@@ -30,13 +30,15 @@ class StepRecord:
     hosts: list[str] = field(default_factory=list)
     changes: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    actions: list[dict] = field(default_factory=list, repr=False)    # the applied actions, for commands.sh
 
     def add_events(self, events: list[dict]) -> None:
         for e in events:
             if e["host"] not in self.hosts:
                 self.hosts.append(e["host"])
-            if "changed" in e:
-                self.changes.append({"host": e["host"], "what": e["changed"]})
+            if e.get("applied"):
+                self.changes.append({"host": e["host"], "what": e["what"]})
+                self.actions.append(e)
 
 
 @dataclass
@@ -61,7 +63,71 @@ class Summary:
         data = asdict(self)
         for s in data["steps"]:
             s["seconds"] = round(s["seconds"], 2)
+            del s["actions"]
         (directory / "summary.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+COMMANDS_PREAMBLE = r"""#!/usr/bin/env bash
+# {title}
+# Every action that changed something, in order, under the guide step that did it: the same
+# commands, SQL and file contents the run applied. Read it, or run it from a machine with ssh to
+# the hosts. Secrets are not in this file: export them first ({variables}).
+set -euo pipefail
+{required}
+SSH_USER=${{SSH_USER:-{user}}}
+SSH_KEY=${{SSH_KEY:-{key}}}
+KNOWN_HOSTS=${{KNOWN_HOSTS:-{known_hosts}}}
+SSH_PORT=${{SSH_PORT:-{port}}}
+declare -A ADDRESS=({addresses})
+
+q() {{ local s=${{1//\'/\'\\\'\'}}; printf "'%s'" "$s"; }}             # quoted for a shell
+sql_literal() {{ local s=${{1//\'/\'\'}}; printf "'%s'" "$s"; }}          # an SQL string literal
+md5_of() {{ printf '%s' "$1" | md5sum | cut -c1-32; }}
+
+ssh_to() {{
+  ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes \
+      -o UserKnownHostsFile="$KNOWN_HOSTS" -i "$SSH_KEY" -p "$SSH_PORT" "$SSH_USER@${{ADDRESS[$1]}}" "$2"
+}}
+
+# on HOST USER SCRIPT: run SCRIPT with bash on HOST as USER (through sudo; "-" is the SSH user).
+# Its stdin is the command's stdin. With PGGUIDE_SUDO_PASSWORD set, sudo reads it first.
+on() {{
+  local host=$1 user=$2 script=$3
+  if [ "$user" = - ]; then
+    ssh_to "$host" "bash -c $(q "$script")"
+  elif [ -n "${{PGGUIDE_SUDO_PASSWORD:-}}" ]; then
+    {{ printf '%s\n' "$PGGUIDE_SUDO_PASSWORD"; cat; }} |
+      ssh_to "$host" "sudo -S -p '' -H -u $user bash -c $(q "cd ~ 2>/dev/null; $script")"
+  else
+    ssh_to "$host" "sudo -n -H -u $user bash -c $(q "cd ~ 2>/dev/null; $script")"
+  fi
+}}
+"""
+
+
+def commands_sh(summary: "Summary", params) -> str:
+    """The run's applied actions as a plain bash script (see COMMANDS_PREAMBLE)."""
+    import re as _re
+    import shlex as _shlex
+
+    from lib.params import resolve_path
+
+    body = []
+    for step in summary.steps:
+        if step.actions:
+            label = f"Step {step.step} — {step.title}" if step.step is not None else step.title
+            body.append(f"\n# {step.notebook}: {label}")
+            body += [f"# {a['host']} ({a['user']}): {a['what']}\n{a['bash']}" for a in step.actions]
+    text = "\n".join(body)
+    variables = sorted(set(_re.findall(r"\$\{(PGGUIDE_[A-Z_]+)\}", text)))
+    ssh = params.ssh
+    head = COMMANDS_PREAMBLE.format(
+        title=f"ci/provision on {summary.environment} ({summary.parameters}), {summary.started}",
+        variables=", ".join(variables) or "none are used",
+        required="\n".join(f': "${{{v}:?export {v} first}}"' for v in variables),
+        user=ssh["user"], key=resolve_path(ssh["key_file"]), known_hosts=resolve_path(ssh["known_hosts"]),
+        port=ssh["port"], addresses=" ".join(f"[{h.name}]={h.address}" for h in params.all_hosts))
+    return head + text + ("\n" if text else "\n# nothing was changed\n")
 
 
 def render_html(notebook_path: Path) -> Path:

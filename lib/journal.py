@@ -1,13 +1,13 @@
 """The step journal: which hosts each step talked to and what it changed.
 
 `ci/provision` sets PGGUIDE_JOURNAL to a file before it starts the notebooks' kernel; lib
-appends one JSON line per event, and the provisioner reads the lines a cell added after
+appends one JSON line per host contacted and per action applied (lib.ops), and the provisioner reads the lines a cell added after
 the cell ran. That gives the progress lines (changed / in place) and summary.json without
 adding anything to the notebooks' outputs. In JupyterLab or under nbval the variable is not
 set and nothing is written.
 
-Descriptions name files, settings and roles, never secret values: callers pass what
-changed, not the content of secret-bearing files.
+An applied action carries its masked transcript line and its commands.sh form, in which
+secrets are ${PGGUIDE_...} references: never a secret value.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def contacted(host: str) -> None:
     _append({"host": host})
 
 
-def changed(host: str, what: str) -> None:
-    """A step changed something on `host`."""
-    _append({"host": host, "changed": what})
+def applied(action: dict) -> None:
+    """A step applied an action (lib.ops.Action.record(): host, user, what, shown, bash)."""
+    _append({**action, "applied": True})
 
 
 def read(path: str, offset: int = 0) -> tuple[list[dict], int]:

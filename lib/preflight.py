@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 
 from lib import hosts as hostmod
-from lib import replication, secrets
+from lib import postgres, secrets, system
 from lib.show import expect, fields
 from lib.steps import Hosts, Remote
 
@@ -136,7 +136,7 @@ def check_paths(env: Hosts) -> list[tuple[str, str, str, str]]:
     for why, src, dst, port, opener in paths_needed(env):
         state = (probe_from_here(env, dst.host.address, port) if src is None
                  else probe_from_host(src, dst.host.address, port))
-        if state.startswith("FILTERED") and replication.ufw_state(dst) == "active":
+        if state.startswith("FILTERED") and system.ufw_state(dst) == "active":
             state = f"filtered by ufw ({opener} opens it)"
         rows.append((src.host.name if src else "this machine", f"{dst.host.name}:{port}", state, why))
         expect(not state.startswith(("FILTERED", "UNREACHABLE")),
@@ -154,7 +154,7 @@ def check_secrets(env: Hosts) -> list[tuple[str, str, str]]:
     p = env.params
     sources = secrets.require_all(p)
     rows = []
-    online = replication.cluster_state(env.primary).startswith("online")
+    online = postgres.cluster_state(env.primary).startswith("online")
     for name in secrets.REQUIRED:
         variable = secrets.SECRETS[name][0]
         state = "(pool_passwd's key)"
@@ -163,7 +163,7 @@ def check_secrets(env: Hosts) -> list[tuple[str, str, str]]:
             if not online:
                 state = f"{role}: not checked ({env.primary.host.name} is down)"
             else:
-                differences = replication.role_differences(env.primary, role, secrets.secret(name, p), attributes)
+                differences = postgres.role_differences(env.primary, role, secrets.secret(name, p), attributes)
                 wrong = differences is not None and "has another password" in differences
                 expect(not wrong or p.options["reset_passwords"],
                        f"{variable} is not the password role {role} has on {env.primary.host.name}.",

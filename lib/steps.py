@@ -92,7 +92,9 @@ class Remote:
         passwords in it never appear in a process list. tuples=True: unaligned, no headers."""
         flags = "-X -v ON_ERROR_STOP=1 -q" + (" -A -t -F '|'" if tuples else "")
         port = self.params.postgres["port"]
-        return self.postgres(f"psql {flags} -p {port} -d {shlex.quote(database)}", stdin=sql, **kw)
+        # A check's sessions cannot write, whatever its SQL says.
+        read_only = "PGOPTIONS='-c default_transaction_read_only=on' " if self.read_only else ""
+        return self.postgres(f"{read_only}psql {flags} -p {port} -d {shlex.quote(database)}", stdin=sql, **kw)
 
     def read_file(self, path: str, *, user: str = "root") -> str:
         """A file's exact text (secrets not masked: do not print it)."""
@@ -106,10 +108,6 @@ class Remote:
 
     def mask(self, text: str) -> str:
         return secrets.mask(text, self._masked)
-
-    def changed(self, what: str) -> None:
-        """Note in the step journal that this step changed `what` on this host."""
-        journal.changed(self.host.name, self.mask(what))
 
     # -- internals -----------------------------------------------------------------------
     def _exec(self, command: str, stdin: str | None, timeout: float | None) -> tuple[int, str, str]:
@@ -186,6 +184,9 @@ class Hosts:
         self.primary = Remote(params, params.primary, read_only=read_only)
         self.standbys = [Remote(params, h, read_only=read_only) for h in params.standbys]
         self.pgpool = Remote(params, params.pgpool_host, read_only=read_only)
+        self.read_only = read_only
+        # Decisions one step makes for the next ones (Step 7 decides which standbys Steps 8-11 clone).
+        self.memo: dict = {}
 
     @property
     def standby(self) -> Remote:

@@ -17,51 +17,59 @@ from __future__ import annotations
 
 from typing import Callable
 
-from lib import pgpool as pool
-from lib import replication
-from lib.show import expect
-from lib.steps import Hosts, Remote
-from lib.wait import wait_until
+from lib import ops, postgres
+from lib.part2 import service_state
+from lib.steps import Hosts
 
 
-def stop_pgpool(vm3: Remote) -> str:
+def stop_pgpool(env) -> ops.Step:
+    vm3, step = env.pgpool, ops.Step("stop pgpool")
     service = vm3.params.pgpool["service"]
-    state = pool.service_state(vm3)
+    state = service_state(vm3)
     if state[:1] != ["active"] and state[1:] != ["enabled"]:
-        return f"{vm3.host.name}: {service} already stopped and not enabled ({' / '.join(state) or 'not installed'})"
-    vm3.sudo(f"systemctl disable --now {service} 2>&1 | grep -v '^Synchronizing\\|^Executing\\|^Removed' || true")
-    vm3.changed(f"{service} stopped and disabled")
-    after = vm3.run(f"systemctl is-active {service}", check=False).stdout.strip()
-    expect(after != "active", f"{service} on {vm3.host.name} is still {after}.",
-           f"stop it by hand: sudo systemctl stop {service}")
-    return f"{vm3.host.name}: {service} stopped and disabled at boot"
+        return step.note(vm3, f"{service} already stopped and not enabled ({' / '.join(state) or 'not installed'})")
+    return step.do(ops.Command(
+        vm3, "root", f"systemctl disable --now {service} 2>&1 | grep -v '^Synchronizing\\|^Executing\\|^Removed' || true; "
+        f"! systemctl is-active -q {service}", shown=f"systemctl disable --now {service}",
+        summary=f"{service} stopped and disabled"))
 
 
-def make_standalone(standby: Remote) -> str:
-    p = standby.params.postgres
-    if not replication.cluster_state(standby).startswith("online"):
-        return (f"{standby.host.name}: cluster {p['version']}/{p['cluster']} is "
-                f"{replication.cluster_state(standby)}; left as it is (start it to promote it)")
-    if standby.psql("SELECT pg_is_in_recovery()").stdout.strip() != "t":
-        return f"{standby.host.name}: already a standalone server (not in recovery)"
-    standby.sudo(f"pg_ctlcluster {p['version']} {p['cluster']} promote")
-    promoted, _ = wait_until(lambda: standby.psql("SELECT pg_is_in_recovery()").stdout.strip() == "f", timeout=30)
-    expect(promoted, f"{standby.host.name} is still in recovery after promote.", f"read {p['log_file']}.")
-    standby.psql("ALTER SYSTEM RESET primary_conninfo;\nSELECT pg_reload_conf();")
-    standby.changed("promoted to a standalone server; primary_conninfo removed")
-    return f"{standby.host.name}: promoted; now a standalone, writable server (replication ended)"
+def make_standalone(env) -> ops.Step:
+    step = ops.Step("promote the standbys")
+    p = env.params.postgres
+    for s in env.standbys:
+        state = postgres.cluster_state(s)
+        if not state.startswith("online"):
+            step.note(s, f"cluster {p['version']}/{p['cluster']} is {state}; left as it is (start it to promote it)")
+        elif postgres.value(s, "SELECT pg_is_in_recovery()") != "t":
+            step.note(s, "already a standalone server (not in recovery)")
+        else:
+            promoted = ops.wait_for(f"[ \"$(runuser -u postgres -- psql -XAt -p {p['port']} -c 'SELECT pg_is_in_recovery()')\" = f ]",
+                                    30, "still in recovery")
+            step.do(ops.Command(s, "root", f"pg_ctlcluster {p['version']} {p['cluster']} promote && {promoted}",
+                                shown=f"pg_ctlcluster {p['version']} {p['cluster']} promote",
+                                summary="promoted to a standalone server"),
+                    ops.Sql(s, "postgres", statement=("ALTER SYSTEM RESET primary_conninfo;\nSELECT pg_reload_conf();",),
+                            summary="primary_conninfo removed"))
+    return step
 
 
 def main(params, say: Callable[[str], None]) -> int:
+    import contextlib
+    import io
+
     env = Hosts(params)
     say(f"teardown {params.environment}: stop pgpool, make the standbys standalone")
     try:
-        say("  " + stop_pgpool(env.pgpool))
-        for s in env.standbys:
-            say("  " + make_standalone(s))
+        for build in (stop_pgpool, make_standalone):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                build(env).apply()
+            for line in out.getvalue().splitlines():
+                say("  " + line)
     finally:
         env.close()
     say(f"teardown done. Left in place on purpose: {env.primary.host.name} as it is (replicator role, pg_hba "
-        f"lines, {replication.TEST_DB}); the {params.pgpool['package']} package and its configuration on "
+        f"lines, {postgres.TEST_DB}); the {params.pgpool['package']} package and its configuration on "
         f"{env.pgpool.host.name}. Provisioning again clones the standbys afresh.")
     return 0

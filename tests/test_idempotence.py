@@ -5,13 +5,14 @@ and names the step that fixes it; --teardown does what it says; a broken step st
 message that says why. Runs before test_lab.py, which leaves a fresh lab."""
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
 
 import pytest
 
-from lib import REPO, replication
+from lib import REPO, part1, part2
 from lib import params as P
 from lib.steps import Hosts, StepFailed
 from runrecord import find_in_record, secret_forms
@@ -105,7 +106,7 @@ def test_two_runs_leave_two_records(provisioned_twice):
         names = sorted(p.name for p in record.iterdir())
         assert names == ["00-environment.html", "00-environment.ipynb", "01-streaming-replication.html",
                          "01-streaming-replication.ipynb", "02-pgpool.html", "02-pgpool.ipynb",
-                         "provision.log", "summary.json"]
+                         "commands.sh", "provision.log", "summary.json"]
         assert summary(record)["result"] == "succeeded"
 
 
@@ -115,30 +116,47 @@ def test_summary_says_what_each_step_changed(provisioned_twice):
     assert [s["step"] for s in steps if s["step"] is not None] == list(range(1, 40))
     assert {s["step"] for s in steps if s["status"] == "changed"} == CHANGING_STEPS
     by_step = {s["step"]: s for s in steps}
-    assert by_step[5]["changes"] == [{"host": "vm1", "what": "PostgreSQL restarted"}]
+    assert by_step[5]["changes"] == [{"host": "vm1", "what": "systemctl restart postgresql"}]
     assert by_step[9]["hosts"] == ["vm2"] and by_step[9]["changes"][0]["what"].startswith("base backup from vm1")
     assert all(s["seconds"] >= 0 for s in steps) and by_step[38]["seconds"] > 1
     again = summary(second)
     assert again["steps_changed"] == 0 and {s["status"] for s in again["steps"]} == {"in place"}
     log = (second / "provision.log").read_text()
-    assert "0 steps changed, 47 already in place" in log and "[47/47] 02" in log
+    assert "0 steps changed, 46 already in place" in log and "[46/46] 02" in log
+    assert "# nothing was changed" in (second / "commands.sh").read_text()
 
 
 def test_second_run_reports_everything_in_place(provisioned_twice):
     first, second, _, _ = provisioned_twice
     text = outputs(second)
-    for phrase in ("role replicator already in place", "postgresql.conf already as the guide wants it",
-                   "pg_hba.conf already as the guide wants it", "no restart needed",
-                   "already a standby streaming from vm1; steps 7-11 are skipped", "0 of the guide's 3 rows inserted"):
-        assert phrase in text
+    for phrase in ("role replicator already has REPLICATION LOGIN and the password in PGGUIDE_REPLICATION_PASSWORD",
+                   "postgresql.conf already as the guide wants it", "pg_hba.conf already as the guide wants it",
+                   "no restart needed", "vm2: already a standby streaming from vm1: not cloned again",
+                   "testdb.employees already holds the guide's 3 rows", "David is already in testdb.employees"):
+        assert phrase in text, phrase
     part2 = outputs(second, "02-pgpool.ipynb")
-    for phrase in ("pgpool2 already installed", "role postgres already in place", "role pgpool already in place",
-                   "pgpool.conf: already as the guide wants it", "pool_hba.conf already as the guide wants it",
-                   "pool_passwd unchanged", "pcp already set up", "pgpool2 already running with this configuration",
-                   "Frank already there"):
-        assert phrase in part2
-    for word in ("changed:", "restarted", "reloaded", "written", "inserted through"):
-        assert word not in part2 and word not in text.replace("3 rows inserted", ""), word
+    for phrase in ("pgpool2 already installed", "role postgres already has LOGIN", "role pgpool already has LOGIN",
+                   "pgpool.conf already as the guide wants it", "pool_hba.conf already as the guide wants it",
+                   "pool_passwd already holds the AES entries", ".pcppass already holds PGGUIDE_PGPOOL_PASSWORD",
+                   "pgpool2 is running with the configuration on disk", "Frank is already in testdb.employees"):
+        assert phrase in part2, phrase
+    for prompt in ("(root) $ edit ", "(root) $ systemctl restart", "(root) $ systemctl reload", " $ pg_enc -m",
+                   "INSERT INTO employees (name, department) VALUES", "CREATE ROLE", "ALTER ROLE"):
+        assert prompt not in part2 and prompt not in text.replace(
+            "psql -d testdb -c \"INSERT INTO employees (name, department) VALUES ('Hacker'", ""), prompt
+
+
+def test_first_run_shows_what_it_ran_with_host_and_user(provisioned_twice):
+    text = outputs(provisioned_twice[0]) + outputs(provisioned_twice[0], "02-pgpool.ipynb")
+    for line in ("vm1 (postgres) $ psql -c \"CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD '********';\"",
+                 "vm1 (root) $ edit /etc/postgresql/15/main/postgresql.conf", "  +wal_level = 'replica'",
+                 "vm1 (root) $ systemctl restart postgresql", "vm2 (root) $ systemctl stop postgresql",
+                 "vm2 (postgres) $ pg_basebackup -d 'host=10.213.93.132 port=5432 user=replicator application_name=vm2'",
+                 "vm3 (root) $ apt-get update && apt-get install -y pgpool2",
+                 "vm1 (postgres) $ psql -c \"GRANT pg_monitor TO pgpool;\"",
+                 "vm3 (root) $ pg_enc -m -k /var/lib/postgresql/.pgpoolkey -f /etc/pgpool2/pgpool.conf -i /dev/stdin",
+                 "vm3 (labadmin) $ psql -h 10.213.93.134 -p 9999 -U postgres -d testdb -c \"INSERT INTO employees"):
+        assert line in text, line
 
 
 def test_independent_check_with_psql_on_the_hosts(provisioned_twice):
@@ -220,16 +238,19 @@ def test_html_record_opens_in_headless_chromium_and_shows_the_steps(provisioned_
 def test_check_passes_on_the_provisioned_cluster(provisioned_twice, secrets_file):
     result = check(secrets_file)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "check passed: all 18 checks match the guide." in result.stdout
+    assert "check passed: all 38 steps match the guide." in result.stdout
 
 
-@pytest.mark.parametrize("host, path, edit, step, drift", [
-    ("vm2", "/etc/postgresql/15/main/pg_hba.conf", "sed -i '/pgpool .*10.213.93.134/d'", "Step 26",
-     "pg_hba.conf lacks `host all pgpool 10.213.93.134/32 scram-sha-256`"),
-    ("vm3", "/etc/pgpool2/pgpool.conf", "sed -i 's/^backend_weight1 = 2/backend_weight1 = 0/'", "Step 30",
-     "pgpool.conf has  `backend_weight1 = 0`"),
+@pytest.mark.parametrize("host, path, edit, steps, drift", [
+    # the edit itself (Step 26), and the reload it would need (Step 28 settles the standby)
+    ("vm2", "/etc/postgresql/15/main/pg_hba.conf", "sed -i '/pgpool .*10.213.93.134/d'", ["Step 26", "Step 28"],
+     ["vm2 (root) $ edit /etc/postgresql/15/main/pg_hba.conf", "+host all pgpool 10.213.93.134/32 scram-sha-256",
+      "vm2 (root) $ systemctl reload postgresql"]),
+    # the edit (Step 30), and the restart of pgpool it would need (Step 33)
+    ("vm3", "/etc/pgpool2/pgpool.conf", "sed -i 's/^backend_weight1 = 2/backend_weight1 = 0/'", ["Step 30", "Step 33"],
+     ["-backend_weight1 = 0", "+backend_weight1 = 2", "vm3 (root) $ systemctl kill -s SIGINT pgpool2"]),
 ], ids=["pgpool line removed from the standby's pg_hba", "backend_weight1 set to 0"])
-def test_check_names_a_drift_and_the_step_that_fixes_it(provisioned_twice, secrets_file, host, path, edit, step, drift):
+def test_check_names_a_drift_and_the_step_that_fixes_it(provisioned_twice, secrets_file, host, path, edit, steps, drift):
     on(host, f"sudo cp -p {path} /tmp/drift.bak && sudo {edit} {path}")
     try:
         edited = on(host, f"sudo sha256sum {path}")
@@ -238,9 +259,12 @@ def test_check_names_a_drift_and_the_step_that_fixes_it(provisioned_twice, secre
     finally:
         on(host, f"sudo cp -p /tmp/drift.bak {path}")
     assert result.returncode == 1, result.stdout
-    drifted = [line for line in result.stdout.splitlines() if line.lstrip().startswith("DRIFT")]
-    assert len(drifted) == 1 and f"DRIFT {step}" in drifted[0], result.stdout
-    assert drift in result.stdout and f"The steps that fix them: {step};" in result.stdout
+    drifted = [line.split()[1:3] for line in result.stdout.splitlines() if line.lstrip().startswith("DRIFT")]
+    assert [" ".join(d) for d in drifted] == steps, result.stdout
+    squeezed = "\n".join(" ".join(line.split()) for line in result.stdout.splitlines())
+    for line in drift:
+        assert " ".join(line.split()) in squeezed, line
+    assert f"steps differ from the guide: {', '.join(steps)}." in result.stdout
     assert check(secrets_file).returncode == 0
 
 
@@ -267,39 +291,38 @@ def test_reset_passwords_rotates_the_replication_password_and_the_standby_follow
         changed = {s["step"]: s["changes"] for s in summary(record)["steps"] if s["status"] == "changed"}
         assert set(changed) == {1, 10}, changed
         assert changed[10] == [{"host": "vm2", "what": "primary_conninfo: password set to PGGUIDE_REPLICATION_PASSWORD"}]
+        assert "Rot'at" not in (record / "commands.sh").read_text()
         assert streams_after_restart(), "the standby did not reconnect with the new password"
-        assert "all 18 checks match" in check(rotated).stdout
+        assert "all 38 steps match" in check(rotated).stdout
     finally:
         sh(REPO / "ci" / "provision", "--secrets", secrets_file, params)
     assert streams_after_restart() and check(secrets_file).returncode == 0
 
 
 def test_wrong_pool_passwd_entry_stops_with_the_reason(provisioned_twice, monkeypatch):
-    from lib import db, pgpool as pool
-    from functools import partial
-
     for variable, value in SECRETS.items():
         monkeypatch.setenv(variable, value)
-    postgres_password = SECRETS["PGGUIDE_POSTGRES_PASSWORD"]
     env = Hosts(PARAMS)
-    vm3 = env.pgpool
     try:
-        pool.ensure_pool_passwd(vm3, {"postgres": "not-the-password"})
-        pool.start_pgpool(vm3, changed=True)
-        via_pgpool = partial(db.connect, PARAMS, vm3.host, user="postgres", password=postgres_password, port=9999)
+        monkeypatch.setenv("PGGUIDE_POSTGRES_PASSWORD", "not-the-password")
+        part2.password_file(env).apply()
+        part2.start_pgpool(env).apply()
+        monkeypatch.setenv("PGGUIDE_POSTGRES_PASSWORD", SECRETS["PGGUIDE_POSTGRES_PASSWORD"])
         with pytest.raises(AssertionError, match=r"(?s)pgpool refused the login.*pool_passwd.*"
                                                  r"auth_method scram-sha-256 must hold AES entries"):
-            pool.wait_for_nodes(via_pgpool, PARAMS, timeout=20)
+            part2.wait_for_nodes(part2.via_pgpool(env), PARAMS, timeout=20)
     finally:
-        pool.ensure_pool_passwd(vm3, {"postgres": postgres_password})
-        pool.start_pgpool(vm3, changed=True)
+        monkeypatch.setenv("PGGUIDE_POSTGRES_PASSWORD", SECRETS["PGGUIDE_POSTGRES_PASSWORD"])
+        part2.password_file(env).apply()
+        part2.start_pgpool(env).apply()
         env.close()
 
 
 def test_teardown_stops_pgpool_and_leaves_a_standalone_standby(provisioned_twice, secrets_file):
     before = on("vm1", f"sudo sha256sum {' '.join(WATCHED[:2])}")
     out = sh(REPO / "ci" / "provision", "--teardown", "--secrets", secrets_file)
-    assert "vm3: pgpool2 stopped and disabled at boot" in out and "vm2: promoted" in out
+    assert "vm3 (root) $ systemctl disable --now pgpool2" in out
+    assert "vm2 (root) $ pg_ctlcluster 15 main promote" in out
     assert on("vm3", "systemctl is-active pgpool2 || true").strip() == "inactive"
     assert on("vm2", "sudo -u postgres psql -XAtc 'select pg_is_in_recovery()'").strip() == "f"
     assert "primary_conninfo" not in on("vm2", "sudo cat /var/lib/postgresql/15/main/postgresql.auto.conf")
@@ -309,24 +332,44 @@ def test_teardown_stops_pgpool_and_leaves_a_standalone_standby(provisioned_twice
     assert "pgpool2 already stopped" in again and "vm2: already a standalone server" in again
     result = check(secrets_file)
     assert result.returncode == 1
-    for drift in ("DRIFT Steps 7-11  vm2", "DRIFT Step 33     vm3", "DRIFT Step 34     vm3"):
-        assert drift in result.stdout, result.stdout
+    drifted = [" ".join(line.split()[1:4]) for line in result.stdout.splitlines() if line.lstrip().startswith("DRIFT")]
+    for drift in ("Step 7 vm2", "Step 8 vm2", "Step 9 vm2", "Step 11 vm2", "Step 33 vm3"):
+        assert drift in drifted, result.stdout
+    assert any(d.startswith("Step 34") for d in drifted), result.stdout
 
 
-def test_wrong_replication_password_stops_the_base_backup_with_the_reason(provisioned_twice):
+def test_wrong_replication_password_stops_the_base_backup_with_the_reason(provisioned_twice, monkeypatch):
+    from lib import ops
+
+    on("vm2", "sudo systemctl stop postgresql && sudo bash -c " + shlex.quote(ops.wait_for(
+        "pg_lsclusters --no-header 15 main | grep -q down", 30, "vm2 is not down")))
     env = Hosts(PARAMS)
-    standby = env.standby
-    replication.stop_server(standby)
-    replication.clear_data_directory(standby, env.primary)
+    env.memo["to_clone"] = [env.standby]                 # what Step 7 decides for a standby it stopped
+    part1.clear_standbys(env).apply()
+    monkeypatch.setenv("PGGUIDE_REPLICATION_PASSWORD", "not-the-password")
     with pytest.raises(StepFailed, match=r"(?s)password authentication failed for user \"replicator\".*"
                                          r"a wrong replication password \(PGGUIDE_REPLICATION_PASSWORD\)"):
-        replication.base_backup(standby, env.primary, "not-the-password")
+        part1.base_backup(env).apply()
     env.close()
 
 
 def test_clearing_refuses_the_primary(provisioned_twice):
     env = Hosts(PARAMS)
     with pytest.raises(AssertionError, match="Refusing to clear the data directory: vm1 is the primary"):
-        replication.clear_data_directory(env.primary, env.primary)
+        part1.clear_data_directory(env.primary, env.primary)
     assert on("vm1", "sudo -u postgres psql -XAtc 'select count(*) from employees' testdb").strip() == "6"
     env.close()
+
+
+def test_commands_sh_replayed_on_a_fresh_lab_builds_the_same_cluster(provisioned_twice, secrets_file):
+    """What the transcript shows is complete and true: the first run's commands.sh, run with bash
+    alone (no Python) on a fresh lab, builds a cluster that --check finds as the guide wants it."""
+    script = provisioned_twice[0] / "commands.sh"
+    sh(REPO / "ci" / "lab", "up")
+    replay = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600,
+                            env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **SECRETS})
+    assert replay.returncode == 0, replay.stdout[-3000:] + replay.stderr[-3000:]
+    result = check(secrets_file)
+    assert result.returncode == 0, result.stdout
+    assert on("vm2", "sudo -u postgres psql -XAtc 'select name from employees order by id' testdb").split() == \
+        ["Alice", "Bob", "Charlie", "David", "Frank", "Grace"]

@@ -1,0 +1,365 @@
+"""Steps as plans of literal actions: one definition serves applying, checking and the record.
+
+A step function reads facts from the hosts, then returns a `Step`: the actions that would
+bring the hosts to what the guide wants (none when everything is in place), notes on what
+was found already in place, and verifications of live state. Each action is literal: a
+shell command, an SQL statement, a file change with its diff, or a service restart, on a
+named host as a named user.
+
+- `Step.apply()` runs the actions (service actions are handlers: deduplicated and run once,
+  last), prints a transcript that a person could type, then runs the verifications, which
+  print the evidence the guide shows and raise CheckFailed with the likely fix.
+- `ci/provision --check` builds the same steps on read-only hosts and reports each non-empty
+  plan as drift, and each failing verification.
+- Each applied action is written to the step journal as data: the run record's summary and
+  its by-hand script `commands.sh` are made from it.
+
+Secrets are `Secret` pieces, never plain text in a plan: shown as `********`, sent to the
+host on stdin, and written into commands.sh as `${PGGUIDE_...}` references.
+"""
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Union
+
+from lib import journal, secrets
+from lib.pgconf import changed_lines
+from lib.show import CheckFailed
+
+MASK = "********"
+
+
+# --- secrets inside plans ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Secret:
+    """A secret's value in some form: `plain`, `sql` (an SQL string literal), `md5` (md5 of the
+    value, as pcp.conf holds it) or `md5:<user>` (md5 of value+user, as pg_md5 writes it)."""
+    name: str
+    form: str = "plain"
+
+    @property
+    def variable(self) -> str:
+        return secrets.SECRETS[self.name][0]
+
+    def value(self, params) -> str:
+        v = secrets.secret(self.name, params)
+        if self.form == "sql":
+            return "'" + v.replace("'", "''") + "'"
+        if self.form == "md5":
+            return hashlib.md5(v.encode()).hexdigest()
+        if self.form.startswith("md5:"):
+            return hashlib.md5((v + self.form[4:]).encode()).hexdigest()
+        return v
+
+    def shown(self) -> str:
+        return f"'{MASK}'" if self.form == "sql" else MASK
+
+    def bash(self) -> str:
+        """The same value computed in bash from the environment variable (commands.sh)."""
+        ref = f'"${{{self.variable}}}"'
+        if self.form == "sql":
+            return f"$(sql_literal {ref})"
+        if self.form == "md5":
+            return f"$(md5_of {ref})"
+        if self.form.startswith("md5:"):
+            return f"$(md5_of {ref}{shlex.quote(self.form[4:])})"
+        return f"${{{self.variable}}}"
+
+
+Piece = Union[str, Secret]
+
+
+def text(*pieces: Piece) -> tuple[Piece, ...]:
+    return tuple(pieces)
+
+
+def resolve(pieces: Iterable[Piece], params) -> str:
+    return "".join(p.value(params) if isinstance(p, Secret) else p for p in pieces)
+
+
+def masked(pieces: Iterable[Piece]) -> str:
+    return "".join(p.shown() if isinstance(p, Secret) else p for p in pieces)
+
+
+def has_secret(pieces: Iterable[Piece]) -> bool:
+    return any(isinstance(p, Secret) for p in pieces)
+
+
+HEREDOC_END = "PGGUIDE_EOF"
+
+
+def heredoc(pieces: Iterable[Piece]) -> str:
+    """`<<…` redirection with `pieces` as its body. Without secrets the body is quoted and taken
+    literally; with secrets it is unquoted, so literal text escapes \\, $ and `."""
+    pieces = tuple(pieces)
+    body = "".join(p if isinstance(p, str) else "" for p in pieces)
+    assert HEREDOC_END not in body
+    if not has_secret(pieces):
+        out = body
+        mark = f"<<'{HEREDOC_END}'"
+    else:
+        esc = lambda s: s.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+        out = "".join(p.bash() if isinstance(p, Secret) else esc(p) for p in pieces)
+        mark = f"<<{HEREDOC_END}"
+    return f"{mark}\n{out}{'' if out.endswith(chr(10)) else chr(10)}{HEREDOC_END}"
+
+
+def shell_word(script: str) -> str:
+    """`script` as one bash word that reads as typed: '…' when it has no single quote, else a
+    literal here-document inside $(…)."""
+    if "'" not in script:
+        return shlex.quote(script)
+    assert "\nSH\n" not in f"\n{script}\n"
+    return f"\"$(cat <<'SH'\n{script}\nSH\n)\""
+
+
+# --- actions ----------------------------------------------------------------------------------------
+@dataclass
+class Action:
+    """One literal thing done on a host. `user` None means the SSH (admin) user."""
+    remote: object                      # lib.steps.Remote
+    user: str | None
+
+    handler = False
+
+    @property
+    def host(self) -> str:
+        return self.remote.host.name
+
+    def who(self) -> str:
+        return self.user or self.remote.params.ssh["user"]
+
+    def prompt(self) -> str:
+        return f"{self.host} ({self.who()}) $ "
+
+    # What each kind fills in:
+    def script(self) -> str: raise NotImplementedError          # what bash runs on the host
+    def stdin(self) -> tuple[Piece, ...]: return ()
+    def display(self) -> str: raise NotImplementedError         # the transcript's command line(s)
+    def what(self) -> str: raise NotImplementedError            # one line for summary.json
+
+    def run(self) -> str:
+        """Apply it; return the output to show under the command."""
+        r = self.remote.run(self.script(), user=self.user, stdin=resolve(self.stdin(), self.remote.params) or None,
+                            timeout=getattr(self, "timeout", 600), hint=getattr(self, "hint", None))
+        return (r.stdout + r.stderr).rstrip()
+
+    def bash(self) -> str:
+        """This action in commands.sh (`on HOST USER SCRIPT`, defined in its preamble)."""
+        user = self.user or "-"
+        redirect = heredoc(self.stdin()) if self.stdin() else "</dev/null"
+        return f"on {self.host} {user} {shell_word(self.script())} {redirect}"
+
+    def record(self) -> dict:
+        return {"host": self.host, "user": self.who(), "what": self.remote.mask(self.what()),
+                "shown": self.remote.mask(self.display()), "bash": self.bash()}
+
+
+@dataclass
+class Command(Action):
+    """A shell command. `shown` is what the transcript prints when the script has plumbing a
+    reader need not type (a wait, a password read from stdin); `input` is its stdin."""
+    command: str = ""
+    input: tuple[Piece, ...] = ()
+    shown: str | None = None
+    summary: str | None = None
+    show_output: bool = True
+    normalize: Callable[[str], str] | None = None
+    timeout: float = 600
+    hint: str | None = None
+    handler: bool = False
+
+    def script(self) -> str:
+        return self.command
+
+    def stdin(self):
+        return self.input
+
+    def display(self) -> str:
+        return self.shown or self.command
+
+    def what(self) -> str:
+        return self.summary or self.display().splitlines()[0]
+
+    def run(self) -> str:
+        out = super().run()
+        if not self.show_output:
+            return ""
+        return self.normalize(out) if self.normalize else out
+
+
+@dataclass
+class Sql(Action):
+    """SQL through psql. By default as the postgres OS user over the local socket; with `login`
+    (psql connection options such as '-h ADDR -p 9999 -U postgres') as the admin user with
+    `password` fed on stdin, as a client would connect."""
+    statement: tuple[Piece, ...] = ()
+    database: str = "postgres"
+    login: str = ""
+    password: Secret | None = None
+    summary: str | None = None
+    hint: str | None = None
+    timeout: float = 120
+
+    def _psql(self) -> str:
+        db = f" -d {shlex.quote(self.database)}" if self.database != "postgres" or self.login else ""
+        return f"psql{(' ' + self.login) if self.login else ''}{db}"
+
+    def script(self) -> str:
+        psql = self._psql().replace("psql", "psql -X -v ON_ERROR_STOP=1", 1)
+        return f"read -r PGPASSWORD; export PGPASSWORD; {psql}" if self.password else psql
+
+    def stdin(self):
+        sql = tuple(self.statement) + (() if masked(self.statement).endswith("\n") else ("\n",))
+        return ((self.password, "\n") if self.password else ()) + sql
+
+    def display(self) -> str:
+        sql = masked(self.statement).strip()
+        if "\n" not in sql and '"' not in sql and "\\" not in sql:
+            return f'{self._psql()} -c "{sql}"'
+        return f"{self._psql()} <<'SQL'\n{sql}\nSQL"
+
+    def what(self) -> str:
+        return self.summary or " ".join(masked(self.statement).split())[:160]
+
+
+@dataclass
+class FileChange(Action):
+    """Replace a file's text, atomically: a temporary file in the same directory, owner and mode
+    taken from the file (or `owner`/`mode` for a new one), then a rename. The transcript shows
+    the diff; `mask_line` hides the secret part of a line in files that hold secrets."""
+    path: str = ""
+    old: str | None = None              # None: the file does not exist yet
+    new: tuple[Piece, ...] = ()
+    owner: str = "root:root"
+    mode: str = "644"
+    mask_line: Callable[[str], str] | None = None
+
+    def script(self) -> str:
+        f = shlex.quote(self.path)
+        keep = (f'chown --reference={f} "$t" && chmod --reference={f} "$t"' if self.old is not None
+                else f'chown {self.owner} "$t" && chmod {self.mode} "$t"')
+        return f't=$(mktemp {f}.XXXXXX) && cat > "$t" && {keep} && mv -f "$t" {f} || {{ rm -f "$t"; exit 1; }}'
+
+    def stdin(self):
+        return self.new
+
+    def diff(self) -> list[str]:
+        new = masked(self.new)
+        lines = changed_lines(self.old or "", new)
+        if self.mask_line:
+            lines = [line[0] + self.mask_line(line[1:]) for line in lines]
+        return lines
+
+    def display(self) -> str:
+        head = f"edit {self.path}" if self.old is not None else f"create {self.path} (owner {self.owner}, mode {self.mode})"
+        return head + "".join("\n  " + line for line in self.diff())
+
+    def what(self) -> str:
+        added = [l[1:].split("#")[0].strip() for l in self.diff() if l.startswith("+")]
+        return f"{self.path}: " + ("; ".join(added[:8]) + (f"; … {len(added) - 8} more" if len(added) > 8 else "")
+                                   if added else "lines removed")
+
+    def run(self) -> str:
+        super().run()
+        return ""
+
+
+def service(remote, verb: str, unit: str, *, then: str = "", hint: str | None = None) -> Command:
+    """A service action (handler): `systemctl VERB UNIT`, and `then` a bounded wait for its effect."""
+    command = f"systemctl {verb} {unit}" + (f" && {then}" if then else "")
+    return Command(remote, "root", command, shown=f"systemctl {verb} {unit}", handler=True, hint=hint)
+
+
+def wait_for(test: str, seconds: int, what: str) -> str:
+    """A bounded shell loop: up to `seconds` for `test` to succeed, else fail naming `what`."""
+    return (f"{{ for _ in $(seq {seconds * 10}); do {{ {test}; }} && break; sleep 0.1; done; {{ {test}; }} "
+            f"|| {{ echo {shlex.quote(f'{what} after {seconds} s')} >&2; exit 1; }}; }}")
+
+
+# --- a step ------------------------------------------------------------------------------------------
+@dataclass
+class Verification:
+    describe: str
+    run: Callable[[], str | None]       # prints nothing itself: returns the evidence text
+    in_check: bool = True                # False: only after applying (a write, or a long test)
+
+
+@dataclass
+class Step:
+    """What one guide step would do, found from facts: `plan` (actions, then handlers), `notes`
+    (what was found in place), and verifications."""
+    name: str
+    actions: list[Action] = field(default_factory=list)
+    handlers: list[Action] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    verifications: list[Verification] = field(default_factory=list)
+    applied: list[Action] = field(default_factory=list)
+
+    # building
+    def do(self, *actions: Action) -> "Step":
+        for a in actions:
+            (self.notify if a.handler else self.actions.append)(a)
+        return self
+
+    def notify(self, handler: Action) -> "Step":
+        if not any(h.host == handler.host and h.script() == handler.script() for h in self.handlers):
+            self.handlers.append(handler)
+        return self
+
+    def note(self, remote, text: str) -> "Step":
+        self.notes.append(f"{remote.host.name}: {text}")
+        return self
+
+    def verify(self, describe: str, run: Callable[[], str | None], *, in_check: bool = True) -> "Step":
+        self.verifications.append(Verification(describe, run, in_check))
+        return self
+
+    @property
+    def plan(self) -> list[Action]:
+        return self.actions + self.handlers
+
+    # applying
+    def apply(self) -> None:
+        """Run the plan, printing each action and its output, then the verifications' evidence.
+        (Returns nothing, so that a cell ending in `.apply()` shows only the transcript.)"""
+        for note in self.notes:
+            print(note)
+        if not self.plan and not self.notes and not self.verifications:
+            print("nothing to change")
+        for action in self.plan:
+            if action.remote.read_only:
+                raise CheckFailed(f"{action.host}: refusing to apply on a read-only connection: {action.what()}")
+            print(action.remote.mask(action.prompt() + action.display()))
+            output = action.run()
+            if output:
+                print(action.remote.mask(output))
+            self.applied.append(action)
+            journal.applied(action.record())
+        for v in self.verifications:
+            evidence = v.run()
+            if evidence:
+                print(evidence)
+
+    # checking
+    def drift(self, check_mode_only: bool = True) -> list[str]:
+        """What a check reports: each planned action as it would run, and each failing
+        verification's message. Nothing is applied."""
+        out = [a.remote.mask(a.prompt() + a.display()) for a in self.plan]
+        for v in self.verifications:
+            if check_mode_only and not v.in_check:
+                continue
+            try:
+                v.run()
+            except (CheckFailed, AssertionError) as e:
+                out.append(str(e))
+        return out
+
+
+def guide_step(fn):
+    """Marks a function that builds one guide step from `env` alone: `ci/provision --check`
+    finds the calls to such functions in the notebooks' cells, under their step headings."""
+    fn.guide_step = True
+    return fn

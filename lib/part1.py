@@ -1,0 +1,425 @@
+"""Part 1 of the guide, steps 1-17: each function reads facts and returns the step's plan
+(lib.ops.Step) with its verifications. `step.apply()` in the notebook does it; `ci/provision
+--check` calls the same functions on read-only hosts."""
+from __future__ import annotations
+
+import re
+import shlex
+
+from lib import ops, pgconf, postgres
+from lib.ops import guide_step
+from lib.postgres import TEST_DB, GUIDE_ROWS, auth_method, conf_file, patience, psql_read
+from lib.roles import sql_literal
+from lib.show import expect, table
+from lib.wait import wait_until
+
+#: Step 2: the settings the guide sets on the primary (wal_keep_size in MB).
+PRIMARY_SETTINGS = {"listen_addresses": "*", "wal_level": "replica", "max_wal_senders": 5, "wal_keep_size": 64}
+REPLICATION_ROLE = "replicator"
+
+
+# --- Steps 1-6: the primary ------------------------------------------------------------------------
+@guide_step
+def create_replication_role(env) -> ops.Step:
+    primary = env.primary
+    step = postgres.role_step(ops.Step("replication role"), primary, "replication")
+
+    def listed():
+        roles = postgres.role_listing(primary)
+        expect(re.search(r"replicator\s+\|\s+Replication\b", roles), "the replicator role lacks REPLICATION or LOGIN.",
+               "ALTER ROLE replicator WITH REPLICATION LOGIN;")
+        return roles
+    return step.verify("replicator is listed with Replication", listed)
+
+
+@guide_step
+def configure_primary(env) -> ops.Step:
+    return postgres.edit_step(ops.Step("postgresql.conf"), env.primary, conf_file(env.primary, "postgresql.conf"),
+                              lambda text: pgconf.set_settings(text, PRIMARY_SETTINGS))
+
+
+def hba_replication_lines(env) -> list[str]:
+    return [f"host replication {REPLICATION_ROLE} {s.host.address}/32 {auth_method(env.params)}" for s in env.standbys]
+
+
+@guide_step
+def allow_replication(env) -> ops.Step:
+    return postgres.edit_step(ops.Step("pg_hba.conf"), env.primary, conf_file(env.primary, "pg_hba.conf"),
+                              lambda text: pgconf.add_hba_records(text, hba_replication_lines(env)))
+
+
+@guide_step
+def open_firewall(env) -> ops.Step:
+    from lib import system
+    return system.firewall_step(ops.Step("firewall"), env.primary, env.params.postgres["port"])
+
+
+@guide_step
+def restart_primary(env) -> ops.Step:
+    primary = env.primary
+    step = postgres.settle(ops.Step("restart"), primary, PRIMARY_SETTINGS)
+
+    def online():
+        state = postgres.cluster_state(primary)
+        expect(state == "online", f"the cluster on {primary.host.name} is {state}, not online.",
+               f"read {env.params.postgres['log_file']}: a typo in postgresql.conf stops the server from starting.")
+        return postgres.lsclusters(primary)
+    return step.verify("the cluster is online", online)
+
+
+@guide_step
+def verify_primary(env) -> ops.Step:
+    primary = env.primary
+    wanted = {"wal_level": "replica", "listen_addresses": "*", "max_wal_senders": "5", "wal_keep_size": "64MB"}
+
+    def shown():
+        found = {n: postgres.value(primary, f"SHOW {n}") for n in wanted}
+        expect(found == wanted, f"the primary runs with {found}.",
+               "check Step 2's edits and that Step 5 restarted the server.")
+        return "\n".join(f"{primary.host.name} (postgres) $ psql -c \"SHOW {n};\"  →  {v}" for n, v in found.items())
+    return ops.Step("settings").verify("the running settings", shown)
+
+
+# --- Steps 7-11: each standby -------------------------------------------------------------------------
+def streaming_from_primary(standby, primary) -> str:
+    """'streaming' if this host already is a standby streaming from the primary, else its state."""
+    state = postgres.cluster_state(standby)
+    if state != "online,recovery":
+        return state
+    row = postgres.value(standby, "SELECT coalesce((SELECT status || ' ' || sender_host FROM pg_stat_wal_receiver), '')")
+    return "streaming" if row == f"streaming {primary.host.address}" else f"recovery ({row or 'no WAL receiver'})"
+
+
+def to_clone(env) -> list:
+    """The standbys Steps 7-11 clone: those not already streaming from the primary (or all, with
+    options.rebuild_standby). Decided once, at Step 7, before it stops them."""
+    if "to_clone" not in env.memo:
+        env.memo["to_clone"] = [s for s in env.standbys if env.params.options["rebuild_standby"]
+                                or streaming_from_primary(s, env.primary) != "streaming"]
+    return env.memo["to_clone"]
+
+
+def _not_cloning(step: ops.Step, env) -> None:
+    for s in env.standbys:
+        if s not in to_clone(env):
+            step.note(s, f"already a standby streaming from {env.primary.host.name}: not cloned again "
+                         "(options.rebuild_standby: true would)")
+
+
+def _cluster_is(state: str, p: dict) -> str:
+    return f"pg_lsclusters --no-header {p['version']} {p['cluster']} | awk '{{print $4}}' | grep -qx {shlex.quote(state)}"
+
+
+@guide_step
+def stop_standbys(env) -> ops.Step:
+    env.memo.pop("to_clone", None)
+    step = ops.Step("stop the standby")
+    _not_cloning(step, env)
+    p = env.params.postgres
+    for s in to_clone(env):
+        step.note(s, f"cluster is {streaming_from_primary(s, env.primary)}; it will be cloned from {env.primary.host.name}")
+        # systemctl can return while the cluster is still stopping: wait until pg_lsclusters says down
+        step.do(ops.Command(s, "root", f"systemctl stop {p['service']} && "
+                            + ops.wait_for(_cluster_is("down", p) + " || " + _cluster_is("down,recovery", p), 30,
+                                           "the cluster is not down"),
+                            shown=f"systemctl stop {p['service']}", summary="PostgreSQL stopped"))
+    return step.verify("the standbys being cloned are down", lambda: "\n".join(
+        postgres.lsclusters(s) for s in to_clone(env)) or None)
+
+
+def _refusals(standby, primary) -> list[str]:
+    """Why this host must not have its data directory cleared (identity and role)."""
+    p = standby.params.postgres
+    addresses = standby.run("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1").lines
+    lsc = standby.sudo(f"pg_lsclusters --no-header {p['version']} {p['cluster']}", check=False).stdout.split()
+    refusals = []
+    if standby.host.role != "standby":
+        refusals.append(f"{standby.host.name} is the {standby.host.role}, not a standby")
+    if standby.host.address not in addresses or primary.host.address in addresses:
+        refusals.append(f"the host answering at {standby.host.address} has addresses {addresses}")
+    if len(lsc) < 6 or lsc[5].rstrip("/") != p["data_dir"].rstrip("/"):
+        refusals.append(f"cluster {p['version']}/{p['cluster']} does not use {p['data_dir']} ({' '.join(lsc) or 'no cluster'})")
+    return refusals
+
+
+def clear_data_directory(standby, primary) -> ops.Command:
+    """The guide's `rm -rf .../main/*`, refused unless this is a standby host, not the primary,
+    the directory is that cluster's own, and (checked on the host, just before) the server is down."""
+    refusals = _refusals(standby, primary)
+    expect(not refusals, "Refusing to clear the data directory: " + "; ".join(refusals) + ".",
+           "check the parameters (hosts, postgres.data_dir) and stop the standby first (Step 7).")
+    p = standby.params.postgres
+    d = shlex.quote(p["data_dir"])
+    down = f"{_cluster_is('down', p)} || {_cluster_is('down,recovery', p)}"
+    return ops.Command(standby, "postgres",
+                       f"{{ {down}; }} || {{ echo 'refusing: the cluster is not down' >&2; exit 1; }}; "
+                       f"find {d} -mindepth 1 -delete && ls -A {d}",
+                       shown=f"find {d} -mindepth 1 -delete && ls -A {d}", summary=f"{p['data_dir']} cleared")
+
+
+@guide_step
+def clear_standbys(env) -> ops.Step:
+    step = ops.Step("clear the data directory")
+    _not_cloning(step, env)
+    for s in to_clone(env):
+        step.do(clear_data_directory(s, env.primary))
+    return step
+
+
+PROGRESS = re.compile(r"\d+/\d+ kB")
+
+
+@guide_step
+def base_backup(env) -> ops.Step:
+    """pg_basebackup -R -X stream -c fast, with the password on stdin (never in argv)."""
+    step = ops.Step("base backup")
+    _not_cloning(step, env)
+    p, primary = env.params.postgres, env.primary
+    for s in to_clone(env):
+        conninfo = shlex.quote(f"host={primary.host.address} port={p['port']} user={REPLICATION_ROLE} "
+                               f"application_name={s.host.name}")
+        command = f"pg_basebackup -d {conninfo} -D {shlex.quote(p['data_dir'])} -P -X stream -R -c fast"
+        # Progress (-P) goes to stderr with carriage returns: keep its last line.
+        script = (f"read -r PGPASSWORD; export PGPASSWORD; {command} 2>&1 | tr '\\r' '\\n' | grep -v '^$' | tail -3; "
+                  "exit ${PIPESTATUS[0]}")
+        step.do(ops.Command(s, "postgres", script, input=(ops.Secret("replication"), "\n"),
+                            shown=command + "    # password: PGGUIDE_REPLICATION_PASSWORD, on stdin",
+                            summary=f"base backup from {primary.host.name} into {p['data_dir']}",
+                            normalize=lambda out: PROGRESS.sub("N/N kB", out.splitlines()[-1] if out else out),
+                            hint=f"the base backup failed. Likely causes: a wrong replication password "
+                                 f"(PGGUIDE_REPLICATION_PASSWORD), no pg_hba line for {s.host.address} on "
+                                 f"{primary.host.name} (Step 3), or {primary.host.name} not listening on "
+                                 f"{p['port']} (Steps 2 and 5)."))
+    return step
+
+
+# --- Step 10: primary_conninfo ---------------------------------------------------------------------
+def auto_conf(standby) -> str:
+    """postgresql.auto.conf, unmasked: it holds the replication password; never print it."""
+    path = shlex.quote(f"{standby.params.postgres['data_dir']}/postgresql.auto.conf")
+    return standby.run(f"cat {path} 2>/dev/null || true", user="postgres", mask=False).stdout
+
+
+def conninfo_fields(auto_conf_text: str) -> dict[str, str]:
+    """primary_conninfo's keywords, from postgresql.auto.conf's text. Two quotings nest: the
+    file's ('' and \\ doubled, as ALTER SYSTEM writes them) around libpq's (a value in '...'
+    with \\' and \\\\ escaped, or bare with \\ escapes)."""
+    line = next((l for l in auto_conf_text.splitlines() if l.startswith("primary_conninfo")), "")
+    quoted = line.split("=", 1)[1].strip() if line else ""
+    return _parse_conninfo(_unquote_setting(quoted[1:-1] if quoted.startswith("'") else quoted))
+
+
+def _unquote_setting(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] in "'\\" and i + 1 < len(text):
+            i += 1
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def _parse_conninfo(text: str) -> dict[str, str]:
+    fields, i, n = {}, 0, len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n or "=" not in text[i:]:
+            break
+        eq = text.index("=", i)
+        key, i = text[i:eq].strip(), eq + 1
+        while i < n and text[i].isspace():
+            i += 1
+        quoted = i < n and text[i] == "'"
+        i += quoted
+        value = []
+        while i < n and (text[i] != "'" if quoted else not text[i].isspace()):
+            if text[i] == "\\" and i + 1 < n:
+                i += 1
+            value.append(text[i])
+            i += 1
+        i += quoted
+        fields[key] = "".join(value)
+    return fields
+
+
+def _conninfo_quote(value: str) -> str:
+    """A libpq connection-string value, quoted when it needs to be."""
+    if value and all(c.isalnum() or c in "._-/:@" for c in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def set_conninfo_password(standby, fields: dict[str, str]) -> ops.Sql:
+    """ALTER SYSTEM SET primary_conninfo with the replication secret as its password. The secret
+    is quoted for libpq inside SQL itself, so the statement (and commands.sh) holds it only as
+    one SQL literal."""
+    rest = " ".join(f"{k}={_conninfo_quote(v)}" for k, v in fields.items() if k != "password")
+    secret = ops.Secret("replication", "sql")
+    return ops.Sql(standby, "postgres", summary="primary_conninfo: password set to PGGUIDE_REPLICATION_PASSWORD",
+                   statement=ops.text(
+                       f"SELECT format('ALTER SYSTEM SET primary_conninfo = %L', {sql_literal(rest + ' password=')}"
+                       " || '''' || replace(replace(", secret, ", '\\', '\\\\'), '''', '\\''') || '''')\n\\gexec\n"
+                       "SELECT pg_reload_conf();"))
+
+
+@guide_step
+def verify_backup(env) -> ops.Step:
+    """standby.signal and primary_conninfo. A standby that already streams keeps the password it
+    was cloned with: after options.reset_passwords changed the role's password in Step 1 it would
+    fail at its next reconnect, so the password is set with ALTER SYSTEM (allowed on a standby)."""
+    from lib.secrets import secret
+    step = ops.Step("backup files")
+    password = secret("replication", env.params)
+    for s in env.standbys:
+        fields = conninfo_fields(auto_conf(s))
+        if fields and fields.get("password") != password:
+            step.do(set_conninfo_password(s, fields))
+        elif fields:
+            step.note(s, "primary_conninfo's password is PGGUIDE_REPLICATION_PASSWORD")
+
+    def files():
+        shown = []
+        for s in env.standbys:
+            data = env.params.postgres["data_dir"]
+            signal = s.run(f"test -f {shlex.quote(data + '/standby.signal')}", user="postgres", check=False).ok
+            fields = conninfo_fields(auto_conf(s))
+            shown.append(f"{s.host.name} (postgres) $ ls {data}/standby.signal\n"
+                         + (f"{data}/standby.signal" if signal else "ls: cannot access: No such file or directory"))
+            shown.append(f"{s.host.name} (postgres) $ grep primary_conninfo {data}/postgresql.auto.conf   # fields:")
+            shown += [f"  {k:<17} {'********' if k == 'password' else fields.get(k, '(not set)')}"
+                      for k in ("user", "password", "host", "port", "application_name")]
+            expect(signal, f"{s.host.name} has no standby.signal.", "re-run the base backup with -R (Step 9).")
+            expect(fields.get("host") == env.primary.host.address and fields.get("user") == REPLICATION_ROLE,
+                   f"primary_conninfo on {s.host.name} points at {fields.get('host')} as {fields.get('user')}.",
+                   "re-run pg_basebackup with the primary's address (troubleshooting: wrong master IP in backup).")
+        return "\n".join(shown)
+    return step.verify("standby.signal and primary_conninfo", files)
+
+
+@guide_step
+def start_standbys(env) -> ops.Step:
+    step = ops.Step("start the standby")
+    _not_cloning(step, env)
+    p = env.params.postgres
+    for s in to_clone(env):
+        step.do(ops.Command(s, "root", f"systemctl start {p['service']} && "
+                            + ops.wait_for(_cluster_is("online,recovery", p), 30, "the cluster is not online,recovery"),
+                            shown=f"systemctl start {p['service']}", summary="PostgreSQL started",
+                            hint=f"read {p['log_file']}; a missing standby.signal gives 'online' without recovery."))
+
+    def online():
+        for s in env.standbys:
+            state = postgres.cluster_state(s)
+            expect(state == "online,recovery", f"{s.host.name}: cluster is {state!r}, not 'online,recovery'.",
+                   f"read {p['log_file']} on {s.host.name}; a missing standby.signal "
+                   "(touch it in the data directory) gives 'online' without recovery.")
+        return "\n".join(postgres.lsclusters(s) for s in env.standbys)
+    return step.verify("each standby is online,recovery", online)
+
+
+# --- Steps 12-17 ---------------------------------------------------------------------------------------
+REPLICATION_QUERY = ("SELECT usename, application_name, client_addr, state, sync_state "
+                     "FROM pg_stat_replication ORDER BY client_addr")
+
+
+@guide_step
+def check_streaming(env) -> ops.Step:
+    primary = env.primary
+    wanted = {s.host.address for s in env.standbys}
+
+    def streaming():
+        def rows():
+            return [l.split("|") for l in primary.psql(REPLICATION_QUERY).lines]
+        found, _ = wait_until(lambda: {r[2] for r in rows() if r[3] == "streaming"} >= wanted,
+                              timeout=patience(primary, 30))
+        streaming = {r[2] for r in rows() if r[3] == "streaming"}
+        expect(found, f"pg_stat_replication on {primary.host.name} shows {sorted(streaming) or 'no standby'} "
+                      f"streaming, expected {sorted(wanted)}.",
+               f"check the standby's log ({env.params.postgres['log_file']}), the pg_hba line for the standby "
+               "(Step 3), the firewall (Step 4) and primary_conninfo (Step 10).")
+        return psql_read(primary, REPLICATION_QUERY)
+    return ops.Step("streaming").verify("every standby streams", streaming)
+
+
+@guide_step
+def check_standby_mode(env) -> ops.Step:
+    def in_recovery():
+        shown = []
+        for s in env.standbys:
+            expect(postgres.value(s, "SELECT pg_is_in_recovery()") == "t", f"{s.host.name} is not in recovery.",
+                   "standby.signal is missing: touch it in the data directory and restart (troubleshooting table).")
+            shown.append(psql_read(s, "SELECT pg_is_in_recovery();"))
+        return "\n".join(shown)
+    return ops.Step("standby mode").verify("each standby is in recovery", in_recovery)
+
+
+TABLE_DDL = """CREATE TABLE employees (
+    id         SERIAL PRIMARY KEY,
+    name       VARCHAR(100),
+    department VARCHAR(100)
+);"""
+
+
+@guide_step
+def write_test_data(env) -> ops.Step:
+    """testdb, employees and the guide's three rows; what is there is kept, nothing is doubled."""
+    primary, step = env.primary, ops.Step("test data")
+    has_db = postgres.value(primary, f"SELECT count(*) FROM pg_database WHERE datname = '{TEST_DB}'") == "1"
+    has_table = has_db and postgres.value(primary, "SELECT to_regclass('employees') IS NOT NULL", database=TEST_DB) == "t"
+    names = postgres.employee_names(primary) if has_table else []
+    missing = [(n, d) for n, d in GUIDE_ROWS if n not in names]
+    if not has_db:
+        step.do(ops.Sql(primary, "postgres", statement=(f"CREATE DATABASE {TEST_DB};",), summary=f"database {TEST_DB} created"))
+    if not has_table:
+        step.do(ops.Sql(primary, "postgres", database=TEST_DB, statement=(TABLE_DDL,), summary="table employees created"))
+    if missing:
+        values = ",\n    ".join(f"({sql_literal(n)}, {sql_literal(d)})" for n, d in missing)
+        step.do(ops.Sql(primary, "postgres", database=TEST_DB,
+                        statement=(f"INSERT INTO employees (name, department) VALUES\n    {values};",),
+                        summary=f"{len(missing)} rows inserted into {TEST_DB}.employees"))
+    if has_table and not missing:
+        step.note(primary, f"{TEST_DB}.employees already holds the guide's {len(GUIDE_ROWS)} rows")
+
+    def rows():
+        found = postgres.employee_names(primary)
+        expect(all(n in found for n, _ in GUIDE_ROWS), f"{TEST_DB}.employees holds {found}.", "run Step 14 again.")
+        return postgres.employees(primary)
+    return step.verify("the guide's rows are on the primary", rows)
+
+
+@guide_step
+def read_on_standbys(env) -> ops.Step:
+    names = [n for n, _ in GUIDE_ROWS]
+    return ops.Step("read on the standby").verify(
+        "the rows are on each standby", lambda: "\n".join(postgres.rows_visible(s, names) for s in env.standbys))
+
+
+@guide_step
+def prove_read_only(env) -> ops.Step:
+    # Not run by --check: it attempts a write (which a check must never do).
+    return ops.Step("read-only").verify("an INSERT on each standby fails with 25006", lambda: "\n".join(
+        postgres.write_refused(s) for s in env.standbys), in_check=False)
+
+
+SYNC_BOUND_S = 5
+
+
+@guide_step
+def sync_test(env) -> ops.Step:
+    """Insert David on the primary, then watch each standby until he appears. The compared output
+    states the bound; the measured time is kept in step.measured for a cell that is not compared."""
+    step = postgres.insert_if_absent(ops.Step("sync test"), env.primary, "David", "HR")
+    step.measured = {}
+
+    def arrived():
+        shown = []
+        for s in env.standbys:
+            found, waited = wait_until(lambda: "David" in postgres.employee_names(s),
+                                       timeout=patience(s, SYNC_BOUND_S), interval=0.01)
+            expect(found, f"{s.host.name} does not show David after {SYNC_BOUND_S} s.",
+                   "check replication (Step 12): pg_stat_replication on the primary, and the standby's log.")
+            step.measured[s.host.name] = waited
+            shown.append(f"{s.host.name}: David appeared within {SYNC_BOUND_S * 1000} ms\n" + postgres.employees(s))
+        return "\n".join(shown)
+    return step.verify("David reaches every standby in time", arrived)

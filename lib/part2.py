@@ -1,0 +1,634 @@
+"""Part 2 of the guide, steps 19-39: PgPool-II on its own host, in front of the primary and the
+standbys. Each function reads facts and returns the step's plan (lib.ops.Step).
+
+Scram end to end by default: roles keep SCRAM passwords, pool_passwd holds AES-encrypted
+passwords (pg_enc) under a key in ~postgres/.pgpoolkey, and nothing is downgraded to md5.
+postgres.auth_method: md5 does what the guide does instead.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from functools import partial
+
+from lib import db, ops, pgconf, pgpoolconf, postgres, system
+from lib.ops import Secret, guide_step
+from lib.postgres import TEST_DB, auth_method, conf_file, patience
+from lib.roles import sql_literal
+from lib.show import expect, table
+from lib.wait import wait_until
+
+PGPOOL_ROLE = "pgpool"
+HOME = "/var/lib/postgresql"                  # pgpool runs as postgres and reads its home's files
+KEY_FILE = f"{HOME}/.pgpoolkey"
+PCPPASS = f"{HOME}/.pcppass"
+LOG_DIR = "/var/log/pgpool2"
+PRIMARY_SETTINGS = {"listen_addresses": "*", "wal_level": "replica", "max_wal_senders": 5, "wal_keep_size": 64}
+STANDBY_SETTINGS = {"listen_addresses": "*"}
+
+
+def conf(params, name: str) -> str:
+    return f"{params.pgpool['conf_dir']}/{name}"
+
+
+def md5_mode(params) -> bool:
+    return auth_method(params) == "md5"
+
+
+def encryption_settings(params) -> dict:
+    return {"password_encryption": auth_method(params)}
+
+
+# --- Steps 19-20 --------------------------------------------------------------------------------------
+def version_line(remote, command: str, user: str | None = None) -> str:
+    """`psql --version` → 'psql (PostgreSQL) 15'; `pgpool --version` → 'pgpool-II version 4.3'
+    (the major version: a point release is not a change in behaviour)."""
+    out = remote.run(f"{command} 2>&1", user=user).stdout.strip().splitlines()[0]
+    words = out.split()
+    for i, w in enumerate(words):
+        if w[:1].isdigit():
+            parts = w.split(".")
+            out = " ".join(words[:i] + [".".join(parts[:1] if "psql" in command else parts[:2])])
+            break
+    return f"{remote.host.name} ({user or remote.params.ssh['user']}) $ {command}\n{out}"
+
+
+@guide_step
+def install_client(env) -> ops.Step:
+    step = system.packages_step(ops.Step("client"), env.pgpool, ["postgresql-client"])
+    return step.verify("psql is installed", lambda: version_line(env.pgpool, "psql --version"))
+
+
+@guide_step
+def install_pgpool(env) -> ops.Step:
+    step = system.packages_step(ops.Step("pgpool"), env.pgpool, [env.params.pgpool["package"]])
+    return step.verify("pgpool is installed", lambda: version_line(env.pgpool, "pgpool --version", "root"))
+
+
+# --- Steps 21-28: the backends -------------------------------------------------------------------------
+@guide_step
+def set_postgres_password(env) -> ops.Step:
+    return postgres.role_step(ops.Step("postgres password"), env.primary, "postgres")
+
+
+@guide_step
+def create_pgpool_role(env) -> ops.Step:
+    primary = env.primary
+    step = postgres.role_step(ops.Step("pgpool role"), primary, "pgpool")
+    member = postgres.value(primary, f"SELECT pg_has_role({sql_literal(PGPOOL_ROLE)}, 'pg_monitor', 'MEMBER')") \
+        if postgres.value(primary, f"SELECT count(*) FROM pg_roles WHERE rolname = {sql_literal(PGPOOL_ROLE)}") == "1" \
+        else "f"
+    if member == "t":
+        step.note(primary, f"{PGPOOL_ROLE} is already a member of pg_monitor")
+    else:
+        step.do(ops.Sql(primary, "postgres", statement=(f"GRANT pg_monitor TO {PGPOOL_ROLE};",),
+                        summary=f"granted pg_monitor to {PGPOOL_ROLE}"))
+    return step
+
+
+def hba_pgpool_lines(env) -> list[str]:
+    method, address = auth_method(env.params), env.pgpool.host.address
+    return [f"host all {PGPOOL_ROLE} {address}/32 {method}", f"host all all {address}/32 {method}"]
+
+
+def backend_hba(env, text: str) -> tuple[str, list[str]]:
+    """Steps 23/26 (the pgpool host's lines) and, in md5 mode, 25/26 (every scram line to md5)."""
+    new, _ = pgconf.add_hba_records(text, hba_pgpool_lines(env))
+    if md5_mode(env.params):
+        new, _ = pgconf.set_hba_method(new, "scram-sha-256", "md5")
+    return new, pgconf.changed_lines(text, new)
+
+
+@guide_step
+def allow_pgpool_on_primary(env) -> ops.Step:
+    return postgres.edit_step(ops.Step("pg_hba.conf"), env.primary, conf_file(env.primary, "pg_hba.conf"),
+                              lambda text: pgconf.add_hba_records(text, hba_pgpool_lines(env)))
+
+
+def encryption_step(step: ops.Step, remote) -> ops.Step:
+    """Steps 24 and 27. md5 mode: password_encryption = md5, as the guide does. Default: nothing
+    to write, PostgreSQL 14+ already stores SCRAM."""
+    if not md5_mode(remote.params):
+        return step.note(remote, "auth_method scram-sha-256: password_encryption stays scram-sha-256 (no md5 downgrade)")
+    return postgres.edit_step(step, remote, conf_file(remote, "postgresql.conf"),
+                              lambda text: pgconf.set_settings(text, encryption_settings(remote.params)))
+
+
+def stored_formats(primary, roles: list[str]) -> dict[str, str]:
+    """How each role's password is stored: 'md5' or 'SCRAM-SHA-256' (never the value)."""
+    names = ", ".join(sql_literal(r) for r in roles)
+    return dict(line.split("|") for line in primary.psql(
+        f"SELECT rolname, CASE WHEN rolpassword LIKE 'md5%' THEN 'md5' ELSE split_part(rolpassword, '$', 1) END "
+        f"FROM pg_authid WHERE rolname IN ({names}) ORDER BY rolname").lines)
+
+
+@guide_step
+def md5_on_primary(env) -> ops.Step:
+    primary = env.primary
+    step = encryption_step(ops.Step("password_encryption"), primary)
+
+    def formats():
+        found = stored_formats(primary, ["postgres", PGPOOL_ROLE])
+        want = "md5" if md5_mode(env.params) else "SCRAM-SHA-256"
+        expect(set(found.values()) == {want}, f"passwords are stored as {found}.",
+               "re-set them (Steps 21-22 do it when the format differs).")
+        return f"{primary.host.name}: passwords of postgres and {PGPOOL_ROLE} are stored as {want}"
+    return step.verify("passwords are stored as auth_method says", formats)
+
+
+@guide_step
+def md5_hba_on_primary(env) -> ops.Step:
+    primary = env.primary
+    step = ops.Step("pg_hba.conf methods")
+    if md5_mode(env.params):
+        postgres.edit_step(step, primary, conf_file(primary, "pg_hba.conf"),
+                           lambda text: pgconf.set_hba_method(text, "scram-sha-256", "md5"))
+    postgres.settle(step, primary, {**PRIMARY_SETTINGS, **encryption_settings(env.params)})
+    return step.verify("password_encryption in effect", lambda: postgres.psql_read(primary, "SHOW password_encryption;"))
+
+
+@guide_step
+def allow_pgpool_on_standbys(env) -> ops.Step:
+    step = ops.Step("standby pg_hba.conf")
+    for s in env.standbys:
+        system.firewall_step(step, s, env.params.postgres["port"])        # pgpool connects to the standby too
+        postgres.edit_step(step, s, conf_file(s, "pg_hba.conf"), partial(backend_hba, env))
+    return step
+
+
+@guide_step
+def md5_on_standbys(env) -> ops.Step:
+    step = ops.Step("standby password_encryption")
+    for s in env.standbys:
+        encryption_step(step, s)
+    return step
+
+
+@guide_step
+def listen_on_standbys(env) -> ops.Step:
+    """listen_addresses = '*' on each standby (Debian keeps postgresql.conf out of the data
+    directory, so the base backup did not bring the primary's), then restart or reload."""
+    step = ops.Step("standby listen_addresses")
+    for s in env.standbys:
+        postgres.edit_step(step, s, conf_file(s, "postgresql.conf"),
+                           lambda text: pgconf.set_settings(text, {**STANDBY_SETTINGS, **(
+                               encryption_settings(env.params) if md5_mode(env.params) else {})}))
+        postgres.settle(step, s, {**STANDBY_SETTINGS, **encryption_settings(env.params)})
+
+    def back():
+        for s in env.standbys:
+            expect(postgres.cluster_state(s) == "online,recovery", f"{s.host.name} is not back as a standby.",
+                   f"read {env.params.postgres['log_file']} on {s.host.name}.")
+        return "\n".join(postgres.read(s, "grep ^listen_addresses " + shlex.quote(conf_file(s, "postgresql.conf")))
+                         + "\n" + postgres.lsclusters(s) for s in env.standbys)
+    return step.verify("each standby listens and is back", back)
+
+
+# --- Step 29 -----------------------------------------------------------------------------------------------
+def login_from(remote, target, user: str, secret_name: str, port: int, database: str = "postgres") -> str:
+    """psql from `remote` to `target` with a password (on stdin, via PGPASSWORD)."""
+    from lib.secrets import secret
+    command = f"psql -h {target.address} -p {port} -U {user} -d {database} -c 'SELECT current_user'"
+    r = remote.run(f"read -r PGPASSWORD; export PGPASSWORD; {command.replace('psql', 'psql -X -A -t', 1)}",
+                   stdin=secret(secret_name, remote.params) + "\n", check=False)
+    expect(r.ok and r.stdout.strip() == user,
+           f"{user} cannot log in from {remote.host.name} to {target.name}:{port}: {r.stderr.strip()}",
+           "no pg_hba.conf entry → add the pgpool host's /32 (Steps 23, 26) and reload; connection refused → "
+           "listen_addresses = '*' and restart (Step 28); password authentication failed → re-set the "
+           "password (Steps 21-22) or pool_passwd (Step 32).")
+    return f"{remote.host.name} ({remote.params.ssh['user']}) $ {command}\n{r.stdout.strip()}"
+
+
+@guide_step
+def test_connectivity(env) -> ops.Step:
+    port = env.params.postgres["port"]
+    return ops.Step("connectivity").verify("pgpool's host reaches every backend", lambda: "\n".join(
+        login_from(env.pgpool, b.host, PGPOOL_ROLE, "pgpool", port) for b in [env.primary, *env.standbys]))
+
+
+# --- Step 30 ------------------------------------------------------------------------------------------------
+def pgpool_settings(params) -> dict:
+    p = params.pgpool
+    settings: dict = {
+        "listen_addresses": "*", "port": p["port"], "pcp_listen_addresses": "localhost", "pcp_port": p["pcp_port"],
+        "backend_clustering_mode": "streaming_replication", "load_balance_mode": True,
+        "num_init_children": p["num_init_children"], "max_pool": p["max_pool"],
+        "child_life_time": 300, "connection_life_time": 600,
+        "health_check_period": 10, "health_check_timeout": 20, "health_check_user": PGPOOL_ROLE,
+        "health_check_password": "", "health_check_database": "postgres",
+        "health_check_max_retries": 3, "health_check_retry_delay": 1,
+        "sr_check_period": 10, "sr_check_user": PGPOOL_ROLE, "sr_check_password": "",
+        "sr_check_database": "postgres",
+        "enable_pool_hba": True, "pool_passwd": "pool_passwd",
+        "logging_collector": True, "log_directory": LOG_DIR,
+        "log_filename": "pgpool.log", "log_truncate_on_rotation": False, "log_rotation_age": 0,
+    }
+    for i, host in enumerate(params.database_hosts):
+        settings.update({f"backend_hostname{i}": host.address, f"backend_port{i}": params.postgres["port"],
+                         f"backend_weight{i}": host.lb_weight,
+                         f"backend_data_directory{i}": params.postgres["data_dir"],
+                         f"backend_flag{i}": "ALLOW_TO_FAILOVER", f"backend_application_name{i}": host.name})
+    return settings
+
+
+def connection_budget(env) -> str:
+    p = env.params.pgpool
+    allowed = int(postgres.value(env.primary, "SELECT current_setting('max_connections')::int - "
+                                              "current_setting('superuser_reserved_connections')::int"))
+    needed = p["num_init_children"] * p["max_pool"]
+    expect(needed <= allowed, f"pgpool may open {needed} connections per server, more than {allowed}.",
+           "lower num_init_children or max_pool, or raise max_connections on the servers.")
+    return f"num_init_children x max_pool = {needed}; each server allows {allowed} client connections"
+
+
+@guide_step
+def configure_pgpool(env) -> ops.Step:
+    vm3, step = env.pgpool, ops.Step("pgpool.conf")
+    if not vm3.run(f"test -d {LOG_DIR}", check=False).ok:
+        step.do(ops.Command(vm3, "root", f"install -d -o postgres -g postgres -m 750 {LOG_DIR}",
+                            summary=f"created {LOG_DIR}"))
+    postgres.edit_step(step, vm3, conf(env.params, "pgpool.conf"),
+                       lambda text: pgpoolconf.set_settings(text, pgpool_settings(env.params)))
+    return step.verify("pgpool's connections fit the servers'", partial(connection_budget, env))
+
+
+# --- Steps 31-32 ---------------------------------------------------------------------------------------------
+@guide_step
+def configure_pool_hba(env) -> ops.Step:
+    line = f"host all all {env.params.pgpool['allowed_clients']} {auth_method(env.params)}"
+    return postgres.edit_step(ops.Step("pool_hba.conf"), env.pgpool, conf(env.params, "pool_hba.conf"),
+                              lambda text: pgconf.add_hba_records(text, [line]))
+
+
+def _secret_file(step: ops.Step, remote, path: str, new: tuple, mask_line, what: str, *, owner: str,
+                 mode: str) -> None:
+    """A file that holds a secret: written only when its text differs; its diff is masked."""
+    f = shlex.quote(path)
+    found = remote.run(f"if test -f {f}; then echo present; cat {f}; else echo absent; fi", user="root",
+                       mask=False).stdout
+    old = found.split("\n", 1)[1] if found.startswith("present\n") else None
+    if old == ops.resolve(new, remote.params):
+        step.note(remote, f"{path} already holds {what}")
+    else:
+        step.do(ops.FileChange(remote, "root", path=path, old=old, new=new, owner=owner, mode=mode, mask_line=mask_line))
+
+
+def _user_line(line: str) -> str:
+    """`user:secret` shown as `user:********`."""
+    return line.split(":", 1)[0] + ":" + ops.MASK if ":" in line else ops.MASK
+
+
+def _replace_line(text: str | None, prefix: str, line: tuple) -> tuple:
+    kept = "".join(l + "\n" for l in (text or "").splitlines() if not l.startswith(prefix))
+    return (kept, *line, "\n")
+
+
+def pool_passwd_entries(env) -> dict[str, str]:
+    """What pg_enc makes of each password with the key (its output is deterministic for a key):
+    compared with pool_passwd, never shown."""
+    from lib.secrets import secret
+    vm3 = env.pgpool
+    pairs = "".join(f"{u}:{secret(u, env.params)}\n" for u in ("postgres", PGPOOL_ROLE))
+    out = vm3.run(f"pg_enc -k {KEY_FILE} -i /dev/stdin", user="root", stdin=pairs, mask=False, check=False).stdout
+    # pg_enc prints each pair's entry as `pool_passwd string: AES…` (some builds: `user:AES…`).
+    users = ("postgres", PGPOOL_ROLE)
+    found = dict(l.split(":", 1) for l in out.splitlines() if re.match(r"^[^\s:]+:AES\S+$", l))
+    strings = re.findall(r"^pool_passwd string: (AES\S+)$", out, re.M)
+    return found if found else dict(zip(users, strings)) if len(strings) == len(users) else {}
+
+
+@guide_step
+def password_file(env) -> ops.Step:
+    """pool_passwd: AES entries (pg_enc) under ~postgres/.pgpoolkey, or md5 entries in md5 mode;
+    pcp.conf and ~postgres/.pcppass for pgpool's admin commands."""
+    vm3, p, step = env.pgpool, env.params, ops.Step("pool_passwd")
+    path = conf(p, "pool_passwd")
+    current = vm3.read_file(path)
+    if md5_mode(p):
+        entries = {u: (f"{u}:md5", Secret(u, f"md5:{u}")) for u in ("postgres", PGPOOL_ROLE)}
+        kept = "".join(l + "\n" for l in current.splitlines() if l.split(":", 1)[0] not in entries)
+        pieces = (kept,) + tuple(x for u in entries for x in (*entries[u], "\n"))
+        if ops.resolve(pieces, p) != current:
+            step.do(ops.FileChange(vm3, "root", path=path, old=current, new=pieces, mask_line=_user_line))
+        else:
+            step.note(vm3, f"{path} already holds md5 entries for postgres and {PGPOOL_ROLE}")
+    else:
+        _secret_file(step, vm3, KEY_FILE, (Secret("pgpool_key"), "\n"), lambda l: ops.MASK,
+                     "PGGUIDE_PGPOOL_KEY", owner="postgres:postgres", mode="600")
+        wanted = pool_passwd_entries(env) if not step.actions else {}
+        have = dict(l.split(":", 1) for l in current.splitlines() if ":" in l)
+        if step.actions or any(have.get(u) != e for u, e in wanted.items()) or len(wanted) < 2:
+            step.do(ops.Command(vm3, "root", f"pg_enc -m -k {KEY_FILE} -f {conf(p, 'pgpool.conf')} -i /dev/stdin",
+                                input=("postgres:", Secret("postgres"), f"\n{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
+                                shown=f"pg_enc -m -k {KEY_FILE} -f {conf(p, 'pgpool.conf')} -i /dev/stdin"
+                                      "    # stdin: postgres:********, pgpool:********",
+                                summary=f"{path}: entries for postgres, {PGPOOL_ROLE} written with pg_enc",
+                                show_output=False))
+        else:
+            step.note(vm3, f"{path} already holds the AES entries of postgres and {PGPOOL_ROLE}")
+    pcp = conf(p, "pcp.conf")
+    pcp_text = vm3.read_file(pcp)
+    _secret_file(step, vm3, pcp, _replace_line(pcp_text, f"{PGPOOL_ROLE}:", (f"{PGPOOL_ROLE}:", Secret("pgpool", "md5"))),
+                 _user_line, f"{PGPOOL_ROLE}'s md5 (pg_md5 of PGGUIDE_PGPOOL_PASSWORD)", owner="root:root", mode="644")
+    _secret_file(step, vm3, PCPPASS, (f"localhost:{p.pgpool['pcp_port']}:{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
+                 lambda l: l.rsplit(":", 1)[0] + ":" + ops.MASK, "PGGUIDE_PGPOOL_PASSWORD",
+                 owner="postgres:postgres", mode="600")
+
+    def entries():
+        kinds = []
+        for line in vm3.read_file(path).splitlines():
+            if line.strip():
+                user, _, value = line.partition(":")
+                kinds.append(f"{user}:{'AES' if value.startswith('AES') else value[:3]}…")
+        return f"{vm3.host.name} (root) $ cat {path}   # entries, their secret part cut\n" + "\n".join(kinds)
+    return step.verify("pool_passwd has an entry per role", entries)
+
+
+# --- Step 33 ---------------------------------------------------------------------------------------------------
+def service_state(remote) -> list[str]:
+    """['active', 'enabled'] when pgpool runs and starts at boot."""
+    service = remote.params.pgpool["service"]
+    return remote.run(f"systemctl is-active {service}; systemctl is-enabled {service}", check=False).lines
+
+
+def restart_pending(remote) -> bool:
+    """A configuration file was written after pgpool started (its pid file is written at start)."""
+    files = " ".join(shlex.quote(conf(remote.params, n)) for n in ("pgpool.conf", "pool_hba.conf", "pool_passwd"))
+    out = remote.sudo(f"pid=/var/run/postgresql/pgpool.pid; test -f $pid || exit 0; "
+                      f"started=$(date -r $pid +%s%N); for f in {files}; do "
+                      f"[ $(date -r $f +%s%N) -gt $started ] && echo newer; done; true").stdout
+    return "newer" in out
+
+
+@guide_step
+def start_pgpool(env) -> ops.Step:
+    vm3, p = env.pgpool, env.params.pgpool
+    step, service, port = ops.Step("pgpool service"), p["service"], p["port"]
+    hint = f"read {LOG_DIR}/pgpool.log and `journalctl -u {service}` on {vm3.host.name}"
+    system.firewall_step(step, vm3, port)                 # clients connect to pgpool
+    state = service_state(vm3)
+    if state[1:] != ["enabled"]:
+        step.do(ops.Command(vm3, "root", f"systemctl enable {service} 2>&1 | grep -v '^Synchronizing\\|^Executing' || true",
+                            shown=f"systemctl enable {service}", summary=f"{service} enabled at boot"))
+    listening = ops.wait_for(f"timeout 1 bash -c '</dev/tcp/127.0.0.1/{port}' 2>/dev/null", 30,
+                             f"pgpool does not listen on {port}")
+    if state[:1] != ["active"]:
+        step.notify(ops.Command(vm3, "root", f"systemctl start {service} && {listening}", handler=True,
+                                shown=f"systemctl start {service}", summary=f"{service} started", hint=hint))
+    elif restart_pending(vm3):
+        # SIGTERM is pgpool's "smart" shutdown, which can wait out systemd's 90 s stop timeout
+        # (seen on the freshly installed service); SIGINT is its fast shutdown.
+        stop = (f"systemctl kill --kill-who=main -s SIGINT {service} && "
+                + ops.wait_for(f"! systemctl is-active -q {service}", 30, f"{service} did not stop"))
+        step.notify(ops.Command(vm3, "root", f"{stop} && systemctl start {service} && {listening}", handler=True,
+                                shown=f"systemctl kill -s SIGINT {service} && systemctl start {service}"
+                                      "    # restart with pgpool's fast shutdown",
+                                summary=f"{service} restarted", hint=hint))
+    else:
+        step.note(vm3, f"{service} is running with the configuration on disk")
+
+    def running():
+        now = service_state(vm3)
+        expect(now == ["active", "enabled"], f"{service} on {vm3.host.name} is {now}.", hint)
+        return postgres.read(vm3, f"systemctl is-active {service}; systemctl is-enabled {service}", user=None)
+    return step.verify("pgpool runs and starts at boot", running)
+
+
+# --- Step 34 and on: through pgpool -------------------------------------------------------------------------------
+POOL_NODE_COLUMNS = ["node_id", "hostname", "port", "status", "pg_status", "lb_weight", "role", "pg_role",
+                     "select_cnt", "replication_delay", "replication_state"]
+AUTH_FAILURES = ("authentication failed", "valid password not found", "failed to authenticate",
+                 "unable to decrypt password", "md5 authentication failed", "SCRAM")
+
+
+def via_pgpool(env):
+    """psycopg connections from the notebook to pgpool, as postgres (the guide's client)."""
+    from lib.secrets import secret
+    return partial(db.connect, env.params, env.pgpool.host, user="postgres", password=secret("postgres", env.params),
+                   port=env.params.pgpool["port"])
+
+
+def through_pgpool_prompt(env, database: str = "postgres") -> str:
+    return (f"notebook → {env.pgpool.host.name}:{env.params.pgpool['port']} (postgres"
+            + (f", {database}" if database != "postgres" else "") + ") $ ")
+
+
+def pool_show(conn, what: str) -> list[dict]:
+    """pgpool's SHOW commands, over the simple query protocol (libpq's PQexec): over the
+    extended protocol, which psycopg uses, pgpool 4.3 answers SHOW pool_processes with no rows."""
+    res = conn.pgconn.exec_(f"SHOW {what}".encode())
+    if res.status != 2:                                  # PGRES_TUPLES_OK
+        raise ConnectionError(f"SHOW {what} through pgpool failed: {(res.error_message or b'').decode().strip()}")
+    names = [res.fname(i).decode() for i in range(res.nfields)]
+    return [{n: (None if res.get_value(r, i) is None else res.get_value(r, i).decode()) for i, n in enumerate(names)}
+            for r in range(res.ntuples)]
+
+
+def pool_nodes(conn) -> list[dict]:
+    return pool_show(conn, "pool_nodes")
+
+
+def raise_auth_failure(params, error: Exception) -> None:
+    store = ("AES entries made by pg_enc with the key in " + KEY_FILE if not md5_mode(params)
+             else "md5 entries as pg_md5 makes them")
+    expect(False, f"pgpool refused the login: {error}",
+           f"pgpool checks passwords against pool_passwd ({conf(params, 'pool_passwd')}), which with "
+           f"auth_method {auth_method(params)} must hold {store}, for the same password the role has on the servers. "
+           "Run Step 32 again with the right secrets (PGGUIDE_POSTGRES_PASSWORD, PGGUIDE_PGPOOL_PASSWORD) "
+           "and restart pgpool (Step 33).")
+
+
+def wait_for_nodes(connect, params, timeout: float = 60) -> list[dict]:
+    """Until every node is up with the right role (and standbys report streaming)."""
+    def ready():
+        try:
+            with connect() as conn:
+                nodes = pool_nodes(conn)
+        except ConnectionError as e:
+            if any(sign in str(e) for sign in AUTH_FAILURES):
+                raise_auth_failure(params, e)
+            return None                                     # not listening yet: try again
+        ok = all(n["status"] == "up" and n["pg_status"] == "up" for n in nodes) and \
+            all(n["replication_state"] == "streaming" for n in nodes if n["role"] == "standby")
+        return nodes if ok else None
+    nodes, _ = wait_until(ready, timeout=timeout, interval=0.5)
+    if nodes is None:
+        try:
+            with connect() as conn:
+                nodes = pool_nodes(conn)
+        except ConnectionError as e:
+            expect(False, f"cannot log in through pgpool as postgres: {e}",
+                   "start pgpool (Step 33) and read its log; check pool_hba.conf (Step 31) and pool_passwd (Step 32).")
+    return nodes
+
+
+def check_nodes(nodes: list[dict], params) -> None:
+    hosts = params.database_hosts
+    total = sum(h.lb_weight for h in hosts)
+    expect(len(nodes) == len(hosts), f"pgpool knows {len(nodes)} backends, the parameters name {len(hosts)}.",
+           "check backend_hostnameN in pgpool.conf (Step 30) and restart pgpool.")
+    for node, host in zip(nodes, hosts):
+        where = f"node {node['node_id']} ({node['hostname']})"
+        expect(node["hostname"] == host.address, f"{where} should be {host.address}.", "check Step 30.")
+        expect(node["status"] == "up", f"{where} is {node['status']} in pgpool.",
+               "pgpool cannot reach it or remembers it as down: test with psql from the pgpool host (Step 29); "
+               "then `pcp_attach_node -h localhost -U pgpool -n N`, or stop pgpool, remove "
+               "/var/log/postgresql/pgpool_status and start it.")
+        expect(node["role"] == host.role, f"{where} has role {node['role']}, expected {host.role}.",
+               "check replication (Part 1) and sr_check_user / pg_monitor (Step 22).")
+        expect(math.isclose(float(node["lb_weight"]), host.lb_weight / total, abs_tol=1e-5),
+               f"{where} has lb_weight {node['lb_weight']}, expected {host.lb_weight / total:.6f}.",
+               "check backend_weightN (Step 30) and restart pgpool.")
+        if host.role == "standby":
+            expect(node["replication_state"] == "streaming",
+                   f"{where} shows replication_state {node['replication_state']!r}.",
+                   "backend_application_nameN must match the standby's application_name (Step 30).")
+
+
+def pcp_node_count(env) -> str:
+    """pcp works: pcp_node_count as postgres, password from ~postgres/.pcppass (-w: never prompt)."""
+    vm3 = env.pgpool
+    command = f"pcp_node_count -h localhost -p {env.params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w"
+    r = vm3.run(command, user="postgres", check=False)
+    expect(r.ok, f"pcp_node_count failed on {vm3.host.name}: {r.stderr.strip()}",
+           f"check pcp.conf (user:md5 of the password) and {PCPPASS} (host:port:user:password, mode 600) (Step 32).")
+    expect(int(r.stdout.strip()) == len(env.params.database_hosts), f"pcp reports {r.stdout.strip()} nodes.",
+           "check pgpool.conf's backends.")
+    return f"{vm3.host.name} (postgres) $ {command}\n{r.stdout.strip()}"
+
+
+@guide_step
+def check_pool_nodes(env) -> ops.Step:
+    def nodes():
+        found = wait_for_nodes(via_pgpool(env), env.params, timeout=patience(env.pgpool, 60))
+        check_nodes(found, env.params)
+        return (through_pgpool_prompt(env) + "SHOW pool_nodes;   # the columns that do not change run to run\n"
+                + table(POOL_NODE_COLUMNS, [[n[c] for c in POOL_NODE_COLUMNS] for n in found]))
+    return ops.Step("pool_nodes").verify("every node up, with its role and weight", nodes) \
+        .verify("pcp answers", partial(pcp_node_count, env))
+
+
+def pgpool_sql_login(env, database: str = TEST_DB) -> dict:
+    """Sql's options for a statement sent through pgpool with psql from its host, as the guide does."""
+    return {"login": f"-h {env.pgpool.host.address} -p {env.params.pgpool['port']} -U postgres",
+            "database": database, "password": Secret("postgres")}
+
+
+def names_through_pgpool(env) -> list[str]:
+    with via_pgpool(env)(dbname=TEST_DB) as conn:
+        return [r[0] for r in db.rows(conn, "SELECT name FROM employees ORDER BY id")]
+
+
+def employees_through_pgpool(env) -> str:
+    with via_pgpool(env)(dbname=TEST_DB) as conn:
+        rows = db.rows(conn, "SELECT * FROM employees ORDER BY id")
+    return through_pgpool_prompt(env, TEST_DB) + "SELECT * FROM employees ORDER BY id;\n" + \
+        table(["id", "name", "department"], rows)
+
+
+def _insert_through_pgpool(env, name: str, department: str, what: str) -> ops.Step:
+    step = postgres.insert_if_absent(ops.Step(what), env.pgpool, name, department, names=names_through_pgpool(env),
+                                     **pgpool_sql_login(env))
+    return step
+
+
+@guide_step
+def write_through_pgpool(env) -> ops.Step:
+    step = _insert_through_pgpool(env, "Frank", "PgPool Test", "write through pgpool")
+    return step.verify("Frank is there, read through pgpool", partial(employees_through_pgpool, env))
+
+
+@guide_step
+def read_on_standbys(env) -> ops.Step:
+    return ops.Step("read on the standby").verify(
+        "Frank is on each standby", lambda: "\n".join(postgres.rows_visible(s, ["Frank"]) for s in env.standbys))
+
+
+@guide_step
+def prove_read_only(env) -> ops.Step:
+    # Not run by --check: it attempts a write (which a check must never do).
+    return ops.Step("read-only").verify("an INSERT on each standby fails with 25006", lambda: "\n".join(
+        postgres.write_refused(s) for s in env.standbys), in_check=False)
+
+
+SYNC_BOUND_S = 5
+
+
+@guide_step
+def sync_through_pgpool(env) -> ops.Step:
+    step = _insert_through_pgpool(env, "Grace", "Sync Test", "sync through pgpool")
+    step.measured = {}
+
+    def arrived():
+        shown = []
+        for s in env.standbys:
+            found, waited = wait_until(lambda: "Grace" in postgres.employee_names(s),
+                                       timeout=patience(s, SYNC_BOUND_S), interval=0.01)
+            expect(found, f"{s.host.name} does not show Grace after {SYNC_BOUND_S} s.",
+                   "check replication (Step 12) and that the write went to the primary (Step 35).")
+            step.measured[s.host.name] = waited
+            shown.append(f"{s.host.name}: Grace appeared within {SYNC_BOUND_S * 1000} ms\n" + postgres.employees(s))
+        return "\n".join(shown)
+    return step.verify("Grace reaches every standby in time", arrived)
+
+
+# --- Step 38 ----------------------------------------------------------------------------------------------------
+@guide_step
+def verify_load_balancing(env) -> ops.Step:
+    """Load balancing is per session: open many sessions through pgpool, ask each which server
+    answered, and compare the shares with the weights (lib/loadbalance.py has the arithmetic).
+    Not run by --check: hundreds of sessions are a test, not an observation."""
+    from lib import loadbalance
+    step = ops.Step("load balancing")
+    step.measured = {}
+    hosts, sessions, connect = env.params.database_hosts, env.params.pgpool["lb_sessions"], via_pgpool(env)
+
+    def balanced():
+        with connect() as conn:
+            before = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
+        counts = loadbalance.sample(connect, sessions)
+        with connect() as conn:
+            after = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
+        verdicts = loadbalance.verdicts(counts, hosts, sessions)
+        deltas = {h.address: after[h.address] - before[h.address] for h in hosts}
+        step.measured.update(counts=counts, deltas=deltas)
+        expect(all(ok for *_, ok in verdicts), f"observed {dict(counts)} does not fit the weights.",
+               "check backend_weightN (Step 30) and that load_balance_mode = on; then SHOW pool_nodes.")
+        expect(deltas == {h.address: counts.get(h.address, 0) for h in hosts},
+               f"select_cnt grew by {deltas}, but the sessions saw {dict(counts)}.", "something else is querying pgpool.")
+        return "\n".join([
+            f"chance that the guide's 3 sessions split exactly 1:2: {loadbalance.chance_of_guides_split(hosts):.0%}",
+            through_pgpool_prompt(env) + f"SELECT inet_server_addr();   # × {sessions} sessions, one query each",
+            *(f"  {name}: expected share {share:.3f} ± {tol:.3f}: {'within' if ok else 'OUTSIDE'}"
+              for name, share, tol, ok in verdicts),
+            through_pgpool_prompt(env) + "SHOW pool_nodes;   # before and after",
+            "select_cnt grew on each node by exactly the sessions it served"])
+    return step.verify("reads spread by the weights", balanced, in_check=False)
+
+
+# --- the guide's Quick Reference ------------------------------------------------------------------------------
+def quick_reference(env) -> str:
+    """SHOW pool_processes and SHOW pool_pools, summarised to what does not change run to run."""
+    p = env.params.pgpool
+    with via_pgpool(env)() as conn:
+        processes = pool_show(conn, "pool_processes")
+        pools = pool_show(conn, "pool_pools")
+    backends = len(env.params.database_hosts)
+    expect(len(processes) == p["num_init_children"], f"pgpool has {len(processes)} children.",
+           "num_init_children in pgpool.conf (Step 30); restart pgpool.")
+    expect(len(pools) == p["num_init_children"] * p["max_pool"] * backends,
+           f"SHOW pool_pools has {len(pools)} rows.", "max_pool in pgpool.conf (Step 30).")
+    return "\n".join([
+        through_pgpool_prompt(env) + "SHOW pool_processes;",
+        f"{len(processes)} rows: one per pgpool child process (num_init_children = {p['num_init_children']}); "
+        "each serves one client at a time",
+        through_pgpool_prompt(env) + "SHOW pool_pools;",
+        f"{len(pools)} rows: {p['num_init_children']} children × {p['max_pool']} cached connections (max_pool) "
+        f"× {backends} backends"])
+
+
+def pgpool_log(env, lines: int = 5) -> str:
+    """The guide's `journalctl -u pgpool2 | tail`: with logging_collector on (Step 30) pgpool
+    writes its own log file instead."""
+    return postgres.read(env.pgpool, f"tail -n {lines} {LOG_DIR}/pgpool.log")

@@ -1,0 +1,215 @@
+"""PostgreSQL server operations both parts of the guide use: facts (cluster state, running
+settings, roles), reads shown the way a person runs them, and plans for roles, config files
+and restarts."""
+from __future__ import annotations
+
+import shlex
+from typing import Callable
+
+from lib import ops
+from lib.roles import sql_literal, verifier_matches
+from lib.show import expect
+
+TEST_DB = "testdb"
+GUIDE_ROWS = [("Alice", "Engineering"), ("Bob", "Marketing"), ("Charlie", "Finance")]
+
+
+def auth_method(params) -> str:
+    """pg_hba's method, and how passwords are stored: postgres.auth_method. The guide writes
+    md5; with PostgreSQL 14+ passwords are stored as SCRAM and md5 in pg_hba only means
+    "SCRAM or md5", so by default we name the method that is actually used."""
+    return params.postgres["auth_method"]
+
+
+def conf_file(remote, name: str) -> str:
+    return f"{remote.params.postgres['conf_dir']}/{name}"
+
+
+def patience(remote, seconds: float) -> float:
+    """How long to wait for a condition: a check observes the cluster as it is, it does not wait."""
+    return min(seconds, 2) if remote.read_only else seconds
+
+
+# --- reads, shown as a person would type them ------------------------------------------------
+def read(remote, command: str, *, user: str | None = "root", shown: str | None = None) -> str:
+    """Run a read-only command; return the transcript: the command line and its output."""
+    out = remote.run(command, user=user).stdout.rstrip()
+    who = user or remote.params.ssh["user"]
+    return f"{remote.host.name} ({who}) $ {shown or command}" + (f"\n{out}" if out else "")
+
+
+def psql_read(remote, sql: str, *, database: str = "postgres") -> str:
+    """A query as postgres over the local socket, shown with psql's own table."""
+    db = f" -d {database}" if database != "postgres" else ""
+    out = remote.psql(sql, database=database, tuples=False).stdout.rstrip()
+    return f"{remote.host.name} (postgres) $ psql{db} -c \"{sql}\"\n{out}"
+
+
+def value(remote, sql: str, *, database: str = "postgres") -> str:
+    return remote.psql(sql, database=database).stdout.strip()
+
+
+# --- the cluster ------------------------------------------------------------------------------------
+def cluster_state(remote) -> str:
+    """pg_lsclusters' status of our cluster: online, online,recovery, down, … or absent."""
+    p = remote.params.postgres
+    out = remote.sudo(f"pg_lsclusters --no-header {p['version']} {p['cluster']}", check=False).stdout.split()
+    return out[3] if len(out) > 3 else "absent"
+
+
+def lsclusters(remote) -> str:
+    return read(remote, "pg_lsclusters")
+
+
+def settings_differing(remote, wanted: dict) -> list[str]:
+    """Settings whose running value differs from `wanted` (pg_settings.setting, base units)."""
+    names = ", ".join(sql_literal(n) for n in wanted)
+    running = dict(line.split("|", 1) for line in remote.psql(
+        f"SELECT name, setting FROM pg_settings WHERE name IN ({names})").lines)
+    return [n for n, v in wanted.items() if running.get(n) != str(v)]
+
+
+def hba_reload_pending(remote) -> bool:
+    """pg_hba.conf was written after the server last read its configuration."""
+    path = shlex.quote(conf_file(remote, "pg_hba.conf"))
+    written = float(remote.sudo(f"date -r {path} +%s.%N").stdout.strip())
+    loaded = float(value(remote, "SELECT extract(epoch FROM pg_conf_load_time())"))
+    return written > loaded
+
+
+def settle(step: ops.Step, remote, wanted: dict) -> ops.Step:
+    """The guide restarts after every edit. We restart when the running server has other values
+    than `wanted`, reload when pg_hba.conf changed since the server read it, and otherwise leave
+    it alone: a second run disturbs nothing, and a run killed between edit and restart is
+    finished by the next one."""
+    service = remote.params.postgres["service"]
+    hint = f"the server did not come back: read {remote.params.postgres['log_file']} on {remote.host.name}"
+    differing = settings_differing(remote, wanted)
+    if differing:
+        step.notify(ops.service(remote, "restart", service, hint=hint))
+        step.note(remote, f"running with other values of {', '.join(differing)}: restart")
+    elif hba_reload_pending(remote):
+        step.notify(ops.service(remote, "reload", service, hint=hint))
+        step.note(remote, "pg_hba.conf changed since the server read it: reload")
+    else:
+        step.note(remote, "configuration unchanged and in effect: no restart needed")
+    return step
+
+
+# --- files ------------------------------------------------------------------------------------------
+def edit(remote, path: str, change: Callable[[str], tuple[str, list[str]]]) -> ops.FileChange | None:
+    """The file change that `change` makes to the file's current text; None if it makes none."""
+    old = remote.read_file(path)
+    new, _ = change(old)
+    return None if new == old else ops.FileChange(remote, "root", path=path, old=old, new=(new,))
+
+
+def edit_step(step: ops.Step, remote, path: str, change) -> ops.Step:
+    action = edit(remote, path, change)
+    if action:
+        step.do(action)
+    else:
+        step.note(remote, f"{path} already as the guide wants it")
+    return step
+
+
+# --- roles --------------------------------------------------------------------------------------------
+def role_differences(remote, role: str, password: str, attributes: str) -> list[str] | None:
+    """None if the role does not exist; else what differs from the wanted attributes and
+    password (an empty list: nothing). Reads only; the password is never shown."""
+    row = remote.psql(f"SELECT rolreplication, rolcanlogin, coalesce(rolpassword, '') FROM pg_authid "
+                      f"WHERE rolname = {sql_literal(role)}", mask=False).stdout.strip()
+    if not row:
+        return None
+    replication, login, stored = row.split("|", 2)
+    method = auth_method(remote.params)
+    differences = []
+    # Only what is asked for is checked: postgres keeps its REPLICATION when asked for LOGIN.
+    if login != "t":
+        differences.append("cannot log in")
+    if replication != "t" and "REPLICATION" in attributes.upper():
+        differences.append("lacks REPLICATION")
+    if not stored:
+        differences.append("has no password")
+    elif ("md5" if stored.startswith("md5") else "scram-sha-256") != method:
+        differences.append(f"password not stored as {method}")
+    elif not verifier_matches(stored, password, role):
+        differences.append("has another password")
+    return differences
+
+
+def role_step(step: ops.Step, remote, secret_name: str) -> ops.Step:
+    """Create the role, or bring its attributes and password in line; nothing if both match.
+    The password is stored the way postgres.auth_method says (SCRAM or md5)."""
+    from lib import secrets
+
+    role, attributes = secrets.ROLES[secret_name]
+    differences = role_differences(remote, role, secrets.secret(secret_name, remote.params), attributes)
+    if differences == []:
+        return step.note(remote, f"role {role} already has {attributes} and the password in "
+                                 f"{secrets.SECRETS[secret_name][0]}: nothing to change")
+    verb = "CREATE" if differences is None else "ALTER"
+    method = auth_method(remote.params)
+    statement = ops.text(f"{verb} ROLE {role} WITH {attributes} PASSWORD ", ops.Secret(secret_name, "sql"), ";")
+    if method != "scram-sha-256":        # PostgreSQL's default; md5 mode must say so before the password
+        statement = ops.text(f"SET password_encryption = {sql_literal(method)};\n") + statement
+    why = "" if differences is None else f" ({', '.join(differences)})"
+    return step.do(ops.Sql(remote, "postgres", statement=statement,
+                           summary=f"role {role} {'created' if differences is None else 'updated' + why}"))
+
+
+def role_listing(remote) -> str:
+    """psql's \\du (its Member of column left out), from pg_roles."""
+    out = remote.psql("""
+        SELECT rolname, concat_ws(', ',
+            CASE WHEN rolsuper THEN 'Superuser' END, CASE WHEN rolcreaterole THEN 'Create role' END,
+            CASE WHEN rolcreatedb THEN 'Create DB' END, CASE WHEN NOT rolcanlogin THEN 'Cannot login' END,
+            CASE WHEN rolreplication THEN 'Replication' END, CASE WHEN rolbypassrls THEN 'Bypass RLS' END)
+        FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY rolname""").lines
+    from lib.show import table
+    return f"{remote.host.name} (postgres) $ psql -c '\\du'\n" + table(["Role name", "Attributes"],
+                                                                     [l.split("|") for l in out])
+
+
+# --- the guide's test data ----------------------------------------------------------------------
+def employee_names(remote) -> list[str]:
+    r = remote.psql("SELECT name FROM employees ORDER BY id", database=TEST_DB, check=False)
+    return r.lines if r.ok else []
+
+
+def employees(remote) -> str:
+    return psql_read(remote, "SELECT * FROM employees ORDER BY id", database=TEST_DB)
+
+
+def rows_visible(remote, names: list[str], timeout: float = 10) -> str:
+    """Wait until `remote` shows every name; the evidence is the table."""
+    from lib.wait import wait_until
+    found, _ = wait_until(lambda: set(names) <= set(employee_names(remote)), timeout=patience(remote, timeout),
+                          interval=0.01)
+    expect(found, f"{remote.host.name} does not show {', '.join(names)} after {timeout:.0f} s.",
+           "check replication (Step 12): pg_stat_replication on the primary, and the standby's log.")
+    return employees(remote)
+
+
+def insert_if_absent(step: ops.Step, remote, name: str, department: str, **login) -> ops.Step:
+    """Plan one INSERT of the guide's, unless a row with that name is there. `login`: through
+    pgpool (Sql's login and password), else on `remote` as postgres."""
+    there = name in (login.pop("names") if "names" in login else employee_names(remote))
+    if there:
+        return step.note(remote, f"{name} is already in {TEST_DB}.employees: nothing to insert")
+    login.setdefault("database", TEST_DB)
+    return step.do(ops.Sql(remote, None if login.get("login") else "postgres", **login, statement=ops.text(
+        f"INSERT INTO employees (name, department) VALUES ({sql_literal(name)}, {sql_literal(department)});"),
+        summary=f"{name} inserted into {TEST_DB}.employees"))
+
+
+def write_refused(standby) -> str:
+    """An INSERT on a standby must fail with SQLSTATE 25006 (read_only_sql_transaction)."""
+    sql = "INSERT INTO employees (name, department) VALUES ('Hacker', 'Unknown');"
+    r = standby.psql("\\set VERBOSITY verbose\n" + sql, database=TEST_DB, check=False)
+    error = next((l[l.index("ERROR:"):] for l in r.stderr.splitlines() if "ERROR:" in l), r.stderr.strip())
+    expect(r.exit_code != 0 and "25006" in error,
+           f"the INSERT on {standby.host.name} did not fail with SQLSTATE 25006 (exit {r.exit_code}: {error!r}).",
+           "the host is not in recovery: standby.signal is missing (pg_is_in_recovery() = f); "
+           "touch it in the data directory and restart (troubleshooting table).")
+    return f"{standby.host.name} (postgres) $ psql -d {TEST_DB} -c \"{sql}\"\n{error}\n(psql exited {r.exit_code})"

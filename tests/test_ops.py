@@ -1,0 +1,145 @@
+"""The operation model (lib/ops.py): literal actions, masked transcripts, handlers, check mode,
+and the bash forms that commands.sh is made of (run through real bash here)."""
+import hashlib
+import json
+import subprocess
+
+import pytest
+
+from lib import ops
+from lib import params as P
+from lib.show import CheckFailed
+from lib.steps import Remote, Result
+
+PARAMS = P.load()
+NASTY = "it's $HOME `id` \\n \"q\" 100%"        # quotes, expansions, a backslash: each must survive
+
+
+class FakeRemote(Remote):
+    """A Remote that records what it would run instead of opening SSH."""
+
+    def __init__(self, read_only=False):
+        super().__init__(PARAMS, PARAMS.primary, read_only=read_only)
+        self.ran = []
+
+    def run(self, command, *, user=None, stdin=None, **kw):
+        self.ran.append((command, user, stdin))
+        return Result(command, 0, "DONE\n", "")
+
+
+@pytest.fixture
+def secrets_env(monkeypatch):
+    monkeypatch.setenv("PGGUIDE_REPLICATION_PASSWORD", NASTY)
+    monkeypatch.setenv("PGGUIDE_POSTGRES_PASSWORD", "pg-secret-1")
+
+
+def bash(script, env):
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, check=True).stdout
+
+
+PREAMBLE_FUNCTIONS = r"""
+sql_literal() { local s=${1//\'/\'\'}; printf "'%s'" "$s"; }
+md5_of() { printf '%s' "$1" | md5sum | cut -c1-32; }
+"""
+
+
+@pytest.mark.parametrize("form", ["plain", "sql", "md5", "md5:replicator"])
+def test_a_secret_computed_in_bash_equals_the_value_sent(secrets_env, form):
+    secret = ops.Secret("replication", form)
+    pieces = ("a $literal `x` \\ line\n", secret, "\n")
+    script = PREAMBLE_FUNCTIONS + "cat " + ops.heredoc(pieces)
+    assert bash(script, {"PGGUIDE_REPLICATION_PASSWORD": NASTY, "PATH": "/usr/bin:/bin"}) == ops.resolve(pieces, PARAMS)
+
+
+def test_secret_forms_and_how_they_are_shown(secrets_env):
+    assert ops.Secret("replication", "sql").value(PARAMS) == "'" + NASTY.replace("'", "''") + "'"
+    assert ops.Secret("postgres", "md5:postgres").value(PARAMS) == hashlib.md5(b"pg-secret-1postgres").hexdigest()
+    assert ops.masked(("PASSWORD ", ops.Secret("postgres", "sql"))) == "PASSWORD '********'"
+    assert ops.Secret("postgres").bash() == "${PGGUIDE_POSTGRES_PASSWORD}"
+
+
+def test_a_heredoc_without_secrets_is_quoted_and_literal():
+    text = "x = '$HOME' `id` \\\n"
+    doc = ops.heredoc((text,))
+    assert doc.startswith("<<'PGGUIDE_EOF'\n")
+    assert bash("cat " + doc, {}) == text
+
+
+def test_scripts_with_quotes_become_literal_heredocs():
+    script = "awk '{print $4}' <<< 'a b c d'"
+    assert bash(f"eval echo {ops.shell_word('plain')}; bash -c {ops.shell_word(script)}", {}) == "plain\nd\n"
+    assert "SH" in ops.shell_word(script) and script in ops.shell_word(script)
+
+
+def test_wait_for_is_bounded_and_names_what_it_waited_for():
+    ok = subprocess.run(["bash", "-c", ops.wait_for("true", 1, "never")], capture_output=True, text=True)
+    assert ok.returncode == 0
+    late = subprocess.run(["bash", "-c", ops.wait_for("false", 1, "the cluster is not down")],
+                          capture_output=True, text=True)
+    assert late.returncode == 1 and late.stderr.strip() == "the cluster is not down after 1 s"
+
+
+def test_apply_prints_the_transcript_masks_secrets_and_runs_handlers_once(secrets_env, capsys, monkeypatch, tmp_path):
+    journal = tmp_path / "journal.jsonl"
+    monkeypatch.setenv("PGGUIDE_JOURNAL", str(journal))
+    r = FakeRemote()
+    restart = ops.service(r, "restart", "postgresql")
+    step = ops.Step("t").do(
+        ops.Sql(r, "postgres", statement=("ALTER ROLE replicator PASSWORD ", ops.Secret("replication", "sql"), ";")),
+        restart, ops.service(r, "restart", "postgresql"),
+        ops.FileChange(r, "root", path="/etc/x.conf", old="a = 1\n", new=("a = 2\n",)))
+    step.apply()
+    out = capsys.readouterr().out
+    assert out.splitlines()[:6] == [
+        "vm1 (postgres) $ psql -c \"ALTER ROLE replicator PASSWORD '********';\"", "DONE",
+        "vm1 (root) $ edit /etc/x.conf", "  -a = 1", "  +a = 2",
+        "vm1 (root) $ systemctl restart postgresql"]
+    assert NASTY not in out
+    assert [c for c, *_ in r.ran].count(restart.command) == 1              # the handler ran once, last
+    assert r.ran[-1][0] == restart.command
+    sql_stdin = r.ran[0][2]
+    assert sql_stdin == "ALTER ROLE replicator PASSWORD '" + NASTY.replace("'", "''") + "';\n"
+    events = [json.loads(l) for l in journal.read_text().splitlines()]
+    assert [e["what"] for e in events] == ["ALTER ROLE replicator PASSWORD '********';", "/etc/x.conf: a = 2",
+                                           "systemctl restart postgresql"]
+    assert NASTY not in journal.read_text()
+    assert "$(sql_literal \"${PGGUIDE_REPLICATION_PASSWORD}\")" in events[0]["bash"]
+
+
+def test_an_empty_plan_says_what_it_found(capsys):
+    ops.Step("t").note(FakeRemote(), "role replicator already in place").apply()
+    assert capsys.readouterr().out == "vm1: role replicator already in place\n"
+
+
+def test_a_read_only_step_refuses_to_apply_and_reports_its_plan_as_drift():
+    r = FakeRemote(read_only=True)
+    step = ops.Step("t").do(ops.FileChange(r, "root", path="/etc/x.conf", old="a = 1\n", new=("a = 2\n",)))
+    step.verify("fails", lambda: ops_fail("node 1 is down"))
+    step.verify("writes", lambda: ops_fail("never run in a check"), in_check=False)
+    assert step.drift() == ["vm1 (root) $ edit /etc/x.conf\n  -a = 1\n  +a = 2", "node 1 is down"]
+    with pytest.raises(CheckFailed, match="refusing to apply on a read-only connection"):
+        step.apply()
+    assert r.ran == []
+
+
+def ops_fail(message):
+    raise CheckFailed(message)
+
+
+def test_secret_files_show_masked_lines_only(secrets_env):
+    r = FakeRemote()
+    change = ops.FileChange(r, "root", path="/etc/pgpool2/pcp.conf", old="pgpool:0123abcd\n",
+                            new=("pgpool:", ops.Secret("postgres", "md5"), "\n"),
+                            mask_line=lambda l: l.split(":")[0] + ":" + ops.MASK)
+    assert change.display() == "edit /etc/pgpool2/pcp.conf\n  -pgpool:********\n  +pgpool:********"
+    assert "0123abcd" not in change.what() and hashlib.md5(b"pg-secret-1").hexdigest() not in change.display()
+
+
+def test_file_changes_are_atomic_and_keep_owner_and_mode(tmp_path):
+    target = tmp_path / "f.conf"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    change = ops.FileChange(FakeRemote(), "root", path=str(target), old="old\n", new=("new\n",))
+    subprocess.run(["bash", "-c", change.script()], input="new\n", text=True, check=True)
+    assert target.read_text() == "new\n" and oct(target.stat().st_mode & 0o777) == "0o640"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.conf"]     # no temporary file left
