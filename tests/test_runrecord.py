@@ -50,10 +50,37 @@ def test_a_mermaid_diagram_stays_readable_offline(tmp_path):
 def test_summary_counts_changed_steps(tmp_path):
     s = Summary("lab", "params/lab.yaml")
     s.steps = [StepRecord("01", 1, "a", "changed"), StepRecord("01", 2, "b", "in place")]
-    s.steps[0].add_events([{"host": "vm1"}, {"host": "vm1", "changed": "role x created"}, {"host": "vm2"}])
+    s.steps[0].add_events([{"host": "vm1"}, {"host": "vm1", "applied": True, "user": "postgres", "what": "role x created",
+                                             "shown": "psql -c ...", "bash": "on vm1 postgres psql"}, {"host": "vm2"}])
     s.finish("succeeded", 1.234)
     s.write(tmp_path)
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data["steps_changed"] == 1 and data["seconds"] == 1.23
     assert data["steps"][0]["hosts"] == ["vm1", "vm2"]
     assert data["steps"][0]["changes"] == [{"host": "vm1", "what": "role x created"}]
+
+
+def test_commands_sh_is_bash_with_every_applied_action_and_secrets_as_references(tmp_path, monkeypatch):
+    import subprocess
+
+    from lib import ops
+    from lib import params as P
+    from lib.steps import Remote
+    from runrecord import commands_sh
+
+    monkeypatch.setenv("PGGUIDE_REPLICATION_PASSWORD", "Secret-That-Must-Not-Appear")
+    prm = P.load()
+    r = Remote(prm, prm.primary)
+    action = ops.Sql(r, "postgres", statement=("ALTER ROLE replicator PASSWORD ", ops.Secret("replication", "sql"), ";"))
+    s = Summary("lab", "params/lab.yaml")
+    s.steps = [StepRecord("01-streaming-replication", 1, "Create Replication User", "changed"),
+               StepRecord("01-streaming-replication", 2, "Configure postgresql.conf", "in place")]
+    s.steps[0].add_events([{**action.record(), "applied": True}])
+    script = commands_sh(s, prm)
+    assert "Secret-That-Must-Not-Appear" not in script
+    assert ': "${PGGUIDE_REPLICATION_PASSWORD:?export PGGUIDE_REPLICATION_PASSWORD first}"' in script
+    assert "# 01-streaming-replication: Step 1 — Create Replication User" in script and "Step 2" not in script
+    assert "ALTER ROLE replicator PASSWORD $(sql_literal \"${PGGUIDE_REPLICATION_PASSWORD}\");" in script
+    assert "declare -A ADDRESS=([vm1]=10.213.93.132 [vm2]=10.213.93.133 [vm3]=10.213.93.134)" in script
+    (tmp_path / "commands.sh").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "commands.sh")]).returncode == 0
