@@ -67,7 +67,9 @@ def run(env: Hosts) -> list[Checked]:
         for fn in fns:
             try:
                 step = fn(env)
-                checked.hosts += [a.host for a in step.plan if a.host not in checked.hosts]
+                for action in step.plan:
+                    if action.host not in checked.hosts:
+                        checked.hosts.append(action.host)
                 checked.drifts += step.drift()
             except Exception as e:          # one failing check must not hide the others
                 lines = str(e).strip().splitlines() or [type(e).__name__]

@@ -151,10 +151,10 @@ def clear_data_directory(standby, primary) -> ops.Command:
     p = standby.params.postgres
     d = shlex.quote(p["data_dir"])
     down = f"{_cluster_is('down', p)} || {_cluster_is('down,recovery', p)}"
+    guide = f"rm -rf {d}/* && ls {d}/"
     return ops.Command(standby, "postgres",
-                       f"{{ {down}; }} || {{ echo 'refusing: the cluster is not down' >&2; exit 1; }}; "
-                       f"find {d} -mindepth 1 -delete && ls -A {d}",
-                       shown=f"find {d} -mindepth 1 -delete && ls -A {d}", summary=f"{p['data_dir']} cleared")
+                       f"{{ {down}; }} || {{ echo 'refusing: the cluster is not down' >&2; exit 1; }}; {guide}",
+                       shown=guide, summary=f"{p['data_dir']} cleared")
 
 
 @guide_step
@@ -176,9 +176,9 @@ def base_backup(env) -> ops.Step:
     _not_cloning(step, env)
     p, primary = env.params.postgres, env.primary
     for s in to_clone(env):
-        conninfo = shlex.quote(f"host={primary.host.address} port={p['port']} user={REPLICATION_ROLE} "
-                               f"application_name={s.host.name}")
-        command = f"pg_basebackup -d {conninfo} -D {shlex.quote(p['data_dir'])} -P -X stream -R -c fast"
+        port = f" -p {p['port']}" if p["port"] != 5432 else ""
+        command = (f"pg_basebackup -h {primary.host.address}{port} -U {REPLICATION_ROLE} "
+                   f"-D {shlex.quote(p['data_dir'] + '/')} -P -Xs -R -c fast -d application_name={s.host.name}")
         # Progress (-P) goes to stderr with carriage returns: keep its last line.
         script = (f"read -r PGPASSWORD; export PGPASSWORD; {command} 2>&1 | tr '\\r' '\\n' | grep -v '^$' | tail -3; "
                   "exit ${PIPESTATUS[0]}")
@@ -286,7 +286,7 @@ def verify_backup(env) -> ops.Step:
             fields = conninfo_fields(auto_conf(s))
             shown.append(f"{s.host.name} (postgres) $ ls {data}/standby.signal\n"
                          + (f"{data}/standby.signal" if signal else "ls: cannot access: No such file or directory"))
-            shown.append(f"{s.host.name} (postgres) $ grep primary_conninfo {data}/postgresql.auto.conf   # fields:")
+            shown.append(f"{s.host.name} (postgres) $ cat {data}/postgresql.auto.conf   # primary_conninfo's fields:")
             shown += [f"  {k:<17} {'********' if k == 'password' else fields.get(k, '(not set)')}"
                       for k in ("user", "password", "host", "port", "application_name")]
             expect(signal, f"{s.host.name} has no standby.signal.", "re-run the base backup with -R (Step 9).")
@@ -399,7 +399,7 @@ def read_on_standbys(env) -> ops.Step:
 def prove_read_only(env) -> ops.Step:
     # Not run by --check: it attempts a write (which a check must never do).
     return ops.Step("read-only").verify("an INSERT on each standby fails with 25006", lambda: "\n".join(
-        postgres.write_refused(s) for s in env.standbys), in_check=False)
+        postgres.write_refused(s, "Unknown") for s in env.standbys), in_check=False)
 
 
 SYNC_BOUND_S = 5

@@ -154,6 +154,10 @@ def allow_pgpool_on_standbys(env) -> ops.Step:
     for s in env.standbys:
         system.firewall_step(step, s, env.params.postgres["port"])        # pgpool connects to the standby too
         postgres.edit_step(step, s, conf_file(s, "pg_hba.conf"), partial(backend_hba, env))
+        if not step.actions or step.actions[-1].host != s.host.name:
+            postgres.reload_if_pending(step, s)          # an earlier run's edit, never reloaded
+        else:
+            step.notify(ops.service(s, "reload", env.params.postgres["service"]))
     return step
 
 
@@ -180,7 +184,7 @@ def listen_on_standbys(env) -> ops.Step:
         for s in env.standbys:
             expect(postgres.cluster_state(s) == "online,recovery", f"{s.host.name} is not back as a standby.",
                    f"read {env.params.postgres['log_file']} on {s.host.name}.")
-        return "\n".join(postgres.read(s, "grep ^listen_addresses " + shlex.quote(conf_file(s, "postgresql.conf")))
+        return "\n".join(postgres.read(s, "grep listen_addresses " + shlex.quote(conf_file(s, "postgresql.conf")))
                          + "\n" + postgres.lsclusters(s) for s in env.standbys)
     return step.verify("each standby listens and is back", back)
 
@@ -248,8 +252,15 @@ def configure_pgpool(env) -> ops.Step:
     if not vm3.run(f"test -d {LOG_DIR}", check=False).ok:
         step.do(ops.Command(vm3, "root", f"install -d -o postgres -g postgres -m 750 {LOG_DIR}",
                             summary=f"created {LOG_DIR}"))
-    postgres.edit_step(step, vm3, conf(env.params, "pgpool.conf"),
-                       lambda text: pgpoolconf.set_settings(text, pgpool_settings(env.params)))
+    path = conf(env.params, "pgpool.conf")
+    postgres.edit_step(step, vm3, path, lambda text: pgpoolconf.set_settings(text, pgpool_settings(env.params)))
+    change = next((a for a in step.actions if getattr(a, "path", None) == path), None)
+    if change:
+        # what the guide sets that the shipped file already says, so the diff does not show it
+        already = [f"{n} = {pgpoolconf.render(v)}" for n, v in pgpool_settings(env.params).items()
+                   if pgpoolconf.set_settings(change.old, {n: v})[0] == change.old]
+        if already:
+            step.note(vm3, "already set in the shipped file: " + ", ".join(already))
     return step.verify("pgpool's connections fit the servers'", partial(connection_budget, env))
 
 
@@ -371,6 +382,9 @@ def start_pgpool(env) -> ops.Step:
     if state[1:] != ["enabled"]:
         step.do(ops.Command(vm3, "root", f"systemctl enable {service} 2>&1 | grep -v '^Synchronizing\\|^Executing' || true",
                             shown=f"systemctl enable {service}", summary=f"{service} enabled at boot"))
+    else:
+        step.note(vm3, f"{service} is already enabled at boot (the package enables it), so `systemctl enable "
+                       f"{service}` has nothing to do")
     listening = ops.wait_for(f"timeout 1 bash -c '</dev/tcp/127.0.0.1/{port}' 2>/dev/null", 30,
                              f"pgpool does not listen on {port}")
     if state[:1] != ["active"]:
@@ -391,7 +405,9 @@ def start_pgpool(env) -> ops.Step:
     def running():
         now = service_state(vm3)
         expect(now == ["active", "enabled"], f"{service} on {vm3.host.name} is {now}.", hint)
-        return postgres.read(vm3, f"systemctl is-active {service}; systemctl is-enabled {service}", user=None)
+        return "\n".join([
+            postgres.read(vm3, f"systemctl status {service} --no-pager | grep -o 'Active: [a-z]* ([a-z]*)'", user=None),
+            postgres.read(vm3, f"systemctl is-enabled {service}", user=None)])
     return step.verify("pgpool runs and starts at boot", running)
 
 
@@ -503,10 +519,33 @@ def check_pool_nodes(env) -> ops.Step:
     def nodes():
         found = wait_for_nodes(via_pgpool(env), env.params, timeout=patience(env.pgpool, 60))
         check_nodes(found, env.params)
-        return (through_pgpool_prompt(env) + "SHOW pool_nodes;   # the columns that do not change run to run\n"
-                + table(POOL_NODE_COLUMNS, [[n[c] for c in POOL_NODE_COLUMNS] for n in found]))
+        return show_pool_nodes(env)
     return ops.Step("pool_nodes").verify("every node up, with its role and weight", nodes) \
         .verify("pcp answers", partial(pcp_node_count, env))
+
+
+def psql_through_pgpool(env, sql: str, database: str = TEST_DB, times: int = 1) -> str:
+    """The guide's client command, run on the pgpool host: psql to pgpool's port as postgres,
+    the password on stdin. Its output is shown once, however many times it ran."""
+    from lib.secrets import secret
+    vm3 = env.pgpool
+    command = f"psql -h {vm3.host.address} -p {env.params.pgpool['port']} -U postgres -d {database} -c \"{sql}\""
+    for _ in range(times):
+        out = vm3.run(f"read -r PGPASSWORD; export PGPASSWORD; {command.replace('psql', 'psql -X', 1)}",
+                      stdin=secret("postgres", env.params) + "\n").stdout.rstrip()
+    return f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}" + (f"   # × {times}" if times > 1 else "") + "\n" + out
+
+
+def show_pool_nodes(env) -> str:
+    """The guide's `SHOW pool_nodes` with psql from the pgpool host; load_balance_node (this
+    session's draw) and last_status_change (a time) are cut, so the output is stable."""
+    from lib.secrets import secret
+    vm3 = env.pgpool
+    command = (f"psql -h {vm3.host.address} -p {env.params.pgpool['port']} -U postgres -c \"SHOW pool_nodes;\" -A "
+               "| cut -d'|' -f1-9,11,12")
+    out = vm3.run(f"read -r PGPASSWORD; export PGPASSWORD; {command.replace('psql', 'psql -X', 1)}",
+                  stdin=secret("postgres", env.params) + "\n").stdout.rstrip()
+    return f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}\n{out}"
 
 
 def pgpool_sql_login(env, database: str = TEST_DB) -> dict:
@@ -549,7 +588,7 @@ def read_on_standbys(env) -> ops.Step:
 def prove_read_only(env) -> ops.Step:
     # Not run by --check: it attempts a write (which a check must never do).
     return ops.Step("read-only").verify("an INSERT on each standby fails with 25006", lambda: "\n".join(
-        postgres.write_refused(s) for s in env.standbys), in_check=False)
+        postgres.write_refused(s, "Test") for s in env.standbys), in_check=False)
 
 
 SYNC_BOUND_S = 5
@@ -584,6 +623,17 @@ def verify_load_balancing(env) -> ops.Step:
     step.measured = {}
     hosts, sessions, connect = env.params.database_hosts, env.params.pgpool["lb_sessions"], via_pgpool(env)
 
+    def guides_three():
+        with connect() as conn:
+            before = sum(int(n["select_cnt"]) for n in pool_nodes(conn))
+        shown = psql_through_pgpool(env, "SELECT * FROM employees;", times=3)
+        with connect() as conn:
+            grew = sum(int(n["select_cnt"]) for n in pool_nodes(conn)) - before
+        expect(grew == 3, f"select_cnt grew by {grew} over the guide's 3 queries.", "something else queries pgpool.")
+        return (shown + "\n" + through_pgpool_prompt(env) + "SHOW pool_nodes;   # before and after\n"
+                "select_cnt grew by 3 in all; which server answered each session is chance (the guide's 1:2 split "
+                f"happens {loadbalance.chance_of_guides_split(hosts):.0%} of the time)")
+
     def balanced():
         with connect() as conn:
             before = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
@@ -598,13 +648,14 @@ def verify_load_balancing(env) -> ops.Step:
         expect(deltas == {h.address: counts.get(h.address, 0) for h in hosts},
                f"select_cnt grew by {deltas}, but the sessions saw {dict(counts)}.", "something else is querying pgpool.")
         return "\n".join([
-            f"chance that the guide's 3 sessions split exactly 1:2: {loadbalance.chance_of_guides_split(hosts):.0%}",
+            "So, many sessions instead:",
             through_pgpool_prompt(env) + f"SELECT inet_server_addr();   # × {sessions} sessions, one query each",
             *(f"  {name}: expected share {share:.3f} ± {tol:.3f}: {'within' if ok else 'OUTSIDE'}"
               for name, share, tol, ok in verdicts),
             through_pgpool_prompt(env) + "SHOW pool_nodes;   # before and after",
             "select_cnt grew on each node by exactly the sessions it served"])
-    return step.verify("reads spread by the weights", balanced, in_check=False)
+    return step.verify("the guide's three queries", guides_three, in_check=False) \
+        .verify("reads spread by the weights", balanced, in_check=False)
 
 
 # --- the guide's Quick Reference ------------------------------------------------------------------------------
@@ -632,3 +683,9 @@ def pgpool_log(env, lines: int = 5) -> str:
     """The guide's `journalctl -u pgpool2 | tail`: with logging_collector on (Step 30) pgpool
     writes its own log file instead."""
     return postgres.read(env.pgpool, f"tail -n {lines} {LOG_DIR}/pgpool.log")
+
+
+def journal(env, lines: int = 5) -> str:
+    """The guide's log command: with logging_collector on, systemd's journal keeps only what
+    pgpool printed before its log file took over."""
+    return postgres.read(env.pgpool, f"journalctl -u {env.params.pgpool['service']} --no-pager | tail -n {lines}")

@@ -77,6 +77,13 @@ def hba_reload_pending(remote) -> bool:
     return written > loaded
 
 
+def reload_if_pending(step: ops.Step, remote) -> ops.Step:
+    """Reload when pg_hba.conf was written after the server last read its configuration."""
+    if hba_reload_pending(remote):
+        step.notify(ops.service(remote, "reload", remote.params.postgres["service"]))
+    return step
+
+
 def settle(step: ops.Step, remote, wanted: dict) -> ops.Step:
     """The guide restarts after every edit. We restart when the running server has other values
     than `wanted`, reload when pg_hba.conf changed since the server read it, and otherwise leave
@@ -148,9 +155,14 @@ def role_step(step: ops.Step, remote, secret_name: str) -> ops.Step:
     if differences == []:
         return step.note(remote, f"role {role} already has {attributes} and the password in "
                                  f"{secrets.SECRETS[secret_name][0]}: nothing to change")
-    verb = "CREATE" if differences is None else "ALTER"
     method = auth_method(remote.params)
-    statement = ops.text(f"{verb} ROLE {role} WITH {attributes} PASSWORD ", ops.Secret(secret_name, "sql"), ";")
+    if differences is None:
+        head = f"CREATE ROLE {role} WITH {attributes} PASSWORD "
+    elif all(d in ("has no password", "has another password", f"password not stored as {method}") for d in differences):
+        head = f"ALTER USER {role} PASSWORD "                   # the guide's form: only the password changes
+    else:
+        head = f"ALTER ROLE {role} WITH {attributes} PASSWORD "
+    statement = ops.text(head, ops.Secret(secret_name, "sql"), ";")
     if method != "scram-sha-256":        # PostgreSQL's default; md5 mode must say so before the password
         statement = ops.text(f"SET password_encryption = {sql_literal(method)};\n") + statement
     why = "" if differences is None else f" ({', '.join(differences)})"
@@ -203,9 +215,9 @@ def insert_if_absent(step: ops.Step, remote, name: str, department: str, **login
         summary=f"{name} inserted into {TEST_DB}.employees"))
 
 
-def write_refused(standby) -> str:
+def write_refused(standby, department: str) -> str:
     """An INSERT on a standby must fail with SQLSTATE 25006 (read_only_sql_transaction)."""
-    sql = "INSERT INTO employees (name, department) VALUES ('Hacker', 'Unknown');"
+    sql = f"INSERT INTO employees (name, department) VALUES ('Hacker', {sql_literal(department)});"
     r = standby.psql("\\set VERBOSITY verbose\n" + sql, database=TEST_DB, check=False)
     error = next((l[l.index("ERROR:"):] for l in r.stderr.splitlines() if "ERROR:" in l), r.stderr.strip())
     expect(r.exit_code != 0 and "25006" in error,

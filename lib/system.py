@@ -15,8 +15,8 @@ def packages_step(step: ops.Step, remote, packages: list[str]) -> ops.Step:
     if not missing:
         return step.note(remote, f"{' '.join(packages)} already installed")
     return step.do(ops.Command(
-        remote, "root", "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-        + " ".join(missing), shown=f"apt-get update && apt-get install -y {' '.join(missing)}",
+        remote, "root", f"apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q {' '.join(missing)} -y",
+        shown=f"apt-get update && apt-get install {' '.join(missing)} -y",
         summary=f"installed {' '.join(missing)}", show_output=False, timeout=900,
         hint="the host needs a reachable apt repository with these packages"))
 
@@ -29,11 +29,14 @@ def ufw_state(remote) -> str:
 
 def firewall_step(step: ops.Step, remote, port: int) -> ops.Step:
     state = ufw_state(remote)
+    command = f"ufw allow {port}/tcp && ufw reload"
     if state == "absent":
-        return step.note(remote, "ufw is not installed, so there is no host firewall to open")
+        return step.note(remote, f"ufw is not installed, so there is no host firewall to open "
+                                 f"(where ufw is active, this step runs `{command}`)")
     if state == "inactive":
-        return step.note(remote, f"ufw is installed but inactive, so port {port} is not blocked")
+        return step.note(remote, f"ufw is installed but inactive, so port {port} is not blocked "
+                                 f"(where ufw is active, this step runs `{command}`)")
     if f"{port}/tcp" in remote.sudo("ufw status").stdout:
         return step.note(remote, f"ufw already allows {port}/tcp")
-    return step.do(ops.Command(remote, "root", f"ufw allow {port}/tcp && ufw reload",
+    return step.do(ops.Command(remote, "root", command,
                                summary=f"ufw allows {port}/tcp"))
