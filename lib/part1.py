@@ -10,7 +10,7 @@ from lib import ops, pgconf, postgres
 from lib.ops import guide_step
 from lib.postgres import TEST_DB, GUIDE_ROWS, auth_method, conf_file, patience, psql_read
 from lib.roles import sql_literal
-from lib.show import expect, table
+from lib.show import expect
 from lib.wait import wait_until
 
 #: Step 2: the settings the guide sets on the primary (wal_keep_size in MB).

@@ -15,16 +15,11 @@ import yaml
 
 from lib import REPO
 from lib import params as P
+from labtools import on
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")
+pytestmark = [pytest.mark.lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
 LAB = P.read_file(REPO / "params" / "lab.yaml")
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
-
-
-def on(host, command):
-    proc = subprocess.run([str(REPO / "ci" / "lab"), "ssh", host, command], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def host_state():

@@ -1,7 +1,7 @@
-"""How much of the guide the notebooks show (ci/guide_coverage.py has the counting rules). The floor
+"""How much of the guide the notebooks show (lib/provision/coverage.py has the counting rules). The floor
 is what the stored notebooks reach today, so a change that hides a command from the reader fails;
 the items still missing are the guide's md5 path and other deliberate differences (README)."""
-import guide_coverage
+from lib.provision import coverage as guide_coverage
 
 FLOOR = 0.77      # 97 of 125 on Nov 27
 

@@ -3,22 +3,16 @@ other load-balancing weights. Runs first (test_lab.py later leaves a fresh lab).
 import copy
 import json
 import os
-import subprocess
 
 import pytest
 import yaml
 
 from lib import REPO
 from lib import params as P
+from labtools import LAB, sh
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")
-LAB = REPO / "ci" / "lab"
+pytestmark = [pytest.mark.lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
 
-
-def sh(*argv):
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 def variant(tmp_path, name, change):

@@ -15,9 +15,10 @@ import pytest
 from lib import REPO, part1, part2
 from lib import params as P
 from lib.steps import Hosts, StepFailed
-from runrecord import find_in_record, secret_forms
+from labtools import on, sh
+from lib.provision.record import find_in_record, secret_forms
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")
+pytestmark = [pytest.mark.lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
 PARAMS = P.load()
 WATCHED = ["/etc/postgresql/15/main/postgresql.conf", "/etc/postgresql/15/main/pg_hba.conf",
            "/var/lib/postgresql/15/main/postgresql.auto.conf"]
@@ -28,18 +29,6 @@ ROLE_OF = {"PGGUIDE_REPLICATION_PASSWORD": "replicator", "PGGUIDE_POSTGRES_PASSW
            "PGGUIDE_PGPOOL_PASSWORD": "pgpool"}
 #: the steps a first run on a fresh lab must report as changed (the journal's instrumentation)
 CHANGING_STEPS = {1, 2, 3, 5, 7, 8, 9, 11, 14, 17, 19, 20, 21, 22, 23, 25, 26, 28, 30, 31, 32, 33, 35, 39}
-
-
-def sh(*argv, check=True, env=None):
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
-    assert not check or proc.returncode == 0, \
-        f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout if check else proc
-
-
-def on(host, command):
-    return sh(REPO / "ci" / "lab", "ssh", host, command)
 
 
 POOL_FILES = ["/etc/pgpool2/pgpool.conf", "/etc/pgpool2/pool_hba.conf", "/etc/pgpool2/pool_passwd",
@@ -230,6 +219,10 @@ def test_html_record_opens_in_headless_chromium_and_shows_the_steps(provisioned_
     for text in ("Step 34 — Check PgPool Node Status", "Step 39 — Real-Time Sync Test Through PgPool",
                  "10.213.93.133", "streaming"):
         assert text in dom, text
+    # the diagrams are drawn: mermaid (inlined) turns each block into an SVG image, offline
+    drawn = sh(chromium, *flags, "--virtual-time-budget=15000", "--dump-dom",
+               f"file://{provisioned_twice[1] / '00-environment.html'}")
+    assert drawn.count('<figure><img src="data:image/svg+xml') >= 2, "the diagrams were not drawn"
     shot = tmp_path / "page.png"
     sh(chromium, *flags, "--window-size=1200,900", f"--screenshot={shot}", f"file://{page}")
     png = shot.read_bytes()

@@ -14,21 +14,11 @@ import yaml
 from lib import REPO, hosts
 from lib import params as P
 from lib.steps import Remote, StepFailed
+from labtools import lab, on
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")
+pytestmark = [pytest.mark.lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
 LAB_CMD = str(REPO / "ci" / "lab")
 PARAMS = P.load()
-
-
-def lab(*args, check=True):
-    proc = subprocess.run([LAB_CMD, *args], capture_output=True, text=True, timeout=300)
-    if check:
-        assert proc.returncode == 0, f"ci/lab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def on(host, command):
-    return lab("ssh", host, command).stdout
 
 
 def leftovers(name="pglab"):

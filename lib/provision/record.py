@@ -12,6 +12,8 @@ from pathlib import Path
 
 import nbformat
 
+from lib import REPO
+
 # The lab template loads MathJax, require.js and mermaid from a CDN. A record must read
 # offline and opening it must not send traffic anywhere, so every script that names a
 # network address is dropped (the notebooks use no LaTeX and no widgets). A mermaid diagram
@@ -19,6 +21,10 @@ import nbformat
 SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>\s*", re.S)
 EXTERNAL_LINK = re.compile(r'<link[^>]*\shref="https?://[^"]*"[^>]*>\s*', re.S)
 URL = re.compile(r"https?://[^\s\"'<>)]+")
+# What in a script would load something: import(), fetch(), workers, sockets.
+FETCH = re.compile(r"""(?:\bimport|\bfetch|\bimportScripts)\s*\(\s*["'`]((?:https?:)?//[^"'`]+)"""
+                   r"""|\bnew\s+(?:Worker|SharedWorker|EventSource|WebSocket)\s*\(\s*["'`]([a-z]+://[^"'`]+)""")
+MERMAID_LOADER = ".jp-Mermaid > pre.mermaid"
 
 
 @dataclass
@@ -108,7 +114,6 @@ on() {{
 def commands_sh(summary: "Summary", params) -> str:
     """The run's applied actions as a plain bash script (see COMMANDS_PREAMBLE)."""
     import re as _re
-    import shlex as _shlex
 
     from lib.params import resolve_path
 
@@ -130,19 +135,46 @@ def commands_sh(summary: "Summary", params) -> str:
     return head + text + ("\n" if text else "\n# nothing was changed\n")
 
 
+RENDERER = REPO / ".venv" / "share" / "pgguide" / "mermaid.min.js"
+CDN_MERMAID = re.compile(r'\(await import\("https://[^"]*/mermaid\.esm\.min\.mjs"\)\)\.default')
+CDN_ELK = re.compile(r'const elkUrl = "https://[^"]*";')
+
+
 def render_html(notebook_path: Path) -> Path:
-    """An HTML copy next to the notebook, readable offline (styles inline, no remote scripts)."""
+    """An HTML copy next to the notebook, readable offline: styles inline, no remote scripts.
+    Diagrams: the template's own mermaid loader is kept, pointed at mermaid inlined from
+    RENDERER (fetched and integrity-checked at install time), so they are drawn in the browser
+    with nothing fetched. Without RENDERER, each diagram's source is shown instead."""
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook_path, as_version=4)
     body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(nb)
-    body = EXTERNAL_LINK.sub("", SCRIPT.sub(lambda m: "" if URL.search(m.group(0)) else m.group(0), body))
-    # The template hides a diagram until mermaid has drawn it; offline, show its source the way
-    # JupyterLab shows a diagram it cannot draw (the "warning" style keeps the <pre> visible).
-    body = body.replace('<div class="jp-Mermaid">', '<div class="jp-Mermaid jp-RenderedMermaid jp-mod-warning">')
+    renderer = RENDERER.read_text() if RENDERER.is_file() and 'class="jp-Mermaid"' in body else None
+    if renderer:
+        body = CDN_ELK.sub('const elkUrl = "";', CDN_MERMAID.sub("globalThis.mermaid", body))
+    def keep(script: str) -> bool:
+        if renderer and MERMAID_LOADER in script:       # rewritten above: it cites specs, loads nothing
+            return not FETCH.search(script)
+        return not URL.search(script)
+    body = EXTERNAL_LINK.sub("", SCRIPT.sub(lambda m: m.group(0) if keep(m.group(0)) else "", body))
+    if renderer:
+        tag = f'<script {RENDERER_MARK}="mermaid {renderer_version()}">{renderer}</script>\n'
+        body = body.replace("</head>", tag + "</head>", 1)
+    else:
+        # The template hides a diagram until mermaid has drawn it; show its source the way
+        # JupyterLab shows a diagram it cannot draw (the "warning" style keeps the <pre> visible).
+        body = body.replace('<div class="jp-Mermaid">', '<div class="jp-Mermaid jp-RenderedMermaid jp-mod-warning">')
     out = notebook_path.with_suffix(".html")
     out.write_text(body)
     return out
+
+
+RENDERER_MARK = "data-pgguide-renderer"
+
+
+def renderer_version() -> str:
+    from lib.provision.renderer import VERSION
+    return VERSION
 
 
 def external_references(html: str) -> list[str]:
@@ -150,7 +182,10 @@ def external_references(html: str) -> list[str]:
     any address inside a script (an import)."""
     found = re.findall(r'\ssrc="(https?://[^"]+)"', html)
     found += [m for tag in re.findall(r"<link\b[^>]*>", html) for m in re.findall(r'href="(https?://[^"]+)"', tag)]
-    found += [u for script in SCRIPT.findall(html) for u in URL.findall(script)]
+    # The inlined renderer is checked at install time; its text names addresses (licences, docs)
+    # that it never loads.
+    found += [a or b for script in SCRIPT.findall(html) if RENDERER_MARK not in script.split(">", 1)[0]
+              for a, b in FETCH.findall(script)]
     return list(dict.fromkeys(found))
 
 

@@ -2,7 +2,7 @@
 the guide's Steps 1-39 and Quick Reference, looked for in the code and stored outputs of the
 same step in notebooks 01 and 02.
 
-    python ci/guide_coverage.py [--missing]
+    python -m lib.provision.coverage [--missing]
 
 Counting rules (what is an item, and what counts as seen):
 - Items come from the guide's code blocks under each `### Step N` heading: ```bash lines, ```sql
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import nbformat
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lib import REPO, runbook  # noqa: E402
+from lib import REPO
+from lib.provision import runbook
 
 GUIDE = REPO / "tests" / "data" / "replication-and-pgpool-guide.md"
 NOTEBOOKS = ["01-streaming-replication.ipynb", "02-pgpool.ipynb"]

@@ -1,4 +1,4 @@
-"""ci/provision: run the guide's notebooks against an environment with papermill, one line
+"""ci/provision (python -m lib.provision): run the guide's notebooks against an environment with papermill, one line
 per step, stopping at the first failure; or check a live cluster (--check); or take the
 cluster apart (--teardown). See `ci/provision --help`."""
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import nbformat
 
-from lib import runbook
-from notebooks import NOTEBOOKS, QUIET_KERNEL, REPO, guide_notebooks
-from runrecord import StepRecord, Summary, commands_sh, render_html
+from lib import REPO
+from lib.provision import runbook
+from lib.provision.notebooks import NOTEBOOKS, QUIET_KERNEL, guide_notebooks
+from lib.provision.record import StepRecord, Summary, commands_sh, render_html
 
-sys.path.insert(0, str(REPO))
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
 
@@ -180,10 +180,10 @@ def main(argv: list[str]) -> int:
         print(f"ci/provision: {e}\nNothing was changed.", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.check:
-        from lib import check as drift
-        return drift.main(prm, console.line)
+        from lib.provision import check
+        return check.main(prm, console.line)
     if args.teardown:
-        from lib import teardown
+        from lib.provision import teardown
         return teardown.main(prm, console.line)
     if prm.is_lab:
         start_lab_if_down(args.params.resolve())
@@ -196,6 +196,3 @@ def start_lab_if_down(params_file: Path) -> None:
     if subprocess.run(lab + ["status", str(params_file)], capture_output=True).returncode != 0:
         subprocess.run(lab + ["up", str(params_file)], check=True)
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -17,7 +17,8 @@ from typing import Callable
 
 import nbformat
 
-from lib import REPO, runbook
+from lib import REPO
+from lib.provision import runbook
 from lib.steps import Hosts
 
 NOTEBOOKS = REPO / "notebooks"

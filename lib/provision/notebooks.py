@@ -1,5 +1,5 @@
 """Refreshing the stored notebooks in place with nbclient (ci/refresh-outputs), and reading
-per-step times from a run record. Provisioning is ci/provision.py."""
+per-step times from a run record (python -m lib.provision.notebooks times RECORD)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import nbformat
 
-REPO = Path(__file__).resolve().parent.parent
+from lib import REPO
+
 NOTEBOOKS = REPO / "notebooks"
 # ipykernel 7 warns on stderr that its local TCP sockets are unencrypted: noise in a
 # headless run on one machine. Errors still show.

@@ -1,0 +1,34 @@
+"""What the lab tests share: the commands a user runs (ci/lab, ci/provision, ssh to a host), each
+failing with its output when it exits non-zero."""
+import os
+import subprocess
+
+import pytest
+
+from lib import REPO
+
+LAB = REPO / "ci" / "lab"
+PROVISION = REPO / "ci" / "provision"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")
+
+
+def sh(*argv, check=True, env=None, timeout=900):
+    """Run a command; its stdout when check (it must exit 0), else the CompletedProcess."""
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    assert not check or proc.returncode == 0, \
+        f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout if check else proc
+
+
+def lab(*args, check=True):
+    """ci/lab ARGS, as a CompletedProcess."""
+    proc = sh(LAB, *args, check=False, timeout=300)
+    assert not check or proc.returncode == 0, \
+        f"ci/lab {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def on(host, command):
+    """A command on a lab host as its admin user (ci/lab ssh); its stdout."""
+    return lab("ssh", host, command).stdout
