@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from lib import params as P
-from lib.steps import Hosts
+from lib.remote import Hosts
 
 
 def start(**injected) -> Hosts:

@@ -119,7 +119,7 @@ def shell_word(script: str) -> str:
 @dataclass
 class Action:
     """One literal thing done on a host. `user` None means the SSH (admin) user."""
-    remote: object                      # lib.steps.Remote
+    remote: object                      # lib.remote.Remote
     user: str | None
 
     handler = False

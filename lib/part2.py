@@ -586,30 +586,14 @@ def read_on_standbys(env) -> ops.Step:
 
 @guide_step
 def prove_read_only(env) -> ops.Step:
-    # Not run by --check: it attempts a write (which a check must never do).
-    return ops.Step("read-only").verify("an INSERT on each standby fails with 25006", lambda: "\n".join(
-        postgres.write_refused(s, "Test") for s in env.standbys), in_check=False)
-
-
-SYNC_BOUND_S = 5
+    return postgres.read_only_step(env.standbys, "Test")
 
 
 @guide_step
 def sync_through_pgpool(env) -> ops.Step:
     step = _insert_through_pgpool(env, "Grace", "Sync Test", "sync through pgpool")
-    step.measured = {}
-
-    def arrived():
-        shown = []
-        for s in env.standbys:
-            found, waited = wait_until(lambda: "Grace" in postgres.employee_names(s),
-                                       timeout=patience(s, SYNC_BOUND_S), interval=0.01)
-            expect(found, f"{s.host.name} does not show Grace after {SYNC_BOUND_S} s.",
-                   "check replication (Step 12) and that the write went to the primary (Step 35).")
-            step.measured[s.host.name] = waited
-            shown.append(f"{s.host.name}: Grace appeared within {SYNC_BOUND_S * 1000} ms\n" + postgres.employees(s))
-        return "\n".join(shown)
-    return step.verify("Grace reaches every standby in time", arrived)
+    return postgres.arrives_on_standbys(step, env.standbys, "Grace", "check replication (Step 12) and "
+                                        "that the write went to the primary (Step 35).")
 
 
 # --- Step 38 ----------------------------------------------------------------------------------------------------

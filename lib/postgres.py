@@ -203,6 +203,27 @@ def rows_visible(remote, names: list[str], timeout: float = 10) -> str:
     return employees(remote)
 
 
+SYNC_BOUND_S = 5
+
+
+def arrives_on_standbys(step: ops.Step, standbys, name: str, fix: str) -> ops.Step:
+    """Verify that the row `name` reaches every standby within SYNC_BOUND_S. The compared output
+    states the bound; the measured times go to step.measured, for a cell that is not compared."""
+    from lib.wait import wait_until
+    step.measured = {}
+
+    def arrived():
+        shown = []
+        for s in standbys:
+            found, waited = wait_until(lambda: name in employee_names(s), timeout=patience(s, SYNC_BOUND_S),
+                                       interval=0.01)
+            expect(found, f"{s.host.name} does not show {name} after {SYNC_BOUND_S} s.", fix)
+            step.measured[s.host.name] = waited
+            shown.append(f"{s.host.name}: {name} appeared within {SYNC_BOUND_S * 1000} ms\n" + employees(s))
+        return "\n".join(shown)
+    return step.verify(f"{name} reaches every standby in time", arrived)
+
+
 def insert_if_absent(step: ops.Step, remote, name: str, department: str, **login) -> ops.Step:
     """Plan one INSERT of the guide's, unless a row with that name is there. `login`: through
     pgpool (Sql's login and password), else on `remote` as postgres."""
@@ -213,6 +234,13 @@ def insert_if_absent(step: ops.Step, remote, name: str, department: str, **login
     return step.do(ops.Sql(remote, None if login.get("login") else "postgres", **login, statement=ops.text(
         f"INSERT INTO employees (name, department) VALUES ({sql_literal(name)}, {sql_literal(department)});"),
         summary=f"{name} inserted into {TEST_DB}.employees"))
+
+
+def read_only_step(standbys, department: str) -> ops.Step:
+    """Steps 16 and 37: an INSERT on each standby must fail. Not run by --check: it attempts a
+    write, which a check must never do."""
+    return ops.Step("read-only").verify("an INSERT on each standby fails with 25006", lambda: "\n".join(
+        write_refused(s, department) for s in standbys), in_check=False)
 
 
 def write_refused(standby, department: str) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from lib import hosts as hostmod
 from lib import postgres, secrets, system
 from lib.show import expect, fields
-from lib.steps import Hosts, Remote
+from lib.remote import Hosts, Remote
 
 # One round trip per host: facts as key=value lines.
 SURVEY = r"""

@@ -14,7 +14,7 @@ import pytest
 
 from lib import REPO, part1, part2
 from lib import params as P
-from lib.steps import Hosts, StepFailed
+from lib.remote import Hosts, StepFailed
 from labtools import on, sh
 from lib.provision.record import find_in_record, secret_forms
 

@@ -13,7 +13,7 @@ import yaml
 
 from lib import REPO, hosts
 from lib import params as P
-from lib.steps import Remote, StepFailed
+from lib.remote import Remote, StepFailed
 from labtools import lab, on
 
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]

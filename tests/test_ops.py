@@ -9,7 +9,7 @@ import pytest
 from lib import ops
 from lib import params as P
 from lib.show import CheckFailed
-from lib.steps import Remote, Result
+from lib.remote import Remote, Result
 
 PARAMS = P.load()
 NASTY = "it's $HOME `id` \\n \"q\" 100%"        # quotes, expansions, a backslash: each must survive

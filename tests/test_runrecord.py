@@ -88,7 +88,7 @@ def test_commands_sh_is_bash_with_every_applied_action_and_secrets_as_references
 
     from lib import ops
     from lib import params as P
-    from lib.steps import Remote
+    from lib.remote import Remote
     from lib.provision.record import commands_sh
 
     monkeypatch.setenv("PGGUIDE_REPLICATION_PASSWORD", "Secret-That-Must-Not-Appear")

@@ -19,7 +19,7 @@ import nbformat
 
 from lib import REPO
 from lib.provision import runbook
-from lib.steps import Hosts
+from lib.remote import Hosts
 
 NOTEBOOKS = REPO / "notebooks"
 STEP_MODULES = ("part1", "part2")

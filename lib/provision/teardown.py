@@ -19,7 +19,7 @@ from typing import Callable
 
 from lib import ops, postgres
 from lib.part2 import service_state
-from lib.steps import Hosts
+from lib.remote import Hosts
 
 
 def stop_pgpool(env) -> ops.Step:

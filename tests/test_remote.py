@@ -1,5 +1,5 @@
 from lib import params as P
-from lib.steps import Remote, Result
+from lib.remote import Remote, Result
 
 
 def remote(sudo_needs_password=False):

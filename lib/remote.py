@@ -1,4 +1,5 @@
-"""Running a step's commands on a host: as the admin user, as root, or as postgres.
+"""Running commands on a host over SSH: as the admin user, as root, or as postgres (Remote), and the
+environment's hosts by role (Hosts). lib/ops builds steps from these.
 
 Every failure raises StepFailed naming the host, the command, the exit code and stderr,
 with a hint of what to check. Secret values are masked in everything shown.
