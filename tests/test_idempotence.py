@@ -141,8 +141,11 @@ def test_first_run_shows_what_it_ran_with_host_and_user(provisioned_twice):
     for line in ("vm1 (postgres) $ psql -c \"CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD '********';\"",
                  "vm1 (root) $ edit /etc/postgresql/15/main/postgresql.conf", "  +wal_level = 'replica'",
                  "vm1 (root) $ systemctl restart postgresql", "vm2 (root) $ systemctl stop postgresql",
-                 "vm2 (postgres) $ pg_basebackup -d 'host=10.213.93.132 port=5432 user=replicator application_name=vm2'",
-                 "vm3 (root) $ apt-get update && apt-get install -y pgpool2",
+                 "vm2 (postgres) $ rm -rf /var/lib/postgresql/15/main/* && ls /var/lib/postgresql/15/main/",
+                 "vm2 (postgres) $ pg_basebackup -h 10.213.93.132 -U replicator -D /var/lib/postgresql/15/main/ -P -Xs -R "
+                 "-c fast -d application_name=vm2",
+                 "vm3 (root) $ apt-get update && apt-get install pgpool2 -y",
+                 "vm3 (labadmin) $ psql -h 10.213.93.134 -p 9999 -U postgres -c \"SHOW pool_nodes;\" -A",
                  "vm1 (postgres) $ psql -c \"GRANT pg_monitor TO pgpool;\"",
                  "vm3 (root) $ pg_enc -m -k /var/lib/postgresql/.pgpoolkey -f /etc/pgpool2/pgpool.conf -i /dev/stdin",
                  "vm3 (labadmin) $ psql -h 10.213.93.134 -p 9999 -U postgres -d testdb -c \"INSERT INTO employees"):
