@@ -179,9 +179,11 @@ def base_backup(env) -> ops.Step:
         port = f" -p {p['port']}" if p["port"] != 5432 else ""
         command = (f"pg_basebackup -h {primary.host.address}{port} -U {REPLICATION_ROLE} "
                    f"-D {shlex.quote(p['data_dir'] + '/')} -P -Xs -R -c fast -d application_name={s.host.name}")
-        # Progress (-P) goes to stderr with carriage returns: keep its last line.
-        script = (f"read -r PGPASSWORD; export PGPASSWORD; {command} 2>&1 | tr '\\r' '\\n' | grep -v '^$' | tail -3; "
-                  "exit ${PIPESTATUS[0]}")
+        # Progress (-P) and errors both go to stderr, progress with carriage returns: on success keep
+        # the last progress line (stdout); on failure pass every other line on (stderr), for the report.
+        script = (f"read -r PGPASSWORD; export PGPASSWORD; log=$(mktemp); {command} 2>\"$log\"; rc=$?; "
+                  "tr '\\r' '\\n' <\"$log\" | grep -v '^$' | "
+                  "if [ $rc -eq 0 ]; then tail -1; else grep -v ' kB (' >&2; fi; rm -f \"$log\"; exit $rc")
         step.do(ops.Command(s, "postgres", script, input=(ops.Secret("replication"), "\n"),
                             shown=command + "    # password: PGGUIDE_REPLICATION_PASSWORD, on stdin",
                             summary=f"base backup from {primary.host.name} into {p['data_dir']}",
