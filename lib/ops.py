@@ -199,13 +199,15 @@ class Sql(Action):
     database: str = "postgres"
     login: str = ""
     password: Secret | None = None
+    session: str = ""                   # PGOPTIONS for the session, e.g. "-c password_encryption=md5"
     summary: str | None = None
     hint: str | None = None
     timeout: float = 120
 
     def _psql(self) -> str:
         db = f" -d {shlex.quote(self.database)}" if self.database != "postgres" or self.login else ""
-        return f"psql{(' ' + self.login) if self.login else ''}{db}"
+        options = f"PGOPTIONS={shlex.quote(self.session)} " if self.session else ""
+        return f"{options}psql{(' ' + self.login) if self.login else ''}{db}"
 
     def script(self) -> str:
         psql = self._psql().replace("psql", "psql -X -v ON_ERROR_STOP=1", 1)
@@ -342,6 +344,10 @@ class Step:
             evidence = v.run()
             if evidence:
                 print(evidence)
+
+    def preview(self) -> list[str]:
+        """The plan as it would run, without running it."""
+        return [a.remote.mask(a.prompt() + a.display()) for a in self.plan]
 
     # checking
     def drift(self, check_mode_only: bool = True) -> list[str]:

@@ -100,10 +100,14 @@ def backend_hba(env, text: str) -> tuple[str, list[str]]:
     return new, pgconf.changed_lines(text, new)
 
 
-@guide_step
-def allow_pgpool_on_primary(env) -> ops.Step:
+def _pgpool_hba_on_primary(env) -> ops.Step:
     return postgres.edit_step(ops.Step("pg_hba.conf"), env.primary, conf_file(env.primary, "pg_hba.conf"),
                               lambda text: pgconf.add_hba_records(text, hba_pgpool_lines(env)))
+
+
+@guide_step
+def allow_pgpool_on_primary(env) -> ops.Step:
+    return postgres.guides_md5_way(_pgpool_hba_on_primary(env), env, _pgpool_hba_on_primary)
 
 
 def encryption_step(step: ops.Step, remote) -> ops.Step:
@@ -123,10 +127,20 @@ def stored_formats(primary, roles: list[str]) -> dict[str, str]:
         f"FROM pg_authid WHERE rolname IN ({names}) ORDER BY rolname").lines)
 
 
+def _md5_on_primary(env) -> ops.Step:
+    """The guide's Step 24: password_encryption = md5, a restart, the passwords set again (as md5)."""
+    step = encryption_step(ops.Step("password_encryption"), env.primary)
+    if md5_mode(env.params):
+        for secret_name in ("postgres", "pgpool"):
+            postgres.role_step(step, env.primary, secret_name)
+        postgres.settle(step, env.primary, {**PRIMARY_SETTINGS, **encryption_settings(env.params)})
+    return step
+
+
 @guide_step
 def md5_on_primary(env) -> ops.Step:
     primary = env.primary
-    step = encryption_step(ops.Step("password_encryption"), primary)
+    step = postgres.guides_md5_way(encryption_step(ops.Step("password_encryption"), primary), env, _md5_on_primary)
 
     def formats():
         found = stored_formats(primary, ["postgres", PGPOOL_ROLE])
@@ -137,19 +151,26 @@ def md5_on_primary(env) -> ops.Step:
     return step.verify("passwords are stored as auth_method says", formats)
 
 
+def _md5_hba(env) -> ops.Step:
+    step = ops.Step("pg_hba.conf methods")
+    return postgres.edit_step(step, env.primary, conf_file(env.primary, "pg_hba.conf"),
+                              lambda text: pgconf.set_hba_method(text, "scram-sha-256", "md5"))
+
+
 @guide_step
 def md5_hba_on_primary(env) -> ops.Step:
     primary = env.primary
-    step = ops.Step("pg_hba.conf methods")
-    if md5_mode(env.params):
-        postgres.edit_step(step, primary, conf_file(primary, "pg_hba.conf"),
-                           lambda text: pgconf.set_hba_method(text, "scram-sha-256", "md5"))
+    step = _md5_hba(env) if md5_mode(env.params) else postgres.guides_md5_way(ops.Step("methods"), env, _md5_hba)
     postgres.settle(step, primary, {**PRIMARY_SETTINGS, **encryption_settings(env.params)})
     return step.verify("password_encryption in effect", lambda: postgres.psql_read(primary, "SHOW password_encryption;"))
 
 
 @guide_step
 def allow_pgpool_on_standbys(env) -> ops.Step:
+    return postgres.guides_md5_way(_pgpool_hba_on_standbys(env), env, _pgpool_hba_on_standbys)
+
+
+def _pgpool_hba_on_standbys(env) -> ops.Step:
     step = ops.Step("standby pg_hba.conf")
     for s in env.standbys:
         system.firewall_step(step, s, env.params.postgres["port"])        # pgpool connects to the standby too
@@ -161,12 +182,22 @@ def allow_pgpool_on_standbys(env) -> ops.Step:
     return step
 
 
+def _md5_on_standbys(env) -> ops.Step:
+    """The guide's Step 27: password_encryption = md5 on each standby, and a restart."""
+    step = ops.Step("standby password_encryption")
+    for s in env.standbys:
+        encryption_step(step, s)
+        if md5_mode(env.params) and step.actions:
+            step.notify(ops.service(s, "restart", env.params.postgres["service"]))
+    return step
+
+
 @guide_step
 def md5_on_standbys(env) -> ops.Step:
     step = ops.Step("standby password_encryption")
     for s in env.standbys:
         encryption_step(step, s)
-    return step
+    return postgres.guides_md5_way(step, env, _md5_on_standbys)
 
 
 @guide_step

@@ -30,6 +30,26 @@ def patience(remote, seconds: float) -> float:
     return min(seconds, 2) if remote.read_only else seconds
 
 
+def guides_md5_way(step: ops.Step, env, build) -> ops.Step:
+    """In the default scram mode, note what the guide's md5 way (postgres.auth_method: md5) would
+    run at this step, planned by `build` on read-only connections against the hosts as they are,
+    and not applied: so a reader following the guide sees its commands, and what we do instead."""
+    import dataclasses
+
+    from lib.remote import Hosts
+    if auth_method(env.params) == "md5" or env.read_only:
+        return step
+    if "md5 way" not in env.memo:
+        variant = dataclasses.replace(env.params, postgres={**env.params.postgres, "auth_method": "md5"})
+        env.memo["md5 way"] = Hosts(variant, read_only=True)
+    plan = build(env.memo["md5 way"]).preview()
+    if plan:
+        step.notes.append("The guide's md5 way (postgres.auth_method: md5) would run here; planned on the hosts "
+                          "as they are, not applied:\n" + "\n".join("    " + line.replace("\n", "\n    ")
+                                                                    for line in plan))
+    return step
+
+
 # --- reads, shown as a person would type them ------------------------------------------------
 def read(remote, command: str, *, user: str | None = "root", shown: str | None = None) -> str:
     """Run a read-only command; return the transcript: the command line and its output."""
@@ -163,10 +183,10 @@ def role_step(step: ops.Step, remote, secret_name: str) -> ops.Step:
     else:
         head = f"ALTER ROLE {role} WITH {attributes} PASSWORD "
     statement = ops.text(head, ops.Secret(secret_name, "sql"), ";")
-    if method != "scram-sha-256":        # PostgreSQL's default; md5 mode must say so before the password
-        statement = ops.text(f"SET password_encryption = {sql_literal(method)};\n") + statement
+    # scram-sha-256 is PostgreSQL's default; md5 mode stores this password as md5 whatever the server's setting
+    session = f"-c password_encryption={method}" if method != "scram-sha-256" else ""
     why = "" if differences is None else f" ({', '.join(differences)})"
-    return step.do(ops.Sql(remote, "postgres", statement=statement,
+    return step.do(ops.Sql(remote, "postgres", statement=statement, session=session,
                            summary=f"role {role} {'created' if differences is None else 'updated' + why}"))
 
 

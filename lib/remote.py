@@ -201,3 +201,6 @@ class Hosts:
     def close(self) -> None:
         for r in self.all:
             r.close()
+        for other in self.memo.values():
+            if isinstance(other, Hosts):
+                other.close()

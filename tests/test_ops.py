@@ -143,3 +143,11 @@ def test_file_changes_are_atomic_and_keep_owner_and_mode(tmp_path):
     subprocess.run(["bash", "-c", change.script()], input="new\n", text=True, check=True)
     assert target.read_text() == "new\n" and oct(target.stat().st_mode & 0o777) == "0o640"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.conf"]     # no temporary file left
+
+
+def test_a_session_option_shows_and_runs_before_psql(secrets_env):
+    r = FakeRemote()
+    sql = ops.Sql(r, "postgres", statement=("ALTER USER postgres PASSWORD ", ops.Secret("postgres", "sql"), ";"),
+                  session="-c password_encryption=md5")
+    assert sql.display() == "PGOPTIONS='-c password_encryption=md5' psql -c \"ALTER USER postgres PASSWORD '********';\""
+    assert sql.script() == "PGOPTIONS='-c password_encryption=md5' psql -X -v ON_ERROR_STOP=1"
