@@ -42,14 +42,9 @@ def hba_replication_lines(env) -> list[str]:
     return [f"host replication {REPLICATION_ROLE} {s.host.address}/32 {auth_method(env.params)}" for s in env.standbys]
 
 
-def _replication_hba(env) -> ops.Step:
-    return postgres.edit_step(ops.Step("pg_hba.conf"), env.primary, conf_file(env.primary, "pg_hba.conf"),
-                              lambda text: pgconf.add_hba_records(text, hba_replication_lines(env)))
-
-
 @guide_step
 def allow_replication(env) -> ops.Step:
-    return postgres.guides_md5_way(_replication_hba(env), env, _replication_hba)
+    return postgres.primary_hba_step(env, hba_replication_lines)
 
 
 @guide_step

@@ -100,14 +100,9 @@ def backend_hba(env, text: str) -> tuple[str, list[str]]:
     return new, pgconf.changed_lines(text, new)
 
 
-def _pgpool_hba_on_primary(env) -> ops.Step:
-    return postgres.edit_step(ops.Step("pg_hba.conf"), env.primary, conf_file(env.primary, "pg_hba.conf"),
-                              lambda text: pgconf.add_hba_records(text, hba_pgpool_lines(env)))
-
-
 @guide_step
 def allow_pgpool_on_primary(env) -> ops.Step:
-    return postgres.guides_md5_way(_pgpool_hba_on_primary(env), env, _pgpool_hba_on_primary)
+    return postgres.primary_hba_step(env, hba_pgpool_lines)
 
 
 def encryption_step(step: ops.Step, remote) -> ops.Step:

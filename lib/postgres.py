@@ -50,6 +50,16 @@ def guides_md5_way(step: ops.Step, env, build) -> ops.Step:
     return step
 
 
+def primary_hba_step(env, lines_of) -> ops.Step:
+    """Add `lines_of(env)` to the primary's pg_hba.conf (Steps 3 and 23), showing the guide's md5 way."""
+    from lib import pgconf
+
+    def build(e):
+        return edit_step(ops.Step("pg_hba.conf"), e.primary, conf_file(e.primary, "pg_hba.conf"),
+                         lambda text: pgconf.add_hba_records(text, lines_of(e)))
+    return guides_md5_way(build(env), env, build)
+
+
 # --- reads, shown as a person would type them ------------------------------------------------
 def read(remote, command: str, *, user: str | None = "root", shown: str | None = None) -> str:
     """Run a read-only command; return the transcript: the command line and its output."""
