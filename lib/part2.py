@@ -438,8 +438,6 @@ def start_pgpool(env) -> ops.Step:
 
 
 # --- Step 34 and on: through pgpool -------------------------------------------------------------------------------
-POOL_NODE_COLUMNS = ["node_id", "hostname", "port", "status", "pg_status", "lb_weight", "role", "pg_role",
-                     "select_cnt", "replication_delay", "replication_state"]
 AUTH_FAILURES = ("authentication failed", "valid password not found", "failed to authenticate",
                  "unable to decrypt password", "md5 authentication failed", "SCRAM")
 
