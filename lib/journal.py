@@ -1,8 +1,8 @@
 """The step journal: which hosts each step talked to and what it changed.
 
 `ci/provision` sets PGGUIDE_JOURNAL to a file before it starts the notebooks' kernel; lib
-appends one JSON line per host contacted and per action applied (lib.ops), and the provisioner reads the lines a cell added after
-the cell ran. That gives the progress lines (changed / in place) and summary.json without
+appends one JSON line per host contacted and per action applied (lib.ops), and the provisioner
+reads the lines a cell added after the cell ran. That gives the progress lines (changed / in place) and summary.json without
 adding anything to the notebooks' outputs. In JupyterLab or under nbval the variable is not
 set and nothing is written.
 

@@ -121,6 +121,8 @@ class Action:
     """One literal thing done on a host. `user` None means the SSH (admin) user."""
     remote: object                      # lib.remote.Remote
     user: str | None
+    timeout: float = 600
+    hint: str | None = None
 
     handler = False
 
@@ -143,7 +145,7 @@ class Action:
     def run(self) -> str:
         """Apply it; return the output to show under the command."""
         r = self.remote.run(self.script(), user=self.user, stdin=resolve(self.stdin(), self.remote.params) or None,
-                            timeout=getattr(self, "timeout", 600), hint=getattr(self, "hint", None))
+                            timeout=self.timeout, hint=self.hint)
         return (r.stdout + r.stderr).rstrip()
 
     def bash(self) -> str:
@@ -167,8 +169,6 @@ class Command(Action):
     summary: str | None = None
     show_output: bool = True
     normalize: Callable[[str], str] | None = None
-    timeout: float = 600
-    hint: str | None = None
     handler: bool = False
 
     def script(self) -> str:
@@ -201,7 +201,6 @@ class Sql(Action):
     password: Secret | None = None
     session: str = ""                   # PGOPTIONS for the session, e.g. "-c password_encryption=md5"
     summary: str | None = None
-    hint: str | None = None
     timeout: float = 120
 
     def _psql(self) -> str:
@@ -350,12 +349,12 @@ class Step:
         return [a.remote.mask(a.prompt() + a.display()) for a in self.plan]
 
     # checking
-    def drift(self, check_mode_only: bool = True) -> list[str]:
+    def drift(self) -> list[str]:
         """What a check reports: each planned action as it would run, and each failing
         verification's message. Nothing is applied."""
-        out = [a.remote.mask(a.prompt() + a.display()) for a in self.plan]
+        out = self.preview()
         for v in self.verifications:
-            if check_mode_only and not v.in_check:
+            if not v.in_check:
                 continue
             try:
                 v.run()

@@ -76,9 +76,8 @@ def set_postgres_password(env) -> ops.Step:
 def create_pgpool_role(env) -> ops.Step:
     primary = env.primary
     step = postgres.role_step(ops.Step("pgpool role"), primary, "pgpool")
-    member = postgres.value(primary, f"SELECT pg_has_role({sql_literal(PGPOOL_ROLE)}, 'pg_monitor', 'MEMBER')") \
-        if postgres.value(primary, f"SELECT count(*) FROM pg_roles WHERE rolname = {sql_literal(PGPOOL_ROLE)}") == "1" \
-        else "f"
+    member = postgres.value(primary, f"SELECT pg_has_role(rolname, 'pg_monitor', 'MEMBER') FROM pg_roles "
+                                     f"WHERE rolname = {sql_literal(PGPOOL_ROLE)}")
     if member == "t":
         step.note(primary, f"{PGPOOL_ROLE} is already a member of pg_monitor")
     else:
@@ -216,12 +215,18 @@ def listen_on_standbys(env) -> ops.Step:
 
 
 # --- Step 29 -----------------------------------------------------------------------------------------------
-def login_from(remote, target, user: str, secret_name: str, port: int, database: str = "postgres") -> str:
-    """psql from `remote` to `target` with a password (on stdin, via PGPASSWORD)."""
+def as_client(remote, command: str, secret_name: str, *, flags: str = "-X", check: bool = True):
+    """`command` (a psql command line as the guide writes it) run on `remote` as the admin user, a
+    client's way: the secret's password on stdin into PGPASSWORD, `flags` added to psql."""
     from lib.secrets import secret
+    return remote.run(f"read -r PGPASSWORD; export PGPASSWORD; {command.replace('psql', f'psql {flags}', 1)}",
+                      stdin=secret(secret_name, remote.params) + "\n", check=check)
+
+
+def login_from(remote, target, user: str, secret_name: str, port: int, database: str = "postgres") -> str:
+    """psql from `remote` to `target` with a password."""
     command = f"psql -h {target.address} -p {port} -U {user} -d {database} -c 'SELECT current_user'"
-    r = remote.run(f"read -r PGPASSWORD; export PGPASSWORD; {command.replace('psql', 'psql -X -A -t', 1)}",
-                   stdin=secret(secret_name, remote.params) + "\n", check=False)
+    r = as_client(remote, command, secret_name, flags="-X -A -t", check=False)
     expect(r.ok and r.stdout.strip() == user,
            f"{user} cannot log in from {remote.host.name} to {target.name}:{port}: {r.stderr.strip()}",
            "no pg_hba.conf entry → add the pgpool host's /32 (Steps 23, 26) and reload; connection refused → "
@@ -298,13 +303,15 @@ def configure_pool_hba(env) -> ops.Step:
                               lambda text: pgconf.add_hba_records(text, [line]))
 
 
-def _secret_file(step: ops.Step, remote, path: str, new: tuple, mask_line, what: str, *, owner: str,
+def _secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str, *, owner: str,
                  mode: str) -> None:
-    """A file that holds a secret: written only when its text differs; its diff is masked."""
+    """A file that holds a secret: written only when its text differs; its diff is masked. `new`:
+    the pieces of its text, or a function making them from its current text (None: absent)."""
     f = shlex.quote(path)
     found = remote.run(f"if test -f {f}; then echo present; cat {f}; else echo absent; fi", user="root",
                        mask=False).stdout
     old = found.split("\n", 1)[1] if found.startswith("present\n") else None
+    new = new(old) if callable(new) else new
     if old == ops.resolve(new, remote.params):
         step.note(remote, f"{path} already holds {what}")
     else:
@@ -365,8 +372,7 @@ def password_file(env) -> ops.Step:
         else:
             step.note(vm3, f"{path} already holds the AES entries of postgres and {PGPOOL_ROLE}")
     pcp = conf(p, "pcp.conf")
-    pcp_text = vm3.read_file(pcp)
-    _secret_file(step, vm3, pcp, _replace_line(pcp_text, f"{PGPOOL_ROLE}:", (f"{PGPOOL_ROLE}:", Secret("pgpool", "md5"))),
+    _secret_file(step, vm3, pcp, lambda old: _replace_line(old, f"{PGPOOL_ROLE}:", (f"{PGPOOL_ROLE}:", Secret("pgpool", "md5"))),
                  _user_line, f"{PGPOOL_ROLE}'s md5 (pg_md5 of PGGUIDE_PGPOOL_PASSWORD)", owner="root:root", mode="644")
     _secret_file(step, vm3, PCPPASS, (f"localhost:{p.pgpool['pcp_port']}:{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
                  lambda l: l.rsplit(":", 1)[0] + ":" + ops.MASK, "PGGUIDE_PGPOOL_PASSWORD",
@@ -551,24 +557,20 @@ def check_pool_nodes(env) -> ops.Step:
 def psql_through_pgpool(env, sql: str, database: str = TEST_DB, times: int = 1) -> str:
     """The guide's client command, run on the pgpool host: psql to pgpool's port as postgres,
     the password on stdin. Its output is shown once, however many times it ran."""
-    from lib.secrets import secret
     vm3 = env.pgpool
     command = f"psql -h {vm3.host.address} -p {env.params.pgpool['port']} -U postgres -d {database} -c \"{sql}\""
     for _ in range(times):
-        out = vm3.run(f"read -r PGPASSWORD; export PGPASSWORD; {command.replace('psql', 'psql -X', 1)}",
-                      stdin=secret("postgres", env.params) + "\n").stdout.rstrip()
+        out = as_client(vm3, command, "postgres").stdout.rstrip()
     return f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}" + (f"   # × {times}" if times > 1 else "") + "\n" + out
 
 
 def show_pool_nodes(env) -> str:
     """The guide's `SHOW pool_nodes` with psql from the pgpool host; load_balance_node (this
     session's draw) and last_status_change (a time) are cut, so the output is stable."""
-    from lib.secrets import secret
     vm3 = env.pgpool
     command = (f"psql -h {vm3.host.address} -p {env.params.pgpool['port']} -U postgres -c \"SHOW pool_nodes;\" -A "
                "| cut -d'|' -f1-9,11,12")
-    out = vm3.run(f"read -r PGPASSWORD; export PGPASSWORD; {command.replace('psql', 'psql -X', 1)}",
-                  stdin=secret("postgres", env.params) + "\n").stdout.rstrip()
+    out = as_client(vm3, command, "postgres").stdout.rstrip()
     return f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}\n{out}"
 
 
