@@ -121,8 +121,9 @@ class Action:
     """One literal thing done on a host. `user` None means the SSH (admin) user."""
     remote: object                      # lib.remote.Remote
     user: str | None
-    timeout: float = 600
-    hint: str | None = None
+    # keyword-only, so that each kind's own fields follow (remote, user) positionally
+    timeout: float = field(default=600, kw_only=True)
+    hint: str | None = field(default=None, kw_only=True)
 
     handler = False
 
@@ -201,7 +202,7 @@ class Sql(Action):
     password: Secret | None = None
     session: str = ""                   # PGOPTIONS for the session, e.g. "-c password_encryption=md5"
     summary: str | None = None
-    timeout: float = 120
+    timeout: float = field(default=120, kw_only=True)
 
     def _psql(self) -> str:
         db = f" -d {shlex.quote(self.database)}" if self.database != "postgres" or self.login else ""
