@@ -230,19 +230,22 @@ class Sql(Action):
 @dataclass
 class FileChange(Action):
     """Replace a file's text, atomically: a temporary file in the same directory, owner and mode
-    taken from the file (or `owner`/`mode` for a new one), then a rename. The transcript shows
-    the diff; `mask_line` hides the secret part of a line in files that hold secrets."""
+    set, then a rename. `owner`/`mode` when given (files that hold secrets), else the file's own
+    (root:root 644 for a new one). The transcript shows the diff; `mask_line` hides the secret
+    part of a line in files that hold secrets."""
     path: str = ""
     old: str | None = None              # None: the file does not exist yet
     new: tuple[Piece, ...] = ()
-    owner: str = "root:root"
-    mode: str = "644"
+    owner: str | None = None
+    mode: str | None = None
     mask_line: Callable[[str], str] | None = None
 
     def script(self) -> str:
         f = shlex.quote(self.path)
-        keep = (f'chown --reference={f} "$t" && chmod --reference={f} "$t"' if self.old is not None
-                else f'chown {self.owner} "$t" && chmod {self.mode} "$t"')
+        if self.owner is None and self.old is not None:
+            keep = f'chown --reference={f} "$t" && chmod --reference={f} "$t"'
+        else:
+            keep = f'chown {self.owner or "root:root"} "$t" && chmod {self.mode or "644"} "$t"'
         return f't=$(mktemp {f}.XXXXXX) && cat > "$t" && {keep} && mv -f "$t" {f} || {{ rm -f "$t"; exit 1; }}'
 
     def stdin(self):
@@ -256,7 +259,8 @@ class FileChange(Action):
         return lines
 
     def display(self) -> str:
-        head = f"edit {self.path}" if self.old is not None else f"create {self.path} (owner {self.owner}, mode {self.mode})"
+        access = f" (owner {self.owner or 'root:root'}, mode {self.mode or '644'})" if self.owner or self.old is None else ""
+        head = (f"edit {self.path}" if self.old is not None else f"create {self.path}") + access
         return head + "".join("\n  " + line for line in self.diff())
 
     def what(self) -> str:
@@ -271,6 +275,7 @@ class FileChange(Action):
 
 def service(remote, verb: str, unit: str, *, then: str = "", hint: str | None = None) -> Command:
     """A service action (handler): `systemctl VERB UNIT`, and `then` a bounded wait for its effect."""
+    unit = shlex.quote(unit)
     command = f"systemctl {verb} {unit}" + (f" && {then}" if then else "")
     return Command(remote, "root", command, shown=f"systemctl {verb} {unit}", handler=True, hint=hint)
 

@@ -26,7 +26,10 @@ class ParamsError(ValueError):
 
 
 # --- the schema: key -> (type, required, default) -------------------------------------
-# A nested dict is a section. Types: str, int, bool, "address", "cidr", "port", "path".
+# A nested dict is a section. Types: int, bool, "name", "hostname", "address", "cidr", "port",
+# "path" (on this machine) and "host_path" (on the hosts). Every string is matched whole
+# (fullmatch), against a character set that needs no quoting in a shell, in SQL or in a
+# config file: values reach all three.
 _HOST = {"name": ("hostname", True, None), "address": ("address", True, None),
          "weight": (int, False, None)}   # pgpool's backend_weight; the guide's 1 (primary) and 2 (standby)
 SCHEMA: dict[str, Any] = {
@@ -53,9 +56,9 @@ SCHEMA: dict[str, Any] = {
         "cluster": ("name", False, "main"),
         "port": ("port", False, 5432),
         "service": ("name", False, "postgresql"),
-        "conf_dir": (str, False, "/etc/postgresql/{version}/{cluster}"),
-        "data_dir": (str, False, "/var/lib/postgresql/{version}/{cluster}"),
-        "log_file": (str, False, "/var/log/postgresql/postgresql-{version}-{cluster}.log"),
+        "conf_dir": ("host_path", False, "/etc/postgresql/{version}/{cluster}"),
+        "data_dir": ("host_path", False, "/var/lib/postgresql/{version}/{cluster}"),
+        "log_file": ("host_path", False, "/var/log/postgresql/postgresql-{version}-{cluster}.log"),
         # scram-sha-256 end to end (default), or md5 exactly as the guide does it
         "auth_method": ("auth_method", False, "scram-sha-256"),
     },
@@ -63,7 +66,7 @@ SCHEMA: dict[str, Any] = {
         "port": ("port", False, 9999),
         "service": ("name", False, "pgpool2"),
         "package": ("name", False, "pgpool2"),
-        "conf_dir": (str, False, "/etc/pgpool2"),
+        "conf_dir": ("host_path", False, "/etc/pgpool2"),
         "pcp_port": ("port", False, 9898),
         "allowed_clients": ("cidr", False, None),     # pool_hba.conf; default: the lab's subnet
         "num_init_children": (int, False, 32),
@@ -214,8 +217,12 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+#: an absolute path on a host; {version} and {cluster} are filled in afterwards
+_HOST_PATH = re.compile(r"(/[A-Za-z0-9_.{}-]+)+/?")
+#: a path on this machine: may start with ~ and be relative to the repository
+_LOCAL_PATH = re.compile(r"~?[A-Za-z0-9_./+-]+")
 
 
 def _value(path: str, value: Any, spec: tuple) -> Any:
@@ -242,9 +249,9 @@ def _value(path: str, value: Any, spec: tuple) -> Any:
         raise ParamsError(f"{path} must be a string, not {type(value).__name__} ({value!r})")
     if kind == "auth_method" and value not in ("scram-sha-256", "md5"):
         raise ParamsError(f"{path} = {value!r}: choose scram-sha-256 (the default) or md5 (the guide's way)")
-    if kind == "name" and not _NAME.match(value):
-        raise ParamsError(f"{path} = {value!r}: use letters, digits, '.', '_' and '-' only")
-    if kind == "hostname" and not _HOSTNAME.match(value):
+    if kind == "name" and not _NAME.fullmatch(value):
+        raise ParamsError(f"{path} = {value!r}: use letters, digits, '.', '_' and '-' only (at most 63)")
+    if kind == "hostname" and not _HOSTNAME.fullmatch(value):
         raise ParamsError(f"{path} = {value!r} is not a valid host name "
                           "(lower-case letters, digits and '-', at most 63)")
     if kind == "address":
@@ -257,7 +264,14 @@ def _value(path: str, value: Any, spec: tuple) -> Any:
             ipaddress.IPv4Network(value)
         except ValueError as e:
             raise ParamsError(f"{path} = {value!r} is not a network like 10.0.0.0/24 ({e})") from None
+    if kind == "host_path":
+        if not _HOST_PATH.fullmatch(value) or "/../" in f"{value}/" or "/./" in f"{value}/":
+            raise ParamsError(f"{path} = {value!r}: give an absolute path of letters, digits, '.', '_', '-' "
+                              "and '/' (no spaces, no '..'; {version} and {cluster} may be used)")
     if kind == "path":
+        if not _LOCAL_PATH.fullmatch(value):
+            raise ParamsError(f"{path} = {value!r}: use a path of letters, digits, '.', '_', '-', '+' and '/' "
+                              "(no spaces or shell characters)")
         return str(resolve_path(value))
     return value
 
@@ -300,3 +314,5 @@ def _fill_templates(postgres: dict[str, Any]) -> None:
         except (KeyError, IndexError, ValueError) as e:
             raise ParamsError(f"postgres.{key} = {postgres[key]!r}: only {{version}} and "
                               f"{{cluster}} may be filled in ({e})") from None
+        if "{" in postgres[key] or "}" in postgres[key]:
+            raise ParamsError(f"postgres.{key} = {postgres[key]!r}: only {{version}} and {{cluster}} may be filled in")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 import shlex
 
-from lib import ops, pgconf, postgres
+from lib import clone_guard, ops, pgconf, postgres
 from lib.ops import guide_step
 from lib.postgres import TEST_DB, GUIDE_ROWS, auth_method, conf_file, patience, psql_read
 from lib.roles import sql_literal
-from lib.show import expect
+from lib.show import CheckFailed, expect
 from lib.wait import wait_until
 
 #: Step 2: the settings the guide sets on the primary (wal_keep_size in MB).
@@ -80,21 +80,19 @@ def verify_primary(env) -> ops.Step:
 
 
 # --- Steps 7-11: each standby -------------------------------------------------------------------------
-def streaming_from_primary(standby, primary) -> str:
-    """'streaming' if this host already is a standby streaming from the primary, else its state."""
-    state = postgres.cluster_state(standby)
-    if state != "online,recovery":
-        return state
-    row = postgres.value(standby, "SELECT coalesce((SELECT status || ' ' || sender_host FROM pg_stat_wal_receiver), '')")
-    return "streaming" if row == f"streaming {primary.host.address}" else f"recovery ({row or 'no WAL receiver'})"
-
-
 def to_clone(env) -> list:
     """The standbys Steps 7-11 clone: those not already streaming from the primary (or all, with
-    options.rebuild_standby). Decided once, at Step 7, before it stops them."""
+    options.rebuild_standby), each proven clonable by the hosts themselves (lib.clone_guard).
+    Decided once, at Step 7, before it stops them."""
+    if "clone_refused" in env.memo:
+        raise CheckFailed(f"Step 7 refused to clone: {env.memo['clone_refused']}")
     if "to_clone" not in env.memo:
-        env.memo["to_clone"] = [s for s in env.standbys if env.params.options["rebuild_standby"]
-                                or streaming_from_primary(s, env.primary) != "streaming"]
+        try:
+            env.memo["clone_proofs"] = dict((s.host.name, why) for s, why in clone_guard.proven(env))
+        except clone_guard.CloneRefused as e:
+            env.memo["clone_refused"] = ", ".join(e.hosts)
+            raise
+        env.memo["to_clone"] = [s for s in env.standbys if s.host.name in env.memo["clone_proofs"]]
     return env.memo["to_clone"]
 
 
@@ -106,31 +104,47 @@ def _not_cloning(step: ops.Step, env) -> None:
 
 
 def _cluster_is(state: str, p: dict) -> str:
-    return f"pg_lsclusters --no-header {p['version']} {p['cluster']} | awk '{{print $4}}' | grep -qx {shlex.quote(state)}"
+    return f"pg_lsclusters --no-header {postgres.cluster_words(p)} | awk '{{print $4}}' | grep -qx {shlex.quote(state)}"
 
 
 @guide_step
 def stop_standbys(env) -> ops.Step:
-    env.memo.pop("to_clone", None)
+    for key in ("to_clone", "clone_refused"):
+        env.memo.pop(key, None)
     step = ops.Step("stop the standby")
     _not_cloning(step, env)
     p = env.params.postgres
     for s in to_clone(env):
-        step.note(s, f"cluster is {streaming_from_primary(s, env.primary)}; it will be cloned from {env.primary.host.name}")
+        step.note(s, f"{env.memo['clone_proofs'][s.host.name]}: it may be cloned from {env.primary.host.name}")
         # systemctl can return while the cluster is still stopping: wait until pg_lsclusters says down
-        step.do(ops.Command(s, "root", f"systemctl stop {p['service']} && "
+        marker = clone_guard.marker_path(env.params)
+        step.do(ops.Command(s, "root", f"systemctl stop {shlex.quote(p['service'])} && "
                             + ops.wait_for(_cluster_is("down", p) + " || " + _cluster_is("down,recovery", p), 30,
-                                           "the cluster is not down"),
-                            shown=f"systemctl stop {p['service']}", summary="PostgreSQL stopped"))
+                                           "the cluster is not down") + " && " + _mark_cloning(s),
+                            shown=f"systemctl stop {shlex.quote(p['service'])}"
+                                  f"    # then the stopped checkpoint goes in {marker}",
+                            summary="PostgreSQL stopped"))
     return step.verify("the standbys being cloned are down", lambda: "\n".join(
         postgres.lsclusters(s) for s in to_clone(env)) or None)
+
+
+def _mark_cloning(standby) -> str:
+    """Shell: note beside the data directory that this run proved it clonable and stopped it,
+    with the stopped cluster's identity and checkpoint, so that a run killed before the clone
+    finishes can be resumed: the next run sees the cluster has not run since (lib.clone_guard)."""
+    p = standby.params.postgres
+    d, marker = shlex.quote(p["data_dir"].rstrip("/")), shlex.quote(clone_guard.marker_path(standby.params))
+    control = f"LC_ALL=C runuser -u postgres -- /usr/lib/postgresql/{int(p['version'])}/bin/pg_controldata -D {d}"
+    return (f"cd / && {{ echo \"system_id=$({control} | sed -n 's/^Database system identifier: *//p')\"; "
+            f"echo \"checkpoint=$({control} | sed -n 's/^Latest checkpoint location: *//p')\"; "
+            f"echo \"started=$(date -u +%FT%TZ)\"; }} > {marker}.tmp && mv -f {marker}.tmp {marker}")
 
 
 def _refusals(standby, primary) -> list[str]:
     """Why this host must not have its data directory cleared (identity and role)."""
     p = standby.params.postgres
     addresses = standby.run("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1").lines
-    lsc = standby.sudo(f"pg_lsclusters --no-header {p['version']} {p['cluster']}", check=False).stdout.split()
+    lsc = standby.sudo(f"pg_lsclusters --no-header {postgres.cluster_words(p)}", check=False).stdout.split()
     refusals = []
     if standby.host.role != "standby":
         refusals.append(f"{standby.host.name} is the {standby.host.role}, not a standby")
@@ -151,8 +165,13 @@ def clear_data_directory(standby, primary) -> ops.Command:
     d = shlex.quote(p["data_dir"])
     down = f"{_cluster_is('down', p)} || {_cluster_is('down,recovery', p)}"
     guide = f"rm -rf {d}/* && ls {d}/"
+    # a base backup left running by a killed run would go on writing into the directory
+    running = shlex.quote(f"^pg_basebackup .* -D {p['data_dir'].rstrip('/')}/ ")    # anchored: not this shell
+    orphan = f"pkill -u postgres -f -- {running}; " + ops.wait_for(
+        f"! pgrep -u postgres -f -- {running} >/dev/null", 10, "pg_basebackup still runs")
     return ops.Command(standby, "postgres",
-                       f"{{ {down}; }} || {{ echo 'refusing: the cluster is not down' >&2; exit 1; }}; {guide}",
+                       f"{{ {down}; }} || {{ echo 'refusing: the cluster is not down' >&2; exit 1; }}; "
+                       f"{orphan} && {guide}",
                        shown=guide, summary=f"{p['data_dir']} cleared")
 
 
@@ -180,9 +199,11 @@ def base_backup(env) -> ops.Step:
                    f"-D {shlex.quote(p['data_dir'] + '/')} -P -Xs -R -c fast -d application_name={s.host.name}")
         # Progress (-P) and errors both go to stderr, progress with carriage returns: on success keep
         # the last progress line (stdout); on failure pass every other line on (stderr), for the report.
+        marker = shlex.quote(clone_guard.marker_path(env.params))
         script = (f"read -r PGPASSWORD; export PGPASSWORD; log=$(mktemp); {command} 2>\"$log\"; rc=$?; "
                   "tr '\\r' '\\n' <\"$log\" | grep -v '^$' | "
-                  "if [ $rc -eq 0 ]; then tail -1; else grep -v ' kB (' >&2; fi; rm -f \"$log\"; exit $rc")
+                  "if [ $rc -eq 0 ]; then tail -1; else grep -v ' kB (' >&2; fi; rm -f \"$log\"; "
+                  f"[ $rc -eq 0 ] && rm -f {marker}; exit $rc")
         step.do(ops.Command(s, "postgres", script, input=(ops.Secret("replication"), "\n"),
                             shown=command + "    # password: PGGUIDE_REPLICATION_PASSWORD, on stdin",
                             summary=f"base backup from {primary.host.name} into {p['data_dir']}",
@@ -304,9 +325,9 @@ def start_standbys(env) -> ops.Step:
     _not_cloning(step, env)
     p = env.params.postgres
     for s in to_clone(env):
-        step.do(ops.Command(s, "root", f"systemctl start {p['service']} && "
+        step.do(ops.Command(s, "root", f"systemctl start {shlex.quote(p['service'])} && "
                             + ops.wait_for(_cluster_is("online,recovery", p), 30, "the cluster is not online,recovery"),
-                            shown=f"systemctl start {p['service']}", summary="PostgreSQL started",
+                            shown=f"systemctl start {shlex.quote(p['service'])}", summary="PostgreSQL started",
                             hint=f"read {p['log_file']}; a missing standby.signal gives 'online' without recovery."))
 
     def online():

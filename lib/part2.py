@@ -303,19 +303,37 @@ def configure_pool_hba(env) -> ops.Step:
                               lambda text: pgconf.add_hba_records(text, [line]))
 
 
-def _secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str, *, owner: str,
-                 mode: str) -> None:
-    """A file that holds a secret: written only when its text differs; its diff is masked. `new`:
-    the pieces of its text, or a function making them from its current text (None: absent)."""
+#: who may read the files that hold secrets: pgpool runs as postgres, and nobody else reads them
+SECRET_OWNER, SECRET_MODE = "postgres:postgres", "600"
+
+
+def _secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str) -> None:
+    """A file that holds a secret: written only when its text differs, its diff masked; its owner
+    and mode are put right on every run. `new`: the pieces of its text, or a function making them
+    from its current text (None: absent)."""
     f = shlex.quote(path)
-    found = remote.run(f"if test -f {f}; then echo present; cat {f}; else echo absent; fi", user="root",
-                       mask=False).stdout
-    old = found.split("\n", 1)[1] if found.startswith("present\n") else None
+    found = remote.run(f"if test -f {f}; then stat -c '%U:%G %a' {f}; cat {f}; else echo absent; fi",
+                       user="root", mask=False).stdout
+    access, _, old = found.partition("\n")
+    old = None if access == "absent" else old
     new = new(old) if callable(new) else new
-    if old == ops.resolve(new, remote.params):
-        step.note(remote, f"{path} already holds {what}")
-    else:
-        step.do(ops.FileChange(remote, "root", path=path, old=old, new=new, owner=owner, mode=mode, mask_line=mask_line))
+    if old != ops.resolve(new, remote.params):
+        step.do(ops.FileChange(remote, "root", path=path, old=old, new=new, owner=SECRET_OWNER, mode=SECRET_MODE,
+                               mask_line=mask_line))
+        return
+    step.note(remote, f"{path} already holds {what}")
+    _secret_access(step, remote, path, access)
+
+
+def _secret_access(step: ops.Step, remote, path: str, access: str | None = None) -> None:
+    """chown/chmod a file that holds a secret when its owner or mode is not SECRET_OWNER/SECRET_MODE
+    (`access`: its `stat -c '%U:%G %a'`, read here when not given)."""
+    f = shlex.quote(path)
+    if access is None:
+        access = remote.run(f"stat -c '%U:%G %a' {f} 2>/dev/null || echo absent", user="root").stdout.strip()
+    if access != f"{SECRET_OWNER} {SECRET_MODE}":
+        step.do(ops.Command(remote, "root", f"chown {SECRET_OWNER} {f} && chmod {SECRET_MODE} {f}",
+                            summary=f"{path}: {access} -> {SECRET_OWNER} {SECRET_MODE}"))
 
 
 def _user_line(line: str) -> str:
@@ -354,29 +372,30 @@ def password_file(env) -> ops.Step:
         kept = "".join(l + "\n" for l in current.splitlines() if l.split(":", 1)[0] not in entries)
         pieces = (kept,) + tuple(x for u in entries for x in (*entries[u], "\n"))
         if ops.resolve(pieces, p) != current:
-            step.do(ops.FileChange(vm3, "root", path=path, old=current, new=pieces, mask_line=_user_line))
+            step.do(ops.FileChange(vm3, "root", path=path, old=current, new=pieces, owner=SECRET_OWNER,
+                                   mode=SECRET_MODE, mask_line=_user_line))
         else:
             step.note(vm3, f"{path} already holds md5 entries for postgres and {PGPOOL_ROLE}")
     else:
-        _secret_file(step, vm3, KEY_FILE, (Secret("pgpool_key"), "\n"), lambda l: ops.MASK,
-                     "PGGUIDE_PGPOOL_KEY", owner="postgres:postgres", mode="600")
+        _secret_file(step, vm3, KEY_FILE, (Secret("pgpool_key"), "\n"), lambda l: ops.MASK, "PGGUIDE_PGPOOL_KEY")
         wanted = pool_passwd_entries(env) if not step.actions else {}
         have = dict(l.split(":", 1) for l in current.splitlines() if ":" in l)
         if step.actions or any(have.get(u) != e for u, e in wanted.items()) or len(wanted) < 2:
-            step.do(ops.Command(vm3, "root", f"pg_enc -m -k {KEY_FILE} -f {conf(p, 'pgpool.conf')} -i /dev/stdin",
+            pg_enc = f"pg_enc -m -k {KEY_FILE} -f {shlex.quote(conf(p, 'pgpool.conf'))} -i /dev/stdin"
+            step.do(ops.Command(vm3, "root", pg_enc,
                                 input=("postgres:", Secret("postgres"), f"\n{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
-                                shown=f"pg_enc -m -k {KEY_FILE} -f {conf(p, 'pgpool.conf')} -i /dev/stdin"
-                                      "    # stdin: postgres:********, pgpool:********",
+                                shown=f"{pg_enc}    # stdin: postgres:********, pgpool:********",
                                 summary=f"{path}: entries for postgres, {PGPOOL_ROLE} written with pg_enc",
                                 show_output=False))
         else:
             step.note(vm3, f"{path} already holds the AES entries of postgres and {PGPOOL_ROLE}")
+    if not any(isinstance(a, ops.FileChange) and a.path == path for a in step.actions):
+        _secret_access(step, vm3, path)        # pg_enc keeps the mode the file has
     pcp = conf(p, "pcp.conf")
     _secret_file(step, vm3, pcp, lambda old: _replace_line(old, f"{PGPOOL_ROLE}:", (f"{PGPOOL_ROLE}:", Secret("pgpool", "md5"))),
-                 _user_line, f"{PGPOOL_ROLE}'s md5 (pg_md5 of PGGUIDE_PGPOOL_PASSWORD)", owner="root:root", mode="644")
+                 _user_line, f"{PGPOOL_ROLE}'s md5 (pg_md5 of PGGUIDE_PGPOOL_PASSWORD)")
     _secret_file(step, vm3, PCPPASS, (f"localhost:{p.pgpool['pcp_port']}:{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
-                 lambda l: l.rsplit(":", 1)[0] + ":" + ops.MASK, "PGGUIDE_PGPOOL_PASSWORD",
-                 owner="postgres:postgres", mode="600")
+                 lambda l: l.rsplit(":", 1)[0] + ":" + ops.MASK, "PGGUIDE_PGPOOL_PASSWORD")
 
     def entries():
         kinds = []
@@ -385,13 +404,22 @@ def password_file(env) -> ops.Step:
                 user, _, value = line.partition(":")
                 kinds.append(f"{user}:{'AES' if value.startswith('AES') else value[:3]}…")
         return f"{vm3.host.name} (root) $ cat {path}   # entries, their secret part cut\n" + "\n".join(kinds)
-    return step.verify("pool_passwd has an entry per role", entries)
+
+    def private():
+        files = [path, pcp, PCPPASS] + ([] if md5_mode(p) else [KEY_FILE])
+        out = vm3.run("stat -c '%U:%G %a %n' " + " ".join(map(shlex.quote, files)), user="root").lines
+        loose = [l for l in out if not l.startswith(f"{SECRET_OWNER} {SECRET_MODE} ")]
+        expect(not loose, f"files that hold secrets can be read by others: {'; '.join(loose)}.",
+               f"provision again: it sets them to {SECRET_OWNER}, mode {SECRET_MODE}")
+        return f"{vm3.host.name} (root) $ stat -c '%U:%G %a %n' {' '.join(files)}\n" + "\n".join(out)
+    step.verify("pool_passwd has an entry per role", entries)
+    return step.verify("only postgres can read the files that hold secrets", private)
 
 
 # --- Step 33 ---------------------------------------------------------------------------------------------------
 def service_state(remote) -> list[str]:
     """['active', 'enabled'] when pgpool runs and starts at boot."""
-    service = remote.params.pgpool["service"]
+    service = shlex.quote(remote.params.pgpool["service"])
     return remote.run(f"systemctl is-active {service}; systemctl is-enabled {service}", check=False).lines
 
 
@@ -407,7 +435,7 @@ def restart_pending(remote) -> bool:
 @guide_step
 def start_pgpool(env) -> ops.Step:
     vm3, p = env.pgpool, env.params.pgpool
-    step, service, port = ops.Step("pgpool service"), p["service"], p["port"]
+    step, service, port = ops.Step("pgpool service"), shlex.quote(p["service"]), p["port"]
     hint = f"read {LOG_DIR}/pgpool.log and `journalctl -u {service}` on {vm3.host.name}"
     system.firewall_step(step, vm3, port)                 # clients connect to pgpool
     state = service_state(vm3)
@@ -698,4 +726,4 @@ def pgpool_log(env, lines: int = 5) -> str:
 def journal(env, lines: int = 5) -> str:
     """The guide's log command: with logging_collector on, systemd's journal keeps only what
     pgpool printed before its log file took over."""
-    return postgres.read(env.pgpool, f"journalctl -u {env.params.pgpool['service']} --no-pager | tail -n {lines}")
+    return postgres.read(env.pgpool, f"journalctl -u {shlex.quote(env.params.pgpool['service'])} --no-pager | tail -n {lines}")

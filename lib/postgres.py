@@ -21,6 +21,11 @@ def auth_method(params) -> str:
     return params.postgres["auth_method"]
 
 
+def cluster_words(p: dict) -> str:
+    """`VERSION CLUSTER` as pg_lsclusters and pg_ctlcluster take them, quoted for the shell."""
+    return f"{int(p['version'])} {shlex.quote(p['cluster'])}"
+
+
 def conf_file(remote, name: str) -> str:
     return f"{remote.params.postgres['conf_dir']}/{name}"
 
@@ -83,7 +88,7 @@ def value(remote, sql: str, *, database: str = "postgres") -> str:
 def cluster_state(remote) -> str:
     """pg_lsclusters' status of our cluster: online, online,recovery, down, … or absent."""
     p = remote.params.postgres
-    out = remote.sudo(f"pg_lsclusters --no-header {p['version']} {p['cluster']}", check=False).stdout.split()
+    out = remote.sudo(f"pg_lsclusters --no-header {cluster_words(p)}", check=False).stdout.split()
     return out[3] if len(out) > 3 else "absent"
 
 

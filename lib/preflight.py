@@ -5,6 +5,7 @@ Nothing here changes a host. Every problem is found before Part 1 changes anythi
 from __future__ import annotations
 
 import socket
+import shlex
 from dataclasses import dataclass
 
 from lib import hosts as hostmod
@@ -44,8 +45,9 @@ class Facts:
 
 def survey(remote: Remote) -> Facts:
     p = remote.params
-    script = SURVEY.format(iface=p.options["interface"], version=p.postgres["version"],
-                           cluster=p.postgres["cluster"], pgpool_package=p.pgpool["package"])
+    # the values are validated names (lib.params), quoted all the same
+    script = SURVEY.format(iface=shlex.quote(p.options["interface"]), version=int(p.postgres["version"]),
+                           cluster=p.postgres["cluster"], pgpool_package=shlex.quote(p.pgpool["package"]))
     out = dict(line.split("=", 1) for line in remote.run(script).lines if "=" in line)
     return Facts(remote, out["inet"], out["os"], out["postgresql"], out["postgresql_any"],
                  out["pgpool"], out["cluster"], out["systemd"])
@@ -144,6 +146,18 @@ def check_paths(env: Hosts) -> list[tuple[str, str, str, str]]:
                f"open port {port} on {dst.host.name} (the guide's Step 4: `sudo ufw allow {port}/tcp`) "
                "and check the routing between the hosts.")
     return rows
+
+
+# --- what Part 1 may clone ---------------------------------------------------------------------
+def check_clones(env: Hosts) -> list[tuple[str, str, str]]:
+    """Per standby: will Part 1 clone it, and the proof read from the hosts (lib.clone_guard).
+    A standby that may not be cloned stops the run here, before Part 1 changes anything."""
+    from lib import clone_guard
+    rows = clone_guard.choose(env)
+    for s, allowed, why in rows:
+        expect(allowed is not False, f"Part 1 would clear and clone {s.host.name}, but: {why}.", clone_guard.FIX)
+    return [(s.host.name, "kept" if allowed is None else f"cloned from {env.primary.host.name}", why)
+            for s, allowed, why in rows]
 
 
 # --- secrets ------------------------------------------------------------------------------------

@@ -35,8 +35,16 @@ FILE_VARIABLE = "PGGUIDE_SECRETS_FILE"
 REQUIRED = ("replication", "postgres", "pgpool", "pgpool_key")
 
 
+#: shorter secrets are refused: they are guessable, and masking them garbles every record
+MIN_LENGTH = 8
+
+
 class MissingSecret(LookupError):
     pass
+
+
+class WeakSecret(ValueError):
+    """A secret too short, or equal to a name that the records print anyway."""
 
 
 class BadSecretsFile(ValueError):
@@ -129,12 +137,59 @@ def require_all(params: Params) -> dict[str, str]:
         raise MissingSecret(f"missing secret{'s' if len(missing) > 1 else ''} {', '.join(missing)}: set "
                             f"{'them' if len(missing) > 1 else 'it'} {where}. "
                             "Secrets are never read from parameter files.")
+    refuse_weak(params)
     return {SECRETS[n][0]: source(n, params) for n in REQUIRED}
 
 
+def public_names(params: Params) -> set[str]:
+    """Names every record prints: the roles, the SSH user, the hosts, the environment."""
+    return {role for role, _ in ROLES.values()} | {params.ssh["user"], params.environment} | {
+        n for h in params.all_hosts for n in (h.name, h.address)}
+
+
+def refuse_weak(params: Params) -> None:
+    """One error naming every secret we set that is shorter than MIN_LENGTH or equal to a
+    public name (the lab's own demo values are known and allowed). sudo's password is the
+    hosts' own, not ours to choose, so it is not judged."""
+    names = {n.lower() for n in public_names(params)}
+    weak = []
+    for name in REQUIRED:
+        value, where = secret(name, params, required=False), source(name, params)
+        if value is None or where == "lab demo value":
+            continue
+        variable = SECRETS[name][0]
+        if len(value) < MIN_LENGTH:
+            weak.append(f"{variable} is shorter than {MIN_LENGTH} characters")
+        elif value.lower() in names:
+            weak.append(f"{variable} is a name the records print (a role, user or host name)")
+    if weak:
+        raise WeakSecret("; ".join(weak) + ": choose a longer secret of its own. Such a secret is easy to "
+                         "guess, and hiding it in the run records would hide every occurrence of the word.")
+
+
+def secret_forms(value: str, role: str | None = None) -> dict[str, str]:
+    """The forms a secret can appear in, by name: as is, as an SQL literal's body ('' for '),
+    escaped for a conninfo or for a shell, and its md5 forms, which are as good as the password
+    (md5(password) as in pcp.conf, md5(password + role) as in pg_authid and pool_passwd).
+    SCRAM verifiers are salted: a search adds the ones the servers actually store."""
+    import hashlib
+    import shlex
+    forms = {"value": value, "SQL literal": value.replace("'", "''"),
+             "conninfo": value.replace("\\", "\\\\").replace("'", "\\'"),
+             "shell word": shlex.quote(value).strip("'"),
+             "md5(password)": hashlib.md5(value.encode()).hexdigest()}
+    if role:
+        forms[f"md5(password+{role})"] = hashlib.md5((value + role).encode()).hexdigest()
+    return forms
+
+
 def known_values(params: Params) -> list[str]:
-    """Every secret value in force, longest first, for masking output."""
-    values = {secret(n, params, required=False) for n in SECRETS}
+    """Every secret value in force, and its escaped forms, longest first, for masking output."""
+    values = set()
+    for name in SECRETS:
+        value = secret(name, params, required=False)
+        if value:
+            values |= set(secret_forms(value, ROLES.get(name, (None,))[0]).values())
     return sorted((v for v in values if v), key=len, reverse=True)
 
 

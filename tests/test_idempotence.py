@@ -11,12 +11,14 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from lib import REPO, part1, part2
 from lib import params as P
 from lib.remote import Hosts, StepFailed
 from labtools import on, sh
-from lib.provision.record import find_in_record, secret_forms
+from lib.provision.record import find_in_record
+from lib.secrets import secret_forms
 
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
 PARAMS = P.load()
@@ -333,9 +335,74 @@ def test_teardown_stops_pgpool_and_leaves_a_standalone_standby(provisioned_twice
     result = check(secrets_file)
     assert result.returncode == 1
     drifted = [" ".join(line.split()[1:4]) for line in result.stdout.splitlines() if line.lstrip().startswith("DRIFT")]
-    for drift in ("Step 7 vm2", "Step 8 vm2", "Step 9 vm2", "Step 11 vm2", "Step 33 vm3"):
-        assert drift in drifted, result.stdout
-    assert any(d.startswith("Step 34") for d in drifted), result.stdout
+    assert "Step 33 vm3" in drifted and any(d.startswith("Step 34") for d in drifted), result.stdout
+    # the promoted standby holds a write of its own: --check says it will not be cloned over
+    assert "could not check: Refusing to clear and clone vm2: it is a writable server, not a standby, holding " \
+           "databases testdb" in result.stdout
+    assert "Step 7 refused to clone: vm2" in result.stdout
+
+
+def data_fingerprint():
+    """What a wipe or a clone would change: each cluster's control data and its rows."""
+    controldata = "sudo -u postgres /usr/lib/postgresql/15/bin/pg_controldata -D /var/lib/postgresql/15/main"
+    rows = "sudo -u postgres psql -XAtc 'select name from employees order by id' testdb"
+    return {h: on(h, f"cd /; {controldata}; {rows}") for h in ("vm1", "vm2")}
+
+
+def refused_before_any_change(tmp_path, secrets_file, change, message):
+    data = P.read_file(P.DEFAULT_FILE)
+    change(data)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    before = data_fingerprint()
+    result = sh(REPO / "ci" / "provision", path, "--secrets", secrets_file, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "provision FAILED in 00-environment" in out and message in out, out
+    assert data_fingerprint() == before
+
+
+def test_after_a_teardown_no_parameter_file_wipes_data(provisioned_twice, secrets_file, tmp_path):
+    """The torn-down standby took a write (previous test). Neither the file as it is, nor with
+    rebuild_standby, nor with the roles swapped, may clone over either server."""
+    sh(REPO / "ci" / "provision", "--teardown", "--secrets", secrets_file)     # a no-op after the previous test
+    on("vm2", "sudo -u postgres psql -XAtc \"insert into employees (name) values ('written after the teardown')\" testdb")
+
+    def swapped(d):
+        d["hosts"]["primary"], d["hosts"]["standbys"][0] = d["hosts"]["standbys"][0], d["hosts"]["primary"]
+    cases = [(lambda d: None, "Part 1 would clear and clone vm2, but: it is a writable server, not a standby, "
+                              "holding databases testdb"),
+             (lambda d: d["options"].update(rebuild_standby=True), "vm1 is not ahead of it, so it may hold writes vm1 lacks"),
+             (swapped, "Part 1 would clear and clone vm1, but: it is a writable server")]
+    for change, message in cases:
+        refused_before_any_change(tmp_path, secrets_file, change, message)
+
+
+def test_a_standby_address_that_reaches_the_primary_is_refused(provisioned_twice, secrets_file, tmp_path):
+    """vm1 answers at a second address, which the parameter file gives as the standby's."""
+    other = "10.213.93.140"
+    known = tmp_path / "known_hosts"
+    lines = (REPO / ".lab" / "ssh" / "known_hosts").read_text().splitlines()
+    vm1_key = next(l for l in lines if l.startswith("10.213.93.132 ")).split(" ", 1)[1]
+    known.write_text("\n".join(lines + [f"{other} {vm1_key}"]) + "\n")
+
+    def at_vm1(d):
+        d["hosts"]["standbys"][0]["address"] = other
+        d["ssh"]["known_hosts"] = str(known)
+    # the container may not change its own addresses; its network namespace is the lab's
+    sh("ip", "-n", "pglab-vm1", "addr", "add", f"{other}/24", "dev", "ens33")
+    try:
+        refused_before_any_change(tmp_path, secrets_file, at_vm1,
+                                  "vm2's ens33 address is 10.213.93.132, but the parameters say 10.213.93.140")
+        data = P.read_file(P.DEFAULT_FILE)
+        at_vm1(data)
+        env = Hosts(P.load(data))
+        from lib import clone_guard
+        [(_, allowed, why)] = clone_guard.choose(env)       # the guard too, on its own
+        env.close()
+        assert allowed is False and why.startswith("it is the same machine as vm1"), why
+    finally:
+        sh("ip", "-n", "pglab-vm1", "addr", "del", f"{other}/24", "dev", "ens33")
 
 
 def test_wrong_replication_password_stops_the_base_backup_with_the_reason(provisioned_twice, monkeypatch):

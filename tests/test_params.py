@@ -120,3 +120,29 @@ def test_a_secret_in_a_parameter_file_is_refused_with_the_reason():
     msg = bad(lambda d: d["postgres"].update(password="hunter2"))
     assert "postgres.password: secrets never go in parameter files" in msg
     assert "hunter2" not in msg
+
+
+def test_every_string_parameter_refuses_shell_characters_newlines_and_spaces():
+    from paramcases import cases, set_key, string_parameters
+    keys = [k for k, _ in string_parameters(LAB)]
+    assert {"environment", "lab.name", "hosts.standbys.0.name", "postgres.data_dir", "pgpool.conf_dir",
+            "ssh.key_file", "postgres.log_file", "pgpool.service"} <= set(keys), keys
+    accepted = []
+    for key, value, what in cases(LAB):
+        data = copy.deepcopy(LAB)
+        set_key(key, value)(data)
+        try:
+            P.validate(data)
+            accepted.append(f"{what} ({value!r})")
+        except P.ParamsError:
+            pass
+    assert not accepted, "accepted: " + "; ".join(accepted)
+
+
+def test_host_paths_are_absolute_without_dot_dot():
+    assert "give an absolute path" in bad(lambda d: d["postgres"].update(data_dir="var/lib/pg"))
+    assert "give an absolute path" in bad(lambda d: d["postgres"].update(data_dir="/var/lib/../../etc"))
+    assert "only {version} and {cluster}" in bad(lambda d: d["postgres"].update(data_dir="/var/{{x}}"))
+    ok = copy.deepcopy(LAB)
+    ok["postgres"]["data_dir"] = "/srv/pg-{version}/{cluster}.d/"
+    assert P.validate(ok).postgres["data_dir"] == "/srv/pg-15/main.d/"

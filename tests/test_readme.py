@@ -4,7 +4,8 @@ import re
 from lib import REPO
 from test_bad_input import CASES
 
-EXTRA_CASES = ["wrong sudo password", "wrong database password"]   # their own tests in test_bad_input.py
+EXTRA_CASES = ["wrong sudo password", "wrong database password",   # their own tests in test_bad_input.py
+               "a shell command, `$(…)`, a newline or a space in any string parameter"]
 
 
 def bad_input_rows():

@@ -6,17 +6,20 @@ import json
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from lib.provision.record import StepRecord, Summary, external_references, find_in_record, render_html, secret_forms
+from lib.provision.record import StepRecord, Summary, external_references, find_in_record, render_html
+from lib.secrets import secret_forms
 
 
-def test_secret_forms_are_the_value_and_its_md5_forms():
-    forms = secret_forms("s3cret", "pgpool")
-    assert forms == {"value": "s3cret", "md5(password)": hashlib.md5(b"s3cret").hexdigest(),
-                     "md5(password+pgpool)": hashlib.md5(b"s3cretpgpool").hexdigest()}
+def test_secret_forms_are_the_value_its_escaped_forms_and_its_md5_forms():
+    forms = secret_forms("it's\\s3cret", "pgpool")
+    assert forms == {"value": "it's\\s3cret", "SQL literal": "it''s\\s3cret", "conninfo": "it\\'s\\\\s3cret",
+                     "shell word": "it'\"'\"'s\\s3cret",
+                     "md5(password)": hashlib.md5("it's\\s3cret".encode()).hexdigest(),
+                     "md5(password+pgpool)": hashlib.md5("it's\\s3cretpgpool".encode()).hexdigest()}
 
 
 def test_a_secret_printed_on_purpose_is_found_in_every_kind_of_file(tmp_path):
-    forms = secret_forms("s3cret", "pgpool")
+    forms = {k: v for k, v in secret_forms("s3cret", "pgpool").items() if k.startswith(("value", "md5"))}
     for i, (what, needle) in enumerate(forms.items()):
         nb = new_notebook(cells=[new_code_cell("print(x)", outputs=[new_output("stream", name="stdout", text=needle)])])
         nbformat.write(nb, tmp_path / f"{i}.ipynb")

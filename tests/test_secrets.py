@@ -75,3 +75,43 @@ def test_bad_secrets_files_are_refused_without_echoing_them(tmp_path):
             S.read_secrets_file(inside)
     finally:
         inside.unlink()
+
+
+def test_mask_hides_the_escaped_forms_too(monkeypatch):
+    monkeypatch.setenv("PGGUIDE_POSTGRES_PASSWORD", "it's-a\\secret")
+    values = S.known_values(P.load())
+    shown = S.mask("sql: PASSWORD 'it''s-a\\secret'; conninfo: password='it\\'s-a\\\\secret'", values)
+    assert "secret" not in shown.replace("********", ""), shown
+
+
+def vmware_with(monkeypatch, **values):
+    for name, value in {"PGGUIDE_REPLICATION_PASSWORD": "Repl-secret-1", "PGGUIDE_POSTGRES_PASSWORD": "Pg-secret-2",
+                        "PGGUIDE_PGPOOL_PASSWORD": "Pool-secret-3", "PGGUIDE_PGPOOL_KEY": "Key-secret-4",
+                        **values}.items():
+        monkeypatch.setenv(name, value)
+    return P.load(P.REPO / "params" / "vmware.yaml")
+
+
+def test_strong_secrets_pass(monkeypatch):
+    S.require_all(vmware_with(monkeypatch))
+
+
+@pytest.mark.parametrize("variable, value, problem", [
+    ("PGGUIDE_PGPOOL_KEY", "six-ch", "PGGUIDE_PGPOOL_KEY is shorter than 8 characters"),
+    ("PGGUIDE_POSTGRES_PASSWORD", "postgres", "PGGUIDE_POSTGRES_PASSWORD is a name the records print"),
+    ("PGGUIDE_PGPOOL_PASSWORD", "Replicator", "PGGUIDE_PGPOOL_PASSWORD is a name the records print"),
+    ("PGGUIDE_REPLICATION_PASSWORD", "172.16.93.133", "PGGUIDE_REPLICATION_PASSWORD is a name the records print"),
+])
+def test_weak_secrets_are_refused(monkeypatch, variable, value, problem):
+    with pytest.raises(S.WeakSecret, match=problem):
+        S.require_all(vmware_with(monkeypatch, **{variable: value}))
+
+
+def test_the_lab_keeps_its_demo_values_but_not_weak_ones_of_yours(monkeypatch):
+    for variable, _, _ in S.SECRETS.values():
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv(S.FILE_VARIABLE, raising=False)
+    S.require_all(P.load())
+    monkeypatch.setenv("PGGUIDE_POSTGRES_PASSWORD", "postgres")
+    with pytest.raises(S.WeakSecret):
+        S.require_all(P.load())

@@ -176,7 +176,7 @@ def main(argv: list[str]) -> int:
             secrets.read_secrets_file(args.secrets)
             os.environ[secrets.FILE_VARIABLE] = str(args.secrets.expanduser().resolve())
         secrets.require_all(prm)
-    except (P.ParamsError, secrets.MissingSecret, secrets.BadSecretsFile) as e:
+    except (P.ParamsError, secrets.MissingSecret, secrets.BadSecretsFile, secrets.WeakSecret) as e:
         print(f"ci/provision: {e}\nNothing was changed.", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.check:

@@ -4,7 +4,6 @@ provision.log (what ci/provision printed)."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -190,16 +189,6 @@ def external_references(html: str) -> list[str]:
 
 
 # --- searching a record for secrets ---------------------------------------------------------------
-def secret_forms(value: str, user: str | None = None) -> dict[str, str]:
-    """The forms a secret can leak in: itself, and its md5 forms (md5(password + user) as in
-    pg_authid and pool_passwd, md5(password) as in pcp.conf). SCRAM verifiers are salted, so
-    the caller adds the verifiers the servers actually store."""
-    forms = {"value": value, "md5(password)": hashlib.md5(value.encode()).hexdigest()}
-    if user:
-        forms[f"md5(password+{user})"] = hashlib.md5((value + user).encode()).hexdigest()
-    return forms
-
-
 def find_in_record(record: Path, needles: dict[str, str]) -> list[str]:
     """Every (file, what) where a needle occurs, in any file of the record."""
     hits = []

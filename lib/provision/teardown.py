@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import shlex
+
 from lib import ops, postgres
 from lib.part2 import service_state
 from lib.remote import Hosts
@@ -24,7 +26,7 @@ from lib.remote import Hosts
 
 def stop_pgpool(env) -> ops.Step:
     vm3, step = env.pgpool, ops.Step("stop pgpool")
-    service = vm3.params.pgpool["service"]
+    service = shlex.quote(vm3.params.pgpool["service"])
     state = service_state(vm3)
     if state[:1] != ["active"] and state[1:] != ["enabled"]:
         return step.note(vm3, f"{service} already stopped and not enabled ({' / '.join(state) or 'not installed'})")
@@ -46,8 +48,8 @@ def make_standalone(env) -> ops.Step:
         else:
             promoted = ops.wait_for(f"[ \"$(runuser -u postgres -- psql -XAt -p {p['port']} -c 'SELECT pg_is_in_recovery()')\" = f ]",
                                     30, "still in recovery")
-            step.do(ops.Command(s, "root", f"pg_ctlcluster {p['version']} {p['cluster']} promote && {promoted}",
-                                shown=f"pg_ctlcluster {p['version']} {p['cluster']} promote",
+            step.do(ops.Command(s, "root", f"pg_ctlcluster {postgres.cluster_words(p)} promote && {promoted}",
+                                shown=f"pg_ctlcluster {postgres.cluster_words(p)} promote",
                                 summary="promoted to a standalone server"),
                     ops.Sql(s, "postgres", statement=("ALTER SYSTEM RESET primary_conninfo;\nSELECT pg_reload_conf();",),
                             summary="primary_conninfo removed"))
