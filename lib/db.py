@@ -14,7 +14,10 @@ def conninfo(params: Params, host: Host, *, user: str, port: int | None = None,
     """Connection keywords, without the password (it is passed separately)."""
     return {"host": host.address, "port": port or params.postgres["port"], "user": user,
             "dbname": dbname, "connect_timeout": params.ssh["connect_timeout"],
-            "application_name": APPLICATION_NAME}
+            "application_name": APPLICATION_NAME,
+            # a server that stops answering mid-query fails the query instead of hanging it
+            "tcp_user_timeout": params.ssh["command_timeout"] * 1000,
+            "keepalives_idle": 5, "keepalives_interval": 5, "keepalives_count": 3}
 
 
 def connect(params: Params, host: Host, *, user: str, password: str, port: int | None = None,

@@ -11,6 +11,9 @@ from fabric import Config, Connection
 from lib.params import Host, Params
 
 
+KEEPALIVE_S = 5
+
+
 class HostUnreachable(ConnectionError):
     """SSH to a host failed before any command ran."""
 
@@ -57,6 +60,9 @@ def connect(params: Params, host: Host) -> Connection:
         raise HostUnreachable(f"{host.label}: cannot reach SSH port {ssh['port']}: {e}. Check the address, "
                               "that the host is up and that sshd runs and no firewall drops port "
                               f"{ssh['port']}.") from None
+    # keeps the session alive through NAT and firewalls; a host that stops answering is caught
+    # by each command's own bound (ssh.command_timeout), which names the host
+    conn.client.get_transport().set_keepalive(KEEPALIVE_S)
     return conn
 
 

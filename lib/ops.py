@@ -19,23 +19,28 @@ host on stdin, and written into commands.sh as `${PGGUIDE_...}` references.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shlex
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Union
 
-from lib import journal, secrets
+from lib import journal, roles, secrets
 from lib.pgconf import changed_lines
 from lib.show import CheckFailed
 
 MASK = "********"
+#: ends the text a FileChange sends; stripped on the host, which writes nothing without it
+WRITE_COMPLETE = "#pgguide: end of text\n"
 
 
 # --- secrets inside plans ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Secret:
     """A secret's value in some form: `plain`, `sql` (an SQL string literal), `md5` (md5 of the
-    value, as pcp.conf holds it) or `md5:<user>` (md5 of value+user, as pg_md5 writes it)."""
+    value, as pcp.conf holds it), `md5:<user>` (md5 of value+user, as pg_md5 writes it) or
+    `verifier:<role>` (an SQL literal of the verifier PostgreSQL stores for the role, SCRAM or md5
+    as postgres.auth_method says: the server never sees the password)."""
     name: str
     form: str = "plain"
 
@@ -51,10 +56,14 @@ class Secret:
             return hashlib.md5(v.encode()).hexdigest()
         if self.form.startswith("md5:"):
             return hashlib.md5((v + self.form[4:]).encode()).hexdigest()
+        if self.form.startswith("verifier:"):
+            role = self.form.split(":", 1)[1]
+            md5 = params.postgres["auth_method"] == "md5"
+            return "'" + (roles.md5_verifier(v, role) if md5 else roles.scram_verifier(v)) + "'"
         return v
 
     def shown(self) -> str:
-        return f"'{MASK}'" if self.form == "sql" else MASK
+        return f"'{MASK}'" if self.form == "sql" or self.form.startswith("verifier:") else MASK
 
     def bash(self) -> str:
         """The same value computed in bash from the environment variable (commands.sh)."""
@@ -65,6 +74,8 @@ class Secret:
             return f"$(md5_of {ref})"
         if self.form.startswith("md5:"):
             return f"$(md5_of {ref}{shlex.quote(self.form[4:])})"
+        if self.form.startswith("verifier:"):
+            return f"$(pg_verifier {self.variable} {shlex.quote(self.form.split(':', 1)[1])})"
         return f"${{{self.variable}}}"
 
 
@@ -246,10 +257,15 @@ class FileChange(Action):
             keep = f'chown --reference={f} "$t" && chmod --reference={f} "$t"'
         else:
             keep = f'chown {self.owner or "root:root"} "$t" && chmod {self.mode or "644"} "$t"'
-        return f't=$(mktemp {f}.XXXXXX) && cat > "$t" && {keep} && mv -f "$t" {f} || {{ rm -f "$t"; exit 1; }}'
+        # A connection lost mid-write ends stdin early, and cat takes that for the end: only a text
+        # that arrived whole, its end mark included, replaces the file.
+        n = len(WRITE_COMPLETE)
+        whole = f'[ "$(tail -c {n} "$t")" = {shlex.quote(WRITE_COMPLETE.strip())} ] && truncate -s -{n} "$t"'
+        return (f't=$(mktemp {f}.XXXXXX) && cat > "$t" && {whole} && {keep} && mv -f "$t" {f} '
+                f'|| {{ rm -f "$t"; echo {shlex.quote(f"{self.path}: not written (its text did not arrive whole)")} >&2; exit 1; }}')
 
     def stdin(self):
-        return self.new
+        return (*self.new, WRITE_COMPLETE)
 
     def diff(self) -> list[str]:
         new = masked(self.new)
@@ -336,15 +352,17 @@ class Step:
             print(note)
         if not self.plan and not self.notes and not self.verifications:
             print("nothing to change")
-        for action in self.plan:
-            if action.remote.read_only:
-                raise CheckFailed(f"{action.host}: refusing to apply on a read-only connection: {action.what()}")
-            print(action.remote.mask(action.prompt() + action.display()))
-            output = action.run()
-            if output:
-                print(action.remote.mask(output))
-            self.applied.append(action)
-            journal.applied(action.record())
+        lock = next((a.remote.cluster_lock for a in self.plan if getattr(a.remote, "cluster_lock", None)), None)
+        with lock.changing() if lock else contextlib.nullcontext():     # one run at a time changes the cluster
+            for action in self.plan:
+                if action.remote.read_only:
+                    raise CheckFailed(f"{action.host}: refusing to apply on a read-only connection: {action.what()}")
+                print(action.remote.mask(action.prompt() + action.display()))
+                output = action.run()
+                if output:
+                    print(action.remote.mask(output))
+                self.applied.append(action)
+                journal.applied(action.record())
         for v in self.verifications:
             evidence = v.run()
             if evidence:

@@ -50,6 +50,8 @@ SCHEMA: dict[str, Any] = {
         "key_file": ("path", True, None),
         "known_hosts": ("path", True, None),
         "connect_timeout": (int, False, 5),
+        # bound on any one command or query that reads (a step's own actions have theirs)
+        "command_timeout": (int, False, 60),
     },
     "postgres": {
         "version": (int, True, None),
@@ -77,6 +79,8 @@ SCHEMA: dict[str, Any] = {
         "interface": ("name", False, "ens33"),
         "rebuild_standby": (bool, False, False),   # clone a standby again even if it already streams
         "reset_passwords": (bool, False, False),   # let the secrets replace the roles' existing passwords
+        # bound on one notebook cell (papermill) and on the base backup, the longest action
+        "step_timeout": (int, False, 1800),
     },
 }
 OPTIONAL_SECTIONS = {"lab", "options", "pgpool"}

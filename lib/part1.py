@@ -166,7 +166,8 @@ def clear_data_directory(standby, primary) -> ops.Command:
     down = f"{_cluster_is('down', p)} || {_cluster_is('down,recovery', p)}"
     guide = f"rm -rf {d}/* && ls {d}/"
     # a base backup left running by a killed run would go on writing into the directory
-    running = shlex.quote(f"^pg_basebackup .* -D {p['data_dir'].rstrip('/')}/ ")    # anchored: not this shell
+    # anchored on the program's name, so that it matches no shell whose script holds the pattern
+    running = shlex.quote(f"^([^ ]*/)?pg_basebackup .* -D {p['data_dir'].rstrip('/')}/ ")
     orphan = f"pkill -u postgres -f -- {running}; " + ops.wait_for(
         f"! pgrep -u postgres -f -- {running} >/dev/null", 10, "pg_basebackup still runs")
     return ops.Command(standby, "postgres",
@@ -205,6 +206,7 @@ def base_backup(env) -> ops.Step:
                   "if [ $rc -eq 0 ]; then tail -1; else grep -v ' kB (' >&2; fi; rm -f \"$log\"; "
                   f"[ $rc -eq 0 ] && rm -f {marker}; exit $rc")
         step.do(ops.Command(s, "postgres", script, input=(ops.Secret("replication"), "\n"),
+                            timeout=env.params.options["step_timeout"],
                             shown=command + "    # password: PGGUIDE_REPLICATION_PASSWORD, on stdin",
                             summary=f"base backup from {primary.host.name} into {p['data_dir']}",
                             normalize=lambda out: PROGRESS.sub("N/N kB", out.splitlines()[-1] if out else out),

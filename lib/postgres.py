@@ -197,7 +197,8 @@ def role_step(step: ops.Step, remote, secret_name: str) -> ops.Step:
         head = f"ALTER USER {role} PASSWORD "                   # the guide's form: only the password changes
     else:
         head = f"ALTER ROLE {role} WITH {attributes} PASSWORD "
-    statement = ops.text(head, ops.Secret(secret_name, "sql"), ";")
+    # the verifier, computed here: the plain password reaches neither the server nor its log
+    statement = ops.text(head, ops.Secret(secret_name, f"verifier:{role}"), ";")
     # scram-sha-256 is PostgreSQL's default; md5 mode stores this password as md5 whatever the server's setting
     session = f"-c password_encryption={method}" if method != "scram-sha-256" else ""
     why = "" if differences is None else f" ({', '.join(differences)})"

@@ -10,6 +10,7 @@ import shlex
 import time
 from dataclasses import dataclass
 
+import paramiko
 from fabric import Connection
 
 from lib import hosts, journal, secrets
@@ -49,14 +50,22 @@ class Remote:
         # not written; write_file refuses, so a step that would change the host fails loudly.
         self.read_only = read_only
         self._conn: Connection | None = None
+        self._unreachable: Exception | None = None
         self._sudo_needs_password: bool | None = None
         self._masked = secrets.known_values(params)
+        self.cluster_lock = None        # set by Hosts: taken before the first change (lib.lock)
 
     # -- connection ---------------------------------------------------------------------
     @property
     def conn(self) -> Connection:
+        if self._unreachable is not None:       # once per run: each step after it fails at once, same reason
+            raise self._unreachable
         if self._conn is None:
-            self._conn = hosts.connect(self.params, self.host)
+            try:
+                self._conn = hosts.connect(self.params, self.host)
+            except hosts.HostUnreachable as e:
+                self._unreachable = e
+                raise
         return self._conn
 
     def close(self) -> None:
@@ -70,13 +79,13 @@ class Remote:
     # -- running --------------------------------------------------------------------------
     def run(self, command: str, *, user: str | None = None, stdin: str | None = None,
             check: bool = True, hint: str | None = None, timeout: float | None = None,
-            mask: bool = True) -> Result:
+            mask: bool = True, journaled: bool = True) -> Result:
         """Run `command` with bash on the host, as the admin user (user=None), or as
         `user` through sudo ("root", "postgres"). Raise StepFailed unless it exits 0
         (or check=False). mask=False keeps secret values in stdout: only for reading a
         file that is edited and written back, never for printing."""
         wrapped, stdin = self._wrap(command, user, stdin)
-        exit_code, out, err = self._exec(wrapped, stdin, timeout)
+        exit_code, out, err = self._exec(wrapped, stdin, timeout or self.params.ssh["command_timeout"], journaled)
         result = Result(command, exit_code, self.mask(out) if mask else out, self.mask(err))
         if check and not result.ok:
             raise StepFailed(self.describe_failure(result, user, hint))
@@ -111,16 +120,23 @@ class Remote:
         return secrets.mask(text, self._masked)
 
     # -- internals -----------------------------------------------------------------------
-    def _exec(self, command: str, stdin: str | None, timeout: float | None) -> tuple[int, str, str]:
+    def _exec(self, command: str, stdin: str | None, timeout: float | None,
+              journaled: bool = True) -> tuple[int, str, str]:
         """One command on the fabric connection's SSH transport. (Fabric's own run() feeds
         stdin one byte per 10 ms, which made writing a 30 kB file take five minutes.)"""
-        journal.contacted(self.host.name)
-        channel = self.conn.client.get_transport().open_session()
-        channel.settimeout(timeout)
-        channel.exec_command(command)
-        if stdin:
-            channel.sendall(stdin.encode())
-        channel.shutdown_write()
+        if journaled:           # the hosts a step used, for its progress line and summary
+            journal.contacted(self.host.name)
+        transport = self.conn.client.get_transport()      # unreachable: HostUnreachable, as it is
+        try:
+            channel = transport.open_session(timeout=timeout)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin.encode())
+            channel.shutdown_write()
+        except (TimeoutError, OSError, paramiko.SSHException) as e:
+            raise StepFailed(f"{self.host.label} stopped answering: no reply within {timeout} s "
+                             f"({type(e).__name__}). Check that the host is up and reachable.") from None
         out, err = bytearray(), bytearray()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -133,7 +149,8 @@ class Remote:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 channel.close()
-                raise StepFailed(f"{self.host.label}: `{self.mask(command)}` did not finish in {timeout} s")
+                raise StepFailed(f"{self.host.label}: `{self.mask(command)[:200]}` did not finish in {timeout} s: "
+                                 "the host stopped answering, or the command hangs there")
             if not got:
                 time.sleep(0.002)
         code = channel.recv_exit_status()
@@ -180,12 +197,17 @@ class Remote:
 class Hosts:
     """The environment's hosts by role, each a Remote with one reused connection."""
 
-    def __init__(self, params: Params, *, read_only: bool = False):
+    def __init__(self, params: Params, *, read_only: bool = False, purpose: str = "a notebook run",
+                 whole_run: bool = False):
+        from lib.lock import ClusterLock
         self.params = params
         self.primary = Remote(params, params.primary, read_only=read_only)
         self.standbys = [Remote(params, h, read_only=read_only) for h in params.standbys]
         self.pgpool = Remote(params, params.pgpool_host, read_only=read_only)
         self.read_only = read_only
+        self.lock = ClusterLock(self.primary, purpose, per_step=not whole_run)
+        for r in self.all:
+            r.cluster_lock = self.lock
         # Decisions one step makes for the next ones (Step 7 decides which standbys Steps 8-11 clone).
         self.memo: dict = {}
 
@@ -199,6 +221,7 @@ class Hosts:
         return [self.primary, *self.standbys, self.pgpool]
 
     def close(self) -> None:
+        self.lock.release()
         for r in self.all:
             r.close()
         for other in self.memo.values():

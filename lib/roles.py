@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 
 
 def verifier_matches(stored: str | None, password: str, role: str) -> bool:
@@ -13,7 +14,7 @@ def verifier_matches(stored: str | None, password: str, role: str) -> bool:
     if not stored:
         return False
     if stored.startswith("md5"):
-        return hmac.compare_digest(stored, "md5" + hashlib.md5((password + role).encode()).hexdigest())
+        return hmac.compare_digest(stored, md5_verifier(password, role))
     if stored.startswith("SCRAM-SHA-256$"):
         try:
             iterations, salt = stored.split("$")[1].split(":")
@@ -31,3 +32,24 @@ def verifier_matches(stored: str | None, password: str, role: str) -> bool:
 def sql_literal(value: str) -> str:
     """A SQL string literal (standard_conforming_strings is on since PostgreSQL 9.1)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+SCRAM_ITERATIONS = 4096      # PostgreSQL's default (scram_iterations)
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL would store for `password` (RFC 5802/7677), computed
+    here: sent as the role's PASSWORD, it is stored as is, and the password never reaches the
+    server or its log. (No SASLprep: PostgreSQL uses the raw bytes when the password is not valid
+    UTF-8 normalisable text, and secrets here are ASCII in practice.)"""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def md5_verifier(password: str, role: str) -> str:
+    """What PostgreSQL stores for an md5 password: 'md5' + md5(password || role)."""
+    return "md5" + hashlib.md5((password + role).encode()).hexdigest()

@@ -2,6 +2,7 @@
 failing with its output when it exits non-zero."""
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,15 @@ from lib import REPO
 
 LAB = REPO / "ci" / "lab"
 PROVISION = REPO / "ci" / "provision"
+#: the lab these tests use: params/lab.yaml, or (the drills, which ci/test runs beside the
+#: other lab tests) the file in PGGUIDE_TEST_PARAMS
+PARAMS_FILE = Path(os.environ.get("PGGUIDE_TEST_PARAMS") or REPO / "params" / "lab.yaml").resolve()
+
+
+def netns(host: str) -> str:
+    """The network namespace of a host of that lab (ci/labctl names it LAB-HOST)."""
+    from lib import params as P
+    return f"{P.load(PARAMS_FILE).lab['name']}-{host}"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")
 
 
@@ -31,4 +41,4 @@ def lab(*args, check=True):
 
 def on(host, command):
     """A command on a lab host as its admin user (ci/lab ssh); its stdout."""
-    return lab("ssh", host, command).stdout
+    return lab("ssh", "--params", PARAMS_FILE, host, command).stdout

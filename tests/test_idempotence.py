@@ -68,6 +68,9 @@ def check(secrets_file):
 @pytest.fixture(scope="module")
 def provisioned_twice(secrets_file):
     sh(REPO / "ci" / "lab", "up")
+    # every CREATE/ALTER ROLE goes to the primary's log: where a plain password would show
+    on("vm1", "echo \"log_statement = 'ddl'\" | sudo tee /etc/postgresql/15/main/conf.d/log-ddl.conf >/dev/null "
+              "&& sudo systemctl reload postgresql")
     first_run = provision(secrets_file)
     before = snapshot()
     second_run = provision(secrets_file)
@@ -215,6 +218,15 @@ def test_no_secret_in_any_form_in_the_run_records(provisioned_twice):
         assert find_in_record(record, needles) == []
         injected = json.loads((record / "01-streaming-replication.ipynb").read_text())["metadata"]["papermill"]
         assert set(injected["parameters"]) == {"environment", "lab", "hosts", "ssh", "postgres", "options"}
+
+
+def test_no_plain_password_reaches_the_primarys_log(provisioned_twice):
+    """Roles get a verifier computed on this side (lib.roles.scram_verifier), so the server's
+    statement log shows that, never the password."""
+    log = on("vm1", "sudo cat /var/log/postgresql/postgresql-15-main.log")
+    assert "CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD 'SCRAM-SHA-256$4096:" in log
+    leaked = [v for v in SECRETS if SECRETS[v] in log]
+    assert not leaked, f"in the primary's log: {leaked}"
 
 
 def test_html_record_opens_in_headless_chromium_and_shows_the_steps(provisioned_twice, tmp_path):
@@ -411,13 +423,15 @@ def test_wrong_replication_password_stops_the_base_backup_with_the_reason(provis
     on("vm2", "sudo systemctl stop postgresql && sudo bash -c " + shlex.quote(ops.wait_for(
         "pg_lsclusters --no-header 15 main | grep -q down", 30, "vm2 is not down")))
     env = Hosts(PARAMS)
-    env.memo["to_clone"] = [env.standby]                 # what Step 7 decides for a standby it stopped
-    part1.clear_standbys(env).apply()
-    monkeypatch.setenv("PGGUIDE_REPLICATION_PASSWORD", "not-the-password")
-    with pytest.raises(StepFailed, match=r"(?s)password authentication failed for user \"replicator\".*"
-                                         r"a wrong replication password \(PGGUIDE_REPLICATION_PASSWORD\)"):
-        part1.base_backup(env).apply()
-    env.close()
+    try:
+        env.memo["to_clone"] = [env.standby]                 # what Step 7 decides for a standby it stopped
+        part1.clear_standbys(env).apply()
+        monkeypatch.setenv("PGGUIDE_REPLICATION_PASSWORD", "not-the-password")
+        with pytest.raises(StepFailed, match=r"(?s)password authentication failed for user \"replicator\".*"
+                                             r"a wrong replication password \(PGGUIDE_REPLICATION_PASSWORD\)"):
+            part1.base_backup(env).apply()
+    finally:
+        env.close()                                          # and with it the cluster's lock
 
 
 def test_clearing_refuses_the_primary(provisioned_twice):

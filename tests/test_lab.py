@@ -26,7 +26,7 @@ def leftovers(name="pglab"):
              if name in l]
     found += [l for l in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
               if name in l]
-    found += [l for l in Path("/proc/self/mounts").read_text().splitlines() if "pgpool-guide-lab" in l]
+    found += [l for l in Path("/proc/self/mounts").read_text().splitlines() if f"pgpool-guide-lab/labs/{name}/" in l]
     found += [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{name}")] + \
              [str(p) for p in Path("/sys/fs/cgroup").glob(name)]
     found += subprocess.run(["pgrep", "-af", f"machine={name}-"], capture_output=True, text=True).stdout.splitlines()
@@ -145,21 +145,28 @@ def test_down_twice_leaves_nothing():
     assert leftovers() == []
 
 
-def test_another_subnet_gives_a_lab_at_those_addresses(tmp_path):
+def test_a_second_lab_on_another_subnet_lives_beside_the_first(tmp_path):
     data = copy.deepcopy(PARAMS.raw)
-    data["lab"].update(subnet="10.213.94.0/24", gateway="10.213.94.1")
+    data["lab"].update(name="altlab", subnet="10.213.95.0/24", gateway="10.213.95.1")
+    data["ssh"]["known_hosts"] = str(tmp_path / "alt_known_hosts")
     for h, last in zip([data["hosts"]["primary"], *data["hosts"]["standbys"], data["hosts"]["pgpool"]], (11, 12, 13)):
-        h["address"] = f"10.213.94.{last}"
+        h["address"] = f"10.213.95.{last}"
     alt = tmp_path / "alt.yaml"
     alt.write_text(yaml.safe_dump(data))
+    lab("up")
     try:
         lab("up", str(alt))
         out = subprocess.run([LAB_CMD, "ssh", "--params", str(alt), "vm3", "ip -4 -o addr show ens33"],
                              capture_output=True, text=True).stdout
-        assert "inet 10.213.94.13/24" in out
+        assert "inet 10.213.95.13/24" in out
+        assert lab("status").returncode == 0, "ci/lab up of altlab took the default lab down"
+        lab("up")                                        # and the default lab's up leaves altlab alone
+        assert lab("status", str(alt)).returncode == 0, "ci/lab up took altlab down"
     finally:
-        lab("down")
-    assert leftovers() == []
+        lab("down", str(alt))
+    assert lab("status").returncode == 0, "ci/lab down of altlab took the default lab down"
+    assert lab("status", str(alt), check=False).returncode != 0
+    assert leftovers("altlab") == []
 
 
 def test_up_twice_and_after_a_killed_run():

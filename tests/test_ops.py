@@ -141,9 +141,18 @@ def test_file_changes_are_atomic_and_keep_owner_and_mode(tmp_path):
     target.write_text("old\n")
     target.chmod(0o640)
     change = ops.FileChange(FakeRemote(), "root", path=str(target), old="old\n", new=("new\n",))
-    subprocess.run(["bash", "-c", change.script()], input="new\n", text=True, check=True)
+    sent = ops.resolve(change.stdin(), None)
+    # a connection lost mid-write: the text arrives cut short, and the file is left as it was
+    cut = subprocess.run(["bash", "-c", change.script()], input=sent[:-5], text=True, capture_output=True)
+    assert cut.returncode == 1 and "not written (its text did not arrive whole)" in cut.stderr
+    assert target.read_text() == "old\n"
+    subprocess.run(["bash", "-c", change.script()], input=sent, text=True, check=True)
     assert target.read_text() == "new\n" and oct(target.stat().st_mode & 0o777) == "0o640"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.conf"]     # no temporary file left
+    without_newline = ops.FileChange(FakeRemote(), "root", path=str(target), old="new\n", new=("last",))
+    subprocess.run(["bash", "-c", without_newline.script()], input=ops.resolve(without_newline.stdin(), None),
+                   text=True, check=True)
+    assert target.read_text() == "last"
 
 
 def test_a_session_option_shows_and_runs_before_psql(secrets_env):

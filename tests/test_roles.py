@@ -36,3 +36,17 @@ def test_no_or_odd_verifier():
 
 def test_sql_literal_doubles_quotes():
     assert sql_literal("it's") == "'it''s'"
+
+
+def test_a_verifier_computed_here_is_one_postgres_accepts_for_the_password():
+    from lib.roles import md5_verifier, scram_verifier, verifier_matches
+    v = scram_verifier("s3cret-pw")
+    assert v.startswith("SCRAM-SHA-256$4096:") and verifier_matches(v, "s3cret-pw", "pgpool")
+    assert not verifier_matches(v, "other-pw", "pgpool")
+    assert scram_verifier("s3cret-pw") != v                       # a fresh salt each time
+    # what PostgreSQL 15 itself stored for 'postgres123' (CREATE ROLE on the lab): same salt, same verifier
+    stored = ("SCRAM-SHA-256$4096:1Cw9eRvd6BO6+llbYw6XYQ==$CF/crfo0uWc4beTLIP+eBOPDMaq7eUGSUWG/rVhMwvQ="
+              ":9w3FHsOwdxZcLTqFSkcy34lr919lnZfsCkEGaVvXCJI=")
+    import base64
+    assert scram_verifier("postgres123", base64.b64decode("1Cw9eRvd6BO6+llbYw6XYQ==")) == stored
+    assert md5_verifier("pw", "bob") == "md5" + __import__("hashlib").md5(b"pwbob").hexdigest()

@@ -1,7 +1,9 @@
 """ci/lab up|down|status|ssh — the built-in three-host lab.
 
-  ci/lab up [params/FILE.yaml]     clear what an earlier run left, then boot the hosts
-  ci/lab down                      power the hosts off and remove every trace; repeatable
+  ci/lab up [params/FILE.yaml]     clear what an earlier run of this lab left, then boot the hosts
+                                   (a lab with another lab.name is left alone)
+  ci/lab down [params/FILE.yaml]   power this lab's hosts off and remove every trace; repeatable
+  ci/lab down --all                the same for every lab on this machine
   ci/lab status [params/FILE.yaml] what is running
   ci/lab ssh HOST [COMMAND...]     log in to a host (name or role) with the lab's key
 """
@@ -60,9 +62,9 @@ def ensure_lab_key(plan: Plan) -> str:
     return plan.key_file.with_suffix(".pub").read_text()
 
 
-def down(quiet: bool = False) -> float:
+def down(labs: set[str], quiet: bool = False) -> float:
+    """Stop and remove these labs, whatever state an earlier run left; safe to repeat."""
     start = time.monotonic()
-    labs = machines.known_labs() | {P.load().lab["name"]}   # and the default lab, even without state
     for lab in labs:
         machines.stop_all(lab)
         machines.unmount_all(lab)
@@ -81,7 +83,7 @@ def down(quiet: bool = False) -> float:
 def up(params_file: str) -> None:
     plan = plan_from(params_file)
     img = image.ensure_image()
-    cleared = down(quiet=True)
+    cleared = down({plan.lab}, quiet=True)        # this lab only: a lab with another name stays up
     start = time.monotonic()
     public_key = ensure_lab_key(plan)
     network.create(plan)
@@ -120,6 +122,11 @@ def ssh(params_file: str, host_name: str, command: list[str]) -> None:
     host = next((h for h in plan.hosts if host_name in (h.name, h.role, h.address)), None)
     if host is None:
         raise LabError(f"no lab host {host_name!r}; the hosts are {', '.join(h.name for h in plan.hosts)}")
+    from lib import hosts as hostmod   # with the lab down, its address would be routed off this machine
+    try:
+        hostmod.require_lab_route(P.load(params_file), P.load(params_file).host(host.name))
+    except hostmod.HostUnreachable as e:
+        raise LabError(str(e)) from None
     argv = ["ssh", "-i", str(plan.key_file), "-o", f"UserKnownHostsFile={plan.known_hosts}",
             "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-p", str(plan.ssh_port),
             f"{plan.user}@{host.address}", *command]
@@ -130,10 +137,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ci/lab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("up", "status"):
+    for name in ("up", "status", "down"):
         p = sub.add_parser(name)
         p.add_argument("params", nargs="?", default=str(P.DEFAULT_FILE))
-    sub.add_parser("down")
+    p.add_argument("--all", action="store_true", help="every lab this machine runs, whatever its name")
     p = sub.add_parser("ssh")
     p.add_argument("host")
     p.add_argument("remote_command", nargs=argparse.REMAINDER)
@@ -146,7 +153,7 @@ def main(argv: list[str]) -> int:
         if args.command == "up":
             up(args.params)
         elif args.command == "down":
-            down()
+            down(machines.known_labs() | {plan_from(args.params).lab} if args.all else {plan_from(args.params).lab})
         elif args.command == "status":
             return status(args.params)
         else:

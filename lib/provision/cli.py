@@ -111,22 +111,26 @@ def provision(params_file: Path, prm, console: Console) -> int:
     with tempfile.TemporaryDirectory(prefix="pgguide-") as tmp:
         journal_path = os.path.join(tmp, "journal.jsonl")
         os.environ["PGGUIDE_JOURNAL"] = journal_path       # the kernel inherits it
-        for nb_path, units in notebooks:
-            progress = Progress(console, units, records, journal_path, position, total)
-            out_path = record_dir / nb_path.name
-            try:
-                papermill.execute_notebook(
-                    str(nb_path), str(out_path), parameters=parameters, cwd=str(NOTEBOOKS),
-                    progress_bar=False, log_output=False, kernel_name="python3", extra_arguments=QUIET_KERNEL,
-                    on_cell_execute=progress.before, on_cell_executed=progress.after)
-            except papermill.PapermillExecutionError:
-                failure, failed_nb = progress.failure, out_path
-            finally:
-                position = progress.position
-                if out_path.exists():
-                    render_html(out_path)
-            if failure:
-                break
+        try:
+            for nb_path, units in notebooks:
+                progress = Progress(console, units, records, journal_path, position, total)
+                out_path = record_dir / nb_path.name
+                try:
+                    papermill.execute_notebook(
+                        str(nb_path), str(out_path), parameters=parameters, cwd=str(NOTEBOOKS),
+                        progress_bar=False, log_output=False, kernel_name="python3", extra_arguments=QUIET_KERNEL,
+                        execution_timeout=prm.options["step_timeout"] + 60,   # past the step's own bounds
+                        on_cell_execute=progress.before, on_cell_executed=progress.after)
+                except papermill.PapermillExecutionError:
+                    failure, failed_nb = progress.failure, out_path
+                finally:
+                    position = progress.position
+                    if out_path.exists():
+                        render_html(out_path)
+                if failure:
+                    break
+        finally:
+            del os.environ["PGGUIDE_JOURNAL"]               # its directory goes with `tmp`
     if failure:
         unit, ename, evalue = failure
         record = records[id(unit)]
@@ -187,7 +191,33 @@ def main(argv: list[str]) -> int:
         return teardown.main(prm, console.line)
     if prm.is_lab:
         start_lab_if_down(args.params.resolve())
-    return provision(args.params.resolve(), prm, console)
+    return locked(prm, lambda: provision(args.params.resolve(), prm, console))
+
+
+def locked(prm, run) -> int:
+    """Run holding the cluster's lock (lib.lock), which the notebooks' kernels inherit. A primary
+    that cannot be reached is left to notebook 00's preflight, which says why."""
+    from lib import lock
+    from lib.remote import Hosts
+
+    env = Hosts(prm, purpose=f"ci/provision {prm.environment}", whole_run=True)
+    try:
+        env.lock.hold()
+    except lock.LockHeld as e:
+        env.close()
+        print(f"ci/provision: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception:       # unreachable, wrong key, sudo: notebook 00 says which, before any change
+        pass
+    if env.lock.took_over:
+        print(f"ci/provision: took over the lock left by {env.lock.took_over.describe()}, which is gone")
+    if env.lock.holder:
+        os.environ[lock.ENV_VARIABLE] = env.lock.holder.line()
+    try:
+        return run()
+    finally:
+        os.environ.pop(lock.ENV_VARIABLE, None)
+        env.close()
 
 
 def start_lab_if_down(params_file: Path) -> None:

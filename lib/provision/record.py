@@ -88,6 +88,23 @@ declare -A ADDRESS=({addresses})
 q() {{ local s=${{1//\'/\'\\\'\'}}; printf "'%s'" "$s"; }}             # quoted for a shell
 sql_literal() {{ local s=${{1//\'/\'\'}}; printf "'%s'" "$s"; }}          # an SQL string literal
 md5_of() {{ printf '%s' "$1" | md5sum | cut -c1-32; }}
+# pg_verifier VARIABLE ROLE: the password verifier PostgreSQL stores ({auth_method}), as an SQL
+# literal, computed here from the variable's value: the password itself never reaches a server.
+pg_verifier() {{
+  python3 - "$1" "$2" {auth_method} <<'PY'
+import base64, hashlib, hmac, os, sys
+password, role, method = os.environ[sys.argv[1]], sys.argv[2], sys.argv[3]
+if method == "md5":
+    print("'md5" + hashlib.md5((password + role).encode()).hexdigest() + "'")
+else:
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 4096)
+    key = lambda label: hmac.new(salted, label, "sha256").digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()
+    print("'SCRAM-SHA-256$4096:" + b64(salt) + "$" + b64(hashlib.sha256(key(b"Client Key")).digest())
+          + ":" + b64(key(b"Server Key")) + "'")
+PY
+}}
 
 ssh_to() {{
   ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes \
@@ -130,7 +147,8 @@ def commands_sh(summary: "Summary", params) -> str:
         variables=", ".join(variables) or "none are used",
         required="\n".join(f': "${{{v}:?export {v} first}}"' for v in variables),
         user=ssh["user"], key=resolve_path(ssh["key_file"]), known_hosts=resolve_path(ssh["known_hosts"]),
-        port=ssh["port"], addresses=" ".join(f"[{h.name}]={h.address}" for h in params.all_hosts))
+        port=ssh["port"], addresses=" ".join(f"[{h.name}]={h.address}" for h in params.all_hosts),
+        auth_method=params.postgres["auth_method"])
     return head + text + ("\n" if text else "\n# nothing was changed\n")
 
 

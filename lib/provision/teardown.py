@@ -60,18 +60,25 @@ def main(params, say: Callable[[str], None]) -> int:
     import contextlib
     import io
 
-    env = Hosts(params)
+    env = Hosts(params, purpose="ci/provision --teardown", whole_run=True)
+    from lib.lock import LockHeld
+
     say(f"teardown {params.environment}: stop pgpool, make the standbys standalone")
     try:
+        env.lock.hold()
         for build in (stop_pgpool, make_standalone):
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 build(env).apply()
             for line in out.getvalue().splitlines():
                 say("  " + line)
+    except LockHeld as e:
+        say(f"teardown refused: {e}")
+        return 1
     finally:
         env.close()
     say(f"teardown done. Left in place on purpose: {env.primary.host.name} as it is (replicator role, pg_hba "
         f"lines, {postgres.TEST_DB}); the {params.pgpool['package']} package and its configuration on "
-        f"{env.pgpool.host.name}. Provisioning again clones the standbys afresh.")
+        f"{env.pgpool.host.name}. The standbys are standalone servers now: provisioning again will not clone "
+        "over one that may hold writes of its own (README: Before a standby is wiped).")
     return 0

@@ -1,0 +1,112 @@
+"""One run at a time, bounded waits, and files that hold secrets kept private: on a provisioned
+lab, each broken on purpose (issue "Nothing lost, nothing injected")."""
+import os
+import re
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from lib import REPO
+from lib import params as P
+from lib.lock import LOCK_DIR
+from lib.remote import Remote, StepFailed
+from labtools import PARAMS_FILE, PROVISION, lab, netns, on, sh
+
+pytestmark = [pytest.mark.lab, pytest.mark.second_lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
+KEY_FILE = "/var/lib/postgresql/.pgpoolkey"
+PARAMS = P.load(PARAMS_FILE)
+VM3 = PARAMS.pgpool_host.label          # "vm3 (pgpool, ADDRESS)"
+
+
+def check():
+    return sh(PROVISION, "--check", PARAMS_FILE, check=False)
+
+
+@pytest.fixture(scope="module")
+def provisioned():
+    """The cluster the killed-runs drill converged (it runs first), else one provisioned here."""
+    if lab("status", PARAMS_FILE, check=False).returncode != 0:
+        lab("up", PARAMS_FILE)
+    if check().returncode != 0:
+        sh(PROVISION, PARAMS_FILE)
+
+
+def test_a_secret_file_left_readable_is_reported_then_put_right_by_a_run_that_excludes_a_second(provisioned):
+    on("vm3", f"sudo chmod 644 {KEY_FILE}")
+    result = check()
+    assert result.returncode == 1, result.stdout
+    assert f"vm3 (root) $ chown postgres:postgres {KEY_FILE} && chmod 600 {KEY_FILE}" in result.stdout
+
+    first = subprocess.Popen([str(PROVISION), str(PARAMS_FILE)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "pid=" not in on("vm1", f"sudo cat {LOCK_DIR}/holder 2>/dev/null || true"):
+            assert time.monotonic() < deadline and first.poll() is None, "the first run never took the lock"
+            time.sleep(0.2)
+        second = sh(PROVISION, PARAMS_FILE, check=False)
+        out = second.stdout + second.stderr
+        assert second.returncode == 1, out
+        assert f"another run is changing this cluster: ci/provision_{PARAMS.environment} (machine " in out and f"holds {LOCK_DIR} on vm1" in out
+        assert "[ 1/" not in out                            # refused before its first step
+    finally:
+        first_out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0 and "provision succeeded" in first_out, first_out
+    assert on("vm3", f"sudo stat -c '%U:%G %a' {KEY_FILE}").strip() == "postgres:postgres 600"
+    assert on("vm1", f"test -e {LOCK_DIR} && echo held || echo free").strip() == "free"
+    assert check().returncode == 0
+
+
+def frozen_params(tmp_path, command_timeout):
+    data = P.read_file(PARAMS_FILE)
+    data["ssh"]["command_timeout"] = command_timeout
+    path = tmp_path / "bounded.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def sshd_signal(host, signal):
+    """SIGSTOP/SIGCONT every sshd of a lab host (from outside: its own sshd is what freezes)."""
+    pids = sh("ip", "netns", "pids", netns(host)).split()
+    sshd = [p for p in pids if open(f"/proc/{p}/comm").read().strip() == "sshd"]
+    assert sshd, f"no sshd in {host}'s namespace"
+    sh("kill", f"-{signal}", *sshd)
+
+
+def test_a_frozen_host_fails_a_command_in_the_stated_bound_naming_it(provisioned, tmp_path):
+    params = P.load(frozen_params(tmp_path, 3))
+    vm3 = Remote(params, params.pgpool_host)
+    vm3.run("true")                                  # connected before the freeze
+    sshd_signal("vm3", "STOP")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StepFailed, match=re.escape(VM3) + r".*(stopped answering|did not finish).* 3 s"):
+            vm3.run("true")
+        assert time.monotonic() - started < 3 + 2
+        started = time.monotonic()
+        result = sh(PROVISION, "--check", frozen_params(tmp_path, 3), check=False)
+        took = time.monotonic() - started
+    finally:
+        sshd_signal("vm3", "CONT")
+        vm3.close()
+    assert result.returncode == 1 and VM3 in result.stdout, result.stdout
+    assert took < 30, f"--check took {took:.0f} s with vm3 frozen"
+
+
+def test_a_host_whose_interface_is_down_stops_provisioning_before_any_change(provisioned, tmp_path):
+    sh("ip", "-n", netns("vm3"), "link", "set", "ens33", "down")
+    try:
+        started = time.monotonic()
+        result = sh(PROVISION, frozen_params(tmp_path, 3), check=False)
+        took = time.monotonic() - started
+    finally:
+        sh("ip", "-n", netns("vm3"), "link", "set", "ens33", "up")
+        # cut off from its backends, pgpool marked them down and remembers it (pgpool_status): what
+        # Part 2 leaves, and the failover issue makes heal by itself. Here, by hand, as Step 34's hint says.
+        on("vm3", "sudo systemctl stop pgpool2 && sudo rm -f /var/log/postgresql/pgpool_status && "
+                  "sudo systemctl start pgpool2")
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "provision FAILED in 00-environment" in out, out
+    assert f"{VM3}: cannot reach SSH port 22" in out, out
+    assert took < 30, f"provisioning took {took:.0f} s to give up on vm3"
