@@ -30,6 +30,8 @@ from lib.pgconf import changed_lines
 from lib.show import CheckFailed
 
 MASK = "********"
+#: beside a file we edit: the file as it was before our first change
+ORIGINAL_SUFFIX = ".pgguide-orig"
 #: ends the text a FileChange sends; stripped on the host, which writes nothing without it
 WRITE_COMPLETE = "#pgguide: end of text\n"
 
@@ -261,8 +263,16 @@ class FileChange(Action):
         # that arrived whole, its end mark included, replaces the file.
         n = len(WRITE_COMPLETE)
         whole = f'[ "$(tail -c {n} "$t")" = {shlex.quote(WRITE_COMPLETE.strip())} ] && truncate -s -{n} "$t"'
-        return (f't=$(mktemp {f}.XXXXXX) && cat > "$t" && {whole} && {keep} && mv -f "$t" {f} '
+        # the file as it was before our first change, kept once beside it (never overwritten)
+        original = f"{{ [ -e {shlex.quote(self.original)} ] || cp -p {f} {shlex.quote(self.original)}; }} && " \
+            if self.old is not None else ""
+        return (f't=$(mktemp {f}.XXXXXX) && cat > "$t" && {whole} && {keep} && {original}mv -f "$t" {f} '
                 f'|| {{ rm -f "$t"; echo {shlex.quote(f"{self.path}: not written (its text did not arrive whole)")} >&2; exit 1; }}')
+
+    @property
+    def original(self) -> str:
+        """Where the file as it was before our first change is kept."""
+        return self.path + ORIGINAL_SUFFIX
 
     def stdin(self):
         return (*self.new, WRITE_COMPLETE)
@@ -276,7 +286,8 @@ class FileChange(Action):
 
     def display(self) -> str:
         access = f" (owner {self.owner or 'root:root'}, mode {self.mode or '644'})" if self.owner or self.old is None else ""
-        head = (f"edit {self.path}" if self.old is not None else f"create {self.path}") + access
+        head = (f"edit {self.path}" if self.old is not None else f"create {self.path}") + access + (
+            f"    # as it was before our first change: {self.original}" if self.old is not None else "")
         return head + "".join("\n  " + line for line in self.diff())
 
     def what(self) -> str:
@@ -287,6 +298,9 @@ class FileChange(Action):
     def run(self) -> str:
         super().run()
         return ""
+
+    def record(self) -> dict:
+        return super().record() | ({"original": self.original} if self.old is not None else {})
 
 
 def service(remote, verb: str, unit: str, *, then: str = "", hint: str | None = None) -> Command:

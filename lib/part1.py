@@ -50,7 +50,9 @@ def allow_replication(env) -> ops.Step:
 @guide_step
 def open_firewall(env) -> ops.Step:
     from lib import system
-    return system.firewall_step(ops.Step("firewall"), env.primary, env.params.postgres["port"])
+    # the standbys stream from it; the pgpool host (Part 2) connects to it
+    sources = [s.host.address for s in env.standbys] + [env.pgpool.host.address]
+    return system.firewall_step(ops.Step("firewall"), env.primary, env.params.postgres["port"], sources)
 
 
 @guide_step

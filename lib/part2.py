@@ -167,7 +167,7 @@ def allow_pgpool_on_standbys(env) -> ops.Step:
 def _pgpool_hba_on_standbys(env) -> ops.Step:
     step = ops.Step("standby pg_hba.conf")
     for s in env.standbys:
-        system.firewall_step(step, s, env.params.postgres["port"])        # pgpool connects to the standby too
+        system.firewall_step(step, s, env.params.postgres["port"], [env.pgpool.host.address])   # pgpool reads from it
         postgres.edit_step(step, s, conf_file(s, "pg_hba.conf"), partial(backend_hba, env))
         if not step.actions or step.actions[-1].host != s.host.name:
             postgres.reload_if_pending(step, s)          # an earlier run's edit, never reloaded
@@ -437,7 +437,7 @@ def start_pgpool(env) -> ops.Step:
     vm3, p = env.pgpool, env.params.pgpool
     step, service, port = ops.Step("pgpool service"), shlex.quote(p["service"]), p["port"]
     hint = f"read {LOG_DIR}/pgpool.log and `journalctl -u {service}` on {vm3.host.name}"
-    system.firewall_step(step, vm3, port)                 # clients connect to pgpool
+    system.firewall_step(step, vm3, port, [p["allowed_clients"]])       # clients connect to pgpool
     state = service_state(vm3)
     if state[1:] != ["enabled"]:
         step.do(ops.Command(vm3, "root", f"systemctl enable {service} 2>&1 | grep -v '^Synchronizing\\|^Executing' || true",

@@ -1,6 +1,8 @@
 """Operating-system operations both parts use: packages and the host firewall."""
 from __future__ import annotations
 
+import re
+
 from lib import ops
 
 
@@ -27,16 +29,22 @@ def ufw_state(remote) -> str:
     return "absent" if state == "absent" else "inactive" if "inactive" in state else "active"
 
 
-def firewall_step(step: ops.Step, remote, port: int) -> ops.Step:
+def firewall_step(step: ops.Step, remote, port: int, sources: list[str]) -> ops.Step:
+    """Open `port` in the host's ufw to `sources` only (addresses or networks): the guide's
+    `ufw allow PORT/tcp` would open it to anyone who can route to the host."""
+    rules = {src: f"ufw allow from {src} to any port {port} proto tcp" for src in sources}
     state = ufw_state(remote)
-    command = f"ufw allow {port}/tcp && ufw reload"
-    if state == "absent":
-        return step.note(remote, f"ufw is not installed, so there is no host firewall to open "
-                                 f"(where ufw is active, this step runs `{command}`)")
-    if state == "inactive":
-        return step.note(remote, f"ufw is installed but inactive, so port {port} is not blocked "
-                                 f"(where ufw is active, this step runs `{command}`)")
-    if f"{port}/tcp" in remote.sudo("ufw status").stdout:
-        return step.note(remote, f"ufw already allows {port}/tcp")
-    return step.do(ops.Command(remote, "root", command,
-                               summary=f"ufw allows {port}/tcp"))
+    if state != "active":
+        command = " && ".join(rules.values()) + " && ufw reload"
+        return step.note(remote, ("ufw is not installed, so there is no host firewall to open" if state == "absent" else
+                                  f"ufw is installed but inactive, so port {port} is not blocked")
+                         + f" (where ufw is active, this step runs `{command}`; the guide's `ufw allow {port}/tcp` "
+                           "would open the port to anyone)")
+    status = remote.sudo("ufw status").stdout
+    missing = [src for src in sources if not re.search(
+        rf"^{port}/tcp\s+ALLOW(\s+IN)?\s+{re.escape(src)}\s*$", status, re.M)]
+    if not missing:
+        return step.note(remote, f"ufw already allows {port}/tcp from {', '.join(sources)}")
+    return step.do(ops.Command(remote, "root", " && ".join(rules[s] for s in missing) + " && ufw reload",
+                               summary=f"ufw allows {port}/tcp from {', '.join(missing)} (the guide's "
+                                       f"`ufw allow {port}/tcp`, narrowed to who needs it)"))

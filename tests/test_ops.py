@@ -92,7 +92,7 @@ def test_apply_prints_the_transcript_masks_secrets_and_runs_handlers_once(secret
     out = capsys.readouterr().out
     assert out.splitlines()[:6] == [
         "vm1 (postgres) $ psql -c \"ALTER ROLE replicator PASSWORD '********';\"", "DONE",
-        "vm1 (root) $ edit /etc/x.conf", "  -a = 1", "  +a = 2",
+        f"vm1 (root) $ edit /etc/x.conf{KEPT}/etc/x.conf.pgguide-orig", "  -a = 1", "  +a = 2",
         "vm1 (root) $ systemctl restart postgresql"]
     assert NASTY not in out
     assert restart.command == "systemctl restart postgresql"
@@ -117,10 +117,14 @@ def test_a_read_only_step_refuses_to_apply_and_reports_its_plan_as_drift():
     step = ops.Step("t").do(ops.FileChange(r, "root", path="/etc/x.conf", old="a = 1\n", new=("a = 2\n",)))
     step.verify("fails", lambda: ops_fail("node 1 is down"))
     step.verify("writes", lambda: ops_fail("never run in a check"), in_check=False)
-    assert step.drift() == ["vm1 (root) $ edit /etc/x.conf\n  -a = 1\n  +a = 2", "node 1 is down"]
+    assert step.drift() == [f"vm1 (root) $ edit /etc/x.conf{KEPT}/etc/x.conf.pgguide-orig\n  -a = 1\n  +a = 2",
+                            "node 1 is down"]
     with pytest.raises(CheckFailed, match="refusing to apply on a read-only connection"):
         step.apply()
     assert r.ran == []
+
+
+KEPT = "    # as it was before our first change: "
 
 
 def ops_fail(message):
@@ -132,7 +136,8 @@ def test_secret_files_show_masked_lines_only(secrets_env):
     change = ops.FileChange(r, "root", path="/etc/pgpool2/pcp.conf", old="pgpool:0123abcd\n",
                             new=("pgpool:", ops.Secret("postgres", "md5"), "\n"),
                             mask_line=lambda l: l.split(":")[0] + ":" + ops.MASK)
-    assert change.display() == "edit /etc/pgpool2/pcp.conf\n  -pgpool:********\n  +pgpool:********"
+    assert change.display() == f"edit /etc/pgpool2/pcp.conf{KEPT}/etc/pgpool2/" \
+                               "pcp.conf.pgguide-orig\n  -pgpool:********\n  +pgpool:********"
     assert "0123abcd" not in change.what() and hashlib.md5(b"pg-secret-1").hexdigest() not in change.display()
 
 
@@ -148,11 +153,15 @@ def test_file_changes_are_atomic_and_keep_owner_and_mode(tmp_path):
     assert target.read_text() == "old\n"
     subprocess.run(["bash", "-c", change.script()], input=sent, text=True, check=True)
     assert target.read_text() == "new\n" and oct(target.stat().st_mode & 0o777) == "0o640"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.conf"]     # no temporary file left
+    # no temporary file left; the file as it was before the first change kept beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.conf", "f.conf.pgguide-orig"]
+    assert (tmp_path / "f.conf.pgguide-orig").read_text() == "old\n"
+    assert change.record()["original"] == f"{target}.pgguide-orig"
     without_newline = ops.FileChange(FakeRemote(), "root", path=str(target), old="new\n", new=("last",))
     subprocess.run(["bash", "-c", without_newline.script()], input=ops.resolve(without_newline.stdin(), None),
                    text=True, check=True)
     assert target.read_text() == "last"
+    assert (tmp_path / "f.conf.pgguide-orig").read_text() == "old\n"          # kept once, never overwritten
 
 
 def test_a_session_option_shows_and_runs_before_psql(secrets_env):

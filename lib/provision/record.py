@@ -42,7 +42,8 @@ class StepRecord:
             if e["host"] not in self.hosts:
                 self.hosts.append(e["host"])
             if e.get("applied"):
-                self.changes.append({"host": e["host"], "what": e["what"]})
+                self.changes.append({"host": e["host"], "what": e["what"]}
+                                    | ({"original kept in": e["original"]} if e.get("original") else {}))
                 self.actions.append(e)
 
 
