@@ -17,7 +17,8 @@ def conninfo(params: Params, host: Host, *, user: str, port: int | None = None,
             "application_name": APPLICATION_NAME,
             # a server that stops answering mid-query fails the query instead of hanging it
             "tcp_user_timeout": params.ssh["command_timeout"] * 1000,
-            "keepalives_idle": 5, "keepalives_interval": 5, "keepalives_count": 3}
+            "keepalives_idle": 5, "keepalives_interval": 5, "keepalives_count": 3,
+            "sslmode": "require" if params.postgres["tls"] else "prefer"}
 
 
 def connect(params: Params, host: Host, *, user: str, password: str, port: int | None = None,

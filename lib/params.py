@@ -63,6 +63,10 @@ SCHEMA: dict[str, Any] = {
         "log_file": ("host_path", False, "/var/log/postgresql/postgresql-{version}-{cluster}.log"),
         # scram-sha-256 end to end (default), or md5 exactly as the guide does it
         "auth_method": ("auth_method", False, "scram-sha-256"),
+        # require TLS on every connection between the hosts and from clients to pgpool
+        "tls": (bool, False, False),
+        "tls_cert_file": ("host_path", False, "/etc/ssl/certs/ssl-cert-snakeoil.pem"),   # Debian's own
+        "tls_key_file": ("host_path", False, "/etc/ssl/private/ssl-cert-snakeoil.key"),
     },
     "pgpool": {
         "port": ("port", False, 9999),

@@ -14,7 +14,6 @@ from lib.show import CheckFailed, expect
 from lib.wait import wait_until
 
 #: Step 2: the settings the guide sets on the primary (wal_keep_size in MB).
-PRIMARY_SETTINGS = {"listen_addresses": "*", "wal_level": "replica", "max_wal_senders": 5, "wal_keep_size": 64}
 REPLICATION_ROLE = "replicator"
 
 
@@ -35,11 +34,12 @@ def create_replication_role(env) -> ops.Step:
 @guide_step
 def configure_primary(env) -> ops.Step:
     return postgres.edit_step(ops.Step("postgresql.conf"), env.primary, conf_file(env.primary, "postgresql.conf"),
-                              lambda text: pgconf.set_settings(text, PRIMARY_SETTINGS))
+                              lambda text: pgconf.set_settings(text, postgres.primary_settings(env.params)))
 
 
 def hba_replication_lines(env) -> list[str]:
-    return [f"host replication {REPLICATION_ROLE} {s.host.address}/32 {auth_method(env.params)}" for s in env.standbys]
+    kind = postgres.hba_type(env.params)
+    return [f"{kind} replication {REPLICATION_ROLE} {s.host.address}/32 {auth_method(env.params)}" for s in env.standbys]
 
 
 @guide_step
@@ -58,7 +58,7 @@ def open_firewall(env) -> ops.Step:
 @guide_step
 def restart_primary(env) -> ops.Step:
     primary = env.primary
-    step = postgres.settle(ops.Step("restart"), primary, PRIMARY_SETTINGS)
+    step = postgres.settle(ops.Step("restart"), primary, postgres.primary_settings(env.params))
 
     def online():
         state = postgres.cluster_state(primary)
@@ -199,7 +199,9 @@ def base_backup(env) -> ops.Step:
     for s in to_clone(env):
         port = f" -p {p['port']}" if p["port"] != 5432 else ""
         command = (f"pg_basebackup -h {primary.host.address}{port} -U {REPLICATION_ROLE} "
-                   f"-D {shlex.quote(p['data_dir'] + '/')} -P -Xs -R -c fast -d application_name={s.host.name}")
+                   f"-D {shlex.quote(p['data_dir'] + '/')} -P -Xs -R -c fast -d "
+                   + (f"'application_name={s.host.name} sslmode=require'" if postgres.tls(env.params)
+                      else f"application_name={s.host.name}"))
         # Progress (-P) and errors both go to stderr, progress with carriage returns: on success keep
         # the last progress line (stdout); on failure pass every other line on (stderr), for the report.
         marker = shlex.quote(clone_guard.marker_path(env.params))

@@ -24,8 +24,12 @@ HOME = "/var/lib/postgresql"                  # pgpool runs as postgres and read
 KEY_FILE = f"{HOME}/.pgpoolkey"
 PCPPASS = f"{HOME}/.pcppass"
 LOG_DIR = "/var/log/pgpool2"
-PRIMARY_SETTINGS = {"listen_addresses": "*", "wal_level": "replica", "max_wal_senders": 5, "wal_keep_size": 64}
 STANDBY_SETTINGS = {"listen_addresses": "*"}
+
+
+def standby_settings(params) -> dict:
+    """Step 28's setting, and with postgres.tls the TLS ones."""
+    return {**STANDBY_SETTINGS, **postgres.tls_settings(params)}
 
 
 def conf(params, name: str) -> str:
@@ -62,7 +66,13 @@ def install_client(env) -> ops.Step:
 
 @guide_step
 def install_pgpool(env) -> ops.Step:
-    step = system.packages_step(ops.Step("pgpool"), env.pgpool, [env.params.pgpool["package"]])
+    vm3 = env.pgpool
+    tls = postgres.tls(env.params)
+    # with postgres.tls: Debian's snakeoil pair (ssl-cert), which pgpool, running as postgres, reads as a member of ssl-cert
+    step = system.packages_step(ops.Step("pgpool"), vm3, [env.params.pgpool["package"]] + (["ssl-cert"] if tls else []))
+    if tls and "ssl-cert" not in vm3.run("id -nG postgres 2>/dev/null || true").stdout.split():
+        step.do(ops.Command(vm3, "root", "adduser postgres ssl-cert", summary="postgres may read the TLS key",
+                            show_output=False))
     return step.verify("pgpool is installed", lambda: version_line(env.pgpool, "pgpool --version", "root"))
 
 
@@ -87,8 +97,8 @@ def create_pgpool_role(env) -> ops.Step:
 
 
 def hba_pgpool_lines(env) -> list[str]:
-    method, address = auth_method(env.params), env.pgpool.host.address
-    return [f"host all {PGPOOL_ROLE} {address}/32 {method}", f"host all all {address}/32 {method}"]
+    method, address, kind = auth_method(env.params), env.pgpool.host.address, postgres.hba_type(env.params)
+    return [f"{kind} all {PGPOOL_ROLE} {address}/32 {method}", f"{kind} all all {address}/32 {method}"]
 
 
 def backend_hba(env, text: str) -> tuple[str, list[str]]:
@@ -127,7 +137,7 @@ def _md5_on_primary(env) -> ops.Step:
     if md5_mode(env.params):
         for secret_name in ("postgres", "pgpool"):
             postgres.role_step(step, env.primary, secret_name)
-        postgres.settle(step, env.primary, {**PRIMARY_SETTINGS, **encryption_settings(env.params)})
+        postgres.settle(step, env.primary, {**postgres.primary_settings(env.params), **encryption_settings(env.params)})
     return step
 
 
@@ -155,7 +165,7 @@ def _md5_hba(env) -> ops.Step:
 def md5_hba_on_primary(env) -> ops.Step:
     primary = env.primary
     step = _md5_hba(env) if md5_mode(env.params) else postgres.guides_md5_way(ops.Step("methods"), env, _md5_hba)
-    postgres.settle(step, primary, {**PRIMARY_SETTINGS, **encryption_settings(env.params)})
+    postgres.settle(step, primary, {**postgres.primary_settings(env.params), **encryption_settings(env.params)})
     return step.verify("password_encryption in effect", lambda: postgres.psql_read(primary, "SHOW password_encryption;"))
 
 
@@ -201,9 +211,9 @@ def listen_on_standbys(env) -> ops.Step:
     step = ops.Step("standby listen_addresses")
     for s in env.standbys:
         postgres.edit_step(step, s, conf_file(s, "postgresql.conf"),
-                           lambda text: pgconf.set_settings(text, {**STANDBY_SETTINGS, **(
+                           lambda text: pgconf.set_settings(text, {**standby_settings(env.params), **(
                                encryption_settings(env.params) if md5_mode(env.params) else {})}))
-        postgres.settle(step, s, {**STANDBY_SETTINGS, **encryption_settings(env.params)})
+        postgres.settle(step, s, {**standby_settings(env.params), **encryption_settings(env.params)})
 
     def back():
         for s in env.standbys:
@@ -219,7 +229,8 @@ def as_client(remote, command: str, secret_name: str, *, flags: str = "-X", chec
     """`command` (a psql command line as the guide writes it) run on `remote` as the admin user, a
     client's way: the secret's password on stdin into PGPASSWORD, `flags` added to psql."""
     from lib.secrets import secret
-    return remote.run(f"read -r PGPASSWORD; export PGPASSWORD; {command.replace('psql', f'psql {flags}', 1)}",
+    tls = "export PGSSLMODE=require; " if postgres.tls(remote.params) else ""
+    return remote.run(f"read -r PGPASSWORD; export PGPASSWORD; {tls}{command.replace('psql', f'psql {flags}', 1)}",
                       stdin=secret(secret_name, remote.params) + "\n", check=check)
 
 
@@ -259,6 +270,9 @@ def pgpool_settings(params) -> dict:
         "logging_collector": True, "log_directory": LOG_DIR,
         "log_filename": "pgpool.log", "log_truncate_on_rotation": False, "log_rotation_age": 0,
     }
+    if postgres.tls(params):    # TLS to clients (with this pair) and to the servers
+        settings.update({"ssl": True, "ssl_cert": params.postgres["tls_cert_file"],
+                         "ssl_key": params.postgres["tls_key_file"]})
     for i, host in enumerate(params.database_hosts):
         settings.update({f"backend_hostname{i}": host.address, f"backend_port{i}": params.postgres["port"],
                          f"backend_weight{i}": host.lb_weight,
@@ -298,7 +312,7 @@ def configure_pgpool(env) -> ops.Step:
 # --- Steps 31-32 ---------------------------------------------------------------------------------------------
 @guide_step
 def configure_pool_hba(env) -> ops.Step:
-    line = f"host all all {env.params.pgpool['allowed_clients']} {auth_method(env.params)}"
+    line = f"{postgres.hba_type(env.params)} all all {env.params.pgpool['allowed_clients']} {auth_method(env.params)}"
     return postgres.edit_step(ops.Step("pool_hba.conf"), env.pgpool, conf(env.params, "pool_hba.conf"),
                               lambda text: pgconf.add_hba_records(text, [line]))
 
@@ -578,8 +592,40 @@ def check_pool_nodes(env) -> ops.Step:
         found = wait_for_nodes(via_pgpool(env), env.params, timeout=patience(env.pgpool, 60))
         check_nodes(found, env.params)
         return show_pool_nodes(env)
-    return ops.Step("pool_nodes").verify("every node up, with its role and weight", nodes) \
+    step = ops.Step("pool_nodes").verify("every node up, with its role and weight", nodes) \
         .verify("pcp answers", partial(pcp_node_count, env))
+    if postgres.tls(env.params):
+        step.verify("every connection between the hosts, and to pgpool, is TLS", partial(tls_in_use, env))
+    return step
+
+
+TLS_SESSIONS = ("SELECT a.backend_type, host(a.client_addr), s.ssl, coalesce(s.version, '') "
+                "FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.client_addr IS NOT NULL "
+                "ORDER BY 1, 2")
+
+
+def tls_in_use(env) -> str:
+    """postgres.tls: each server's sessions from other hosts (the standby's WAL stream, pgpool's
+    backend connections) use TLS, and so does the notebook's connection to pgpool."""
+    rows, plain = [], []
+    with via_pgpool(env)() as conn:       # held open, so that pgpool's connections to the servers show
+        client = "t" if conn.pgconn.ssl_in_use else "f"
+        db.rows(conn, "SELECT 1")
+        for s in [env.primary, *env.standbys]:
+            for line in s.psql(TLS_SESSIONS).lines:
+                kind, source, ssl, version = line.split("|")
+                rows.append((s.host.name, kind, source, ssl, version))
+                if ssl != "t":
+                    plain.append(f"{kind} from {source} on {s.host.name}")
+    rows.append((env.pgpool.host.name, "client (this notebook)", "-", client, ""))
+    expect(any(r[2] == env.pgpool.host.address for r in rows), "no connection from pgpool reached the servers.",
+           "check Step 34: pgpool must see its backends up")
+    expect(not plain and client == "t", "connections without TLS: " + "; ".join(
+               plain + ([] if client == "t" else ["the notebook's to pgpool"])) + ".",
+           "every pg_hba/pool_hba line for another host must be hostssl (Steps 3, 23, 26, 31), and pgpool needs "
+           "ssl = on (Step 30); provision again, then restart pgpool so that it reconnects.")
+    # one row per kind of session: how many pgpool holds open varies
+    return table(["server", "session", "from", "ssl", "version"], list(dict.fromkeys(rows)))
 
 
 def psql_through_pgpool(env, sql: str, database: str = TEST_DB, times: int = 1) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import re
 from typing import Any
 
 from pgtoolkit import conf as pgconf
@@ -34,20 +35,33 @@ def set_settings(text: str, settings: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def add_hba_records(text: str, records: list[str]) -> tuple[str, list[str]]:
-    """Append each record unless an equal one (same fields) is already there. The rest of
-    the file is left exactly as it was (pgtoolkit only parses it)."""
+    """Append each record unless an equal one (same fields) is already there. A `hostssl` record
+    whose `host` twin is there turns that line into `hostssl`: pg_hba takes the first line that
+    matches, so the twin would still let the same client in without TLS. The rest of the file is
+    left exactly as it was (pgtoolkit only parses it)."""
+    before = text
     hba = pghba.parse(io.StringIO(text))
     present = {str(r) for r in hba.lines if isinstance(r, pghba.HBARecord)}
     added = []
     for line in records:
         record = str(pghba.HBARecord.parse(line))
-        if record not in present:
-            present.add(record)
+        if record in present:
+            continue
+        fields = record.split()
+        twin = ["host", *fields[1:]] if fields[0] == "hostssl" else None
+        if twin and any(p.split() == twin for p in present):
+            text = "".join(re.sub(r"^host(\s)", r"hostssl\1", l) if _record_fields(l) == twin else l
+                           for l in text.splitlines(True))
+        else:
             added.append(record)
-    if not added:
-        return text, []
-    new = text + ("" if text.endswith("\n") or not text else "\n") + "".join(r + "\n" for r in added)
-    return new, changed_lines(text, new)
+        present.add(record)
+    new = text + ("" if text.endswith("\n") or not text or not added else "\n") + "".join(r + "\n" for r in added)
+    return (before, []) if new == before else (new, changed_lines(before, new))
+
+
+def _record_fields(line: str) -> list[str]:
+    """A pg_hba line's fields, without its comment."""
+    return line.split("#", 1)[0].split()
 
 
 def set_hba_method(text: str, old: str, new: str) -> tuple[str, list[str]]:

@@ -21,6 +21,30 @@ def auth_method(params) -> str:
     return params.postgres["auth_method"]
 
 
+#: the guide's Step 2, on the primary (Part 2 keeps them when it restarts it)
+PRIMARY_SETTINGS = {"listen_addresses": "*", "wal_level": "replica", "max_wal_senders": 5, "wal_keep_size": 64}
+
+
+def primary_settings(params) -> dict:
+    """The guide's Step 2 settings, and with postgres.tls the TLS ones."""
+    return {**PRIMARY_SETTINGS, **tls_settings(params)}
+
+
+def tls(params) -> bool:
+    return bool(params.postgres["tls"])
+
+
+def hba_type(params) -> str:
+    """`hostssl` (TLS required) with postgres.tls, else the guide's `host`."""
+    return "hostssl" if tls(params) else "host"
+
+
+def tls_settings(params) -> dict:
+    """postgresql.conf's TLS settings with postgres.tls (Debian already has them, with its snakeoil pair)."""
+    p = params.postgres
+    return {"ssl": "on", "ssl_cert_file": p["tls_cert_file"], "ssl_key_file": p["tls_key_file"]} if tls(params) else {}
+
+
 def cluster_words(p: dict) -> str:
     """`VERSION CLUSTER` as pg_lsclusters and pg_ctlcluster take them, quoted for the shell."""
     return f"{int(p['version'])} {shlex.quote(p['cluster'])}"

@@ -3,6 +3,7 @@ other load-balancing weights. On the second lab (tests/data/lab-b.yaml), beside 
 import copy
 import json
 import os
+import subprocess
 
 import pytest
 import yaml
@@ -56,3 +57,35 @@ def test_load_balancing_check_passes_at_other_weights(tmp_path, weights):
     text = (record / "02-pgpool.ipynb").read_text()
     share = weights[1] / sum(weights)
     assert f"vm2: expected share {share:.3f}" in text and "within" in text
+
+
+def test_tls_everywhere_with_postgres_tls(tmp_path):
+    """postgres.tls: hostssl lines, the standby's stream, pgpool to the servers and clients to
+    pgpool all over TLS; a client without TLS is turned away."""
+    params = variant(tmp_path, "lab-tls", lambda d: d["postgres"].update(tls=True))
+    prm = P.load(params)
+    sh(LAB, "up", params)
+    out = sh(REPO / "ci" / "provision", params)
+    assert "provision succeeded" in out
+    assert "check passed" in sh(REPO / "ci" / "provision", "--check", params)
+
+    def on(host, command):
+        return sh(LAB, "ssh", "--params", params, host, command)
+    pool = prm.pgpool_host.address
+    hba = [l.split() for l in on("vm1", "sudo grep -v '^#' /etc/postgresql/15/main/pg_hba.conf").splitlines() if l.strip()]
+    assert ["hostssl", "replication", "replicator", f"{prm.standbys[0].address}/32", "scram-sha-256"] in hba
+    assert ["hostssl", "all", "pgpool", f"{pool}/32", "scram-sha-256"] in hba
+    assert not [l for l in hba if l[0] == "host" and l[3] in (f"{pool}/32", f"{prm.standbys[0].address}/32")], hba
+    record = REPO / out.strip().splitlines()[-1].split("Record: ")[1]
+    assert "client (this notebook)" in (record / "02-pgpool.ipynb").read_text()     # Step 34's TLS evidence
+    sessions = "sudo -u postgres psql -XAtc \"SELECT backend_type || ':' || ssl FROM pg_stat_ssl JOIN " \
+               "pg_stat_activity USING (pid) WHERE client_addr IS NOT NULL\""
+    primary, standby = on("vm1", sessions).split(), on("vm2", sessions).split()
+    assert "walsender:t" in primary and "client backend:t" in primary, primary
+    assert standby and set(standby) == {"client backend:t"}, standby          # pgpool's connections
+    tls = on("vm1", f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=require' -c '\\conninfo'")
+    assert "SSL connection (protocol: TLSv1.3" in tls
+    plain = subprocess.run([str(LAB), "ssh", "--params", str(params), "vm1",
+                            f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=disable' "
+                            "-c 'select 1'"], capture_output=True, text=True)
+    assert plain.returncode != 0 and "pool_hba.conf" in plain.stderr, plain.stderr

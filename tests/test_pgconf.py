@@ -51,3 +51,16 @@ def test_hba_method_switch_changes_only_that_field():
     assert len(changes) == 4
     again, none = set_hba_method(new, "scram-sha-256", "md5")
     assert none == [] and again == new
+
+
+def test_a_hostssl_record_turns_its_host_twin_rather_than_following_it():
+    from lib.pgconf import add_hba_records
+    text = ("# comment\nlocal all postgres peer\n"
+            "host    all    pgpool    10.0.0.3/32    scram-sha-256\n")
+    new, changed = add_hba_records(text, ["hostssl all pgpool 10.0.0.3/32 scram-sha-256",
+                                          "hostssl all all 10.0.0.3/32 scram-sha-256"])
+    assert new.splitlines()[2] == "hostssl    all    pgpool    10.0.0.3/32    scram-sha-256"
+    assert "\nhost    all    pgpool" not in new
+    assert new.splitlines()[-1].split() == ["hostssl", "all", "all", "10.0.0.3/32", "scram-sha-256"]
+    assert changed[0].startswith("-host") and len(changed) == 3
+    assert add_hba_records(new, ["hostssl all pgpool 10.0.0.3/32 scram-sha-256"]) == (new, [])

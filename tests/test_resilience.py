@@ -84,22 +84,29 @@ def test_a_frozen_host_fails_a_command_in_the_stated_bound_naming_it(provisioned
         with pytest.raises(StepFailed, match=re.escape(VM3) + r".*(stopped answering|did not finish).* 3 s"):
             vm3.run("true")
         assert time.monotonic() - started < 3 + 2
-        started = time.monotonic()
-        result = sh(PROVISION, "--check", frozen_params(tmp_path, 3), check=False)
-        took = time.monotonic() - started
+        check_run, check_took = timed(PROVISION, "--check", frozen_params(tmp_path, 3))
+        run, took = timed(PROVISION, frozen_params(tmp_path, 3))
     finally:
         sshd_signal("vm3", "CONT")
         vm3.close()
-    assert result.returncode == 1 and VM3 in result.stdout, result.stdout
-    assert took < 30, f"--check took {took:.0f} s with vm3 frozen"
+    assert check_run.returncode == 1 and VM3 in check_run.stdout, check_run.stdout
+    assert check_took < 30, f"--check took {check_took:.0f} s with vm3 frozen"
+    out = run.stdout + run.stderr
+    assert run.returncode == 1 and "provision FAILED in 00-environment" in out and VM3 in out, out
+    assert took < 30, f"provisioning took {took:.0f} s to give up on frozen vm3"
+
+
+def timed(*argv):
+    started = time.monotonic()
+    result = sh(*argv, check=False)
+    return result, time.monotonic() - started
 
 
 def test_a_host_whose_interface_is_down_stops_provisioning_before_any_change(provisioned, tmp_path):
     sh("ip", "-n", netns("vm3"), "link", "set", "ens33", "down")
     try:
-        started = time.monotonic()
-        result = sh(PROVISION, frozen_params(tmp_path, 3), check=False)
-        took = time.monotonic() - started
+        result, took = timed(PROVISION, frozen_params(tmp_path, 3))
+        check_run, check_took = timed(PROVISION, "--check", frozen_params(tmp_path, 3))
     finally:
         sh("ip", "-n", netns("vm3"), "link", "set", "ens33", "up")
         # cut off from its backends, pgpool marked them down and remembers it (pgpool_status): what
@@ -110,3 +117,5 @@ def test_a_host_whose_interface_is_down_stops_provisioning_before_any_change(pro
     assert result.returncode == 1 and "provision FAILED in 00-environment" in out, out
     assert f"{VM3}: cannot reach SSH port 22" in out, out
     assert took < 30, f"provisioning took {took:.0f} s to give up on vm3"
+    assert check_run.returncode == 1 and f"{VM3}: cannot reach SSH port 22" in check_run.stdout, check_run.stdout
+    assert check_took < 30, f"--check took {check_took:.0f} s to give up on vm3"
