@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -78,11 +79,17 @@ def test_tls_everywhere_with_postgres_tls(tmp_path):
     assert not [l for l in hba if l[0] == "host" and l[3] in (f"{pool}/32", f"{prm.standbys[0].address}/32")], hba
     record = REPO / out.strip().splitlines()[-1].split("Record: ")[1]
     assert "client (this notebook)" in (record / "02-pgpool.ipynb").read_text()     # Step 34's TLS evidence
-    sessions = "sudo -u postgres psql -XAtc \"SELECT backend_type || ':' || ssl FROM pg_stat_ssl JOIN " \
-               "pg_stat_activity USING (pid) WHERE client_addr IS NOT NULL\""
-    primary, standby = on("vm1", sessions).split(), on("vm2", sessions).split()
-    assert "walsender:t" in primary and "client backend:t" in primary, primary
-    assert standby and set(standby) == {"client backend:t"}, standby          # pgpool's connections
+    sessions = "sudo -u postgres psql -XAtc \"SELECT replace(backend_type, ' ', '_') || ':' || ssl::text FROM " \
+               "pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE client_addr IS NOT NULL\""
+    with subprocess.Popen([str(LAB), "ssh", "--params", str(params), "vm1",       # a session through pgpool, held
+                           f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=require' "
+                           "-c 'select pg_sleep(3)'"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as held:
+        time.sleep(1.5)
+        primary, standby = on("vm1", sessions).split(), on("vm2", sessions).split()
+        held.wait()
+    assert "walsender:true" in primary and "client_backend:true" in primary, primary
+    assert set(primary) == {"walsender:true", "client_backend:true"}, primary
+    assert standby and set(standby) == {"client_backend:true"}, standby          # pgpool's connections
     tls = on("vm1", f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=require' -c '\\conninfo'")
     assert "SSL connection (protocol: TLSv1.3" in tls
     plain = subprocess.run([str(LAB), "ssh", "--params", str(params), "vm1",
