@@ -264,8 +264,10 @@ class FileChange(Action):
         n = len(WRITE_COMPLETE)
         whole = f'[ "$(tail -c {n} "$t")" = {shlex.quote(WRITE_COMPLETE.strip())} ] && truncate -s -{n} "$t"'
         # the file as it was before our first change, kept once beside it (never overwritten)
-        original = f"{{ [ -e {shlex.quote(self.original)} ] || cp -p {f} {shlex.quote(self.original)}; }} && " \
-            if self.old is not None else ""
+        kept = shlex.quote(self.original)
+        # a file that holds secrets: its copy is as private as the file is made now
+        private = f" && chown {self.owner} {kept} && chmod {self.mode} {kept}" if self.owner and self.mode else ""
+        original = f"{{ [ -e {kept} ] || {{ cp -p {f} {kept}{private}; }}; }} && " if self.old is not None else ""
         return (f't=$(mktemp {f}.XXXXXX) && cat > "$t" && {whole} && {keep} && {original}mv -f "$t" {f} '
                 f'|| {{ rm -f "$t"; echo {shlex.quote(f"{self.path}: not written (its text did not arrive whole)")} >&2; exit 1; }}')
 

@@ -170,3 +170,18 @@ def test_a_session_option_shows_and_runs_before_psql(secrets_env):
                   session="-c password_encryption=md5")
     assert sql.display() == "PGOPTIONS='-c password_encryption=md5' psql -c \"ALTER USER postgres PASSWORD '********';\""
     assert sql.script() == "PGOPTIONS='-c password_encryption=md5' psql -X -v ON_ERROR_STOP=1"
+
+
+def test_the_kept_original_of_a_file_that_holds_secrets_is_private_too(tmp_path):
+    import grp
+    import os
+    import pwd
+    target = tmp_path / ".pcppass"
+    target.write_text("localhost:9898:pgpool:old-secret\n")
+    target.chmod(0o644)
+    me = f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
+    change = ops.FileChange(FakeRemote(), "root", path=str(target), old=target.read_text(),
+                            new=("localhost:9898:pgpool:new-secret\n",), owner=me, mode="600")
+    subprocess.run(["bash", "-c", change.script()], input=ops.resolve(change.stdin(), None), text=True, check=True)
+    for path in (target, tmp_path / ".pcppass.pgguide-orig"):
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
