@@ -4,6 +4,7 @@ cluster apart (--teardown). See `ci/provision --help`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -91,6 +92,23 @@ class Progress:
         self.console.end(f"{', '.join(record.hosts) or '-':<14} {record.status:<9} {record.seconds:5.1f} s")
 
 
+@contextlib.contextmanager
+def kernels_stderr_to(path: Path):
+    """The notebook kernels, started in here, write their stderr to `path` instead of the terminal:
+    ipykernel 7 can log a harmless traceback while it shuts down (a ZMQ socket already closed).
+    Kept in the record when not empty."""
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()
+
+
 def provision(params_file: Path, prm, console: Console) -> int:
     import papermill
     import yaml
@@ -116,11 +134,12 @@ def provision(params_file: Path, prm, console: Console) -> int:
                 progress = Progress(console, units, records, journal_path, position, total)
                 out_path = record_dir / nb_path.name
                 try:
-                    papermill.execute_notebook(
-                        str(nb_path), str(out_path), parameters=parameters, cwd=str(NOTEBOOKS),
-                        progress_bar=False, log_output=False, kernel_name="python3", extra_arguments=QUIET_KERNEL,
-                        execution_timeout=prm.options["step_timeout"] + 60,   # past the step's own bounds
-                        on_cell_execute=progress.before, on_cell_executed=progress.after)
+                    with kernels_stderr_to(record_dir / "kernels.log"):
+                        papermill.execute_notebook(
+                            str(nb_path), str(out_path), parameters=parameters, cwd=str(NOTEBOOKS),
+                            progress_bar=False, log_output=False, kernel_name="python3", extra_arguments=QUIET_KERNEL,
+                            execution_timeout=prm.options["step_timeout"] + 60,   # past the step's own bounds
+                            on_cell_execute=progress.before, on_cell_executed=progress.after)
                 except papermill.PapermillExecutionError:
                     failure, failed_nb = progress.failure, out_path
                 finally:
