@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from lib import postgres
 from lib.show import CheckFailed, expect
+from lib.wait import wait_until
 
 MARKER_SUFFIX = ".cloning"
 DEFAULT_DATABASES = {"postgres", "template0", "template1"}
@@ -190,13 +191,24 @@ def describe_refusal(primary: Cluster, standby: Cluster, same: bool, ahead: bool
 
 
 # --- which standbys Part 1 clones ------------------------------------------------------------------
+RECONNECT_S = 10   # a standby retries its primary every 5 s (wal_retrieve_retry_interval), so 10 s covers it
+
+
 def streaming_from_primary(standby, primary) -> str:
-    """'streaming' if this host already is a standby streaming from the primary, else its state."""
+    """'streaming' if this host already is a standby streaming from the primary, else its state.
+    A standby configured for this primary but between connections (the primary just restarted)
+    is given RECONNECT_S to stream again: it needs no new clone."""
     state = postgres.cluster_state(standby)
     if state != "online,recovery":
         return state
-    row = postgres.value(standby, "SELECT coalesce((SELECT status || ' ' || sender_host FROM pg_stat_wal_receiver), '')")
-    return "streaming" if row == f"streaming {primary.host.address}" else f"recovery ({row or 'no WAL receiver'})"
+    wanted = f"streaming {primary.host.address}"
+
+    def receiver():
+        return postgres.value(standby, "SELECT coalesce((SELECT status || ' ' || sender_host FROM pg_stat_wal_receiver), '')")
+    row = receiver()
+    if row != wanted and f"host={primary.host.address} " in postgres.value(standby, "SHOW primary_conninfo") + " ":
+        row = wait_until(lambda: (r := receiver()) == wanted and r, timeout=RECONNECT_S, interval=0.5)[0] or receiver()
+    return "streaming" if row == wanted else f"recovery ({row or 'no WAL receiver'})"
 
 
 class CloneRefused(CheckFailed):

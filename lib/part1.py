@@ -71,7 +71,8 @@ def restart_primary(env) -> ops.Step:
 @guide_step
 def verify_primary(env) -> ops.Step:
     primary = env.primary
-    wanted = {"wal_level": "replica", "listen_addresses": "*", "max_wal_senders": "5", "wal_keep_size": "64MB"}
+    wanted = {"wal_level": "replica", "listen_addresses": "*", "max_wal_senders": "5", "wal_keep_size": "64MB",
+              "wal_log_hints": "on"}
 
     def shown():
         found = {n: postgres.value(primary, f"SHOW {n}") for n in wanted}

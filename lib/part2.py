@@ -254,6 +254,31 @@ def test_connectivity(env) -> ops.Step:
 
 
 # --- Step 30 ------------------------------------------------------------------------------------------------
+#: how fast pgpool finds a server gone: a check every period; a failed one is tried again
+#: max_retries times, retry_delay apart; each try gives up connecting after timeout
+HEALTH_CHECK = {"health_check_period": 2, "health_check_timeout": 3, "health_check_max_retries": 2,
+                "health_check_retry_delay": 1}
+#: what brings a detached server back, and what keeps clients waiting while there is no primary
+HEALING = {"sr_check_period": 5, "auto_failback": True, "auto_failback_interval": 10,
+           "search_primary_node_timeout": 10}
+
+
+def detection_bounds(settings: dict = HEALTH_CHECK) -> dict[str, int]:
+    """Seconds from a server's failure to pgpool's verdict, at worst, from the health-check settings:
+    `refused` when its host answers (the server stopped or crashed: each try fails at once),
+    `silent` when nothing answers (host or network down: each try waits out the timeout)."""
+    period, timeout = settings["health_check_period"], settings["health_check_timeout"]
+    retries, delay = settings["health_check_max_retries"], settings["health_check_retry_delay"]
+    return {"refused": period + retries * delay, "silent": period + (retries + 1) * timeout + retries * delay}
+
+
+def reattach_bound(healing: dict = HEALING) -> int:
+    """Seconds, at worst, from a detached standby streaming again to pgpool using it again: the
+    next replication check finds it in pg_stat_replication, unless a failback happened within
+    auto_failback_interval."""
+    return healing["sr_check_period"] + healing["auto_failback_interval"]
+
+
 def pgpool_settings(params) -> dict:
     p = params.pgpool
     settings: dict = {
@@ -261,11 +286,9 @@ def pgpool_settings(params) -> dict:
         "backend_clustering_mode": "streaming_replication", "load_balance_mode": True,
         "num_init_children": p["num_init_children"], "max_pool": p["max_pool"],
         "child_life_time": 300, "connection_life_time": 600,
-        "health_check_period": 10, "health_check_timeout": 20, "health_check_user": PGPOOL_ROLE,
-        "health_check_password": "", "health_check_database": "postgres",
-        "health_check_max_retries": 3, "health_check_retry_delay": 1,
-        "sr_check_period": 10, "sr_check_user": PGPOOL_ROLE, "sr_check_password": "",
-        "sr_check_database": "postgres",
+        **HEALTH_CHECK, "health_check_user": PGPOOL_ROLE, "health_check_password": "",
+        "health_check_database": "postgres",
+        **HEALING, "sr_check_user": PGPOOL_ROLE, "sr_check_password": "", "sr_check_database": "postgres",
         "enable_pool_hba": True, "pool_passwd": "pool_passwd",
         "logging_collector": True, "log_directory": LOG_DIR,
         "log_filename": "pgpool.log", "log_truncate_on_rotation": False, "log_rotation_age": 0,
@@ -321,7 +344,7 @@ def configure_pool_hba(env) -> ops.Step:
 SECRET_OWNER, SECRET_MODE = "postgres:postgres", "600"
 
 
-def _secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str) -> None:
+def secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str) -> None:
     """A file that holds a secret: written only when its text differs, its diff masked; its owner
     and mode are put right on every run. `new`: the pieces of its text, or a function making them
     from its current text (None: absent)."""
@@ -336,10 +359,10 @@ def _secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str) -
                                mask_line=mask_line))
         return
     step.note(remote, f"{path} already holds {what}")
-    _secret_access(step, remote, path, access)
+    secret_access(step, remote, path, access)
 
 
-def _secret_access(step: ops.Step, remote, path: str, access: str | None = None) -> None:
+def secret_access(step: ops.Step, remote, path: str, access: str | None = None) -> None:
     """chown/chmod a file that holds a secret when its owner or mode is not SECRET_OWNER/SECRET_MODE
     (`access`: its `stat -c '%U:%G %a'`, read here when not given)."""
     f = shlex.quote(path)
@@ -391,7 +414,7 @@ def password_file(env) -> ops.Step:
         else:
             step.note(vm3, f"{path} already holds md5 entries for postgres and {PGPOOL_ROLE}")
     else:
-        _secret_file(step, vm3, KEY_FILE, (Secret("pgpool_key"), "\n"), lambda l: ops.MASK, "PGGUIDE_PGPOOL_KEY")
+        secret_file(step, vm3, KEY_FILE, (Secret("pgpool_key"), "\n"), lambda l: ops.MASK, "PGGUIDE_PGPOOL_KEY")
         wanted = pool_passwd_entries(env) if not step.actions else {}
         have = dict(l.split(":", 1) for l in current.splitlines() if ":" in l)
         if step.actions or any(have.get(u) != e for u, e in wanted.items()) or len(wanted) < 2:
@@ -404,11 +427,11 @@ def password_file(env) -> ops.Step:
         else:
             step.note(vm3, f"{path} already holds the AES entries of postgres and {PGPOOL_ROLE}")
     if not any(isinstance(a, ops.FileChange) and a.path == path for a in step.actions):
-        _secret_access(step, vm3, path)        # pg_enc keeps the mode the file has
+        secret_access(step, vm3, path)        # pg_enc keeps the mode the file has
     pcp = conf(p, "pcp.conf")
-    _secret_file(step, vm3, pcp, lambda old: _replace_line(old, f"{PGPOOL_ROLE}:", (f"{PGPOOL_ROLE}:", Secret("pgpool", "md5"))),
+    secret_file(step, vm3, pcp, lambda old: _replace_line(old, f"{PGPOOL_ROLE}:", (f"{PGPOOL_ROLE}:", Secret("pgpool", "md5"))),
                  _user_line, f"{PGPOOL_ROLE}'s md5 (pg_md5 of PGGUIDE_PGPOOL_PASSWORD)")
-    _secret_file(step, vm3, PCPPASS, (f"localhost:{p.pgpool['pcp_port']}:{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
+    secret_file(step, vm3, PCPPASS, (f"localhost:{p.pgpool['pcp_port']}:{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
                  lambda l: l.rsplit(":", 1)[0] + ":" + ops.MASK, "PGGUIDE_PGPOOL_PASSWORD")
 
     def entries():
@@ -577,7 +600,7 @@ def check_nodes(nodes: list[dict], params) -> None:
 def pcp_node_count(env) -> str:
     """pcp works: pcp_node_count as postgres, password from ~postgres/.pcppass (-w: never prompt)."""
     vm3 = env.pgpool
-    command = f"pcp_node_count -h localhost -p {env.params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w"
+    command = pcp(env, "pcp_node_count")
     r = vm3.run(command, user="postgres", check=False)
     expect(r.ok, f"pcp_node_count failed on {vm3.host.name}: {r.stderr.strip()}",
            f"check pcp.conf (user:md5 of the password) and {PCPPASS} (host:port:user:password, mode 600) (Step 32).")
@@ -586,13 +609,50 @@ def pcp_node_count(env) -> str:
     return f"{vm3.host.name} (postgres) $ {command}\n{r.stdout.strip()}"
 
 
+def pcp(env, tool: str, *args: str) -> str:
+    """A pcp command as postgres on the pgpool host (password from ~postgres/.pcppass; -w: never prompt)."""
+    return " ".join([tool, "-h localhost", f"-p {env.params.pgpool['pcp_port']}", f"-U {PGPOOL_ROLE}", "-w", *args])
+
+
+def healthy_but_detached(env, nodes: list[dict]) -> list[tuple[int, str]]:
+    """Nodes pgpool keeps down although the server answers in the role the cluster gives it: a
+    standby streaming from the primary, or the primary itself. pgpool remembers a detached node
+    (pgpool_status) and, for a primary, never re-attaches it by itself."""
+    found = []
+    for node in nodes:
+        if node["status"] != "down" or node["pg_status"] != "up":
+            continue
+        name = env.params.host(node["hostname"]).name
+        if node["pg_role"] == "standby" and node["replication_state"] == "streaming":
+            found.append((int(node["node_id"]), f"{name} is down in pgpool, but it streams from the primary"))
+        elif node["pg_role"] == "primary" and not any(
+                n["pg_role"] == "primary" and n["status"] == "up" for n in nodes if n is not node):
+            found.append((int(node["node_id"]), f"{name} is down in pgpool, but it is the only primary"))
+    return found
+
+
+def current_nodes(env) -> list[dict] | None:
+    """SHOW pool_nodes now, or None when pgpool does not answer."""
+    try:
+        with via_pgpool(env)() as conn:
+            return pool_nodes(conn)
+    except ConnectionError:
+        return None
+
+
 @guide_step
 def check_pool_nodes(env) -> ops.Step:
     def nodes():
         found = wait_for_nodes(via_pgpool(env), env.params, timeout=patience(env.pgpool, 60))
         check_nodes(found, env.params)
         return show_pool_nodes(env)
-    step = ops.Step("pool_nodes").verify("every node up, with its role and weight", nodes) \
+    step = ops.Step("pool_nodes")
+    for node_id, why in healthy_but_detached(env, current_nodes(env) or []):
+        step.do(ops.Command(env.pgpool, "postgres", pcp(env, "pcp_attach_node", f"-n {node_id}"),
+                            shown=pcp(env, "pcp_attach_node", f"-n {node_id}") + f"    # {why}",
+                            summary=f"node {node_id} attached again",
+                            hint="read pgpool's log: pcp refuses a node it cannot reach"))
+    step.verify("every node up, with its role and weight", nodes) \
         .verify("pcp answers", partial(pcp_node_count, env))
     if postgres.tls(env.params):
         step.verify("every connection between the hosts, and to pgpool, is TLS", partial(tls_in_use, env))

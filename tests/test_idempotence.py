@@ -23,18 +23,22 @@ from lib.secrets import secret_forms
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
 PARAMS = P.load()
 WATCHED = ["/etc/postgresql/15/main/postgresql.conf", "/etc/postgresql/15/main/pg_hba.conf",
-           "/var/lib/postgresql/15/main/postgresql.auto.conf"]
+           "/var/lib/postgresql/15/main/postgresql.auto.conf", "/var/lib/postgresql/.pgpass",
+           "/var/lib/postgresql/.ssh/authorized_keys"]
 # Not the lab's demo values: the records are searched for these and their hashed forms.
 SECRETS = {"PGGUIDE_REPLICATION_PASSWORD": "Repl-7f3a-secret", "PGGUIDE_POSTGRES_PASSWORD": "Pg-91c2-secret",
            "PGGUIDE_PGPOOL_PASSWORD": "Pool-5d8e-secret", "PGGUIDE_PGPOOL_KEY": "Key-0b6f-secret"}
 ROLE_OF = {"PGGUIDE_REPLICATION_PASSWORD": "replicator", "PGGUIDE_POSTGRES_PASSWORD": "postgres",
            "PGGUIDE_PGPOOL_PASSWORD": "pgpool"}
 #: the steps a first run on a fresh lab must report as changed (the journal's instrumentation)
-CHANGING_STEPS = {1, 2, 3, 5, 7, 8, 9, 11, 14, 17, 19, 20, 21, 22, 23, 25, 26, 28, 30, 31, 32, 33, 35, 39}
+CHANGING_STEPS = {1, 2, 3, 5, 7, 8, 9, 11, 14, 17, 19, 20, 21, 22, 23, 25, 26, 28, 30, 31, 32, 33, 35, 39,
+                  40, 41, 42, 43}
 
 
 POOL_FILES = ["/etc/pgpool2/pgpool.conf", "/etc/pgpool2/pool_hba.conf", "/etc/pgpool2/pool_passwd",
-              "/etc/pgpool2/pcp.conf", "/var/lib/postgresql/.pgpoolkey", "/var/lib/postgresql/.pcppass"]
+              "/etc/pgpool2/pcp.conf", "/var/lib/postgresql/.pgpoolkey", "/var/lib/postgresql/.pcppass",
+              "/etc/pgpool2/failover.sh", "/etc/pgpool2/follow_primary.sh", "/var/lib/postgresql/.ssh/known_hosts",
+              "/var/lib/postgresql/.ssh/id_ed25519_pgguide.pub"]
 
 
 def snapshot():

@@ -22,7 +22,7 @@ from lib.provision import runbook
 from lib.remote import Hosts
 
 NOTEBOOKS = REPO / "notebooks"
-STEP_MODULES = ("part1", "part2")
+STEP_MODULES = ("part1", "part2", "failover")
 
 
 @dataclass

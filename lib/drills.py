@@ -1,0 +1,434 @@
+"""Notebook 04: failure drills on a running cluster, measured from a client's side.
+
+While a server is stopped on purpose, a writer commits numbered rows through pgpool and a reader
+reads through pgpool, each in its own thread, each opening a new session after an error. What they
+saw is the measurement: how long writes and reads failed, how many statements failed, and which
+acknowledged rows the cluster no longer has.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import psycopg
+
+from lib import clone_guard, failover, ops, part2, postgres
+from lib.part1 import REPLICATION_ROLE
+from lib.postgres import TEST_DB
+from lib.secrets import secret
+from lib.show import expect, table
+from lib.wait import wait_until
+
+TABLE = "drill_rows"
+PAUSE_S = 0.02            # between statements: about 50 writes and 50 reads a second
+STATEMENT_TIMEOUT_S = 5   # a statement that hangs counts as failed after this
+
+
+# --- the clients ---------------------------------------------------------------------------------------
+@dataclass
+class Client:
+    """One thread's record: when each statement succeeded or failed (monotonic seconds)."""
+    kind: str
+    ok: list[float] = field(default_factory=list)
+    failed: list[float] = field(default_factory=list)
+    acked: list[int] = field(default_factory=list)       # the writer's acknowledged row ids
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest time without a successful statement between start and end."""
+        times = [start] + [t for t in self.ok if start < t < end] + [end]
+        return max(b - a for a, b in zip(times, times[1:]))
+
+    def first_ok_after(self, t: float) -> float | None:
+        return next((x for x in self.ok if x > t), None)
+
+    def failures_between(self, start: float, end: float) -> int:
+        return sum(1 for t in self.failed if start <= t <= end)
+
+
+class Traffic:
+    """A writer and a reader through pgpool, running until stopped."""
+
+    def __init__(self, env):
+        self.env = env
+        self.writer, self.reader = Client("writer"), Client("reader")
+        self._next_id = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(c,), daemon=True) for c in (self.writer, self.reader)]
+
+    def _connect(self):
+        p = self.env.params
+        return psycopg.connect(host=p.pgpool_host.address, port=p.pgpool["port"], user="postgres",
+                               password=secret("postgres", p), dbname=TEST_DB, connect_timeout=2, autocommit=True,
+                               application_name="pgguide-drill", options=f"-c statement_timeout={STATEMENT_TIMEOUT_S}s",
+                               sslmode="require" if p.postgres["tls"] else "prefer")
+
+    def _loop(self, client: Client) -> None:
+        conn = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = self._connect()
+                if client is self.writer:
+                    row = self._next_id
+                    self._next_id += 1          # never reused: a row whose commit was not acknowledged may exist
+                    conn.execute(f"INSERT INTO {TABLE} (id) VALUES (%s)", (row,))
+                    client.acked.append(row)
+                else:
+                    conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
+                client.ok.append(time.monotonic())
+            except psycopg.Error:
+                client.failed.append(time.monotonic())
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(PAUSE_S)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self):
+        with self._connect() as conn:       # ids go on from the earlier drills' rows
+            self._next_id = conn.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {TABLE}").fetchone()[0]
+        for t in self._threads:
+            t.start()
+        wait_until(lambda: self.writer.ok and self.reader.ok, timeout=10, interval=0.05)
+        expect(self.writer.ok and self.reader.ok, "the drill's writer or reader got no answer through pgpool.",
+               "every node must be up before a drill: run Step 34 (notebook 02) and read pgpool's log.")
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=STATEMENT_TIMEOUT_S + 5)
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+
+def prepare(env) -> str:
+    """The drills' table, empty, on the primary (through pgpool)."""
+    with part2.via_pgpool(env)(dbname=TEST_DB) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        conn.execute(f"CREATE TABLE {TABLE} (id integer PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    return f"{part2.through_pgpool_prompt(env, TEST_DB)}CREATE TABLE {TABLE} (id integer PRIMARY KEY, at timestamptz …)"
+
+
+def clean_up(env) -> str:
+    with part2.via_pgpool(env)(dbname=TEST_DB) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+    return f"{part2.through_pgpool_prompt(env, TEST_DB)}DROP TABLE {TABLE}"
+
+
+def rows_lost(env, acked: list[int]) -> list[int]:
+    """Acknowledged ids the cluster (through pgpool, so the primary) no longer has."""
+    with part2.via_pgpool(env)(dbname=TEST_DB) as conn:
+        have = {r[0] for r in conn.execute(f"SELECT id FROM {TABLE}").fetchall()}
+    return [i for i in acked if i not in have]
+
+
+# --- who is who now --------------------------------------------------------------------------------------
+def roles_now(env) -> dict[str, str]:
+    """host name -> 'primary', 'standby' or the cluster's state when it is not online."""
+    found = {}
+    for r in failover.database_remotes(env):
+        state = postgres.cluster_state(r)
+        found[r.host.name] = ("standby" if state == "online,recovery" else "primary" if state == "online" else state)
+    return found
+
+
+def remote_named(env, name: str):
+    return next(r for r in failover.database_remotes(env) if r.host.name == name)
+
+
+def the_primary(env):
+    primaries = [n for n, role in roles_now(env).items() if role == "primary"]
+    expect(len(primaries) == 1, f"the servers' roles are {roles_now(env)}: not exactly one primary.",
+           "two primaries means a split brain: stop the one with fewer writes and rejoin it (rejoin below).")
+    return remote_named(env, primaries[0])
+
+
+def node_id(env, remote) -> int:
+    return [h.address for h in env.params.database_hosts].index(remote.host.address)
+
+
+def node_status(env, remote) -> str:
+    """pgpool's status of the node: up, waiting, down."""
+    out = env.pgpool.run(part2.pcp(env, "pcp_node_info", f"-n {node_id(env, remote)}"), user="postgres").stdout.split()
+    return out[4] if len(out) > 4 else "unknown"
+
+
+def failover_log_since(env, since_epoch: float) -> list[tuple[float, str]]:
+    out = env.pgpool.run(f"cat {failover.FAILOVER_LOG}", user="root").stdout
+    lines = []
+    for line in out.splitlines():
+        stamp, _, text = line.partition(" ")
+        try:
+            if float(stamp) >= since_epoch:
+                lines.append((float(stamp), text))
+        except ValueError:
+            continue
+    return lines
+
+
+# --- measuring one drill -----------------------------------------------------------------------------------
+#: the goal the README states for a stopped primary: writes resume, and reads are never locked out longer
+PRIMARY_BOUND_S = 15
+#: a pgpool restart: clients get in again within this
+PGPOOL_BOUND_S = 10
+
+
+@dataclass
+class Outcome:
+    """What a drill did (the command, as shown) and what the clients saw."""
+    shown: str
+    start: float = 0.0                       # monotonic, when the command was sent
+    end: float = 0.0
+    events: list[str] = field(default_factory=list)
+    measured: dict[str, float] = field(default_factory=dict)
+    lost: list[int] = field(default_factory=list)
+    acked: int = 0
+
+    def report(self) -> str:
+        """The stable part: what ran, what happened, each bound held (asserted before)."""
+        return "\n".join([self.shown, *self.events])
+
+    def figures(self) -> str:
+        """The measured part: differs on every run."""
+        return ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}" for k, v in self.measured.items())
+
+
+def _observe(traffic: Traffic, outcome: Outcome) -> None:
+    w, r = traffic.writer, traffic.reader
+    outcome.measured.update({
+        "writes stopped for": w.longest_gap(outcome.start, outcome.end),
+        "reads stopped for": r.longest_gap(outcome.start, outcome.end),
+        "failed writes": w.failures_between(outcome.start, outcome.end),
+        "failed reads": r.failures_between(outcome.start, outcome.end),
+        "rows acknowledged": len(w.acked),
+    })
+
+
+def _run(traffic: Traffic, remote, command: str, user: str, outcome: Outcome, until, timeout: float = 60) -> None:
+    """Send the command while the clients run; wait until `until()` holds, then 2 s more."""
+    time.sleep(1)                                     # a second of normal traffic before
+    outcome.start = time.monotonic()
+    remote.run(command, user=user)
+    done, _ = wait_until(until, timeout=timeout, interval=0.1)
+    expect(done, f"after `{command}` on {remote.host.name} the cluster did not recover within {timeout:.0f} s.",
+           f"read {failover.FAILOVER_LOG} and pgpool's log on the pgpool host.")
+    time.sleep(2)                                     # and two seconds after
+    outcome.end = time.monotonic()
+
+
+def primary_stops(env, how: str) -> Outcome:
+    """Stop the primary (`how`: 'stop' with systemctl, 'kill' with kill -9 of the postmaster), with
+    clients running; pgpool promotes the standby. Returns what the clients saw."""
+    old, epoch = the_primary(env), time.time()
+    new = next(r for r in failover.database_remotes(env) if r is not old)
+    p = env.params.postgres
+    command = {"stop": f"systemctl stop {shlex.quote(p['service'])}",
+               "kill": f"kill -9 $(head -1 {shlex.quote(p['data_dir'])}/postmaster.pid)"}[how]
+    outcome = Outcome(f"{old.host.name} (root) $ {command}    # the primary, while a writer and a reader use pgpool")
+    with Traffic(env) as traffic:
+        _run(traffic, old, command, "root", outcome,
+             lambda: traffic.writer.first_ok_after(outcome.start + 0.001) and roles_now(env)[new.host.name] == "primary")
+    log = failover_log_since(env, epoch)
+    detected = next((t for t, line in log if "failed: promoting" in line), None)
+    promoted = next((t for t, line in log if line.endswith("promoted")), None)
+    expect(detected is not None and promoted is not None, f"failover.sh did not promote: {[l for _, l in log]}.",
+           f"read {failover.FAILOVER_LOG} and pgpool's log on {env.pgpool.host.name}; check Steps 41-43.")
+    lag = time.time() - time.monotonic()                 # the log's clock against ours (the same host clock in the lab)
+    outcome.measured = {"failure detected after": detected - lag - outcome.start,
+                        "promoted after": promoted - lag - outcome.start, **outcome.measured}
+    _observe(traffic, outcome)
+    outcome.lost = rows_lost(env, traffic.writer.acked)
+    outcome.events = [f"{env.pgpool.host.name}: {failover.FAILOVER_LOG}:"] + [f"  {line}" for _, line in log]
+    outcome.events.append("roles now: " + ", ".join(f"{n} {role}" for n, role in roles_now(env).items()))
+    within(outcome, "writes stopped for", PRIMARY_BOUND_S, "writes through pgpool stopped")
+    within(outcome, "reads stopped for", PRIMARY_BOUND_S, "reads through pgpool stopped")
+    return outcome
+
+
+def within(outcome: Outcome, figure: str, bound: float, said: str) -> None:
+    value = outcome.measured[figure]
+    expect(value <= bound, f"{said} for {value:.1f} s (the bound is {bound} s).",
+           "compare the health-check settings (Step 30) with the detection time above; read pgpool's log.")
+    outcome.events.append(f"{said} for less than {bound} s: yes")
+
+
+def lost_rows_line(outcome: Outcome, synchronous: bool) -> str:
+    """Compared output: in synchronous mode the count itself (0, asserted); in asynchronous mode
+    only that it was counted (the window varies; the figure is printed with the measurements)."""
+    if synchronous:
+        expect(not outcome.lost, f"{len(outcome.lost)} acknowledged rows are gone: {outcome.lost[:10]}.",
+               "synchronous_commit must wait for the standby: check synchronous_standby_names.")
+        return "acknowledged rows lost: 0"
+    return "acknowledged rows lost: counted (asynchronous replication; the count is below the measurements)"
+
+
+# --- bringing the old primary back ----------------------------------------------------------------------------
+def controldata(remote) -> dict[str, str]:
+    p = remote.params.postgres
+    out = remote.run(f"/usr/lib/postgresql/{int(p['version'])}/bin/pg_controldata {shlex.quote(p['data_dir'])}",
+                     user="postgres").stdout
+    return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+
+def rejoin_proof(remote, primary) -> str:
+    """Why `remote` may be rewound (or, failing that, cloned) from `primary`, read from both hosts:
+    the same cluster (system identifier), and the primary promoted past it (a later timeline).
+    Raises CheckFailed otherwise."""
+    ctl = {k.strip(): v.strip() for k, v in controldata(remote).items()}
+    mine, my_timeline = ctl.get("Database system identifier"), int(ctl.get("Latest checkpoint's TimeLineID", "0"))
+    theirs = postgres.value(primary, "SELECT system_identifier FROM pg_control_system()")
+    timeline = int(postgres.value(primary, "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))"
+                                           "::bit(32)::int"))
+    expect(mine == theirs, f"{remote.host.name} holds another cluster (system identifier {mine}, the primary's "
+                           f"is {theirs}): not rejoined.", "this is not a former member of this cluster; nothing was changed.")
+    expect(timeline > my_timeline, f"{primary.host.name} is on timeline {timeline}, {remote.host.name} on {my_timeline}: "
+                                   f"{primary.host.name} was not promoted past it, so rewinding could lose writes.",
+           "find out which server has the latest writes before anything is wiped; nothing was changed.")
+    return f"same system identifier; {primary.host.name} promoted past {remote.host.name}'s timeline"
+
+
+def rewind_output(text: str) -> str:
+    """pg_rewind's own lines, with WAL positions and timeline numbers (different on every run) named.
+    The server's log lines from the crash recovery it runs first (time stamps, pids) are summed up."""
+    lines = [l for l in text.splitlines() if l.startswith(("pg_rewind", "pg_basebackup"))]
+    lines = [l.replace('pg_rewind: executing "', "pg_rewind: executing ").split('" for target server')[0]
+             + (" for target server to complete crash recovery" if "for target server" in l else "") for l in lines]
+    text = re.sub(r"\b[0-9A-F]+/[0-9A-F]+\b", "<lsn>", "\n".join(lines))
+    return re.sub(r"on timeline \d+", "on timeline <n>", text)
+
+
+def rejoin(env, remote) -> ops.Step:
+    """The failed primary `remote` as a standby of the current primary: pg_rewind (falling back to a
+    new base backup when it cannot), primary_conninfo with passfile, started, attached in pgpool."""
+    primary, step = the_primary(env), ops.Step("rejoin")
+    p, name = env.params.postgres, remote.host.name
+    data, bin_dir = shlex.quote(p["data_dir"]), f"/usr/lib/postgresql/{int(p['version'])}/bin"
+    state = postgres.cluster_state(remote)
+    if state == "online,recovery" and clone_guard.streaming_from_primary(remote, primary) == "streaming":
+        step.note(remote, f"already a standby streaming from {primary.host.name}")
+    else:
+        expect(state in ("down", "online,recovery"), f"{name} is {state}: it runs as a primary beside "
+               f"{primary.host.name}, and may hold writes that {primary.host.name} lacks. Not rejoined.",
+               f"decide which server's writes to keep; stop the other (systemctl stop on {name}) and rejoin it.")
+        step.note(remote, rejoin_proof(remote, primary))
+        source = f"host={primary.host.address} port={p['port']} user={REPLICATION_ROLE} dbname=postgres"
+        if state != "down":
+            step.do(ops.service(remote, "stop", p["service"]))
+        step.do(ops.Sql(primary, "postgres", statement=("CHECKPOINT;",),
+                        summary="checkpoint: pg_rewind reads the new timeline from the control file"))
+        rewind = (f"{bin_dir}/pg_rewind -D {data} --source-server={shlex.quote(source)} "
+                  f"--config-file={shlex.quote(p['conf_dir'])}/postgresql.conf")
+        clone = (f"find {data} -mindepth 1 -delete && {bin_dir}/pg_basebackup -h {primary.host.address} "
+                 f"-p {p['port']} -U {REPLICATION_ROLE} -D {data} -X stream -c fast")
+        step.do(ops.Command(remote, "postgres", f"{rewind} 2>&1 || {{ echo 'pg_rewind failed: a new base backup "
+                            f"instead'; {clone}; }}", shown=f"{rewind}    # if it fails: {clone}",
+                            normalize=rewind_output, summary=f"{name} rewound to {primary.host.name}'s history",
+                            timeout=env.params.options["step_timeout"]))
+        conninfo = failover.standby_conninfo(env.params, primary.host.address, name)
+        auto = f"{data}/postgresql.auto.conf"
+        step.do(ops.Command(remote, "postgres", f"sed -i '/^primary_conninfo/d' {auto} && "
+                            f"echo \"primary_conninfo = '{conninfo}'\" >> {auto} && touch {data}/standby.signal",
+                            summary=f"{name} configured as a standby of {primary.host.name}"))
+        streaming = ops.wait_for(f"psql -XAtc 'SELECT status FROM pg_stat_wal_receiver' | grep -qx streaming", 60,
+                                 f"{name} does not stream from {primary.host.name}")
+        step.do(ops.Command(remote, "root", f"systemctl start {shlex.quote(p['service'])} && cd / && sudo -u postgres bash -c "
+                            f"{shlex.quote(streaming)}", shown=f"systemctl start {shlex.quote(p['service'])}",
+                            summary=f"{name} started as a standby", hint=f"read {p['log_file']} on {name}"))
+    n = node_id(env, remote)
+    attach = part2.pcp(env, "pcp_attach_node", f"-n {n}")
+    step.do(ops.Command(env.pgpool, "postgres",
+                        f"[ \"$({part2.pcp(env, 'pcp_node_info', f'-n {n}')} | cut -d' ' -f5)\" != down ] || {attach}",
+                        shown=f"{attach}    # unless auto_failback has attached it already", show_output=False,
+                        summary=f"node {n} ({name}) attached"))
+    return step.verify("every node up in pgpool", partial(all_up, env))
+
+
+def all_up(env, timeout: float = 60) -> str:
+    """Every node up (or waiting for its first client) in pgpool, one primary, standbys streaming."""
+    def ready():
+        with part2.via_pgpool(env)() as conn:
+            nodes = part2.pool_nodes(conn)
+        ok = (all(n["status"] in ("up", "waiting") and n["pg_status"] == "up" for n in nodes)
+              and sum(n["role"] == "primary" for n in nodes) == 1
+              and all(n["replication_state"] == "streaming" for n in nodes if n["role"] == "standby"))
+        return nodes if ok else None
+    nodes, _ = wait_until(ready, timeout=timeout, interval=0.5)
+    expect(nodes is not None, "not every node is up in pgpool with one primary and streaming standbys.",
+           f"read {failover.FAILOVER_LOG} and pgpool's log; a node left down: rejoin it (above).")
+    return nodes_now(env)
+
+
+NODE_COLUMNS = ("node_id", "hostname", "status", "pg_status", "role", "pg_role", "replication_state")
+
+
+def nodes_now(env) -> str:
+    """SHOW pool_nodes, the columns that do not change from run to run. "waiting" (attached, not
+    used by a session yet) reads as up: which node a session happened to use first varies."""
+    with part2.via_pgpool(env)() as conn:
+        nodes = part2.pool_nodes(conn)
+    rows = [[("up" if c == "status" and n[c] == "waiting" else n[c] or "") for c in NODE_COLUMNS] for n in nodes]
+    return f"{part2.through_pgpool_prompt(env)}SHOW pool_nodes;\n" + table(list(NODE_COLUMNS), rows)
+
+
+# --- a standby stops; pgpool restarts ----------------------------------------------------------------------
+def standby_stops(env, down_for: float = 8) -> Outcome:
+    """Stop a standby for longer than pgpool takes to detach it, start it again, and time how long
+    until pgpool uses it again by itself (auto_failback)."""
+    primary = the_primary(env)
+    standby = next(r for r in failover.database_remotes(env) if r is not primary)
+    service = shlex.quote(env.params.postgres["service"])
+    outcome = Outcome(f"{standby.host.name} (root) $ systemctl stop {service}; sleep {down_for:.0f}; "
+                      f"systemctl start {service}    # a standby, while a writer and a reader use pgpool")
+    with Traffic(env) as traffic:
+        time.sleep(1)
+        outcome.start = time.monotonic()
+        standby.run(f"systemctl stop {service}", user="root")
+        detached, _ = wait_until(lambda: node_status(env, standby) == "down", timeout=down_for, interval=0.2)
+        outcome.measured["detached after"] = time.monotonic() - outcome.start
+        time.sleep(max(0.0, down_for - (time.monotonic() - outcome.start)))
+        started = time.monotonic()
+        standby.run(f"systemctl start {service}", user="root")
+        back, _ = wait_until(lambda: node_status(env, standby) in ("up", "waiting"), timeout=60, interval=0.2)
+        outcome.measured["back in pgpool after start"] = time.monotonic() - started
+        time.sleep(2)
+        outcome.end = time.monotonic()
+    _observe(traffic, outcome)
+    expect(detached, f"pgpool did not detach {standby.host.name} within {down_for:.0f} s.",
+           "check health_check_period (Step 30)")
+    bound = part2.reattach_bound() + clone_guard.RECONNECT_S
+    expect(back and outcome.measured["back in pgpool after start"] <= bound,
+           f"{standby.host.name} was not back in pgpool {bound} s after it started.",
+           "check auto_failback and sr_check_period (Step 30), and backend_application_nameN.")
+    outcome.events = [f"pgpool detached {standby.host.name}: yes",
+                      f"back in load balancing by itself within {bound} s of its start: yes",
+                      "writes and reads went on; the sessions that were using it were cut (counted below)"]
+    return outcome
+
+
+def pgpool_restarts(env) -> Outcome:
+    service = shlex.quote(env.params.pgpool["service"])
+    outcome = Outcome(f"{env.pgpool.host.name} (root) $ systemctl restart {service}    # while a writer and a reader use it")
+    with Traffic(env) as traffic:
+        _run(traffic, env.pgpool, f"systemctl restart {service}", "root", outcome,
+             lambda: traffic.writer.first_ok_after(outcome.start + 0.5) and traffic.reader.first_ok_after(outcome.start + 0.5))
+    _observe(traffic, outcome)
+    within(outcome, "writes stopped for", PGPOOL_BOUND_S, "writes stopped")
+    within(outcome, "reads stopped for", PGPOOL_BOUND_S, "reads stopped")
+    return outcome
+
+
+def roles_line(env) -> str:
+    """The roles as the parameters give them, or a failure naming what to do."""
+    now = roles_now(env)
+    wanted = {h.name: h.role for h in env.params.database_hosts}
+    expect(now == wanted, f"the servers' roles are {now}, not {wanted}.",
+           "a drill stopped half way: rejoin the stopped server and switch back (the cells above), then run again.")
+    return "roles: " + ", ".join(f"{n} {r}" for n, r in now.items())

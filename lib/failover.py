@@ -1,0 +1,288 @@
+"""Notebook 03, Steps 40-43: what the guide leaves out, so that the cluster survives its primary.
+
+pgpool detects a failed server (its health check, lib.part2.HEALTH_CHECK) and detaches it. For a
+standby that is all. For the primary, pgpool runs `failover_command`: our failover.sh, as postgres
+on the pgpool host, promotes the next server over SSH. Afterwards `follow_primary_command`
+(follow_primary.sh) points every other running standby at the new primary. The failed primary
+itself is brought back later, by a person, with `rejoin` (lib.drills): pg_rewind, which needs
+wal_log_hints (Part 1, Step 2).
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from functools import partial
+
+from lib import ops, pgconf, pgpoolconf, postgres
+from lib.ops import Secret, guide_step
+from lib.part1 import REPLICATION_ROLE
+from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf, pcp, secret_file
+from lib.postgres import auth_method, conf_file, hba_type
+from lib.roles import sql_literal
+from lib.show import expect
+
+#: postgres's own key on the pgpool host: failover.sh logs in with it to promote a server
+SSH_DIR = f"{HOME}/.ssh"
+KEY = f"{SSH_DIR}/id_ed25519_pgguide"
+KNOWN_HOSTS = f"{SSH_DIR}/known_hosts"
+AUTHORIZED_KEYS = f"{SSH_DIR}/authorized_keys"
+#: the replicator's password for pg_rewind and for a standby's primary_conninfo (passfile=)
+PGPASS = f"{HOME}/.pgpass"
+FAILOVER_LOG = f"{LOG_DIR}/failover.log"
+#: what pg_rewind reads on its source server, granted so that replicator need not be a superuser
+REWIND_FUNCTIONS = ("pg_catalog.pg_ls_dir(text, boolean, boolean)", "pg_catalog.pg_stat_file(text, boolean)",
+                    "pg_catalog.pg_read_binary_file(text)",
+                    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)")
+
+
+def database_remotes(env) -> list:
+    return [env.primary, *env.standbys]
+
+
+def key_shown(line: str, what: str) -> str:
+    """A key line with its key material named instead (it differs on every host and every run)."""
+    return re.sub(r"(ssh-ed25519) \S+( \S+)?$", rf"\1 <{what}>", line)
+
+
+def ssh_options() -> str:
+    return (f"-i {KEY} -o BatchMode=yes -o ConnectTimeout=5 -o StrictHostKeyChecking=yes "
+            f"-o UserKnownHostsFile={KNOWN_HOSTS}")
+
+
+def standby_conninfo(params, primary_address: str, name: str) -> str:
+    """primary_conninfo without a password: libpq reads it from ~postgres/.pgpass."""
+    return (f"host={primary_address} port={params.postgres['port']} user={REPLICATION_ROLE} "
+            f"application_name={name} passfile={PGPASS} sslmode={'require' if postgres.tls(params) else 'prefer'}")
+
+
+# --- Step 40 ---------------------------------------------------------------------------------------------
+def peer_hba_lines(env, remote) -> list[str]:
+    """On each server: replication and pg_rewind's session from each other server."""
+    kind, method = hba_type(env.params), auth_method(env.params)
+    return [f"{kind} {database} {REPLICATION_ROLE} {other.host.address}/32 {method}"
+            for other in database_remotes(env) if other is not remote for database in ("replication", "postgres")]
+
+
+@guide_step
+def every_server_can_lead(env) -> ops.Step:
+    step, p = ops.Step("ready to lead"), env.params
+    wanted = postgres.primary_settings(p)
+    for r in database_remotes(env):
+        if r is not env.primary:
+            postgres.edit_step(step, r, conf_file(r, "postgresql.conf"), lambda text: pgconf.set_settings(text, wanted))
+        postgres.edit_step(step, r, conf_file(r, "pg_hba.conf"),
+                           lambda text, r=r: pgconf.add_hba_records(text, peer_hba_lines(env, r)))
+        secret_file(step, r, PGPASS, (f"*:{p.postgres['port']}:*:{REPLICATION_ROLE}:", Secret("replication"), "\n"),
+                    lambda line: line.rsplit(":", 1)[0] + ":" + ops.MASK, "the replicator's password")
+    missing = [f for f in REWIND_FUNCTIONS if postgres.value(
+        env.primary, f"SELECT has_function_privilege({sql_literal(REPLICATION_ROLE)}, {sql_literal(f)}, 'EXECUTE')") != "t"]
+    if missing:
+        step.do(ops.Sql(env.primary, "postgres", statement=("\n".join(
+            f"GRANT EXECUTE ON FUNCTION {f} TO {REPLICATION_ROLE};" for f in missing),),
+            summary=f"{REPLICATION_ROLE} may run what pg_rewind reads"))
+    else:
+        step.note(env.primary, f"{REPLICATION_ROLE} may already run what pg_rewind reads")
+    for r in database_remotes(env):
+        hba_edited = any(isinstance(a, ops.FileChange) and a.remote is r and a.path == conf_file(r, "pg_hba.conf")
+                         for a in step.actions)
+        if hba_edited and not postgres.settings_differing(r, wanted):
+            step.notify(ops.service(r, "reload", p.postgres["service"]))     # new pg_hba lines take effect
+        else:
+            postgres.settle(step, r, wanted)
+
+    def shown():
+        rows = []
+        for r in database_remotes(env):
+            found = {n: postgres.value(r, f"SHOW {n}") for n in ("wal_log_hints", "max_wal_senders", "listen_addresses")}
+            expect(found["wal_log_hints"] == "on", f"{r.host.name} runs with wal_log_hints = {found['wal_log_hints']}.",
+                   "pg_rewind cannot rewind a server without it: provision again (Step 2, Step 40), which restarts it.")
+            rows.append(f"{r.host.name} (postgres) $ psql -c \"SHOW wal_log_hints\"  →  {found['wal_log_hints']}")
+        return "\n".join(rows)
+    return step.verify("every server logs hint bits for pg_rewind", shown)
+
+
+# --- Step 41 ---------------------------------------------------------------------------------------------
+def host_key(remote) -> str:
+    """The host's own ed25519 key (`ssh-ed25519 AAAA…`), read over our SSH connection, whose host
+    key is already checked."""
+    return " ".join(remote.run("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2])
+
+
+@guide_step
+def postgres_key(env) -> ops.Step:
+    """A key pair for postgres on the pgpool host, made there: its private half never travels."""
+    vm3, step = env.pgpool, ops.Step("postgres key")
+    k = shlex.quote(KEY)
+    if vm3.run(f"test -f {k} && test -f {k}.pub", user="root", check=False).ok:
+        return step.note(vm3, f"{KEY} exists")
+    return step.do(ops.Command(vm3, "postgres", f"install -d -m 700 {SSH_DIR} && "
+                               f"ssh-keygen -q -t ed25519 -N '' -C postgres@{vm3.host.name}-pgguide -f {k}",
+                               summary=f"a key for postgres on {vm3.host.name}"))
+
+
+@guide_step
+def ssh_trust(env) -> ops.Step:
+    """postgres on the pgpool host may log in as postgres on each server with that key, from the
+    pgpool host's address only, to servers whose host keys are pinned (read over our own checked
+    SSH connections, never trusted on first use)."""
+    vm3, step = env.pgpool, ops.Step("ssh trust")
+    public = vm3.run(f"cat {shlex.quote(KEY)}.pub", user="root",
+                     hint="the key is made just before (postgres_key): run that cell first").stdout.strip()
+    servers = {r.host.address for r in database_remotes(env)}
+    pinned = "".join(f"{r.host.address} {host_key(r)}\n" for r in database_remotes(env))
+    current = vm3.run(f"cat {KNOWN_HOSTS} 2>/dev/null || true", user="root").stdout
+    others = "".join(l + "\n" for l in current.splitlines() if l.split(" ", 1)[0] not in servers)
+    if others + pinned != current:
+        names = {r.host.address: r.host.name for r in database_remotes(env)}
+        step.do(ops.FileChange(vm3, "root", path=KNOWN_HOSTS, old=current or None, new=(others + pinned,),
+                               owner="postgres:postgres", mode="644",
+                               mask_line=lambda l: key_shown(l, f"{names.get(l.split(' ', 1)[0], '?')}'s host key")))
+    else:
+        step.note(vm3, f"{KNOWN_HOSTS} pins each server's host key")
+    line = f'from="{vm3.host.address}",no-agent-forwarding,no-port-forwarding,no-X11-forwarding {public}'
+    for r in database_remotes(env):
+        have = r.run(f"cat {AUTHORIZED_KEYS} 2>/dev/null || true", user="root").stdout
+        if line in have.splitlines():
+            step.note(r, f"{AUTHORIZED_KEYS} lets postgres of {vm3.host.name} in, from its address only")
+            continue
+        if not r.run(f"test -d {SSH_DIR}", user="root", check=False).ok:
+            step.do(ops.Command(r, "root", f"install -d -o postgres -g postgres -m 700 {SSH_DIR}"))
+        kept = "".join(l + "\n" for l in have.splitlines() if not l.endswith(public.split()[-1]))
+        step.do(ops.FileChange(r, "root", path=AUTHORIZED_KEYS, old=have or None, new=(kept + line + "\n",),
+                               owner="postgres:postgres", mode="600",
+                               mask_line=lambda l: key_shown(l, f"{KEY}.pub of {vm3.host.name}")))
+
+    def logs_in():
+        lines = []
+        for r in database_remotes(env):
+            command = f"ssh {ssh_options()} postgres@{r.host.address} hostname"
+            out = vm3.run(command, user="postgres", check=False)
+            expect(out.ok, f"postgres on {vm3.host.name} cannot log in to {r.host.name}: "
+                           f"{out.stderr.strip() or out.stdout.strip()}",
+                   f"check {AUTHORIZED_KEYS} on {r.host.name} and {KNOWN_HOSTS} on {vm3.host.name} (provision again).")
+            lines.append(f"{vm3.host.name} (postgres) $ {command}\n{out.stdout.strip()}")
+        return "\n".join(lines)
+    return step.verify("postgres on the pgpool host logs in to each server", logs_in)
+
+
+# --- Step 42 ---------------------------------------------------------------------------------------------
+def failover_script(params) -> str:
+    p = params.postgres
+    return f"""#!/bin/bash
+# pgpool runs this as postgres on the pgpool host when it detaches a node (written by pgguide):
+#   failover_command = '{FAILOVER_SCRIPT} %d %h %P %m %H'
+# %d: the node detached, %h: its host, %P: the primary before, %m: the new main node, %H: its host
+set -u
+failed=$1 failed_host=$2 old_primary=$3 new_main=$4 new_host=$5
+log() {{ echo "$(date +%s.%N) $*" >> {FAILOVER_LOG}; }}
+if [ "$failed" != "$old_primary" ]; then
+    log "node $failed ($failed_host) detached: a standby; nothing to promote"
+    exit 0
+fi
+if [ "$new_main" -lt 0 ] || [ -z "$new_host" ]; then
+    log "primary node $failed ($failed_host) failed and no server is left to promote"
+    exit 1
+fi
+log "primary node $failed ($failed_host) failed: promoting node $new_main ($new_host)"
+if ssh {ssh_options()} postgres@"$new_host" \\
+        "pg_ctlcluster {int(p['version'])} {p['cluster']} promote" >> {FAILOVER_LOG} 2>&1; then
+    log "node $new_main ($new_host) promoted"
+else
+    log "promoting node $new_main ($new_host) FAILED"
+    exit 1
+fi
+"""
+
+
+def follow_script(params) -> str:
+    p = params.postgres
+    names = "\n".join(f"    {h.address}) name={h.name} ;;" for h in params.database_hosts)
+    conninfo = standby_conninfo(params, "$new_host", "$name").replace(f"port={p['port']}", "port=$new_port")
+    return f"""#!/bin/bash
+# pgpool runs this as postgres on the pgpool host after a new primary took over, once for each other
+# node, which it has detached (written by pgguide):
+#   follow_primary_command = '{FOLLOW_SCRIPT} %d %h %H %r'
+# %d: the node, %h: its host, %H: the new primary's host, %r: its port.
+# A running standby is pointed at the new primary and attached again; a server that is down (the
+# failed primary) is left for a person to rejoin (pg_rewind: notebook 04).
+set -u
+node=$1 host=$2 new_host=$3 new_port=$4
+log() {{ echo "$(date +%s.%N) $*" >> {FAILOVER_LOG}; }}
+on() {{ ssh {ssh_options()} postgres@"$host" "$@"; }}
+if ! on "pg_lsclusters --no-header {int(p['version'])} {p['cluster']}" 2>/dev/null | grep -q 'online,recovery'; then
+    log "node $node ($host) is not a running standby: left detached (rejoin it with pg_rewind)"
+    exit 0
+fi
+case $host in   # the name pgpool matches in pg_stat_replication (backend_application_nameN)
+{names}
+esac
+log "node $node ($host): following the new primary $new_host"
+on "psql -Xqc \\"ALTER SYSTEM SET primary_conninfo = '{conninfo}'\\" -c 'SELECT pg_reload_conf()'" >> {FAILOVER_LOG} 2>&1 || {{
+    log "node $node ($host): could not set primary_conninfo"; exit 1; }}
+for _ in $(seq 1 30); do
+    if on "psql -XAtc \\"SELECT status FROM pg_stat_wal_receiver\\"" 2>/dev/null | grep -q streaming; then
+        pcp_attach_node -h localhost -p {params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w -n "$node" >> {FAILOVER_LOG} 2>&1
+        log "node $node ($host) streams from $new_host: attached"
+        exit 0
+    fi
+    sleep 1
+done
+log "node $node ($host) does not stream from $new_host (it may be ahead of it: pg_rewind it)"
+exit 1
+"""
+
+
+FAILOVER_SCRIPT_NAME, FOLLOW_SCRIPT_NAME = "failover.sh", "follow_primary.sh"
+FAILOVER_SCRIPT = f"/etc/pgpool2/{FAILOVER_SCRIPT_NAME}"
+FOLLOW_SCRIPT = f"/etc/pgpool2/{FOLLOW_SCRIPT_NAME}"
+
+
+def failover_settings(params) -> dict:
+    d = params.pgpool["conf_dir"]
+    return {"failover_command": f"{d}/{FAILOVER_SCRIPT_NAME} %d %h %P %m %H",
+            "follow_primary_command": f"{d}/{FOLLOW_SCRIPT_NAME} %d %h %H %r"}
+
+
+@guide_step
+def failover_commands(env) -> ops.Step:
+    vm3, p, step = env.pgpool, env.params, ops.Step("failover commands")
+    d = p.pgpool["conf_dir"]
+    for name, text in ((FAILOVER_SCRIPT_NAME, failover_script(p)), (FOLLOW_SCRIPT_NAME, follow_script(p))):
+        path = f"{d}/{name}"
+        old = vm3.run(f"cat {shlex.quote(path)} 2>/dev/null || true", user="root").stdout
+        access = vm3.run(f"stat -c '%U:%G %a' {shlex.quote(path)} 2>/dev/null || true", user="root").stdout.strip()
+        if old != text or access != "root:postgres 750":
+            step.do(ops.FileChange(vm3, "root", path=path, old=old or None, new=(text,), owner="root:postgres", mode="750"))
+        else:
+            step.note(vm3, f"{path} is in place")
+    if not vm3.run(f"test -f {FAILOVER_LOG}", user="root", check=False).ok:
+        step.do(ops.Command(vm3, "root", f"install -o postgres -g postgres -m 640 /dev/null {FAILOVER_LOG}",
+                            summary=f"created {FAILOVER_LOG}"))
+    postgres.edit_step(step, vm3, conf(p, "pgpool.conf"),
+                       lambda text: pgpoolconf.set_settings(text, failover_settings(p)))
+    return step
+
+
+def running_commands(env) -> str:
+    """pgpool runs with our commands (PGPOOL SHOW, through pgpool)."""
+    from lib.part2 import via_pgpool
+    lines = []
+    with via_pgpool(env)() as conn:
+        for name, wanted in failover_settings(env.params).items():
+            res = conn.pgconn.exec_(f"PGPOOL SHOW {name}".encode())
+            value = res.get_value(0, 0).decode() if res.ntuples else ""
+            expect(value == wanted, f"pgpool runs with {name} = {value!r}.",
+                   "restart pgpool (Step 43) so that it reads pgpool.conf again.")
+            lines.append(f"{name} = '{value}'")
+    return f"notebook → {env.pgpool.host.name}:{env.params.pgpool['port']} (postgres) $ PGPOOL SHOW …\n" + "\n".join(lines)
+
+
+@guide_step
+def failover_ready(env) -> ops.Step:
+    from lib import part2
+    def nodes():
+        found = part2.wait_for_nodes(part2.via_pgpool(env), env.params, timeout=postgres.patience(env.pgpool, 60))
+        part2.check_nodes(found, env.params)
+        return part2.show_pool_nodes(env)
+    return ops.Step("failover ready").verify("pgpool runs with the failover commands", partial(running_commands, env)) \
+        .verify("every node up", nodes)

@@ -1,0 +1,115 @@
+"""Failover without a lab: the detection arithmetic that the prose states, which detached nodes
+Part 2 attaches again, the scripts pgpool runs, and how the drills measure and print."""
+import re
+import subprocess
+
+import nbformat
+import pytest
+
+from lib import REPO, drills, failover, part2
+from lib import params as P
+
+PARAMS = P.load()
+
+
+def test_detection_and_reattach_bounds_follow_from_the_settings():
+    assert part2.detection_bounds() == {"refused": 2 + 2 * 1, "silent": 2 + 3 * 3 + 2 * 1}
+    assert part2.detection_bounds({"health_check_period": 10, "health_check_timeout": 20,
+                                   "health_check_max_retries": 3, "health_check_retry_delay": 1}) == \
+        {"refused": 13, "silent": 10 + 4 * 20 + 3}
+    assert part2.reattach_bound() == 5 + 10
+
+
+def test_pgpool_conf_carries_the_healing_settings():
+    settings = part2.pgpool_settings(PARAMS)
+    assert {**part2.HEALTH_CHECK, **part2.HEALING}.items() <= settings.items()
+    assert settings["auto_failback"] is True and settings["search_primary_node_timeout"] < 300
+
+
+def test_the_prose_states_the_bounds_the_settings_give():
+    nb = nbformat.read(REPO / "notebooks" / "02-pgpool.ipynb", as_version=4)
+    step30 = next(c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("### Step 30 "))
+    bounds = part2.detection_bounds()
+    assert f"**{bounds['refused']} s**" in step30 and f"**{bounds['silent']} s**" in step30
+    assert f"**{part2.HEALING['sr_check_period']} s**" in step30 and f"up to {part2.reattach_bound()} s" in step30
+    for name, value in {**part2.HEALTH_CHECK, **part2.HEALING}.items():
+        if not isinstance(value, bool):
+            assert re.search(rf"`{name}`[^\n]*\| {value} \|", step30), name
+
+
+def node(node_id, status, pg_status, pg_role, replication_state="", hostname="10.213.93.133"):
+    return {"node_id": str(node_id), "hostname": hostname, "status": status, "pg_status": pg_status,
+            "pg_role": pg_role, "replication_state": replication_state}
+
+
+class Env:
+    params = PARAMS
+
+
+@pytest.mark.parametrize("nodes, attached", [
+    ([node(0, "up", "up", "primary", hostname="10.213.93.132"), node(1, "down", "up", "standby", "streaming")], [1]),
+    ([node(0, "up", "up", "primary", hostname="10.213.93.132"), node(1, "down", "up", "standby", "")], []),
+    ([node(0, "up", "up", "primary", hostname="10.213.93.132"), node(1, "down", "down", "unknown")], []),
+    ([node(0, "down", "up", "primary", hostname="10.213.93.132"), node(1, "up", "up", "standby", "streaming")], [0]),
+    # a second primary beside one that pgpool uses is a split brain, never attached
+    ([node(0, "up", "up", "primary", hostname="10.213.93.132"), node(1, "down", "up", "primary")], []),
+    ([node(0, "up", "up", "primary", hostname="10.213.93.132"), node(1, "waiting", "up", "standby", "streaming")], []),
+])
+def test_only_a_healthy_node_in_its_role_is_attached_again(nodes, attached):
+    assert [n for n, _ in part2.healthy_but_detached(Env, nodes)] == attached
+
+
+@pytest.mark.parametrize("make", [failover.failover_script, failover.follow_script])
+def test_the_scripts_are_bash_for_debian_paths(make, tmp_path):
+    script = make(PARAMS)
+    path = tmp_path / "s.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    assert "/usr/pgsql" not in script and "pg_ctl -D" not in script
+    assert re.search(r"pg_(ctl|ls)clusters? (--no-header )?15 main", script) and "StrictHostKeyChecking=yes" in script
+
+
+def test_follow_primary_names_each_standby_as_pgpool_matches_it():
+    script = failover.follow_script(PARAMS)
+    for h in PARAMS.database_hosts:
+        assert f"{h.address}) name={h.name} ;;" in script
+    assert "passfile=" in script and "password=" not in script
+
+
+def test_standby_conninfo_holds_no_password():
+    info = failover.standby_conninfo(PARAMS, "10.0.0.1", "vm2")
+    assert info == ("host=10.0.0.1 port=5432 user=replicator application_name=vm2 "
+                    "passfile=/var/lib/postgresql/.pgpass sslmode=prefer")
+
+
+def test_key_material_is_named_not_shown():
+    assert failover.key_shown("10.0.0.1 ssh-ed25519 AAAAC3Nza", "vm1's host key") == "10.0.0.1 ssh-ed25519 <vm1's host key>"
+    line = 'from="10.0.0.3",no-agent-forwarding ssh-ed25519 AAAAC3Nza postgres@vm3-pgguide'
+    assert failover.key_shown(line, "key") == 'from="10.0.0.3",no-agent-forwarding ssh-ed25519 <key>'
+
+
+def test_pg_rewind_output_keeps_its_own_lines_with_positions_named():
+    out = drills.rewind_output(
+        'pg_rewind: executing "/usr/lib/postgresql/15/bin/postgres" for target server to complete crash recovery\n'
+        "2026-11-27 16:15:50.729 UTC [5810] LOG:  database system was interrupted\n"
+        "backend> 2026-11-27 16:15:50.737 UTC [5810] LOG:  checkpoint starting\n"
+        "pg_rewind: servers diverged at WAL location 0/518BF78 on timeline 12\n"
+        "pg_rewind: Done!")
+    assert out == ("pg_rewind: executing /usr/lib/postgresql/15/bin/postgres for target server to complete crash "
+                   "recovery\npg_rewind: servers diverged at WAL location <lsn> on timeline <n>\npg_rewind: Done!")
+
+
+def test_a_client_record_gives_gaps_and_failures():
+    c = drills.Client("writer", ok=[1.0, 1.1, 3.6, 3.7], failed=[1.5, 2.0, 9.0])
+    assert c.longest_gap(1.05, 4.0) == pytest.approx(2.5)
+    assert c.longest_gap(0.0, 10.0) == pytest.approx(6.3)
+    assert c.failures_between(1.05, 4.0) == 2
+    assert c.first_ok_after(1.1) == 3.6
+
+
+def test_lost_rows_fail_the_drill_in_synchronous_mode_and_are_counted_otherwise():
+    lost = drills.Outcome("x", lost=[7, 8])
+    with pytest.raises(Exception, match="2 acknowledged rows are gone"):
+        drills.lost_rows_line(lost, synchronous=True)
+    assert "counted" in drills.lost_rows_line(lost, synchronous=False)
+    assert drills.lost_rows_line(drills.Outcome("x"), synchronous=True) == "acknowledged rows lost: 0"
