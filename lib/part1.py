@@ -302,7 +302,10 @@ def verify_backup(env) -> ops.Step:
     password = secret("replication", env.params)
     for s in env.standbys:
         fields = conninfo_fields(auto_conf(s))
-        if fields and fields.get("password") != password:
+        if fields and "passfile" in fields and "password" not in fields:
+            # a standby rejoined after a failover (notebook 04): Step 40 keeps that file's password right
+            step.note(s, f"primary_conninfo reads the password from {fields['passfile']}")
+        elif fields and fields.get("password") != password:
             step.do(set_conninfo_password(s, fields))
         elif fields:
             step.note(s, "primary_conninfo's password is PGGUIDE_REPLICATION_PASSWORD")
@@ -316,7 +319,7 @@ def verify_backup(env) -> ops.Step:
             shown.append(f"{s.host.name} (postgres) $ ls {data}/standby.signal\n"
                          + (f"{data}/standby.signal" if signal else "ls: cannot access: No such file or directory"))
             shown.append(f"{s.host.name} (postgres) $ cat {data}/postgresql.auto.conf   # primary_conninfo's fields:")
-            shown += [f"  {k:<17} {'********' if k == 'password' else fields.get(k, '(not set)')}"
+            shown += [f"  {k:<17} {'********' if k == 'password' and k in fields else fields.get(k, '(not set)')}"
                       for k in ("user", "password", "host", "port", "application_name")]
             expect(signal, f"{s.host.name} has no standby.signal.", "re-run the base backup with -R (Step 9).")
             expect(fields.get("host") == env.primary.host.address and fields.get("user") == REPLICATION_ROLE,
