@@ -9,7 +9,6 @@ wal_log_hints (Part 1, Step 2).
 """
 from __future__ import annotations
 
-import re
 import shlex
 from functools import partial
 
@@ -25,6 +24,7 @@ from lib.show import expect
 SSH_DIR = f"{HOME}/.ssh"
 KEY = f"{SSH_DIR}/id_ed25519_pgguide"
 KNOWN_HOSTS = f"{SSH_DIR}/known_hosts"
+KEY_COMMENT = "postgres@{}-pgguide"
 AUTHORIZED_KEYS = f"{SSH_DIR}/authorized_keys"
 #: the replicator's password for pg_rewind and for a standby's primary_conninfo (passfile=)
 PGPASS = f"{HOME}/.pgpass"
@@ -37,11 +37,6 @@ REWIND_FUNCTIONS = ("pg_catalog.pg_ls_dir(text, boolean, boolean)", "pg_catalog.
 
 def database_remotes(env) -> list:
     return [env.primary, *env.standbys]
-
-
-def key_shown(line: str, what: str) -> str:
-    """A key line with its key material named instead (it differs on every host and every run)."""
-    return re.sub(r"(ssh-ed25519) \S+( \S+)?$", rf"\1 <{what}>", line)
 
 
 def ssh_options() -> str:
@@ -116,41 +111,53 @@ def postgres_key(env) -> ops.Step:
     if vm3.run(f"test -f {k} && test -f {k}.pub", user="root", check=False).ok:
         return step.note(vm3, f"{KEY} exists")
     return step.do(ops.Command(vm3, "postgres", f"install -d -m 700 {SSH_DIR} && "
-                               f"ssh-keygen -q -t ed25519 -N '' -C postgres@{vm3.host.name}-pgguide -f {k}",
+                               f"ssh-keygen -q -t ed25519 -N '' -C {KEY_COMMENT.format(vm3.host.name)} -f {k}",
                                summary=f"a key for postgres on {vm3.host.name}"))
+
+
+def trusted_line(vm3) -> str:
+    """authorized_keys' line for the pgpool host's key: from its address only, nothing forwarded."""
+    return f'from="{vm3.host.address}",no-agent-forwarding,no-port-forwarding,no-X11-forwarding'
+
+
+def _replace_lines(path: str, drop: str, line: str, owner: str, mode: str) -> str:
+    """Shell: in `path`, lines matching the grep pattern `drop` replaced by `line` (a shell word
+    using $k, the text on stdin), written whole, with owner and mode."""
+    f = shlex.quote(path)
+    return (f"k=$(cat) && touch {f} && {{ grep -v -- {shlex.quote(drop)} {f} || true; echo {line}; }} > {f}.new && "
+            f"chown {owner} {f}.new && chmod {mode} {f}.new && mv {f}.new {f}")
 
 
 @guide_step
 def ssh_trust(env) -> ops.Step:
     """postgres on the pgpool host may log in as postgres on each server with that key, from the
-    pgpool host's address only, to servers whose host keys are pinned (read over our own checked
-    SSH connections, never trusted on first use)."""
+    pgpool host's address only, to servers whose host keys are pinned: read over our own checked
+    SSH connections, never trusted on first use. Each key goes from the host that has it to the
+    host that trusts it (ops.Relay), so the run record's commands.sh works on other hosts too."""
     vm3, step = env.pgpool, ops.Step("ssh trust")
     public = vm3.run(f"cat {shlex.quote(KEY)}.pub", user="root",
                      hint="the key is made just before (postgres_key): run that cell first").stdout.strip()
-    servers = {r.host.address for r in database_remotes(env)}
-    pinned = "".join(f"{r.host.address} {host_key(r)}\n" for r in database_remotes(env))
-    current = vm3.run(f"cat {KNOWN_HOSTS} 2>/dev/null || true", user="root").stdout
-    others = "".join(l + "\n" for l in current.splitlines() if l.split(" ", 1)[0] not in servers)
-    if others + pinned != current:
-        names = {r.host.address: r.host.name for r in database_remotes(env)}
-        step.do(ops.FileChange(vm3, "root", path=KNOWN_HOSTS, old=current or None, new=(others + pinned,),
-                               owner="postgres:postgres", mode="644",
-                               mask_line=lambda l: key_shown(l, f"{names.get(l.split(' ', 1)[0], '?')}'s host key")))
-    else:
-        step.note(vm3, f"{KNOWN_HOSTS} pins each server's host key")
-    line = f'from="{vm3.host.address}",no-agent-forwarding,no-port-forwarding,no-X11-forwarding {public}'
+    known = vm3.run(f"cat {KNOWN_HOSTS} 2>/dev/null || true", user="root").stdout.splitlines()
+    for r in database_remotes(env):
+        pinned = f"{r.host.address} {host_key(r)}"
+        if pinned in known and not any(l.startswith(r.host.address + " ") and l != pinned for l in known):
+            step.note(vm3, f"{KNOWN_HOSTS} pins {r.host.name}'s host key")
+            continue
+        step.do(ops.Relay(vm3, "root", source=r, read="cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub",
+                          write=_replace_lines(KNOWN_HOSTS, f"^{r.host.address} ", f'"{r.host.address} $k"',
+                                               "postgres:postgres", "644"),
+                          summary=f"{KNOWN_HOSTS}: {r.host.name}'s host key pinned"))
+    line = f"{trusted_line(vm3)} {public}"
     for r in database_remotes(env):
         have = r.run(f"cat {AUTHORIZED_KEYS} 2>/dev/null || true", user="root").stdout
         if line in have.splitlines():
             step.note(r, f"{AUTHORIZED_KEYS} lets postgres of {vm3.host.name} in, from its address only")
             continue
-        if not r.run(f"test -d {SSH_DIR}", user="root", check=False).ok:
-            step.do(ops.Command(r, "root", f"install -d -o postgres -g postgres -m 700 {SSH_DIR}"))
-        kept = "".join(l + "\n" for l in have.splitlines() if not l.endswith(public.split()[-1]))
-        step.do(ops.FileChange(r, "root", path=AUTHORIZED_KEYS, old=have or None, new=(kept + line + "\n",),
-                               owner="postgres:postgres", mode="600",
-                               mask_line=lambda l: key_shown(l, f"{KEY}.pub of {vm3.host.name}")))
+        step.do(ops.Relay(r, "root", source=vm3, source_user="root", read=f"cat {KEY}.pub",
+                          write=f"install -d -o postgres -g postgres -m 700 {SSH_DIR} && " + _replace_lines(
+                              AUTHORIZED_KEYS, f"{KEY_COMMENT.format(vm3.host.name)}$",
+                              shlex.quote(trusted_line(vm3)) + '" $k"', "postgres:postgres", "600"),
+                          summary=f"{AUTHORIZED_KEYS}: postgres of {vm3.host.name} may log in"))
 
     def logs_in():
         lines = []

@@ -305,6 +305,37 @@ class FileChange(Action):
         return super().record() | ({"original": self.original} if self.old is not None else {})
 
 
+@dataclass
+class Relay(Action):
+    """Text read on one host and handed, through this machine, to a script on another: a key
+    that must go from the host where it is made to the host that trusts it. (remote, user) is
+    where `write` runs, with the text on its stdin; `read` runs on `source` as `source_user`."""
+    source: object = None
+    source_user: str | None = None
+    read: str = ""
+    write: str = ""
+    summary: str | None = None
+
+    def script(self) -> str:
+        return self.write
+
+    def display(self) -> str:
+        who = self.source_user or self.source.params.ssh["user"]
+        return f"{self.write}    # stdin: {self.source.host.name} ({who}) $ {self.read}"
+
+    def what(self) -> str:
+        return self.summary or self.display().splitlines()[0]
+
+    def run(self) -> str:
+        text = self.source.run(self.read, user=self.source_user).stdout
+        self.remote.run(self.write, user=self.user, stdin=text, timeout=self.timeout, hint=self.hint)
+        return ""
+
+    def bash(self) -> str:
+        return (f"on {self.source.host.name} {self.source_user or '-'} {shell_word(self.read)} </dev/null | "
+                f"on {self.host} {self.user or '-'} {shell_word(self.write)}")
+
+
 def service(remote, verb: str, unit: str, *, then: str = "", hint: str | None = None) -> Command:
     """A service action (handler): `systemctl VERB UNIT`, and `then` a bounded wait for its effect."""
     unit = shlex.quote(unit)

@@ -516,8 +516,14 @@ AUTH_FAILURES = ("authentication failed", "valid password not found", "failed to
 def via_pgpool(env):
     """psycopg connections from the notebook to pgpool, as postgres (the guide's client)."""
     from lib.secrets import secret
-    return partial(db.connect, env.params, env.pgpool.host, user="postgres", password=secret("postgres", env.params),
-                   port=env.params.pgpool["port"])
+    connect = partial(db.connect, env.params, env.pgpool.host, user="postgres", password=secret("postgres", env.params),
+                      port=env.params.pgpool["port"])
+
+    def connected(**kw):
+        if env.pgpool.unreachable is not None:      # SSH already failed: do not wait out a connect timeout too
+            raise ConnectionError(str(env.pgpool.unreachable))
+        return connect(**kw)
+    return connected
 
 
 def through_pgpool_prompt(env, database: str = "postgres") -> str:

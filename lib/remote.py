@@ -68,6 +68,11 @@ class Remote:
                 raise
         return self._conn
 
+    @property
+    def unreachable(self) -> Exception | None:
+        """Why SSH to this host failed earlier in this run, if it did."""
+        return self._unreachable
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

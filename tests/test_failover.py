@@ -82,12 +82,6 @@ def test_standby_conninfo_holds_no_password():
                     "passfile=/var/lib/postgresql/.pgpass sslmode=prefer")
 
 
-def test_key_material_is_named_not_shown():
-    assert failover.key_shown("10.0.0.1 ssh-ed25519 AAAAC3Nza", "vm1's host key") == "10.0.0.1 ssh-ed25519 <vm1's host key>"
-    line = 'from="10.0.0.3",no-agent-forwarding ssh-ed25519 AAAAC3Nza postgres@vm3-pgguide'
-    assert failover.key_shown(line, "key") == 'from="10.0.0.3",no-agent-forwarding ssh-ed25519 <key>'
-
-
 def test_pg_rewind_output_keeps_its_own_lines_with_positions_named():
     out = drills.rewind_output(
         'pg_rewind: executing "/usr/lib/postgresql/15/bin/postgres" for target server to complete crash recovery\n'

@@ -94,7 +94,7 @@ def outputs(record, notebook="01-streaming-replication.ipynb"):
 def test_second_run_changes_no_file_no_row_and_restarts_nothing(provisioned_twice):
     _, _, before, after = provisioned_twice
     assert before == after
-    assert before["vm1"].splitlines()[3] == "6"          # Alice, Bob, Charlie, David; Frank, Grace
+    assert before["vm1"].splitlines()[len(WATCHED)] == "6"    # Alice, Bob, Charlie, David; Frank, Grace
 
 
 def test_two_runs_leave_two_records(provisioned_twice):
@@ -105,14 +105,14 @@ def test_two_runs_leave_two_records(provisioned_twice):
         names = sorted(p.name for p in record.iterdir() if p.name != "kernels.log")
         assert names == ["00-environment.html", "00-environment.ipynb", "01-streaming-replication.html",
                          "01-streaming-replication.ipynb", "02-pgpool.html", "02-pgpool.ipynb",
-                         "commands.sh", "provision.log", "summary.json"]
+                         "03-failover.html", "03-failover.ipynb", "commands.sh", "provision.log", "summary.json"]
         assert summary(record)["result"] == "succeeded"
 
 
 def test_summary_says_what_each_step_changed(provisioned_twice):
     first, second, _, _ = provisioned_twice
     steps = summary(first)["steps"]
-    assert [s["step"] for s in steps if s["step"] is not None] == list(range(1, 40))
+    assert [s["step"] for s in steps if s["step"] is not None] == list(range(1, 44))
     assert {s["step"] for s in steps if s["status"] == "changed"} == CHANGING_STEPS
     by_step = {s["step"]: s for s in steps}
     assert by_step[5]["changes"] == [{"host": "vm1", "what": "systemctl restart postgresql"}]
@@ -121,7 +121,7 @@ def test_summary_says_what_each_step_changed(provisioned_twice):
     again = summary(second)
     assert again["steps_changed"] == 0 and {s["status"] for s in again["steps"]} == {"in place"}
     log = (second / "provision.log").read_text()
-    assert "0 steps changed, 46 already in place" in log and "[46/46] 02" in log
+    assert "0 steps changed, 51 already in place" in log and "[51/51] 03" in log
     assert "# nothing was changed" in (second / "commands.sh").read_text()
 
 
@@ -257,16 +257,16 @@ def test_html_record_opens_in_headless_chromium_and_shows_the_steps(provisioned_
 def test_check_passes_on_the_provisioned_cluster(provisioned_twice, secrets_file):
     result = check(secrets_file)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "check passed: all 38 steps match the guide." in result.stdout
+    assert "check passed: all 42 steps match the guide." in result.stdout
 
 
 @pytest.mark.parametrize("host, path, edit, steps, drift", [
     # the edit itself (Step 26), and the reload it would need (Step 28 settles the standby)
-    ("vm2", "/etc/postgresql/15/main/pg_hba.conf", "sed -i '/pgpool .*10.213.93.134/d'", ["Step 26", "Step 28"],
+    ("vm2", "/etc/postgresql/15/main/pg_hba.conf", "sed -i '/pgpool .*10.213.93.134/d'", ["Step 26", "Step 28", "Step 40"],
      ["vm2 (root) $ edit /etc/postgresql/15/main/pg_hba.conf", "+host all pgpool 10.213.93.134/32 scram-sha-256",
       "vm2 (root) $ systemctl reload postgresql"]),
     # the edit (Step 30), and the restart of pgpool it would need (Step 33)
-    ("vm3", "/etc/pgpool2/pgpool.conf", "sed -i 's/^backend_weight1 = 2/backend_weight1 = 0/'", ["Step 30", "Step 33"],
+    ("vm3", "/etc/pgpool2/pgpool.conf", "sed -i 's/^backend_weight1 = 2/backend_weight1 = 0/'", ["Step 30", "Step 33", "Step 43"],
      ["-backend_weight1 = 0", "+backend_weight1 = 2", "vm3 (root) $ systemctl kill -s SIGINT pgpool2"]),
 ], ids=["pgpool line removed from the standby's pg_hba", "backend_weight1 set to 0"])
 def test_check_names_a_drift_and_the_step_that_fixes_it(provisioned_twice, secrets_file, host, path, edit, steps, drift):
@@ -308,11 +308,11 @@ def test_reset_passwords_rotates_the_replication_password_and_the_standby_follow
     try:
         record = REPO / sh(REPO / "ci" / "provision", "--secrets", rotated, params).strip().splitlines()[-1].split("Record: ")[1]
         changed = {s["step"]: s["changes"] for s in summary(record)["steps"] if s["status"] == "changed"}
-        assert set(changed) == {1, 10}, changed
+        assert set(changed) == {1, 10, 40}, changed      # 40: ~postgres/.pgpass
         assert changed[10] == [{"host": "vm2", "what": "primary_conninfo: password set to PGGUIDE_REPLICATION_PASSWORD"}]
         assert "Rot'at" not in (record / "commands.sh").read_text()
         assert streams_after_restart(), "the standby did not reconnect with the new password"
-        assert "all 38 steps match" in check(rotated).stdout
+        assert "all 42 steps match" in check(rotated).stdout
     finally:
         sh(REPO / "ci" / "provision", "--secrets", secrets_file, params)
     assert streams_after_restart() and check(secrets_file).returncode == 0
