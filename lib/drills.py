@@ -354,8 +354,11 @@ def rejoin(env, remote) -> ops.Step:
 def all_up(env, timeout: float = 60) -> str:
     """Every node up (or waiting for its first client) in pgpool, one primary, standbys streaming."""
     def ready():
-        with part2.via_pgpool(env)() as conn:
-            nodes = part2.pool_nodes(conn)
+        try:
+            with part2.via_pgpool(env)() as conn:
+                nodes = part2.pool_nodes(conn)
+        except ConnectionError:         # pgpool restarts its children as it attaches a node: ask again
+            return None
         ok = (all(n["status"] in ("up", "waiting") and n["pg_status"] == "up" for n in nodes)
               and sum(n["role"] == "primary" for n in nodes) == 1
               and all(n["replication_state"] == "streaming" for n in nodes if n["role"] == "standby"))

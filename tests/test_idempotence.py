@@ -312,7 +312,8 @@ def test_reset_passwords_rotates_the_replication_password_and_the_standby_follow
         assert changed[10] == [{"host": "vm2", "what": "primary_conninfo: password set to PGGUIDE_REPLICATION_PASSWORD"}]
         assert "Rot'at" not in (record / "commands.sh").read_text()
         assert streams_after_restart(), "the standby did not reconnect with the new password"
-        assert "all 42 steps match" in check(rotated).stdout
+        rotated_check = check(rotated)
+        assert "all 42 steps match" in rotated_check.stdout, rotated_check.stdout
     finally:
         sh(REPO / "ci" / "provision", "--secrets", secrets_file, params)
     assert streams_after_restart() and check(secrets_file).returncode == 0
