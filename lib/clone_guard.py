@@ -221,6 +221,24 @@ FIX = ("check hosts.primary and hosts.standbys in the parameters, and clear a se
        "may go. Nothing was changed.")
 
 
+def roles_swapped(env) -> tuple[str, str] | None:
+    """After a failover the parameters' primary may be a standby, or down, while one of their
+    standbys runs as the primary. Then (what is, the way out), instead of reporting each step of
+    Part 1 as drift to be "fixed" by cloning over the new primary. None when the roles agree."""
+    state = postgres.cluster_state(env.primary)
+    if state == "online":
+        return None
+    promoted = [s for s in env.standbys if postgres.cluster_state(s) == "online"]
+    if not promoted:
+        return None
+    new, old = promoted[0].host.name, env.primary.host.name
+    back = (f"rejoin {old}, then " if state != "online,recovery" else "") + f"stop {new} for a planned switchover"
+    return (f"{new} runs as the primary: a failover promoted it, and the parameters still name {old} ({state}) as "
+            "the primary. Nothing was changed.",
+            f"either switch back (notebook 04: {back}, and rejoin {new}), or make the parameters say what is "
+            f"(hosts.primary: {new}, and {old} among hosts.standbys), then provision.")
+
+
 def choose(env) -> list[tuple[object, bool | None, str]]:
     """(standby, decision, why) per standby: True clone it (why: the proof), None leave it (it
     already streams from the primary), False refused (why: what was found and what to do)."""
@@ -231,6 +249,8 @@ def choose(env) -> list[tuple[object, bool | None, str]]:
             rows.append((s, None, f"already a standby streaming from {env.primary.host.name}"))
             continue
         if primary is None:
+            swapped = roles_swapped(env)
+            expect(swapped is None, *(swapped or ("", "")))
             primary = read(env.primary)
             problem = primary_problem(primary)
             expect(problem is None, f"Refusing to clone anything: {problem}.",

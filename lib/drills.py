@@ -435,3 +435,11 @@ def roles_line(env) -> str:
     expect(now == wanted, f"the servers' roles are {now}, not {wanted}.",
            "a drill stopped half way: rejoin the stopped server and switch back (the cells above), then run again.")
     return "roles: " + ", ".join(f"{n} {r}" for n, r in now.items())
+
+
+def what_provisioning_says(env) -> str:
+    """What --check and a provisioning run say while the roles are swapped (lib.clone_guard)."""
+    swapped = clone_guard.roles_swapped(env)
+    expect(swapped is not None, "the roles look as the parameters say, though a failover just swapped them.",
+           "lib.clone_guard.roles_swapped must see the promoted standby.")
+    return f"what `ci/provision --check` prints now:\ncheck FAILED: {swapped[0]}\n  Likely fix: {swapped[1]}"

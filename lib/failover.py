@@ -203,7 +203,7 @@ fi
 
 def follow_script(params) -> str:
     p = params.postgres
-    names = "\n".join(f"    {h.address}) name={h.name} ;;" for h in params.database_hosts)
+    names = "\n".join(f"    {h.address}) name={h.name} ;;" for h in sorted(params.database_hosts, key=lambda h: h.address))
     conninfo = standby_conninfo(params, "$new_host", "$name").replace(f"port={p['port']}", "port=$new_port")
     return f"""#!/bin/bash
 # pgpool runs this as postgres on the pgpool host after a new primary took over, once for each other

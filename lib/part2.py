@@ -279,7 +279,19 @@ def reattach_bound(healing: dict = HEALING) -> int:
     return healing["sr_check_period"] + healing["auto_failback_interval"]
 
 
-def pgpool_settings(params) -> dict:
+def backend_hosts(params, conf_text: str = "") -> list:
+    """The servers in pgpool's node order: as pgpool.conf has them when it names the same servers
+    (node ids are pgpool's identities, kept in pgpool_status, so a failover that swapped the roles in
+    the parameters does not renumber them), else as the parameters list them, primary first."""
+    found = dict(re.findall(r"^backend_hostname(\d+)\s*=\s*'([^']*)'", conf_text, re.M))
+    addresses = [found[k] for k in sorted(found, key=int)]
+    hosts = params.database_hosts
+    if sorted(addresses) == sorted(h.address for h in hosts) and len(addresses) == len(hosts):
+        return [params.host(a) for a in addresses]
+    return hosts
+
+
+def pgpool_settings(params, hosts: list | None = None) -> dict:
     p = params.pgpool
     settings: dict = {
         "listen_addresses": "*", "port": p["port"], "pcp_listen_addresses": "localhost", "pcp_port": p["pcp_port"],
@@ -296,7 +308,7 @@ def pgpool_settings(params) -> dict:
     if postgres.tls(params):    # TLS to clients (with this pair) and to the servers
         settings.update({"ssl": True, "ssl_cert": params.postgres["tls_cert_file"],
                          "ssl_key": params.postgres["tls_key_file"]})
-    for i, host in enumerate(params.database_hosts):
+    for i, host in enumerate(hosts or params.database_hosts):
         settings.update({f"backend_hostname{i}": host.address, f"backend_port{i}": params.postgres["port"],
                          f"backend_weight{i}": host.lb_weight,
                          f"backend_data_directory{i}": params.postgres["data_dir"],
@@ -321,11 +333,13 @@ def configure_pgpool(env) -> ops.Step:
         step.do(ops.Command(vm3, "root", f"install -d -o postgres -g postgres -m 750 {LOG_DIR}",
                             summary=f"created {LOG_DIR}"))
     path = conf(env.params, "pgpool.conf")
-    postgres.edit_step(step, vm3, path, lambda text: pgpoolconf.set_settings(text, pgpool_settings(env.params)))
+    current = vm3.run(f"cat {shlex.quote(path)} 2>/dev/null || true", user="root", mask=False).stdout
+    wanted = pgpool_settings(env.params, backend_hosts(env.params, current))
+    postgres.edit_step(step, vm3, path, lambda text: pgpoolconf.set_settings(text, wanted))
     change = next((a for a in step.actions if getattr(a, "path", None) == path), None)
     if change:
         # what the guide sets that the shipped file already says, so the diff does not show it
-        already = [f"{n} = {pgpoolconf.render(v)}" for n, v in pgpool_settings(env.params).items()
+        already = [f"{n} = {pgpoolconf.render(v)}" for n, v in wanted.items()
                    if pgpoolconf.set_settings(change.old, {n: v})[0] == change.old]
         if already:
             step.note(vm3, "already set in the shipped file: " + ", ".join(already))
@@ -585,9 +599,11 @@ def check_nodes(nodes: list[dict], params) -> None:
     total = sum(h.lb_weight for h in hosts)
     expect(len(nodes) == len(hosts), f"pgpool knows {len(nodes)} backends, the parameters name {len(hosts)}.",
            "check backend_hostnameN in pgpool.conf (Step 30) and restart pgpool.")
-    for node, host in zip(nodes, hosts):
+    by_address = {h.address: h for h in hosts}
+    for node in nodes:
         where = f"node {node['node_id']} ({node['hostname']})"
-        expect(node["hostname"] == host.address, f"{where} should be {host.address}.", "check Step 30.")
+        expect(node["hostname"] in by_address, f"{where} is none of the parameters' servers.", "check Step 30.")
+        host = by_address[node["hostname"]]
         expect(node["status"] == "up", f"{where} is {node['status']} in pgpool.",
                "pgpool cannot reach it or remembers it as down: test with psql from the pgpool host (Step 29); "
                "then `pcp_attach_node -h localhost -U pgpool -n N`, or stop pgpool, remove "

@@ -107,3 +107,28 @@ def test_lost_rows_fail_the_drill_in_synchronous_mode_and_are_counted_otherwise(
         drills.lost_rows_line(lost, synchronous=True)
     assert "counted" in drills.lost_rows_line(lost, synchronous=False)
     assert drills.lost_rows_line(drills.Outcome("x"), synchronous=True) == "acknowledged rows lost: 0"
+
+
+def test_pgpool_keeps_its_node_order_when_the_roles_are_swapped_in_the_parameters():
+    conf = "backend_hostname0 = '10.213.93.132'\nbackend_hostname1 = '10.213.93.133'\n"
+    data = P.read_file(REPO / "params" / "lab.yaml")
+    data["hosts"]["primary"], data["hosts"]["standbys"] = data["hosts"]["standbys"][0], [data["hosts"]["primary"]]
+    swapped = P.load(data)
+    assert [h.name for h in swapped.database_hosts] == ["vm2", "vm1"]
+    assert [h.name for h in part2.backend_hosts(swapped, conf)] == ["vm1", "vm2"]
+    settings = part2.pgpool_settings(swapped, part2.backend_hosts(swapped, conf))
+    assert settings["backend_hostname0"] == "10.213.93.132" and settings["backend_weight0"] == 2   # now a standby
+    assert [h.name for h in part2.backend_hosts(swapped, "")] == ["vm2", "vm1"]       # a new pgpool.conf: primary first
+    other = "backend_hostname0 = '10.0.0.9'\nbackend_hostname1 = '10.213.93.133'\n"
+    assert [h.name for h in part2.backend_hosts(swapped, other)] == ["vm2", "vm1"]
+
+
+def test_pgpool_nodes_are_matched_to_the_parameters_by_address():
+    nodes = [{"node_id": "0", "hostname": "10.213.93.132", "status": "up", "pg_status": "up", "role": "primary",
+              "lb_weight": "0.333333", "replication_state": ""},
+             {"node_id": "1", "hostname": "10.213.93.133", "status": "up", "pg_status": "up", "role": "standby",
+              "lb_weight": "0.666667", "replication_state": "streaming"}]
+    part2.check_nodes(nodes, PARAMS)
+    nodes[0]["role"], nodes[1]["role"] = "standby", "primary"
+    with pytest.raises(Exception, match="has role standby, expected primary"):
+        part2.check_nodes(nodes, PARAMS)

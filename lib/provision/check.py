@@ -85,6 +85,14 @@ def main(params, say: Callable[[str], None]) -> int:
     env = Hosts(params, read_only=True)
     say(f"check {params.environment}: does the live cluster still match the guide? (nothing is changed)")
     try:
+        from lib.clone_guard import roles_swapped
+        try:
+            swapped = roles_swapped(env)
+        except Exception:               # a host that does not answer: the steps below say which and why
+            swapped = None
+        if swapped:
+            say(f"check FAILED: {swapped[0]}\n  Likely fix: {swapped[1]}")
+            return 1
         results = run(env)
     finally:
         env.close()
