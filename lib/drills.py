@@ -271,19 +271,12 @@ def lost_rows_line(outcome: Outcome, synchronous: bool) -> str:
 
 
 # --- bringing the old primary back ----------------------------------------------------------------------------
-def controldata(remote) -> dict[str, str]:
-    p = remote.params.postgres
-    out = remote.run(f"/usr/lib/postgresql/{int(p['version'])}/bin/pg_controldata {shlex.quote(p['data_dir'])}",
-                     user="postgres").stdout
-    return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-
-
 def rejoin_proof(remote, primary) -> str:
     """Why `remote` may be rewound (or, failing that, cloned) from `primary`, read from both hosts:
     the same cluster (system identifier), and the primary promoted past it (a later timeline).
     Raises CheckFailed otherwise."""
-    ctl = {k.strip(): v.strip() for k, v in controldata(remote).items()}
-    mine, my_timeline = ctl.get("Database system identifier"), int(ctl.get("Latest checkpoint's TimeLineID", "0"))
+    found = clone_guard.read(remote)               # the control file, read the way Part 1's guard reads it
+    mine, my_timeline = found.system_id, found.timeline or 0
     theirs = postgres.value(primary, "SELECT system_identifier FROM pg_control_system()")
     timeline = int(postgres.value(primary, "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))"
                                            "::bit(32)::int"))
