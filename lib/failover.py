@@ -15,7 +15,7 @@ from functools import partial
 from lib import ops, pgconf, pgpoolconf, postgres
 from lib.ops import Secret, guide_step
 from lib.part1 import REPLICATION_ROLE
-from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf, pcp, secret_file
+from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf, secret_file
 from lib.postgres import auth_method, conf_file, hba_type
 from lib.roles import sql_literal
 from lib.show import expect
