@@ -105,10 +105,6 @@ class Traffic:
         for t in self._threads:
             t.join(timeout=STATEMENT_TIMEOUT_S + 5)
 
-    @property
-    def next_id(self) -> int:
-        return self._next_id
-
 
 def prepare(env) -> str:
     """The drills' table, empty, on the primary (through pgpool)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from functools import partial
 
-from lib import ops, pgconf, pgpoolconf, postgres
+from lib import ops, part2, pgconf, pgpoolconf, postgres
 from lib.ops import Secret, guide_step
 from lib.part1 import REPLICATION_ROLE
 from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf, secret_file
@@ -272,9 +272,8 @@ def failover_commands(env) -> ops.Step:
 
 def running_commands(env) -> str:
     """pgpool runs with our commands (PGPOOL SHOW, through pgpool)."""
-    from lib.part2 import via_pgpool
     lines = []
-    with via_pgpool(env)() as conn:
+    with part2.via_pgpool(env)() as conn:
         for name, wanted in failover_settings(env.params).items():
             res = conn.pgconn.exec_(f"PGPOOL SHOW {name}".encode())
             value = res.get_value(0, 0).decode() if res.ntuples else ""
@@ -286,10 +285,5 @@ def running_commands(env) -> str:
 
 @guide_step
 def failover_ready(env) -> ops.Step:
-    from lib import part2
-    def nodes():
-        found = part2.wait_for_nodes(part2.via_pgpool(env), env.params, timeout=postgres.patience(env.pgpool, 60))
-        part2.check_nodes(found, env.params)
-        return part2.show_pool_nodes(env)
     return ops.Step("failover ready").verify("pgpool runs with the failover commands", partial(running_commands, env)) \
-        .verify("every node up", nodes)
+        .verify("every node up", partial(part2.nodes_as_wanted, env))

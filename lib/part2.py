@@ -662,12 +662,16 @@ def current_nodes(env) -> list[dict] | None:
         return None
 
 
+def nodes_as_wanted(env) -> str:
+    """Every node up with its role and weight (waiting for pgpool's checks), shown as the guide does."""
+    found = wait_for_nodes(via_pgpool(env), env.params, timeout=patience(env.pgpool, 60))
+    check_nodes(found, env.params)
+    return show_pool_nodes(env)
+
+
 @guide_step
 def check_pool_nodes(env) -> ops.Step:
-    def nodes():
-        found = wait_for_nodes(via_pgpool(env), env.params, timeout=patience(env.pgpool, 60))
-        check_nodes(found, env.params)
-        return show_pool_nodes(env)
+    nodes = partial(nodes_as_wanted, env)
     step = ops.Step("pool_nodes")
     for node_id, why in healthy_but_detached(env, current_nodes(env) or []):
         step.do(ops.Command(env.pgpool, "postgres", pcp(env, "pcp_attach_node", f"-n {node_id}"),
