@@ -167,7 +167,12 @@ def may_clone(primary: Cluster, standby: Cluster, rebuild: bool) -> tuple[bool, 
 
 def describe_refusal(primary: Cluster, standby: Cluster, same: bool, ahead: bool, rebuild: bool) -> str:
     found = []
-    if not standby.online:
+    former_primary = (same and not standby.online and not standby.in_recovery
+                      and (primary.timeline or 0) > (standby.timeline or 0))
+    if former_primary:
+        found.append(f"it is down, and a former primary: {primary.host} was promoted past it (a failover). Do not "
+                     f"start it as it is, it would be a second primary")
+    elif not standby.online:
         found.append(f"its cluster is {standby.state or 'down'}"
                      + ("" if standby.in_recovery else ", not in recovery, so it cannot be shown to be fresh "
                         "(start it, and provisioning examines it)"))
@@ -182,6 +187,10 @@ def describe_refusal(primary: Cluster, standby: Cluster, same: bool, ahead: bool
     if same and not ahead:
         way = (f"{primary.host} is not ahead of it, so it may hold writes {primary.host} lacks: if the roles in "
                "the parameter file are swapped, fix them; if its data may go, ")
+    elif former_primary and not rebuild:
+        way = (f"it may hold commits {primary.host} never received, and rejoining discards them: look first. Then "
+               f"rejoin it as a standby of {primary.host} with pg_rewind, quicker than a new clone (notebook 04, "
+               "lib.drills.rejoin), and provision again; or set options.rebuild_standby: true, or ")
     elif same and not rebuild:
         way = "if its data may go, set options.rebuild_standby: true, or "
     else:

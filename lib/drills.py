@@ -37,6 +37,7 @@ class Client:
     ok: list[float] = field(default_factory=list)
     failed: list[float] = field(default_factory=list)
     acked: list[int] = field(default_factory=list)       # the writer's acknowledged row ids
+    latency: list[float] = field(default_factory=list)    # seconds each successful statement took
 
     def longest_gap(self, start: float, end: float) -> float:
         """The longest time without a successful statement between start and end."""
@@ -73,6 +74,7 @@ class Traffic:
             try:
                 if conn is None:
                     conn = self._connect()
+                began = time.monotonic()
                 if client is self.writer:
                     row = self._next_id
                     self._next_id += 1          # never reused: a row whose commit was not acknowledged may exist
@@ -81,6 +83,7 @@ class Traffic:
                 else:
                     conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
                 client.ok.append(time.monotonic())
+                client.latency.append(client.ok[-1] - began)
             except psycopg.Error:
                 client.failed.append(time.monotonic())
                 if conn is not None:
@@ -137,6 +140,19 @@ def roles_now(env) -> dict[str, str]:
     return found
 
 
+def commit_mode(env) -> str:
+    """How the primary acknowledges commits (Step 44), read from it; it must be what the
+    parameters say, or the drills would judge lost rows by the wrong rule."""
+    primary = the_primary(env)
+    names = postgres.value(primary, "SHOW synchronous_standby_names")
+    wanted = failover.synchronous_settings(env.params)["synchronous_standby_names"]
+    expect(names == wanted, f"{primary.host.name} runs with synchronous_standby_names = '{names}', the parameters "
+                            f"want '{wanted}'.", "provision again (notebook 03, Step 44), then run the drills.")
+    mode = ("once a standby has it too (synchronous)" if names else "by the primary alone (asynchronous, as the guide)")
+    return (f"{primary.host.name} (postgres) $ psql -c \"SHOW synchronous_standby_names\"  →  '{names}'\n"
+            f"commits are acknowledged {mode}")
+
+
 def remote_named(env, name: str):
     return next(r for r in failover.database_remotes(env) if r.host.name == name)
 
@@ -186,19 +202,31 @@ class Outcome:
     end: float = 0.0
     events: list[str] = field(default_factory=list)
     measured: dict[str, float] = field(default_factory=dict)
-    lost: list[int] = field(default_factory=list)
-    acked: int = 0
+    lost: list[int] | None = None           # None: no writer ran
+    may_lose: bool = False                   # a crash with asynchronous replication: the count is shown, not asserted
 
     def report(self) -> str:
         """The stable part: what ran, what happened, each bound held (asserted before)."""
-        return "\n".join([self.shown, *self.events])
+        return "\n".join([self.shown, *self.events, *self.lost_line()])
+
+    def lost_line(self) -> list[str]:
+        if self.lost is None:
+            return []
+        if self.may_lose:
+            return ["acknowledged rows lost: counted (asynchronous replication; the count is with the figures below)"]
+        return ["acknowledged rows lost: 0"]
 
     def figures(self) -> str:
         """The measured part: differs on every run."""
-        return ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}" for k, v in self.measured.items())
+        def shown(name, v):
+            return f"{name} {v:.1f} ms" if name == "median commit" else f"{name} {v:.1f} s" if isinstance(v, float) \
+                else f"{name} {v}"
+        return ", ".join(shown(k, v) for k, v in self.measured.items())
 
 
-def _observe(traffic: Traffic, outcome: Outcome) -> None:
+def _observe(env, traffic: Traffic, outcome: Outcome, why_none_lost: str) -> None:
+    """What the clients saw, and which acknowledged rows the cluster lacks now. Unless the drill
+    may lose rows (outcome.may_lose), a lost row fails it, with `why_none_lost` as the hint."""
     w, r = traffic.writer, traffic.reader
     outcome.measured.update({
         "writes stopped for": w.longest_gap(outcome.start, outcome.end),
@@ -206,7 +234,15 @@ def _observe(traffic: Traffic, outcome: Outcome) -> None:
         "failed writes": w.failures_between(outcome.start, outcome.end),
         "failed reads": r.failures_between(outcome.start, outcome.end),
         "rows acknowledged": len(w.acked),
+        "median commit": sorted(w.latency)[len(w.latency) // 2] * 1000 if w.latency else 0.0,
     })
+    judge_lost(outcome, rows_lost(env, w.acked), why_none_lost)
+
+
+def judge_lost(outcome: Outcome, lost: list[int], why_none_lost: str) -> None:
+    outcome.lost = lost
+    outcome.measured["rows lost"] = len(lost)
+    expect(outcome.may_lose or not lost, f"{len(lost)} acknowledged rows are gone: {lost[:10]}.", why_none_lost)
 
 
 def _run(traffic: Traffic, remote, command: str, user: str, outcome: Outcome, until, timeout: float = 60) -> None:
@@ -235,14 +271,17 @@ def primary_stops(env, how: str) -> Outcome:
              lambda: traffic.writer.first_ok_after(outcome.start + 0.001) and roles_now(env)[new.host.name] == "primary")
     log = failover_log_since(env, epoch)
     detected = next((t for t, line in log if "failed: promoting" in line), None)
-    promoted = next((t for t, line in log if line.endswith("promoted")), None)
+    promoted = next((t for t, line in log if re.match(r"node \d+ \(\S+\) promoted", line)), None)
     expect(detected is not None and promoted is not None, f"failover.sh did not promote: {[l for _, l in log]}.",
            f"read {failover.FAILOVER_LOG} and pgpool's log on {env.pgpool.host.name}; check Steps 41-43.")
     lag = time.time() - time.monotonic()                 # the log's clock against ours (the same host clock in the lab)
     outcome.measured = {"failure detected after": detected - lag - outcome.start,
                         "promoted after": promoted - lag - outcome.start, **outcome.measured}
-    _observe(traffic, outcome)
-    outcome.lost = rows_lost(env, traffic.writer.acked)
+    outcome.may_lose = how == "kill" and not env.params.postgres["synchronous"]
+    _observe(env, traffic, outcome,
+             "a clean shutdown hands the standby every WAL record: read the new primary's log."
+             if how == "stop" else "with postgres.synchronous every acknowledged commit is on a standby: check "
+             "synchronous_standby_names and pg_stat_replication's sync_state on the primary (Step 44).")
     outcome.events = [f"{env.pgpool.host.name}: {failover.FAILOVER_LOG}:"] + [f"  {line}" for _, line in log]
     outcome.events.append("roles now: " + ", ".join(f"{n} {role}" for n, role in roles_now(env).items()))
     within(outcome, "writes stopped for", PRIMARY_BOUND_S, "writes through pgpool stopped")
@@ -255,16 +294,6 @@ def within(outcome: Outcome, figure: str, bound: float, said: str) -> None:
     expect(value <= bound, f"{said} for {value:.1f} s (the bound is {bound} s).",
            "compare the health-check settings (Step 30) with the detection time above; read pgpool's log.")
     outcome.events.append(f"{said} for less than {bound} s: yes")
-
-
-def lost_rows_line(outcome: Outcome, synchronous: bool) -> str:
-    """Compared output: in synchronous mode the count itself (0, asserted); in asynchronous mode
-    only that it was counted (the window varies; the figure is printed with the measurements)."""
-    if synchronous:
-        expect(not outcome.lost, f"{len(outcome.lost)} acknowledged rows are gone: {outcome.lost[:10]}.",
-               "synchronous_commit must wait for the standby: check synchronous_standby_names.")
-        return "acknowledged rows lost: 0"
-    return "acknowledged rows lost: counted (asynchronous replication; the count is below the measurements)"
 
 
 # --- bringing the old primary back ----------------------------------------------------------------------------
@@ -324,7 +353,7 @@ def rejoin(env, remote) -> ops.Step:
                             timeout=env.params.options["step_timeout"]))
         conninfo = failover.standby_conninfo(env.params, primary.host.address, name)
         auto = f"{data}/postgresql.auto.conf"
-        step.do(ops.Command(remote, "postgres", f"sed -i '/^primary_conninfo/d' {auto} && "
+        step.do(ops.Command(remote, "postgres", f"sed -i '/^primary_conninfo/d; /^synchronous_standby_names/d' {auto} && "
                             f"echo \"primary_conninfo = '{conninfo}'\" >> {auto} && touch {data}/standby.signal",
                             summary=f"{name} configured as a standby of {primary.host.name}"))
         streaming = ops.wait_for(f"psql -XAtc 'SELECT status FROM pg_stat_wal_receiver' | grep -qx streaming", 60,
@@ -401,7 +430,7 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
         time.sleep(2)
         outcome.end = time.monotonic()
     if traffic:
-        _observe(traffic, outcome)
+        _observe(env, traffic, outcome, "the primary kept running: a row it acknowledged must still be there.")
     expect(detached, f"pgpool did not detach {name} within {down_for:.0f} s.", "check health_check_period (Step 30)")
     bound = part2.reattach_bound() + clone_guard.RECONNECT_S
     expect(back and outcome.measured["back in pgpool after start"] <= bound,
@@ -428,7 +457,7 @@ def pgpool_restarts(env) -> Outcome:
     with Traffic(env) as traffic:
         _run(traffic, env.pgpool, f"systemctl restart {service}", "root", outcome,
              lambda: traffic.writer.first_ok_after(outcome.start + 0.5) and traffic.reader.first_ok_after(outcome.start + 0.5))
-    _observe(traffic, outcome)
+    _observe(env, traffic, outcome, "the servers kept running: a row they acknowledged must still be there.")
     within(outcome, "writes stopped for", PGPOOL_BOUND_S, "writes stopped")
     within(outcome, "reads stopped for", PGPOOL_BOUND_S, "reads stopped")
     return outcome

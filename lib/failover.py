@@ -30,6 +30,12 @@ AUTHORIZED_KEYS = f"{SSH_DIR}/authorized_keys"
 PGPASS = f"{HOME}/.pgpass"
 FAILOVER_LOG = f"{LOG_DIR}/failover.log"
 #: what pg_rewind reads on its source server, granted so that replicator need not be a superuser
+#: what failover.sh runs on a server whose commits would wait for a standby that is gone (Step 44),
+#: how failback.sh finds that it did, and how it undoes it
+SUSPEND_SQL = "ALTER SYSTEM SET synchronous_standby_names = ''"
+SUSPENDED_SQL = ("SELECT count(*) FROM pg_file_settings WHERE name = 'synchronous_standby_names' "
+                 "AND sourcefile LIKE '%/postgresql.auto.conf'")
+RESUME_SQL = "ALTER SYSTEM RESET synchronous_standby_names"
 REWIND_FUNCTIONS = ("pg_catalog.pg_ls_dir(text, boolean, boolean)", "pg_catalog.pg_stat_file(text, boolean)",
                     "pg_catalog.pg_read_binary_file(text)",
                     "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)")
@@ -173,31 +179,86 @@ def ssh_trust(env) -> ops.Step:
 
 
 # --- Step 42 ---------------------------------------------------------------------------------------------
+def _functions() -> str:
+    """What the scripts share: a log line, and a command as postgres on a server over SSH."""
+    return f"""log() {{ echo "$(date +%s.%N) $*" >> {FAILOVER_LOG}; }}
+on() {{ ssh {ssh_options()} postgres@"$1" "$2"; }}"""
+
+
+#: psql on a server: synchronous commit suspended (failover.sh) or resumed (failback.sh), Step 44
+_Q = '\\"'            # a double quote inside the scripts' double-quoted remote commands
+SUSPEND = f"psql -Xq -c {_Q}{SUSPEND_SQL}{_Q} -c 'SELECT pg_reload_conf()'"
+RESUME = f"psql -Xq -c {_Q}{RESUME_SQL}{_Q} -c 'SELECT pg_reload_conf()'"
+
+
 def failover_script(params) -> str:
-    p = params.postgres
+    """With postgres.synchronous the script also suspends synchronous commit where commits would
+    otherwise wait for a standby that is gone; without it, it runs no SQL at all (each SSH round
+    trip is time during which pgpool accepts no new session)."""
+    p, synchronous = params.postgres, params.postgres["synchronous"]
+    promoted = ", with synchronous commit suspended until a standby is attached" if synchronous else ""
+    promote = f"pg_ctlcluster {int(p['version'])} {p['cluster']} promote"
+    standby_failed = """    log "node $failed ($failed_host) detached: a standby; nothing to promote"
+    exit 0"""
+    if synchronous:
+        others = ("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+                  "AND host(client_addr) <> '$failed_host'")
+        standby_failed = f"""    log "node $failed ($failed_host) detached: a standby; nothing to promote"
+    # synchronous commit (Step 44): with no other standby streaming, every commit would wait for ever.
+    # One SSH round trip (asked and suspended on the primary): pgpool takes no new session meanwhile.
+    if [ "$(on "$primary_host" "[ \\$(psql -XAtc \\"{others}\\") = 0 ] && {SUSPEND} >/dev/null && echo suspended")" = suspended ]; then
+        log "synchronous commit suspended on $primary_host: no standby left to wait for"
+    fi
+    exit 0"""
+        # suspended before the promotion: the new primary's first commits must not wait for the failed one
+        promote = f"{SUSPEND} >/dev/null; {promote}"
     return f"""#!/bin/bash
 # pgpool runs this as postgres on the pgpool host when it detaches a node (written by pgguide):
-#   failover_command = '{FAILOVER_SCRIPT} %d %h %P %m %H'
-# %d: the node detached, %h: its host, %P: the primary before, %m: the new main node, %H: its host
+#   failover_command = '{FAILOVER_SCRIPT} %d %h %P %m %H %N'
+# %d: the node detached, %h: its host, %P: the primary before, %m: the new main node, %H: its host,
+# %N: the primary's host before
 set -u
-failed=$1 failed_host=$2 old_primary=$3 new_main=$4 new_host=$5
-log() {{ echo "$(date +%s.%N) $*" >> {FAILOVER_LOG}; }}
+failed=$1 failed_host=$2 old_primary=$3 new_main=$4 new_host=$5 primary_host=$6
+{_functions()}
 if [ "$failed" != "$old_primary" ]; then
-    log "node $failed ($failed_host) detached: a standby; nothing to promote"
-    exit 0
+{standby_failed}
 fi
 if [ "$new_main" -lt 0 ] || [ -z "$new_host" ]; then
     log "primary node $failed ($failed_host) failed and no server is left to promote"
     exit 1
 fi
 log "primary node $failed ($failed_host) failed: promoting node $new_main ($new_host)"
-if ssh {ssh_options()} postgres@"$new_host" \\
-        "pg_ctlcluster {int(p['version'])} {p['cluster']} promote" >> {FAILOVER_LOG} 2>&1; then
-    log "node $new_main ($new_host) promoted"
+if on "$new_host" "{promote}" >> {FAILOVER_LOG} 2>&1; then
+    log "node $new_main ($new_host) promoted{promoted}"
 else
     log "promoting node $new_main ($new_host) FAILED"
     exit 1
 fi
+"""
+
+
+def failback_script(params) -> str:
+    """Logs the attachment; with postgres.synchronous it also resumes synchronous commit where
+    failover.sh suspended it, once a standby streams again."""
+    resume = ""
+    if params.postgres["synchronous"]:
+        due = (f"SELECT ({SUSPENDED_SQL}) > 0 AND "
+               "(SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming') > 0")
+        resume = f"""
+# synchronous commit (Step 44): failover.sh suspended it, and a standby streams again
+if [ "$(on "$primary_host" "[ \\$(psql -XAtc \\"{due}\\") = t ] && {RESUME} >/dev/null && echo resumed")" = resumed ]; then
+    log "synchronous commit resumed on $primary_host: commits wait for a standby again"
+fi"""
+    return f"""#!/bin/bash
+# pgpool runs this as postgres on the pgpool host when a node is attached again (auto_failback,
+# pcp_attach_node, follow_primary.sh) (written by pgguide):
+#   failback_command = '{FAILBACK_SCRIPT} %d %h %N'
+# %d: the node attached, %h: its host, %N: the primary's host.
+set -u
+node=$1 host=$2 primary_host=$3
+{_functions()}
+log "node $node ($host) attached"{resume}
+exit 0
 """
 
 
@@ -214,9 +275,8 @@ def follow_script(params) -> str:
 # failed primary) is left for a person to rejoin (pg_rewind: notebook 04).
 set -u
 node=$1 host=$2 new_host=$3 new_port=$4
-log() {{ echo "$(date +%s.%N) $*" >> {FAILOVER_LOG}; }}
-on() {{ ssh {ssh_options()} postgres@"$host" "$@"; }}
-if ! on "pg_lsclusters --no-header {int(p['version'])} {p['cluster']}" 2>/dev/null | grep -q 'online,recovery'; then
+{_functions()}
+if ! on "$host" "pg_lsclusters --no-header {int(p['version'])} {p['cluster']}" 2>/dev/null | grep -q 'online,recovery'; then
     log "node $node ($host) is not a running standby: left detached (rejoin it with pg_rewind)"
     exit 0
 fi
@@ -224,10 +284,10 @@ case $host in   # the name pgpool matches in pg_stat_replication (backend_applic
 {names}
 esac
 log "node $node ($host): following the new primary $new_host"
-on "psql -Xqc \\"ALTER SYSTEM SET primary_conninfo = '{conninfo}'\\" -c 'SELECT pg_reload_conf()'" >> {FAILOVER_LOG} 2>&1 || {{
+on "$host" "psql -Xqc \\"ALTER SYSTEM SET primary_conninfo = '{conninfo}'\\" -c 'SELECT pg_reload_conf()'" >> {FAILOVER_LOG} 2>&1 || {{
     log "node $node ($host): could not set primary_conninfo"; exit 1; }}
 for _ in $(seq 1 30); do
-    if on "psql -XAtc \\"SELECT status FROM pg_stat_wal_receiver\\"" 2>/dev/null | grep -q streaming; then
+    if on "$host" "psql -XAtc \\"SELECT status FROM pg_stat_wal_receiver\\"" 2>/dev/null | grep -q streaming; then
         pcp_attach_node -h localhost -p {params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w -n "$node" >> {FAILOVER_LOG} 2>&1
         log "node $node ($host) streams from $new_host: attached"
         exit 0
@@ -239,22 +299,25 @@ exit 1
 """
 
 
-FAILOVER_SCRIPT_NAME, FOLLOW_SCRIPT_NAME = "failover.sh", "follow_primary.sh"
+FAILOVER_SCRIPT_NAME, FOLLOW_SCRIPT_NAME, FAILBACK_SCRIPT_NAME = "failover.sh", "follow_primary.sh", "failback.sh"
 FAILOVER_SCRIPT = f"/etc/pgpool2/{FAILOVER_SCRIPT_NAME}"
 FOLLOW_SCRIPT = f"/etc/pgpool2/{FOLLOW_SCRIPT_NAME}"
+FAILBACK_SCRIPT = f"/etc/pgpool2/{FAILBACK_SCRIPT_NAME}"
 
 
 def failover_settings(params) -> dict:
     d = params.pgpool["conf_dir"]
-    return {"failover_command": f"{d}/{FAILOVER_SCRIPT_NAME} %d %h %P %m %H",
-            "follow_primary_command": f"{d}/{FOLLOW_SCRIPT_NAME} %d %h %H %r"}
+    return {"failover_command": f"{d}/{FAILOVER_SCRIPT_NAME} %d %h %P %m %H %N",
+            "follow_primary_command": f"{d}/{FOLLOW_SCRIPT_NAME} %d %h %H %r",
+            "failback_command": f"{d}/{FAILBACK_SCRIPT_NAME} %d %h %N"}
 
 
 @guide_step
 def failover_commands(env) -> ops.Step:
     vm3, p, step = env.pgpool, env.params, ops.Step("failover commands")
     d = p.pgpool["conf_dir"]
-    for name, text in ((FAILOVER_SCRIPT_NAME, failover_script(p)), (FOLLOW_SCRIPT_NAME, follow_script(p))):
+    for name, text in ((FAILOVER_SCRIPT_NAME, failover_script(p)), (FOLLOW_SCRIPT_NAME, follow_script(p)),
+                       (FAILBACK_SCRIPT_NAME, failback_script(p))):
         path = f"{d}/{name}"
         old = vm3.run(f"cat {shlex.quote(path)} 2>/dev/null || true", user="root").stdout
         access = vm3.run(f"stat -c '%U:%G %a' {shlex.quote(path)} 2>/dev/null || true", user="root").stdout.strip()
@@ -287,3 +350,60 @@ def running_commands(env) -> str:
 def failover_ready(env) -> ops.Step:
     return ops.Step("failover ready").verify("pgpool runs with the failover commands", partial(running_commands, env)) \
         .verify("every node up", partial(part2.nodes_as_wanted, env))
+
+
+# --- Step 44 ---------------------------------------------------------------------------------------------
+def synchronous_settings(params) -> dict:
+    """postgresql.conf on every server. With postgres.synchronous a commit is acknowledged once any
+    one standby has flushed it (ANY 1 of the servers' application names, the same list everywhere,
+    so that whichever server leads waits for the others); otherwise once the primary has it, as
+    the guide builds it."""
+    names = ", ".join(f'"{name}"' for name in sorted(h.name for h in params.database_hosts))  # whatever the roles
+    return {"synchronous_standby_names": f"ANY 1 ({names})" if params.postgres["synchronous"] else "",
+            "synchronous_commit": "on"}
+
+
+def suspended(remote) -> bool:
+    """failover.sh has suspended synchronous commit on this server (postgresql.auto.conf)."""
+    return postgres.value(remote, SUSPENDED_SQL) != "0"
+
+
+def streaming_standbys(remote) -> int:
+    return int(postgres.value(remote, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"))
+
+
+@guide_step
+def commit_acknowledgement(env) -> ops.Step:
+    step, p = ops.Step("when a commit is acknowledged"), env.params
+    wanted = synchronous_settings(p)
+    for r in database_remotes(env):
+        path = conf_file(r, "postgresql.conf")
+        postgres.edit_step(step, r, path, lambda text: pgconf.set_settings(text, wanted))
+        if suspended(r):
+            expect(r is not env.primary or streaming_standbys(r) > 0,
+                   f"failover.sh suspended synchronous commit on {r.host.name} when no standby was left, and still "
+                   f"no standby streams from it: making commits wait now would stop every write.",
+                   "bring a standby back (notebook 04: rejoin); attaching it resumes synchronous commit (failback.sh).")
+            step.do(ops.Sql(r, "postgres", statement=(f"{RESUME_SQL};\nSELECT pg_reload_conf();",),
+                            summary=f"synchronous commit resumed on {r.host.name} (failover.sh had suspended it)"))
+        elif any(isinstance(a, ops.FileChange) and a.remote is r for a in step.actions) \
+                or postgres.settings_differing(r, wanted):
+            step.notify(ops.service(r, "reload", p.postgres["service"]))     # both settings take a reload
+        else:
+            step.note(r, "configuration unchanged and in effect: no reload needed")
+
+    def shown():
+        primary = env.primary
+        names = postgres.value(primary, "SHOW synchronous_standby_names")
+        expect(names == wanted["synchronous_standby_names"],
+               f"{primary.host.name} runs with synchronous_standby_names = '{names}'.",
+               "provision again (Step 44), which reloads it.")
+        rows = postgres.psql_read(primary, "SELECT application_name, state, sync_state FROM pg_stat_replication "
+                                           "ORDER BY application_name")
+        states = [l.split("|")[-1].strip() for l in rows.splitlines()[3:-1]]
+        want = "quorum" if p.postgres["synchronous"] else "async"
+        expect(states and all(s == want for s in states), f"the standbys' sync_state is {states}, not {want}.",
+               "check that each standby's application_name (primary_conninfo) is its host name.")
+        return (f"{primary.host.name} (postgres) $ psql -c \"SHOW synchronous_standby_names\"  →  '{names}'\n{rows}")
+    return step.verify("commits wait for a standby" if p.postgres["synchronous"] else
+                       "commits are acknowledged by the primary alone", shown)

@@ -67,6 +67,8 @@ SCHEMA: dict[str, Any] = {
         "tls": (bool, False, False),
         "tls_cert_file": ("host_path", False, "/etc/ssl/certs/ssl-cert-snakeoil.pem"),   # Debian's own
         "tls_key_file": ("host_path", False, "/etc/ssl/private/ssl-cert-snakeoil.key"),
+        # a commit is acknowledged once a standby has it too (Step 44); the guide's is asynchronous
+        "synchronous": (bool, False, False),
     },
     "pgpool": {
         "port": ("port", False, 9999),

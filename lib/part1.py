@@ -233,7 +233,9 @@ def conninfo_fields(auto_conf_text: str) -> dict[str, str]:
     """primary_conninfo's keywords, from postgresql.auto.conf's text. Two quotings nest: the
     file's ('' and \\ doubled, as ALTER SYSTEM writes them) around libpq's (a value in '...'
     with \\' and \\\\ escaped, or bare with \\ escapes)."""
-    line = next((l for l in auto_conf_text.splitlines() if l.startswith("primary_conninfo")), "")
+    # the server takes the last line: pg_basebackup -R appends its own after one copied from the
+    # source (a promoted standby keeps its old primary_conninfo)
+    line = ([l for l in auto_conf_text.splitlines() if l.startswith("primary_conninfo")] or [""])[-1]
     quoted = line.split("=", 1)[1].strip() if line else ""
     return _parse_conninfo(_unquote_setting(quoted[1:-1] if quoted.startswith("'") else quoted))
 

@@ -74,6 +74,17 @@ def test_a_run_killed_after_the_stop_resumes_only_if_nobody_started_the_cluster_
     assert not allowed and "not in recovery, so it cannot be shown to be fresh (start it" in why
 
 
+def test_a_former_primary_after_a_failover_is_named_as_such_and_rebuilt_only_when_asked():
+    promoted = Cluster("vm2", state="online", entries=24, control=True, system_id=SYSID, in_recovery=False,
+                       lsn="0/6000000", timeline=2)
+    old = Cluster("vm1", state="down", entries=24, control=True, system_id=SYSID, in_recovery=False,
+                  lsn="0/5000100", timeline=1)
+    allowed, why = may_clone(promoted, old, rebuild=False)
+    assert not allowed and "a former primary: vm2 was promoted past it" in why and "pg_rewind" in why
+    assert "start it, and provisioning examines it" not in why            # that would make a second primary
+    assert may_clone(promoted, old, rebuild=True)[0]
+
+
 def test_a_run_killed_while_clearing_or_copying_resumes_a_directory_without_pg_control():
     partial = standby(state="", entries=7, control=False, system_id=None, lsn=None, in_recovery=None,
                       marker={"system_id": SYSID, "checkpoint": "0/1", "started": "t"})

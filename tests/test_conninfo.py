@@ -15,6 +15,13 @@ def test_fields_of_pg_basebackups_line():
     assert conninfo_fields("# no conninfo\n") == {}
 
 
+def test_the_last_conninfo_line_counts_as_for_the_server():
+    """A standby cloned from a promoted standby: pg_basebackup -R appends its line after the
+    source's stale one, which named the old primary."""
+    stale = "primary_conninfo = 'host=10.213.93.133 user=replicator passfile=/x application_name=vm1'\n"
+    assert conninfo_fields(stale + AUTO_CONF)["host"] == "10.213.93.132"
+
+
 @pytest.mark.parametrize("password", ["plain", "with space", "it's", "back\\slash", "a=b"])
 def test_a_rewritten_conninfo_reads_back_the_same(password):
     fields = {**conninfo_fields(AUTO_CONF), "password": password}

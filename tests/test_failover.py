@@ -59,14 +59,16 @@ def test_only_a_healthy_node_in_its_role_is_attached_again(nodes, attached):
     assert [n for n, _ in part2.healthy_but_detached(Env, nodes)] == attached
 
 
-@pytest.mark.parametrize("make", [failover.failover_script, failover.follow_script])
+@pytest.mark.parametrize("make", [failover.failover_script, failover.follow_script, failover.failback_script])
 def test_the_scripts_are_bash_for_debian_paths(make, tmp_path):
     script = make(PARAMS)
     path = tmp_path / "s.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
     assert "/usr/pgsql" not in script and "pg_ctl -D" not in script
-    assert re.search(r"pg_(ctl|ls)clusters? (--no-header )?15 main", script) and "StrictHostKeyChecking=yes" in script
+    assert "StrictHostKeyChecking=yes" in script
+    if make is not failover.failback_script:         # it runs SQL only
+        assert re.search(r"pg_(ctl|ls)clusters? (--no-header )?15 main", script)
 
 
 def test_follow_primary_names_each_standby_as_pgpool_matches_it():
@@ -101,12 +103,38 @@ def test_a_client_record_gives_gaps_and_failures():
     assert c.first_ok_after(1.1) == 3.6
 
 
-def test_lost_rows_fail_the_drill_in_synchronous_mode_and_are_counted_otherwise():
-    lost = drills.Outcome("x", lost=[7, 8])
-    with pytest.raises(Exception, match="2 acknowledged rows are gone"):
-        drills.lost_rows_line(lost, synchronous=True)
-    assert "counted" in drills.lost_rows_line(lost, synchronous=False)
-    assert drills.lost_rows_line(drills.Outcome("x"), synchronous=True) == "acknowledged rows lost: 0"
+def test_lost_rows_fail_a_drill_unless_it_may_lose_them_and_are_then_counted():
+    with pytest.raises(Exception, match="(?s)2 acknowledged rows are gone.*Likely fix: check sync"):
+        drills.judge_lost(drills.Outcome("x"), [7, 8], "check sync")
+    crash = drills.Outcome("x", may_lose=True)
+    drills.judge_lost(crash, [7, 8], "check sync")
+    assert crash.measured["rows lost"] == 2 and "counted" in crash.report()
+    clean = drills.Outcome("x")
+    drills.judge_lost(clean, [], "check sync")
+    assert clean.report().splitlines()[-1] == "acknowledged rows lost: 0"
+    assert drills.Outcome("x").report() == "x"               # no writer ran: nothing said about rows
+
+
+@pytest.mark.parametrize("synchronous, names", [(False, ""), (True, 'ANY 1 ("vm1", "vm2")')])
+def test_every_server_names_the_same_standbys_to_wait_for(synchronous, names):
+    data = P.read_file(REPO / "params" / "lab.yaml")
+    data["postgres"]["synchronous"] = synchronous
+    assert failover.synchronous_settings(P.load(data)) == {"synchronous_standby_names": names,
+                                                           "synchronous_commit": "on"}
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_only_synchronous_mode_runs_sql_in_the_scripts_and_suspends_before_promoting(synchronous):
+    data = P.read_file(REPO / "params" / "lab.yaml")
+    data["postgres"]["synchronous"] = synchronous
+    prm = P.load(data)
+    over, back = failover.failover_script(prm), failover.failback_script(prm)
+    # every SSH round trip is time in which pgpool takes no new session: none that the mode does not need
+    assert ("psql" in over) is synchronous and ("psql" in back) is synchronous and ('on "' in back) is synchronous
+    if synchronous:
+        assert over.index(failover.SUSPEND_SQL) < over.index("main promote")     # in the same SSH call, first
+        assert "host(client_addr) <> '$failed_host'" in over                      # the failed standby does not count
+        assert failover.SUSPENDED_SQL in back and failover.RESUME_SQL in back
 
 
 def test_pgpool_keeps_its_node_order_when_the_roles_are_swapped_in_the_parameters():

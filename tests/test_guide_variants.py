@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -60,15 +61,23 @@ def test_load_balancing_check_passes_at_other_weights(tmp_path, weights):
     assert f"vm2: expected share {share:.3f}" in text and "within" in text
 
 
-def test_tls_everywhere_with_postgres_tls(tmp_path):
-    """postgres.tls: hostssl lines, the standby's stream, pgpool to the servers and clients to
-    pgpool all over TLS; a client without TLS is turned away."""
-    params = variant(tmp_path, "lab-tls", lambda d: d["postgres"].update(tls=True))
-    prm = P.load(params)
+@pytest.fixture(scope="module")
+def hardened(tmp_path_factory):
+    """One lab provisioned in the careful shape: postgres.tls and postgres.synchronous."""
+    params = variant(tmp_path_factory.mktemp("hardened"), "lab-hardened",
+                     lambda d: d["postgres"].update(tls=True, synchronous=True))
     sh(LAB, "up", params)
     out = sh(REPO / "ci" / "provision", params)
     assert "provision succeeded" in out
     assert "check passed" in sh(REPO / "ci" / "provision", "--check", params)
+    return params, out
+
+
+def test_tls_everywhere_with_postgres_tls(hardened):
+    """postgres.tls: hostssl lines, the standby's stream, pgpool to the servers and clients to
+    pgpool all over TLS; a client without TLS is turned away."""
+    params, out = hardened
+    prm = P.load(params)
 
     def on(host, command):
         return sh(LAB, "ssh", "--params", params, host, command)
@@ -96,3 +105,77 @@ def test_tls_everywhere_with_postgres_tls(tmp_path):
                             f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=disable' "
                             "-c 'select 1'"], capture_output=True, text=True)
     assert plain.returncode != 0 and "pool_hba.conf" in plain.stderr, plain.stderr
+
+
+def test_synchronous_mode_loses_no_acknowledged_row_in_any_drill(hardened, tmp_path):
+    """postgres.synchronous: commits wait for the standby (Step 44); the drills notebook, run with
+    papermill on that lab, must lose 0 acknowledged rows in every drill, the crash included, and
+    end where it started, synchronous again."""
+    params, _ = hardened
+
+    def on(host, command):
+        return sh(LAB, "ssh", "--params", params, host, command)
+    show = "sudo -u postgres psql -XAtc 'SHOW synchronous_standby_names'"
+    assert on("vm1", show).strip() == 'ANY 1 ("vm1", "vm2")'
+    assert on("vm1", "sudo -u postgres psql -XAtc 'SELECT sync_state FROM pg_stat_replication'").split() == ["quorum"]
+    executed = tmp_path / "drills.ipynb"
+    sh(sys.executable, "-m", "papermill", REPO / "notebooks" / "04-failover-drills.ipynb", executed,
+       "-f", params, "--cwd", REPO / "notebooks", timeout=900)
+    text = "\n".join("".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"]
+                     for o in c.get("outputs", []))
+    assert "commits are acknowledged once a standby has it too (synchronous)" in text
+    assert text.count("acknowledged rows lost: 0") == 6 and "acknowledged rows lost: counted" not in text, text
+    assert text.count("promoted, with synchronous commit suspended") == 4     # each of the four promotions
+    for host in ("vm1", "vm2"):                                        # resumed everywhere: nothing left in auto.conf
+        assert on(host, show).strip() == 'ANY 1 ("vm1", "vm2")'
+    assert "check passed" in sh(REPO / "ci" / "provision", "--check", params)
+
+
+def test_provisioning_after_a_failover_keeps_the_new_primary_and_brings_every_node_up(hardened):
+    """The primary stops and pgpool promotes the standby. With the parameters as they were,
+    provisioning refuses and changes nothing. With the roles swapped it still refuses to wipe the
+    old primary, naming it a former primary (pg_rewind keeps more); with options.rebuild_standby it
+    clones it again from the new primary (the hosts prove that one is ahead), keeps what the new
+    primary wrote, and ends with every node up and synchronous again."""
+    params, _ = hardened
+
+    def on(host, command):
+        return sh(LAB, "ssh", "--params", params, host, command)
+
+    def psql(host, sql):
+        return on(host, f"sudo -u postgres psql -XAtc \"{sql}\"").strip()
+    try:
+        on("vm1", "sudo systemctl stop postgresql")
+        for _ in range(100):
+            if psql("vm2", "SELECT pg_is_in_recovery()") == "f":
+                break
+            time.sleep(0.2)
+        assert psql("vm2", "SELECT pg_is_in_recovery()") == "f", "pgpool did not promote vm2"
+        psql("vm2", "CREATE TABLE written_after_failover AS SELECT 42 AS answer")
+        identity = psql("vm2", "SELECT system_identifier FROM pg_control_system()")
+
+        refused = sh(REPO / "ci" / "provision", params, check=False)
+        assert refused.returncode != 0 and "vm2 runs as the primary: a failover promoted it" in refused.stdout, \
+            refused.stdout
+        assert "down" in on("vm1", "pg_lsclusters --no-header 15 main")           # nothing was changed
+
+        data = P.read_file(params)
+        data["hosts"]["primary"], data["hosts"]["standbys"] = data["hosts"]["standbys"][0], [data["hosts"]["primary"]]
+        swapped = params.parent / "lab-hardened-swapped.yaml"
+        swapped.write_text(yaml.safe_dump(data))
+        refused = sh(REPO / "ci" / "provision", swapped, check=False)     # vm1 may hold writes vm2 never got
+        assert refused.returncode != 0 and "a former primary: vm2 was promoted past it" in refused.stdout, \
+            refused.stdout
+        data["options"] = {**data.get("options", {}), "rebuild_standby": True}     # its data may go
+        swapped.write_text(yaml.safe_dump(data))
+        out = sh(REPO / "ci" / "provision", swapped)
+        assert "provision succeeded" in out, out
+        assert psql("vm2", "SELECT answer FROM written_after_failover") == "42"      # the new primary kept its writes
+        assert psql("vm2", "SELECT system_identifier FROM pg_control_system()") == identity
+        assert psql("vm1", "SELECT pg_is_in_recovery()") == "t"
+        assert psql("vm2", "SELECT application_name || ':' || sync_state FROM pg_stat_replication") == "vm1:quorum"
+        del data["options"]["rebuild_standby"]           # for one run only: it re-clones on every run
+        swapped.write_text(yaml.safe_dump(data))
+        assert "check passed" in sh(REPO / "ci" / "provision", "--check", swapped)
+    finally:
+        sh(LAB, "up", params)        # the next module starts from a fresh lab, not from swapped roles

@@ -32,12 +32,12 @@ ROLE_OF = {"PGGUIDE_REPLICATION_PASSWORD": "replicator", "PGGUIDE_POSTGRES_PASSW
            "PGGUIDE_PGPOOL_PASSWORD": "pgpool"}
 #: the steps a first run on a fresh lab must report as changed (the journal's instrumentation)
 CHANGING_STEPS = {1, 2, 3, 5, 7, 8, 9, 11, 14, 17, 19, 20, 21, 22, 23, 25, 26, 28, 30, 31, 32, 33, 35, 39,
-                  40, 41, 42, 43}
+                  40, 41, 42, 43, 44}
 
 
 POOL_FILES = ["/etc/pgpool2/pgpool.conf", "/etc/pgpool2/pool_hba.conf", "/etc/pgpool2/pool_passwd",
               "/etc/pgpool2/pcp.conf", "/var/lib/postgresql/.pgpoolkey", "/var/lib/postgresql/.pcppass",
-              "/etc/pgpool2/failover.sh", "/etc/pgpool2/follow_primary.sh", "/var/lib/postgresql/.ssh/known_hosts",
+              "/etc/pgpool2/failover.sh", "/etc/pgpool2/follow_primary.sh", "/etc/pgpool2/failback.sh", "/var/lib/postgresql/.ssh/known_hosts",
               "/var/lib/postgresql/.ssh/id_ed25519_pgguide.pub"]
 
 
@@ -112,7 +112,7 @@ def test_two_runs_leave_two_records(provisioned_twice):
 def test_summary_says_what_each_step_changed(provisioned_twice):
     first, second, _, _ = provisioned_twice
     steps = summary(first)["steps"]
-    assert [s["step"] for s in steps if s["step"] is not None] == list(range(1, 44))
+    assert [s["step"] for s in steps if s["step"] is not None] == list(range(1, 45))
     assert {s["step"] for s in steps if s["status"] == "changed"} == CHANGING_STEPS
     by_step = {s["step"]: s for s in steps}
     assert by_step[5]["changes"] == [{"host": "vm1", "what": "systemctl restart postgresql"}]
@@ -121,7 +121,7 @@ def test_summary_says_what_each_step_changed(provisioned_twice):
     again = summary(second)
     assert again["steps_changed"] == 0 and {s["status"] for s in again["steps"]} == {"in place"}
     log = (second / "provision.log").read_text()
-    assert "0 steps changed, 51 already in place" in log and "[51/51] 03" in log
+    assert "0 steps changed, 52 already in place" in log and "[52/52] 03" in log
     assert "# nothing was changed" in (second / "commands.sh").read_text()
 
 
@@ -257,7 +257,7 @@ def test_html_record_opens_in_headless_chromium_and_shows_the_steps(provisioned_
 def test_check_passes_on_the_provisioned_cluster(provisioned_twice, secrets_file):
     result = check(secrets_file)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "check passed: all 42 steps match the guide." in result.stdout
+    assert "check passed: all 43 steps match the guide." in result.stdout
 
 
 @pytest.mark.parametrize("host, path, edit, steps, drift", [
@@ -268,7 +268,10 @@ def test_check_passes_on_the_provisioned_cluster(provisioned_twice, secrets_file
     # the edit (Step 30), and the restart of pgpool it would need (Step 33)
     ("vm3", "/etc/pgpool2/pgpool.conf", "sed -i 's/^backend_weight1 = 2/backend_weight1 = 0/'", ["Step 30", "Step 33", "Step 43"],
      ["-backend_weight1 = 0", "+backend_weight1 = 2", "vm3 (root) $ systemctl kill -s SIGINT pgpool2"]),
-], ids=["pgpool line removed from the standby's pg_hba", "backend_weight1 set to 0"])
+    # a suspension of synchronous commit that failover.sh would leave, left behind: Step 44 lifts it
+    ("vm1", "/var/lib/postgresql/15/main/postgresql.auto.conf", "sed -i \"\\$a synchronous_standby_names = ''\"",
+     ["Step 44"], ["vm1 (postgres) $ psql <<'SQL'", "ALTER SYSTEM RESET synchronous_standby_names;"]),
+], ids=["pgpool line removed from the standby's pg_hba", "backend_weight1 set to 0", "synchronous commit left suspended"])
 def test_check_names_a_drift_and_the_step_that_fixes_it(provisioned_twice, secrets_file, host, path, edit, steps, drift):
     on(host, f"sudo cp -p {path} /tmp/drift.bak && sudo {edit} {path}")
     try:
@@ -313,7 +316,7 @@ def test_reset_passwords_rotates_the_replication_password_and_the_standby_follow
         assert "Rot'at" not in (record / "commands.sh").read_text()
         assert streams_after_restart(), "the standby did not reconnect with the new password"
         rotated_check = check(rotated)
-        assert "all 42 steps match" in rotated_check.stdout, rotated_check.stdout
+        assert "all 43 steps match" in rotated_check.stdout, rotated_check.stdout
     finally:
         sh(REPO / "ci" / "provision", "--secrets", secrets_file, params)
     assert streams_after_restart() and check(secrets_file).returncode == 0

@@ -1,5 +1,6 @@
 """The stored outputs are the documentation and the test: a code cell that was never
 executed checks nothing, so every stored notebook must be one complete, in-order run."""
+import json
 import re
 
 import nbformat
@@ -18,6 +19,13 @@ def code_cells(path):
 
 def test_there_are_notebooks():
     assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_has_a_unique_id(path):
+    """Provisioning's progress lines find a step's cells by id: a cell without one is never reported."""
+    ids = [c.get("id") for c in json.loads(path.read_text())["cells"]]     # nbformat.read would make up ids
+    assert None not in ids and len(set(ids)) == len(ids), f"{path.name}: cells without an id or with the same id"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
