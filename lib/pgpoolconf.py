@@ -59,3 +59,14 @@ def _trailing_comment(line: str) -> str:
     value = setting.split(" = ", 1)[1] if " = " in setting else ""
     after = rest.strip()[len(value):]
     return after.split("#", 1)[1].strip() if "#" in after else ""
+
+
+def active_settings(text: str) -> dict[str, str]:
+    """name -> value (unquoted) of every uncommented `name = value` line; the last one wins, as
+    in pgpool itself."""
+    found = {}
+    for line in text.splitlines():
+        if re.match(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*=", line):
+            name, value = _setting(line).split(" = ", 1)
+            found[name] = value[1:-1].replace("''", "'") if value.startswith("'") else value
+    return found

@@ -183,6 +183,9 @@ def main(argv: list[str]) -> int:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="change nothing; report where the live cluster differs from the guide (exit 0: it matches)")
+    mode.add_argument("--diagnose", action="store_true",
+                      help="change nothing; find what is wrong with the running cluster, with cause and fix "
+                           "(exit 0: healthy, 1: a check failed)")
     mode.add_argument("--teardown", action="store_true",
                       help="stop pgpool and turn the standbys into standalone servers")
     ap.add_argument("--secrets", type=Path, metavar="FILE",
@@ -205,6 +208,9 @@ def main(argv: list[str]) -> int:
     if args.check:
         from lib.provision import check
         return check.main(prm, console.line)
+    if args.diagnose:
+        from lib import diagnose
+        return diagnose.main(prm, console.line)
     if args.teardown:
         from lib.provision import teardown
         return teardown.main(prm, console.line)

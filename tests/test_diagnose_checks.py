@@ -1,0 +1,52 @@
+"""The diagnosis's checks without a lab: how they read pg_hba rules, how a finding is printed, and
+that they reach the hosts through the read-only gateway only."""
+import ast
+import inspect
+
+from lib.diagnose import checks, exit_status, report
+from lib.diagnose.checks import FAIL, OK, WARN, Finding, allows
+
+RULES = [["local", "all", "postgres", "", "", "peer", ""],
+         ["host", "replication", "replicator", "10.0.0.133", "255.255.255.255", "scram-sha-256", ""],
+         ["host", "all", "all", "10.0.0.134", "255.255.255.255", "scram-sha-256", ""],
+         ["host", "all", "all", "0.0.0.0", "0.0.0.0", "reject", ""]]
+
+
+def test_the_first_matching_tcp_rule_decides():
+    assert allows(RULES, "replication", "replicator", "10.0.0.133")[-1] == "scram-sha-256"
+    assert allows(RULES, "replication", "replicator", "10.0.0.140") is None       # "all" is not replication
+    assert allows(RULES, "postgres", "pgpool", "10.0.0.134")[3] == "10.0.0.134"
+    assert allows(RULES, "postgres", "pgpool", "10.0.0.9")[-1] == "reject"
+
+
+def test_a_finding_shows_evidence_cause_fix_step_and_the_guides_row():
+    f = Finding("listen_addresses", FAIL, "vm2", "listen_addresses = 'localhost'", symptom="refused",
+                evidence=["SHOW listen_addresses → localhost"], cause="localhost only",
+                fix=["sudo sed …", "sudo systemctl restart postgresql"], step="Step 28",
+                guide_row="connection refused 5432")
+    text = f.details()
+    for part in ("evidence: SHOW listen_addresses", "cause:    localhost only", "fix:      sudo sed",
+                 "            sudo systemctl restart", "step:     Step 28",
+                 "`listen_addresses = localhost` on VM2"):
+        assert part in text, part
+    assert f.line().split() [:3] == ["FAIL", "listen_addresses", "vm2"]
+
+
+def test_exit_status_and_the_summary_line():
+    ok, warn, fail = Finding("a", OK, "vm1", "x"), Finding("b", WARN, "vm1", "y"), Finding("c", FAIL, "vm1", "z")
+    assert exit_status([ok, warn]) == 0 and exit_status([ok, fail]) == 1
+    assert report([ok, warn, fail], 1.23).endswith("diagnosis in 1.2 s: 1 OK, 1 WARN, 1 FAIL; nothing was changed on any host.")
+
+
+def test_the_checks_reach_hosts_only_through_the_read_only_gateway():
+    """No check calls a Remote (run, sudo, psql, write_file) or reaches behind ReadOnlyHost."""
+    tree = ast.parse(inspect.getsource(checks))
+    called = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    assert not called & {"run", "sudo", "postgres", "psql", "write_file", "read_file", "execute_many"}, called
+    assert "_remote" not in inspect.getsource(checks)
+
+
+def test_every_guide_troubleshooting_row_is_checked():
+    source = inspect.getsource(checks)
+    for key in checks.GUIDE_ROWS:
+        assert source.count(f'"{key}"') >= 2, key          # defined once, used by a check at least once
