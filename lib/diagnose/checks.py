@@ -79,6 +79,7 @@ class Cluster:
         self.pgpool = ReadOnlyHost(env.pgpool)
         self.servers = [self.primary, *self.standbys]
         self._queries: dict = {}
+        self.reached: dict = {}          # pg_isready answers, by (from, to address, port)
 
     @property
     def hosts(self) -> list[ReadOnlyHost]:
@@ -360,26 +361,34 @@ def pgpool_allowed(c: Cluster) -> list[Finding]:
 def listen_addresses(c: Cluster) -> list[Finding]:
     out = []
     for h in c.servers:
-        value = c.value(h, "SHOW listen_addresses")
-        if value is None:
+        rows = c.query(h, "SELECT setting, coalesce(sourcefile, '') FROM pg_settings WHERE name = 'listen_addresses'")
+        if not rows:
             continue
+        value, source = rows[0]
         if value.strip() in ("*", "0.0.0.0") or h.host.address in value:
             out.append(_ok("listen_addresses", h.host.name, f"listen_addresses = '{value}'",
                            guide_row="connection refused 5432"))
             continue
+        # ALTER SYSTEM's postgresql.auto.conf overrides postgresql.conf: fix it where it is set
+        fix = (["sudo -u postgres psql -c \"ALTER SYSTEM RESET listen_addresses\"   # it was set there"]
+               if source.endswith("postgresql.auto.conf") else [])
+        fix += [f"sudo sed -i \"s/^#\\?listen_addresses.*/listen_addresses = '*'/\" {c.conf_path(h, 'postgresql.conf')}",
+                "sudo systemctl restart postgresql"]
         out.append(Finding("listen_addresses", FAIL, h.host.name, f"listen_addresses = '{value}'",
                            symptom=f"`Connection refused` on port {c.params.postgres['port']} from the other hosts",
-                           evidence=[f"SHOW listen_addresses → {value}"],
-                           cause="the server listens on localhost only",
-                           fix=[f"sudo sed -i \"s/^#\\?listen_addresses.*/listen_addresses = '*'/\" "
-                                f"{c.conf_path(h, 'postgresql.conf')}", "sudo systemctl restart postgresql"],
+                           evidence=[f"SHOW listen_addresses → {value}" + (f"   (set in {source})" if source else "")],
+                           cause="the server listens on localhost only", fix=fix,
                            step="Step 2 (primary) / Step 28 (standby)", guide_row="connection refused 5432"))
     return out
 
 
-def _isready(frm: ReadOnlyHost, to, port: int) -> tuple[int, str]:
-    out = frm.read(["pg_isready", "-h", to.address, "-p", str(port), "-t", "2"], user="postgres")
-    return out.exit_code, (out.stdout or out.stderr).strip()
+def _isready(c: "Cluster", frm: ReadOnlyHost, to, port: int) -> tuple[int, str]:
+    """pg_isready from one host to another, asked once per diagnosis and pair."""
+    key = (frm.host.name, to.address, port)
+    if key not in c.reached:
+        out = frm.read(["pg_isready", "-h", to.address, "-p", str(port), "-t", "2"], user="postgres")
+        c.reached[key] = (out.exit_code, (out.stdout or out.stderr).strip())
+    return c.reached[key]
 
 
 @check
@@ -390,13 +399,14 @@ def ports_reachable(c: Cluster) -> list[Finding]:
             [(c.pgpool, h.host, "pgpool to server", "SHOW pool_nodes error") for h in c.servers]
     out = []
     for frm, to, what, row in pairs:
-        code, said = _isready(frm, to, port)
+        code, said = _isready(c, frm, to, port)
         name = f"port {port}: {what}"
         if code in (0, 1):
             out.append(_ok(name, frm.host.name, f"{to.name}:{port} answers ({said.split(' - ')[-1]})", guide_row=row))
             continue
         state = c.states.get(to.name, "")
-        listen = c.value(next(h for h in c.servers if h.host.address == to.address), "SHOW listen_addresses") \
+        listen = c.value(next(h for h in c.servers if h.host.address == to.address),
+                         "SELECT setting, coalesce(sourcefile, '') FROM pg_settings WHERE name = 'listen_addresses'") \
             if state.startswith("online") else None
         cause = (f"{to.name} is {state}" if not state.startswith("online") else
                  f"{to.name} listens on '{listen}' only" if listen and listen != "*" else
@@ -407,7 +417,8 @@ def ports_reachable(c: Cluster) -> list[Finding]:
                            cause=cause,
                            fix=[f"sudo ufw allow from {frm.host.address} to any port {port} proto tcp   # on {to.name}"
                                 if "firewall" in cause else "see the server's finding above"],
-                           step="Step 4", guide_row=row))
+                           step="Step 4" if "firewall" in cause else "Step 2 / Step 28" if "listens" in cause
+                           else "Step 5 / Step 11", guide_row=row))
     return out
 
 
@@ -502,14 +513,19 @@ def pgpool_nodes(c: Cluster) -> list[Finding]:
         state = c.states.get(name, "")
         actual = "primary" if state == "online" else "standby" if state == "online,recovery" else "down"
         if n["status"] == "down" and actual != "down":
+            reachable = server is None or _isready(c, c.pgpool, server.host, int(c.params.postgres["port"]))[0] in (0, 1)
             out.append(Finding("pgpool node status", FAIL, c.pgpool.host.name,
                                f"node {n['node_id']} ({name}) is down in pgpool while its server runs ({actual})",
                                symptom="load balancing skips it; SHOW pool_nodes: status down, pg_status up",
                                evidence=[f"pcp_node_info -n {n['node_id']}: status {n['status']}, role {n['role']}",
                                          f"{name}: pg_lsclusters {state}"],
-                               cause="pgpool detached it (a failure or a restart) and keeps it down (pgpool_status)",
+                               cause="pgpool detached it (a failure or a restart) and keeps it down (pgpool_status)"
+                               if reachable else f"pgpool cannot reach {name} (the port finding above), so it "
+                                                 "detached it",
                                fix=[f"sudo -u postgres pcp_attach_node -h localhost -p {c.params.pgpool['pcp_port']} "
-                                    f"-U {PGPOOL_ROLE} -w -n {n['node_id']}"], step="Step 34"))
+                                    f"-U {PGPOOL_ROLE} -w -n {n['node_id']}"] if reachable else
+                               ["fix what keeps pgpool from reaching it; auto_failback then attaches it again"],
+                               step="Step 34"))
         elif n["status"] != "down" and actual != "down" and n["role"] != actual:
             out.append(Finding("pgpool node role", FAIL, c.pgpool.host.name,
                                f"pgpool takes node {n['node_id']} ({name}) for the {n['role']}; it is the {actual}",
@@ -591,6 +607,7 @@ def clients_get_in(c: Cluster) -> list[Finding]:
     p, sql = c.params, "SHOW pool_nodes"
     check_sql(sql)
     shown = f"psql -h {p.pgpool_host.address} -p {p.pgpool['port']} -U postgres -c \"{sql}\""
+    c.pgpool.transcript.append(f"this machine (a client) $ {shown}")
     try:
         with db.connect(p, p.pgpool_host, user="postgres", password=secret("postgres", p), port=p.pgpool["port"]) as conn:
             conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
@@ -608,3 +625,52 @@ def clients_get_in(c: Cluster) -> list[Finding]:
     up = sum(n["status"] in ("up", "waiting") for n in nodes)
     return [_ok("client through pgpool", c.pgpool.host.name, f"{shown}: {up} of {len(nodes)} nodes up",
                 guide_row="SHOW pool_nodes error")]
+
+
+@check
+def pool_hba(c: Cluster) -> list[Finding]:
+    """With enable_pool_hba, pgpool admits only clients that a line of pool_hba.conf matches."""
+    import ipaddress
+    if c.pgpool_conf.get("enable_pool_hba", "off") != "on":
+        return [_ok("pool_hba", c.pgpool.host.name, "enable_pool_hba = off: pgpool checks no client address")]
+    path = f"{c.conf_dir()}/{c.pgpool_conf.get('pool_hba_file', 'pool_hba.conf') or 'pool_hba.conf'}"
+    path = path if path.startswith("/") else f"{c.conf_dir()}/pool_hba.conf"
+    clients = ipaddress.ip_network(c.params.pgpool["allowed_clients"], strict=False)
+    lines = [l.split() for l in (c.pgpool.file(path) or "").splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    for f in lines:
+        if len(f) >= 5 and f[0].startswith("host") and f[-1] != "reject":
+            try:
+                if clients.subnet_of(ipaddress.ip_network(f[3], strict=False)):
+                    return [_ok("pool_hba", c.pgpool.host.name, f"clients from {clients} match `{' '.join(f)}`")]
+            except (ValueError, TypeError):
+                continue
+    return [Finding("pool_hba", FAIL, c.pgpool.host.name, f"no pool_hba.conf line admits clients from {clients}",
+                    symptom="clients get: pool_hba.conf: no pool_hba.conf entry for host",
+                    evidence=[f"{path}: {len(lines)} lines, none for {clients}"],
+                    cause="enable_pool_hba is on, and pool_hba.conf lacks a line for the clients' network",
+                    fix=[f"echo 'host all all {clients} {c.params.postgres['auth_method']}' | sudo tee -a {path}",
+                         "sudo systemctl reload pgpool2"], step="Step 31")]
+
+
+@check
+def wal_kept_for_lag(c: Cluster) -> list[Finding]:
+    """A standby further behind than the WAL the primary keeps needs that WAL to be still there."""
+    if c.states[c.primary.host.name] != "online":
+        return []
+    keep = c.value(c.primary, "SELECT setting::bigint * 1024 * 1024 FROM pg_settings WHERE name = 'wal_keep_size'")
+    lag_rows = c.query(c.primary, "SELECT application_name, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), "
+                                  "flush_lsn), 0)::bigint FROM pg_stat_replication") or []
+    out = []
+    for name, behind in lag_rows:
+        if keep is None or int(behind) <= int(keep) // 2:
+            out.append(_ok("wal_keep_size", c.primary.host.name,
+                           f"{name} is within half of wal_keep_size ({int(keep or 0) // 1024 // 1024} MB)"))
+        else:
+            out.append(Finding("wal_keep_size", WARN, c.primary.host.name,
+                               f"{name} is {int(behind) // 1024 // 1024} MB behind; wal_keep_size keeps "
+                               f"{int(keep) // 1024 // 1024} MB",
+                               evidence=[f"pg_stat_replication: {name} flush {behind} bytes behind"],
+                               cause="if the lag grows past wal_keep_size the primary removes WAL the standby "
+                                     "needs, and it must be cloned again",
+                               fix=["raise wal_keep_size (Step 2) or use a replication slot"], step="Step 2"))
+    return out

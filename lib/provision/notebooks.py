@@ -21,6 +21,8 @@ VOLATILE_CELL_METADATA = ("execution", "papermill", "collapsed", "scrolled")
 
 #: notebooks that stop servers on purpose: run by hand, by nbval and by the tests, never by provisioning
 DRILLS = ("04-failover-drills.ipynb",)
+#: the read-only diagnosis: it provisions nothing, so provisioning does not run it either
+DIAGNOSIS = ("05-troubleshooting.ipynb",)
 
 
 def all_notebooks() -> list[Path]:
@@ -29,7 +31,7 @@ def all_notebooks() -> list[Path]:
 
 def guide_notebooks() -> list[Path]:
     """What provisioning runs, in order."""
-    return [p for p in all_notebooks() if p.name not in DRILLS]
+    return [p for p in all_notebooks() if p.name not in DRILLS + DIAGNOSIS]
 
 
 def first_error(nb) -> str | None:
