@@ -87,6 +87,8 @@ DRILLS = [
      None, {("pg_hba: standby replicates", "vm1"): "FAIL"}, "wrong ip in pg_hba"),
     ("clients' network missing from pool_hba.conf", "vm3", f"sed -i '/10.213.9X.0\\/24/d' {POOL}/pool_hba.conf", None,
      {("pool_hba", "vm3"): "FAIL"}, None),
+    ("a wrong password in ~postgres/.pcppass", "vm3", "sed -i 's/:[^:]*$/:not-the-password/' /var/lib/postgresql/.pcppass",
+     None, {("pcp", "vm3"): "FAIL"}, None),
     ("health check off", "vm3", f"sed -i 's/^health_check_period.*/health_check_period = 0/' {POOL}/pgpool.conf", None,
      {("health_check_period", "vm3"): "FAIL"}, None),
     ("no failover_command", "vm3", f"sed -i \"s/^failover_command.*/failover_command = ''/\" {POOL}/pgpool.conf", None,
@@ -127,7 +129,8 @@ CONSEQUENCES = {"standby streams", "pgpool node status", "pgpool node role", "cl
                 "port 5432: standby to primary", "pcp"}
 BACKUPS = {"vm1": [f"{CONF}/pg_hba.conf", f"{DATA}/postgresql.auto.conf"],
            "vm2": [f"{CONF}/pg_hba.conf", f"{DATA}/postgresql.auto.conf"],
-           "vm3": [f"{POOL}/pgpool.conf", f"{POOL}/pool_passwd", f"{POOL}/pool_hba.conf", "/var/lib/postgresql/.pgpoolkey"]}
+           "vm3": [f"{POOL}/pgpool.conf", f"{POOL}/pool_passwd", f"{POOL}/pool_hba.conf", "/var/lib/postgresql/.pgpoolkey",
+                   "/var/lib/postgresql/.pcppass"]}
 
 
 def subnet_digit():

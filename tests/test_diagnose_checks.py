@@ -50,3 +50,20 @@ def test_every_guide_troubleshooting_row_is_checked():
     source = inspect.getsource(checks)
     for key in checks.GUIDE_ROWS:
         assert source.count(f'"{key}"') >= 2, key          # defined once, used by a check at least once
+
+
+class _Named:
+    def __init__(self, name):
+        self.host = type("H", (), {"name": name})()
+
+
+class _Cluster:
+    pgpool = _Named("vm3")
+
+
+def test_all_pgpool_children_busy_is_a_warning():
+    rows = [{"status": "Execute command"}] * 31 + [{"status": "Wait for connection"}]
+    assert checks.children_free(_Cluster, rows).status == OK
+    busy = checks.children_free(_Cluster, [{"status": "Execute command"}] * 32)
+    assert busy.status == WARN and "all 32 children are busy" in busy.summary
+    assert checks.children_free(_Cluster, [{"database": "x"}]).status == OK      # an older pgpool: no status column

@@ -498,13 +498,15 @@ def _nodes_by_pcp(c: Cluster) -> tuple[list[dict], str]:
 def pgpool_nodes(c: Cluster) -> list[Finding]:
     nodes, error = _nodes_by_pcp(c)
     if error:
+        said = " / ".join(l.strip() for l in error.splitlines() if l.strip())[-240:]
+        auth = "authentication" in said.lower() or "password" in said.lower()
         return [Finding("pcp", FAIL, c.pgpool.host.name, "pcp_node_info fails",
-                        evidence=[f"pcp_node_info → {error[-200:]}"],
-                        cause=("the pcp password in ~postgres/.pcppass does not match pcp.conf" if "authentication"
-                               in error.lower() or "password" in error.lower() else "pgpool is not running, or pcp "
-                               "listens elsewhere"),
-                        fix=[f"check {c.conf_dir()}/pcp.conf and {PCPPASS}; systemctl status pgpool2"],
-                        step="Step 32 / Step 33", guide_row="SHOW pool_nodes error")]
+                        evidence=[f"pcp_node_info → {said}"],
+                        cause=("the pcp password in ~postgres/.pcppass does not match pcp.conf" if auth
+                               else "pgpool is not running, or pcp listens elsewhere"),
+                        fix=[f"check {c.conf_dir()}/pcp.conf (user:md5 of the password) and {PCPPASS} "
+                             "(host:port:user:password, mode 600)" if auth else "sudo systemctl status pgpool2"],
+                        step="Step 32" if auth else "Step 33", guide_row="" if auth else "SHOW pool_nodes error")]
     out = []
     by_address = {h.host.address: h for h in c.servers}
     for n in nodes:
@@ -602,7 +604,7 @@ def clients_get_in(c: Cluster) -> list[Finding]:
     """What a client sees: a login through pgpool and `SHOW pool_nodes`, the guide's first command."""
     from lib import db
     from lib.diagnose.readonly import check_sql
-    from lib.part2 import pool_nodes
+    from lib.part2 import pool_nodes, pool_show
     from lib.secrets import secret
     p, sql = c.params, "SHOW pool_nodes"
     check_sql(sql)
@@ -612,6 +614,9 @@ def clients_get_in(c: Cluster) -> list[Finding]:
         with db.connect(p, p.pgpool_host, user="postgres", password=secret("postgres", p), port=p.pgpool["port"]) as conn:
             conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             nodes = pool_nodes(conn)
+            check_sql("SHOW pool_processes")
+            c.pgpool.transcript.append(f"this machine (a client) $ {shown.replace(sql, 'SHOW pool_processes')}")
+            processes = pool_show(conn, "pool_processes")
     except ConnectionError as e:
         said = str(e)
         row = ("valid password not found" if "valid password not found" in said else
@@ -624,7 +629,24 @@ def clients_get_in(c: Cluster) -> list[Finding]:
                         step="Steps 30-34", guide_row=row)]
     up = sum(n["status"] in ("up", "waiting") for n in nodes)
     return [_ok("client through pgpool", c.pgpool.host.name, f"{shown}: {up} of {len(nodes)} nodes up",
-                guide_row="SHOW pool_nodes error")]
+                guide_row="SHOW pool_nodes error"), children_free(c, processes)]
+
+
+def children_free(c: Cluster, processes: list[dict]) -> Finding:
+    """SHOW pool_processes: each pgpool child serves one client at a time; when none waits for a
+    connection, a new client waits in the listen queue (num_init_children)."""
+    host = c.pgpool.host.name
+    if not processes or "status" not in processes[0]:
+        return _ok("pgpool children", host, "SHOW pool_processes has no status column here: not judged")
+    free = sum(1 for row in processes if (row["status"] or "").startswith("Wait for connection"))
+    if free:
+        return _ok("pgpool children", host, f"{free} of {len(processes)} children wait for a client")
+    return Finding("pgpool children", WARN, host, f"all {len(processes)} children are busy: new clients wait",
+                   symptom="connecting through pgpool hangs, then succeeds (or times out) under load",
+                   evidence=[f"SHOW pool_processes: 0 of {len(processes)} in 'Wait for connection'"],
+                   cause="more clients at once than num_init_children",
+                   fix=["raise num_init_children (pgpool.num_init_children) within the servers' max_connections, "
+                        "or pool connections in the application"], step="Step 30")
 
 
 @check
