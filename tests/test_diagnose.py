@@ -118,6 +118,9 @@ DRILLS = [
      ("active (exited)", "pg_stat_replication empty")),
     ("pgpool stopped", "vm3", "systemctl stop pgpool2", "systemctl start pgpool2",
      {("client through pgpool", "vm3"): "FAIL", ("pcp", "vm3"): "FAIL"}, "SHOW pool_nodes error"),
+    # the standby is stopped while the primary writes and checkpoints more WAL than wal_keep_size holds
+    ("WAL the standby needs already removed", "vm2", "WALGONE", "REPROVISION",
+     {("standby streams", "vm2"): "FAIL"}, "pg_stat_replication empty"),
     # the standby starts as a primary of its own: its history forks, so it is made fresh and cloned again
     ("standby.signal missing", "vm2",
      f"systemctl stop postgresql && rm {DATA}/standby.signal && systemctl start postgresql", "REPROVISION",
@@ -143,14 +146,16 @@ def test_a_broken_cluster_is_diagnosed_by_its_cause(healthy, name, host, breaks,
     breaks, restore = (c.replace("9X", "9" + subnet_digit()) if c else c for c in (breaks, restore))
     saved = " && ".join(f"cp -p {f} {f}.diag" for f in BACKUPS[host])
     back = " && ".join(f"cp -p {f}.diag {f} && rm -f {f}.diag" for f in BACKUPS[host])
-    outside = breaks.startswith("netns: ")
+    via_netns, outside = breaks.startswith("netns: "), breaks.startswith("netns: ") or breaks == "WALGONE"
     on(host, f"sudo bash -c {sh_quote(saved + ('' if outside else ' && ' + breaks))}")
-    if outside:
+    if breaks == "WALGONE":
+        remove_wal_the_standby_needs()
+    if via_netns:
         sh("ip", "-n", netns(host), *breaks.split()[1:])
     try:
         out = diagnose()
     finally:
-        if outside:
+        if via_netns:
             sh("ip", "-n", netns(host), *restore.split()[1:])
         if restore == "REPROVISION":
             on(host, f"sudo bash -c {sh_quote(back)} && sudo pg_dropcluster --stop 15 main && "
@@ -164,6 +169,8 @@ def test_a_broken_cluster_is_diagnosed_by_its_cause(healthy, name, host, breaks,
     unrelated = [k for k, s in found.items() if s == "FAIL" and k not in expected and k[0] not in CONSEQUENCES]
     assert not unrelated, f"{name}: unrelated FAILs {unrelated}:\n{out.stdout}"
     assert out.returncode == (1 if "FAIL" in expected.values() else 0), out.stdout
+    if breaks == "WALGONE":      # the cause is read from the standby's log
+        assert "cause:    the primary removed WAL the standby still needs" in out.stdout, out.stdout
     from lib.diagnose.checks import GUIDE_ROWS
     for one in ((row,) if isinstance(row, str) else row or ()):
         assert f"guide:    Troubleshooting: {GUIDE_ROWS[one]}" in out.stdout, out.stdout
@@ -172,6 +179,22 @@ def test_a_broken_cluster_is_diagnosed_by_its_cause(healthy, name, host, breaks,
             block = out.stdout.split(line, 1)[1].split("\n\n", 1)[0]
             assert "cause:" in block and "fix:" in block, block
     wait_healthy()
+
+
+def remove_wal_the_standby_needs():
+    """Stop the standby; write and checkpoint about 150 MB of WAL on the primary (wal_keep_size is
+    64 MB), so the segments the standby would ask for are gone; start it again, and wait until its
+    log says so."""
+    on("vm2", "sudo systemctl stop postgresql")
+    on("vm1", "sudo -u postgres psql -Xq -c \"CREATE TABLE diag_wal AS SELECT g, repeat('x', 100) AS pad "
+              "FROM generate_series(1, 1000000) g\" -c 'DROP TABLE diag_wal' -c 'SELECT pg_switch_wal()' "
+              "-c CHECKPOINT -c 'SELECT pg_switch_wal()' -c CHECKPOINT >/dev/null")
+    on("vm2", "sudo systemctl start postgresql")
+    for _ in range(50):
+        if "has already been removed" in on("vm2", "sudo tail -n 20 /var/log/postgresql/postgresql-15-main.log"):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the standby's log never said that its WAL was removed")
 
 
 def sh_quote(s):

@@ -266,13 +266,20 @@ LOG_CAUSES = [
 ]
 
 
+def streaming_rows(c: Cluster) -> list[list[str]]:
+    """The primary's pg_stat_replication: address, application_name, state, replay lag in bytes."""
+    if c.states[c.primary.host.name] != "online":
+        return []
+    return c.query(c.primary, "SELECT host(client_addr), application_name, state, "
+                              "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint "
+                              "FROM pg_stat_replication") or []
+
+
 @check
 def standbys_stream(c: Cluster) -> list[Finding]:
     if c.states[c.primary.host.name] != "online":
         return []
-    rows = c.query(c.primary, "SELECT host(client_addr), application_name, state, "
-                              "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint "
-                              "FROM pg_stat_replication") or []
+    rows = streaming_rows(c)
     by_addr = {r[0]: r for r in rows}
     out = []
     for h in c.standbys:
@@ -516,18 +523,24 @@ def pgpool_nodes(c: Cluster) -> list[Finding]:
         actual = "primary" if state == "online" else "standby" if state == "online,recovery" else "down"
         if n["status"] == "down" and actual != "down":
             reachable = server is None or _isready(c, c.pgpool, server.host, int(c.params.postgres["port"]))[0] in (0, 1)
+            streams = actual != "standby" or server is None or any(
+                r[0] == server.host.address and r[2] == "streaming" for r in streaming_rows(c))
+            if not reachable:
+                cause, fix = (f"pgpool cannot reach {name} (the port finding above), so it detached it",
+                              ["fix what keeps pgpool from reaching it; auto_failback then attaches it again"])
+            elif not streams:
+                cause, fix = (f"{name} does not stream from the primary (the standby-streams finding above)",
+                              ["fix its replication first; auto_failback then attaches it again"])
+            else:
+                cause, fix = ("pgpool detached it (a failure or a restart) and keeps it down (pgpool_status)",
+                              [f"sudo -u postgres pcp_attach_node -h localhost -p {c.params.pgpool['pcp_port']} "
+                               f"-U {PGPOOL_ROLE} -w -n {n['node_id']}"])
             out.append(Finding("pgpool node status", FAIL, c.pgpool.host.name,
                                f"node {n['node_id']} ({name}) is down in pgpool while its server runs ({actual})",
                                symptom="load balancing skips it; SHOW pool_nodes: status down, pg_status up",
                                evidence=[f"pcp_node_info -n {n['node_id']}: status {n['status']}, role {n['role']}",
                                          f"{name}: pg_lsclusters {state}"],
-                               cause="pgpool detached it (a failure or a restart) and keeps it down (pgpool_status)"
-                               if reachable else f"pgpool cannot reach {name} (the port finding above), so it "
-                                                 "detached it",
-                               fix=[f"sudo -u postgres pcp_attach_node -h localhost -p {c.params.pgpool['pcp_port']} "
-                                    f"-U {PGPOOL_ROLE} -w -n {n['node_id']}"] if reachable else
-                               ["fix what keeps pgpool from reaching it; auto_failback then attaches it again"],
-                               step="Step 34"))
+                               cause=cause, fix=fix, step="Step 34"))
         elif n["status"] != "down" and actual != "down" and n["role"] != actual:
             out.append(Finding("pgpool node role", FAIL, c.pgpool.host.name,
                                f"pgpool takes node {n['node_id']} ({name}) for the {n['role']}; it is the {actual}",
