@@ -20,6 +20,7 @@ import psycopg
 from lib import clone_guard, failover, ops, part2, postgres
 from lib.part1 import REPLICATION_ROLE
 from lib.postgres import TEST_DB
+from lib.remote import StepFailed
 from lib.secrets import secret
 from lib.show import expect, table
 from lib.wait import wait_until
@@ -245,11 +246,30 @@ def judge_lost(outcome: Outcome, lost: list[int], why_none_lost: str) -> None:
     expect(outcome.may_lose or not lost, f"{len(lost)} acknowledged rows are gone: {lost[:10]}.", why_none_lost)
 
 
+#: a drill's own command (a stop, a restart) ends within this, or the drill fails showing what runs
+COMMAND_TIMEOUT_S = 30
+WHAT_RUNS = ("systemctl list-jobs --no-pager; "
+             "ps -eo pid,ppid,stat,wchan:24,etime,args --forest | grep -v -e ' \\[' -e 'ps -eo' -e 'wait for connection request' | tail -n 40; "
+             "journalctl --no-pager -n 30 -o short-precise")
+
+
+def what_runs(remote) -> str:
+    """The host's jobs, processes and last log lines: why a command there did not finish."""
+    try:
+        out = remote.run(WHAT_RUNS, user="root", check=False, timeout=15).stdout
+    except StepFailed as e:
+        return f"(and {remote.host.name} did not answer what runs there either: {e})"
+    return f"what runs on {remote.host.name} now ($ {WHAT_RUNS}):\n{out}"
+
+
 def _run(traffic: Traffic, remote, command: str, user: str, outcome: Outcome, until, timeout: float = 60) -> None:
     """Send the command while the clients run; wait until `until()` holds, then 2 s more."""
     time.sleep(1)                                     # a second of normal traffic before
     outcome.start = time.monotonic()
-    remote.run(command, user=user)
+    try:
+        remote.run(command, user=user, timeout=COMMAND_TIMEOUT_S)
+    except StepFailed as e:
+        raise StepFailed(f"{e}\n{what_runs(remote)}") from None
     done, _ = wait_until(until, timeout=timeout, interval=0.1)
     expect(done, f"after `{command}` on {remote.host.name} the cluster did not recover within {timeout:.0f} s.",
            f"read {failover.FAILOVER_LOG} and pgpool's log on the pgpool host.")
@@ -372,18 +392,8 @@ def rejoin(env, remote) -> ops.Step:
 
 def all_up(env, timeout: float = 60) -> str:
     """Every node up (or waiting for its first client) in pgpool, one primary, standbys streaming."""
-    def ready():
-        try:
-            with part2.via_pgpool(env)() as conn:
-                nodes = part2.pool_nodes(conn)
-        except ConnectionError:         # pgpool restarts its children as it attaches a node: ask again
-            return None
-        ok = (all(n["status"] in ("up", "waiting") and n["pg_status"] == "up" for n in nodes)
-              and sum(n["role"] == "primary" for n in nodes) == 1
-              and all(n["replication_state"] == "streaming" for n in nodes if n["role"] == "standby"))
-        return nodes if ok else None
-    nodes, _ = wait_until(ready, timeout=timeout, interval=0.5)
-    expect(nodes is not None, "not every node is up in pgpool with one primary and streaming standbys.",
+    nodes = part2.wait_for_nodes(part2.via_pgpool(env), env.params, timeout=timeout, also_waiting=True)
+    expect(part2.nodes_ready(nodes, also_waiting=True), "not every node is up in pgpool with one primary and streaming standbys.",
            f"read {failover.FAILOVER_LOG} and pgpool's log; a node left down: rejoin it (above).")
     return nodes_now(env)
 

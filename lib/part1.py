@@ -237,7 +237,7 @@ def conninfo_fields(auto_conf_text: str) -> dict[str, str]:
     # source (a promoted standby keeps its old primary_conninfo)
     line = ([l for l in auto_conf_text.splitlines() if l.startswith("primary_conninfo")] or [""])[-1]
     quoted = line.split("=", 1)[1].strip() if line else ""
-    return _parse_conninfo(_unquote_setting(quoted[1:-1] if quoted.startswith("'") else quoted))
+    return parse_conninfo(_unquote_setting(quoted[1:-1] if quoted.startswith("'") else quoted))
 
 
 def _unquote_setting(text: str) -> str:
@@ -250,7 +250,8 @@ def _unquote_setting(text: str) -> str:
     return "".join(out)
 
 
-def _parse_conninfo(text: str) -> dict[str, str]:
+def parse_conninfo(text: str) -> dict[str, str]:
+    """A libpq keyword/value connection string (as SHOW primary_conninfo gives it) as a dict."""
     fields, i, n = {}, 0, len(text)
     while i < n:
         while i < n and text[i].isspace():

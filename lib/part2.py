@@ -570,8 +570,9 @@ def raise_auth_failure(params, error: Exception) -> None:
            "and restart pgpool (Step 33).")
 
 
-def wait_for_nodes(connect, params, timeout: float = 60) -> list[dict]:
-    """Until every node is up with the right role (and standbys report streaming)."""
+def wait_for_nodes(connect, params, timeout: float = 60, also_waiting: bool = False) -> list[dict]:
+    """Until every node is up with one primary and streaming standbys; also_waiting counts a node
+    that pgpool has not yet given a client ("waiting") as up. The nodes as last seen."""
     def ready():
         try:
             with connect() as conn:
@@ -579,10 +580,8 @@ def wait_for_nodes(connect, params, timeout: float = 60) -> list[dict]:
         except ConnectionError as e:
             if any(sign in str(e) for sign in AUTH_FAILURES):
                 raise_auth_failure(params, e)
-            return None                                     # not listening yet: try again
-        ok = all(n["status"] == "up" and n["pg_status"] == "up" for n in nodes) and \
-            all(n["replication_state"] == "streaming" for n in nodes if n["role"] == "standby")
-        return nodes if ok else None
+            return None            # not listening yet, or restarting its children as it attaches a node
+        return nodes if nodes_ready(nodes, also_waiting) else None
     nodes, _ = wait_until(ready, timeout=timeout, interval=0.5)
     if nodes is None:
         try:
@@ -592,6 +591,13 @@ def wait_for_nodes(connect, params, timeout: float = 60) -> list[dict]:
             expect(False, f"cannot log in through pgpool as postgres: {e}",
                    "start pgpool (Step 33) and read its log; check pool_hba.conf (Step 31) and pool_passwd (Step 32).")
     return nodes
+
+
+def nodes_ready(nodes: list[dict], also_waiting: bool = False) -> bool:
+    ready_states = ("up", "waiting") if also_waiting else ("up",)
+    return all(n["status"] in ready_states and n["pg_status"] == "up" for n in nodes) and \
+        sum(n["role"] == "primary" for n in nodes) == 1 and \
+        all(n["replication_state"] == "streaming" for n in nodes if n["role"] == "standby")
 
 
 def check_nodes(nodes: list[dict], params) -> None:

@@ -38,6 +38,22 @@ class Result:
 
 
 SUDO_PROMPT = "[pgguide sudo password]"
+#: echoed by psql after the SQL it was given: its SQL arrived whole, and ran to the end. The ";"
+#: before it sends a last statement left without one (psql runs a backslash command at once, but
+#: sends an unterminated statement only at the end of its input).
+PSQL_END = "pgguide: end of input"
+
+
+def whole_input(result: Result, label: str) -> Result:
+    """psql's result without the end-of-input line. A psql that exits 0 without printing it read
+    less SQL than it was sent: that must never pass for an empty answer."""
+    lines = result.stdout.splitlines(keepends=True)
+    if lines and lines[-1].rstrip("\n") == PSQL_END:
+        return Result(result.command, result.exit_code, "".join(lines[:-1]), result.stderr)
+    if result.ok:
+        raise StepFailed(f"{label}: psql exited 0 without reaching the end of its SQL: its input was cut "
+                         "short on the way (SSH or sudo). Nothing it printed can be trusted; run the step again.")
+    return result
 
 
 class Remote:
@@ -109,7 +125,9 @@ class Remote:
         port = self.params.postgres["port"]
         # A check's sessions cannot write, whatever its SQL says.
         read_only = "PGOPTIONS='-c default_transaction_read_only=on' " if self.read_only else ""
-        return self.postgres(f"{read_only}psql {flags} -p {port} -d {shlex.quote(database)}", stdin=sql, **kw)
+        result = self.postgres(f"{read_only}psql {flags} -p {port} -d {shlex.quote(database)}",
+                               stdin=f"{sql}\n;\n\\echo {PSQL_END}\n", **kw)
+        return whole_input(result, self.host.label)
 
     def read_file(self, path: str, *, user: str = "root") -> str:
         """A file's exact text (secrets not masked: do not print it)."""

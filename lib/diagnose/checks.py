@@ -7,6 +7,8 @@ several checks read (a file, a query) so that a diagnosis stays fast.
 """
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from functools import cached_property
 
 from lib import pgpoolconf
 from lib.diagnose.readonly import ReadOnlyHost
-from lib.part1 import REPLICATION_ROLE, conninfo_fields
+from lib.part1 import REPLICATION_ROLE, parse_conninfo
 from lib.part2 import KEY_FILE, PGPOOL_ROLE, PCPPASS, md5_mode
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -113,6 +115,10 @@ class Cluster:
         return self.params.pgpool["conf_dir"]
 
     @cached_property
+    def pcp_nodes(self) -> tuple[list[dict], str]:
+        return _nodes_by_pcp(self)
+
+    @cached_property
     def pgpool_conf(self) -> dict[str, str]:
         text = self.pgpool.file(f"{self.conf_dir()}/pgpool.conf") or ""
         return pgpoolconf.active_settings(text)
@@ -123,13 +129,13 @@ class Cluster:
                                 "coalesce(address, ''), coalesce(netmask, ''), auth_method, coalesce(error, '') "
                                 "FROM pg_hba_file_rules ORDER BY line_number")
 
-    def conf_path(self, host: ReadOnlyHost, name: str) -> str:
+    def conf_path(self, name: str) -> str:
+        """A server's configuration file: the same path on every server (postgres.conf_dir)."""
         return f"{self.params.postgres['conf_dir']}/{name}"
 
 
 def allows(rules: list[list[str]], database: str, user: str, address: str) -> list[str] | None:
     """The first pg_hba rule that matches a TCP connection, as fields, or None."""
-    import ipaddress
     for kind, dbs, users, addr, mask, method, _ in rules:
         if not kind.startswith("host"):
             continue
@@ -230,7 +236,7 @@ def standby_points_at_primary(c: Cluster) -> list[Finding]:
         if c.states[h.host.name] != "online,recovery":
             continue
         conninfo = c.value(h, "SELECT setting FROM pg_settings WHERE name = 'primary_conninfo'") or ""
-        fields = conninfo_fields(f"primary_conninfo = '{conninfo.replace(chr(39), chr(39) * 2)}'")
+        fields = parse_conninfo(conninfo)
         host = fields.get("host", "")
         if host == c.params.primary.address:
             out.append(_ok("standby points at primary", h.host.name, f"primary_conninfo host={host}",
@@ -330,12 +336,12 @@ def replication_allowed(c: Cluster) -> list[Finding]:
         out.append(Finding("pg_hba: standby replicates", FAIL, c.primary.host.name,
                            f"no pg_hba.conf line lets {REPLICATION_ROLE} replicate from {h.host.address}",
                            symptom=f"{h.host.name}'s log: FATAL: no pg_hba.conf entry for replication connection",
-                           evidence=[f"{c.conf_path(c.primary, 'pg_hba.conf')}: no host line for replication "
+                           evidence=[f"{c.conf_path('pg_hba.conf')}: no host line for replication "
                                      f"{REPLICATION_ROLE} {h.host.address}"],
                            cause="the standby's address is missing or wrong in the primary's pg_hba.conf",
                            fix=[f"echo 'host replication {REPLICATION_ROLE} {h.host.address}/32 "
                                 f"{c.params.postgres['auth_method']}' | sudo tee -a "
-                                f"{c.conf_path(c.primary, 'pg_hba.conf')}", "sudo systemctl reload postgresql"],
+                                f"{c.conf_path('pg_hba.conf')}", "sudo systemctl reload postgresql"],
                            step="Step 3", guide_row="wrong ip in pg_hba"))
     return out
 
@@ -356,10 +362,10 @@ def pgpool_allowed(c: Cluster) -> list[Finding]:
         out.append(Finding("pg_hba: pgpool connects", FAIL, h.host.name,
                            f"no pg_hba.conf line lets {PGPOOL_ROLE} in from the pgpool host {address}",
                            symptom="pgpool's log: FATAL: no pg_hba.conf entry for host",
-                           evidence=[f"{c.conf_path(h, 'pg_hba.conf')}: no host line for {PGPOOL_ROLE} from {address}"],
+                           evidence=[f"{c.conf_path('pg_hba.conf')}: no host line for {PGPOOL_ROLE} from {address}"],
                            cause="the pgpool host's address is missing from this server's pg_hba.conf",
                            fix=[f"echo 'host all all {address}/32 {c.params.postgres['auth_method']}' | sudo tee -a "
-                                f"{c.conf_path(h, 'pg_hba.conf')}", "sudo systemctl reload postgresql"],
+                                f"{c.conf_path('pg_hba.conf')}", "sudo systemctl reload postgresql"],
                            step="Step 23 (primary) / Step 26 (standby)", guide_row="no pg_hba.conf entry"))
     return out
 
@@ -379,7 +385,7 @@ def listen_addresses(c: Cluster) -> list[Finding]:
         # ALTER SYSTEM's postgresql.auto.conf overrides postgresql.conf: fix it where it is set
         fix = (["sudo -u postgres psql -c \"ALTER SYSTEM RESET listen_addresses\"   # it was set there"]
                if source.endswith("postgresql.auto.conf") else [])
-        fix += [f"sudo sed -i \"s/^#\\?listen_addresses.*/listen_addresses = '*'/\" {c.conf_path(h, 'postgresql.conf')}",
+        fix += [f"sudo sed -i \"s/^#\\?listen_addresses.*/listen_addresses = '*'/\" {c.conf_path('postgresql.conf')}",
                 "sudo systemctl restart postgresql"]
         out.append(Finding("listen_addresses", FAIL, h.host.name, f"listen_addresses = '{value}'",
                            symptom=f"`Connection refused` on port {c.params.postgres['port']} from the other hosts",
@@ -503,7 +509,7 @@ def _nodes_by_pcp(c: Cluster) -> tuple[list[dict], str]:
 
 @check
 def pgpool_nodes(c: Cluster) -> list[Finding]:
-    nodes, error = _nodes_by_pcp(c)
+    nodes, error = c.pcp_nodes
     if error:
         said = " / ".join(l.strip() for l in error.splitlines() if l.strip())[-240:]
         auth = "authentication" in said.lower() or "password" in said.lower()
@@ -662,10 +668,69 @@ def children_free(c: Cluster, processes: list[dict]) -> Finding:
                         "or pool connections in the application"], step="Step 30")
 
 
+#: a server with a share p of the weights gets none of n sessions with probability (1 - p)^n; the
+#: spread check opens enough sessions that this stays below 1e-6 (35 sessions at a share of 1/3)
+SPREAD_FALSE_ALARM = 1e-6
+#: the settings that send reads away from a server, at the values (pgpool's defaults) that do not
+SPREAD_SETTINGS = {"database_redirect_preference_list": "", "app_name_redirect_preference_list": "",
+                   "delay_threshold": "0", "disable_load_balance_on_write": "transaction"}
+
+
+def spread_sessions(shares: dict[str, float]) -> int:
+    smallest = min(s for s in shares.values() if s > 0)
+    return 1 if smallest >= 1 else math.ceil(math.log(SPREAD_FALSE_ALARM) / math.log(1 - smallest))
+
+
+@check
+def reads_spread(c: Cluster) -> list[Finding]:
+    """Reads go where pgpool.conf's weights send them: sessions of its own through pgpool, each
+    asking which server answered (Step 38's way), judged only by a server that got none."""
+    from lib import db, loadbalance
+    from lib.diagnose.readonly import check_sql
+    from lib.secrets import secret
+    p, conf, host = c.params, c.pgpool_conf, c.pgpool.host.name
+    nodes, error = c.pcp_nodes
+    if conf.get("load_balance_mode") != "on" or error or not all(n["status"] in ("up", "waiting") for n in nodes):
+        return []                       # the findings above say why reads cannot spread
+    weights = {n["hostname"]: float(conf.get(f"backend_weight{n['node_id']}", "1") or 0) for n in nodes}
+    total = sum(weights.values())
+    if total <= 0:
+        return []
+    shares = {address: w / total for address, w in weights.items()}
+    sessions, sql = spread_sessions(shares), "SELECT inet_server_addr()"
+    check_sql(sql)
+    c.pgpool.transcript.append(f"this machine (a client) $ psql -h {p.pgpool_host.address} -p {p.pgpool['port']} "
+                               f"-U postgres -c \"{sql}\"   # × {sessions} sessions")
+
+    def connect():
+        conn = db.connect(p, p.pgpool_host, user="postgres", password=secret("postgres", p), port=p.pgpool["port"])
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        return conn
+    try:
+        counts = loadbalance.sample(connect, sessions)
+    except ConnectionError:
+        return []                       # clients_get_in reports a login that fails
+    names = {h.host.address: h.host.name for h in c.servers}
+    seen = ", ".join(f"{names.get(a, a)} {counts.get(a, 0)}" for a in shares)
+    idle = [a for a, share in shares.items() if share > 0 and counts.get(a, 0) == 0]
+    if not idle:
+        return [_ok("reads spread", host, f"{sql} × {sessions} sessions: every server with a weight served some")]
+    set_here = [f"pgpool.conf: {k} = {conf[k]}" for k, harmless in SPREAD_SETTINGS.items() if conf.get(k, harmless) != harmless]
+    return [Finding("reads spread", WARN, host, f"{', '.join(names.get(a, a) for a in idle)} served none of "
+                    f"{sessions} read sessions", symptom="load balancing does nothing: the reads all land elsewhere",
+                    evidence=[f"{sql} × {sessions} sessions: {seen}",
+                              *[f"{names.get(a, a)}: backend_weight {weights[a]:g} (a share of {shares[a]:.2f}; none of "
+                                f"{sessions} by chance: p = {(1 - shares[a]) ** sessions:.0e})" for a in idle],
+                              *set_here],
+                    cause="pgpool sends these reads elsewhere: a redirect preference list, a standby behind "
+                          "delay_threshold, or disable_load_balance_on_write",
+                    fix=[f"sudo grep -E '^({'|'.join(SPREAD_SETTINGS)})' {c.conf_dir()}/pgpool.conf",
+                         "compare with Step 30; then sudo systemctl restart pgpool2"], step="Step 38")]
+
+
 @check
 def pool_hba(c: Cluster) -> list[Finding]:
     """With enable_pool_hba, pgpool admits only clients that a line of pool_hba.conf matches."""
-    import ipaddress
     if c.pgpool_conf.get("enable_pool_hba", "off") != "on":
         return [_ok("pool_hba", c.pgpool.host.name, "enable_pool_hba = off: pgpool checks no client address")]
     path = f"{c.conf_dir()}/{c.pgpool_conf.get('pool_hba_file', 'pool_hba.conf') or 'pool_hba.conf'}"
