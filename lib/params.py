@@ -79,7 +79,8 @@ SCHEMA: dict[str, Any] = {
         "allowed_clients": ("cidr", False, None),     # pool_hba.conf; default: the lab's subnet
         "num_init_children": (int, False, 32),
         "max_pool": (int, False, 3),
-        "lb_sessions": (int, False, 300),             # sessions opened by the Step 38 test
+        # at least this many sessions in the Step 38 test (it computes how many it needs: 573 at 1:2)
+        "lb_sessions": (int, False, 0),
     },
     "options": {
         "interface": ("name", False, "ens33"),

@@ -797,7 +797,8 @@ def verify_load_balancing(env) -> ops.Step:
     from lib import loadbalance
     step = ops.Step("load balancing")
     step.measured = {}
-    hosts, sessions, connect = env.params.database_hosts, env.params.pgpool["lb_sessions"], via_pgpool(env)
+    hosts, connect = env.params.database_hosts, via_pgpool(env)
+    plan = loadbalance.plan([h.lb_weight for h in hosts], at_least=env.params.pgpool["lb_sessions"])
 
     def guides_three():
         with connect() as conn:
@@ -813,21 +814,23 @@ def verify_load_balancing(env) -> ops.Step:
     def balanced():
         with connect() as conn:
             before = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
-        counts = loadbalance.sample(connect, sessions)
+        counts = loadbalance.sample(connect, plan.sessions, concurrent=loadbalance.CONCURRENT)
         with connect() as conn:
             after = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
-        verdicts = loadbalance.verdicts(counts, hosts, sessions)
+        verdicts = loadbalance.verdicts(counts, hosts, plan)
         deltas = {h.address: after[h.address] - before[h.address] for h in hosts}
-        step.measured.update(counts=counts, deltas=deltas)
-        expect(all(ok for *_, ok in verdicts), f"observed {dict(counts)} does not fit the weights.",
+        step.measured.update(counts=counts, deltas=deltas, plan=plan)
+        expect(all(ok for *_, ok in verdicts), f"observed {dict(counts)} does not fit the weights "
+               f"{loadbalance.ratio(plan.weights)}.",
                "check backend_weightN (Step 30) and that load_balance_mode = on; then SHOW pool_nodes.")
         expect(deltas == {h.address: counts.get(h.address, 0) for h in hosts},
                f"select_cnt grew by {deltas}, but the sessions saw {dict(counts)}.", "something else is querying pgpool.")
         return "\n".join([
-            "So, many sessions instead:",
-            through_pgpool_prompt(env) + f"SELECT inet_server_addr();   # × {sessions} sessions, one query each",
-            *(f"  {name}: expected share {share:.3f} ± {tol:.3f}: {'within' if ok else 'OUTSIDE'}"
-              for name, share, tol, ok in verdicts),
+            f"So, many sessions instead, {loadbalance.CONCURRENT} at a time:",
+            through_pgpool_prompt(env) + f"SELECT inet_server_addr();   # × {plan.sessions} sessions, one query each",
+            *(f"  {name}: a share of {share:.3f}; a correct setup lands within {lo}–{hi} sessions: "
+              f"{'within' if ok else 'OUTSIDE'}" for name, share, (lo, hi), ok in verdicts),
+            loadbalance.what_it_tells(plan),
             through_pgpool_prompt(env) + "SHOW pool_nodes;   # before and after",
             "select_cnt grew on each node by exactly the sessions it served"])
     return step.verify("the guide's three queries", guides_three, in_check=False) \

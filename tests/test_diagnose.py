@@ -130,6 +130,8 @@ class Drill:
 
 
 # Each break edits a file the check reads, or stops/changes one thing; restore puts it back exactly.
+# A drill that reloaded pgpool restores with a restart: twice while building these, pgpool kept sending
+# the standby no reads after a change was undone with a reload (not reproduced on demand).
 DRILLS = [
     Drill("pool_passwd commented out", "vm3", f"sed -i 's/^pool_passwd/#pool_passwd/' {POOL}/pgpool.conf", None,
      {("pool_passwd configured", "vm3"): "FAIL"}, "valid password not found"),
@@ -157,13 +159,13 @@ DRILLS = [
      {("backend_weight1", "vm3"): "WARN"}, None),
     Drill("reads sent to the primary by a redirect list", "vm3",
           f"echo \"database_redirect_preference_list = 'postgres:primary'\" >> {POOL}/pgpool.conf && systemctl reload pgpool2",
-          "systemctl reload pgpool2", {("reads spread", "vm3"): "WARN"}, None,
+          "systemctl restart pgpool2", {("reads spread", "vm3"): "WARN"}, None,
           cause="pgpool.conf: database_redirect_preference_list = postgres:primary"),
     # auto_failback off (as pgpool ships it): a detached node stays down, whatever its server does
     Drill("the standby detached in pgpool while it streams", "vm3",
           f"sed -i 's/^auto_failback = on/auto_failback = off/' {POOL}/pgpool.conf && systemctl reload pgpool2 && sleep 1 && "
           "sudo -u postgres pcp_detach_node -h localhost -p 9898 -U pgpool -w -n 1 >/dev/null && sleep 6",
-          "systemctl reload pgpool2 && sudo -u postgres pcp_attach_node -h localhost -p 9898 -U pgpool -w -n 1 >/dev/null",
+          "systemctl restart pgpool2 && sleep 1 && sudo -u postgres pcp_attach_node -h localhost -p 9898 -U pgpool -w -n 1 >/dev/null",
           {("pgpool node status", "vm3"): "FAIL"}, None, cause="fix:      sudo -u postgres pcp_attach_node"),
     Drill("more pgpool connections than the servers take", "vm3",
      f"sed -i 's/^num_init_children.*/num_init_children = 200/' {POOL}/pgpool.conf", None,

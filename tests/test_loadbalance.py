@@ -1,5 +1,7 @@
+"""Step 38's arithmetic (lib/loadbalance.py): exact binomial bounds, checked against simulation."""
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from lib import loadbalance as lb
@@ -10,15 +12,78 @@ def hosts(w0, w1):
     return [Host("primary", "vm1", "10.0.0.1", w0), Host("standby", "vm2", "10.0.0.2", w1)]
 
 
-def test_a_correct_split_passes_and_a_wrong_weight_fails():
-    seen = Counter({"10.0.0.1": 100, "10.0.0.2": 200})
-    assert all(ok for *_, ok in lb.verdicts(seen, hosts(1, 2), 300))
-    assert not any(ok for *_, ok in lb.verdicts(seen, hosts(1, 1), 300))     # 1:1 expected, 1:2 seen
+def test_at_the_guides_weights_573_sessions_meet_both_bounds():
+    p = lb.plan([1, 2])
+    assert p.sessions == 573 and p.intervals == [(136, 249), (324, 437)]
+    assert p.false_fail <= lb.FALSE_FAIL and p.false_pass <= lb.FALSE_PASS and p.ignored == [1, 1]
+    fewer = lb.plan([1, 2], at_least=1)
+    assert fewer.sessions == 573                       # the fewest: the search starts low and stops at once
+    assert lb.what_it_tells(p) == ("573 sessions: a correct setup fails this with probability at most 7.9e-07; "
+                                   "with the weights ignored (1:1) it would pass with probability at most 9.8e-04; "
+                                   "a 1:3 split would pass with probability at most 0.77")
 
 
-def test_tolerance_is_five_standard_deviations():
-    assert lb.tolerance(2 / 3, 300) == pytest.approx(5 * (2 / 9 / 300) ** 0.5)
-    assert lb.tolerance(2 / 3, 300) == pytest.approx(0.136, abs=1e-3)
+def test_one_session_fewer_would_not_meet_the_bound_on_ignored_weights():
+    p = lb.plan([1, 2])
+    smaller = [lb.interval(560, s, lb.FALSE_FAIL / 2) for s in lb.shares([1, 2])]
+    worse = lb.Plan(560, [1, 2], smaller, 0, [1, 1], 0).pass_chance([1, 1])
+    assert worse > lb.FALSE_PASS >= p.false_pass
+
+
+def test_the_bounds_hold_in_a_simulation():
+    rng, p = np.random.default_rng(38), lb.plan([1, 2])
+    (lo, hi), _ = p.intervals
+    correct = rng.binomial(p.sessions, 1 / 3, 1_000_000)
+    assert ((correct < lo) | (correct > hi)).sum() <= 5                  # expected about 0.4 in a million
+    ignored = rng.binomial(p.sessions, 1 / 2, 1_000_000)
+    passed = ((ignored >= lo) & (ignored <= hi)).mean()
+    assert passed == pytest.approx(p.false_pass, rel=0.15)               # exact for two nodes
+    near = rng.binomial(p.sessions, 1 / 4, 200_000)
+    assert ((near >= lo) & (near <= hi)).mean() == pytest.approx(p.pass_chance([1, 3]), abs=0.01)
+
+
+def test_a_correct_split_passes_and_ignored_weights_fail():
+    p = lb.plan([1, 2])
+    assert all(ok for *_, ok in lb.verdicts(Counter({"10.0.0.1": 191, "10.0.0.2": 382}), hosts(1, 2), p))
+    assert not any(ok for *_, ok in lb.verdicts(Counter({"10.0.0.1": 287, "10.0.0.2": 286}), hosts(1, 2), p))
+
+
+def test_equal_weights_are_tested_against_the_first_doubled():
+    p = lb.plan([1, 1])
+    assert p.ignored == [2, 1] and p.false_pass <= lb.FALSE_PASS
+
+
+def test_more_nodes_share_the_false_fail_budget():
+    p = lb.plan([1, 2, 2])
+    assert len(p.intervals) == 3 and p.false_fail <= lb.FALSE_FAIL and p.false_pass <= lb.FALSE_PASS
+
+
+def test_sessions_run_concurrently_and_count_every_answer():
+    class Conn:
+        def __init__(self, address):
+            self.address = address
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def execute(self, sql):
+            return self
+
+        def fetchone(self):
+            return (self.address,)
+    answers = iter(["10.0.0.1", "10.0.0.2", "10.0.0.2"] * 100)
+    seen = lb.sample(lambda: Conn(next(answers)), 300, concurrent=8)
+    assert seen == Counter({"10.0.0.1": 100, "10.0.0.2": 200})
+
+
+def test_a_failed_session_fails_the_sample():
+    def connect():
+        raise ConnectionError("pgpool refused")
+    with pytest.raises(ConnectionError, match="pgpool refused"):
+        lb.sample(connect, 50, concurrent=4)
 
 
 def test_the_guides_three_queries_split_1_to_2_by_chance_44_percent():

@@ -707,7 +707,7 @@ def reads_spread(c: Cluster) -> list[Finding]:
         conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         return conn
     try:
-        counts = loadbalance.sample(connect, sessions)
+        counts = loadbalance.sample(connect, sessions, concurrent=loadbalance.CONCURRENT)
     except ConnectionError:
         return []                       # clients_get_in reports a login that fails
     names = {h.host.address: h.host.name for h in c.servers}
@@ -722,10 +722,11 @@ def reads_spread(c: Cluster) -> list[Finding]:
                               *[f"{names.get(a, a)}: backend_weight {weights[a]:g} (a share of {shares[a]:.2f}; none of "
                                 f"{sessions} by chance: p = {(1 - shares[a]) ** sessions:.0e})" for a in idle],
                               *set_here],
-                    cause="pgpool sends these reads elsewhere: a redirect preference list, a standby behind "
-                          "delay_threshold, or disable_load_balance_on_write",
-                    fix=[f"sudo grep -E '^({'|'.join(SPREAD_SETTINGS)})' {c.conf_dir()}/pgpool.conf",
-                         "compare with Step 30; then sudo systemctl restart pgpool2"], step="Step 38")]
+                    cause=("pgpool sends these reads elsewhere: the settings above" if set_here else
+                           "no setting in pgpool.conf sends them elsewhere now: pgpool may still act on an earlier "
+                           "configuration (seen after a change was undone with only a reload)"),
+                    fix=([f"edit {c.conf_dir()}/pgpool.conf (compare with Step 30)"] if set_here else [])
+                        + ["sudo systemctl restart pgpool2"], step="Step 38")]
 
 
 @check

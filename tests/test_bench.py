@@ -1,0 +1,30 @@
+"""ci/bench's arithmetic and its report: the README's Performance section is rendered from
+bench/results.json and nothing else."""
+import json
+
+import pytest
+
+from lib.bench import percentiles, report, spread
+
+
+def test_spread_gives_median_and_range():
+    assert spread([3, 1, 2]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3, "values": [3.0, 1.0, 2.0]}
+
+
+def test_percentiles_pick_the_ranked_values():
+    values = list(range(1, 101))
+    assert percentiles(values) == {"p50": 51, "p95": 95, "p99": 99}
+
+
+def test_the_readme_section_is_the_rendering_of_results_json():
+    if not report.RESULTS.exists():
+        pytest.fail("bench/results.json is missing: run ci/bench (the README's Performance section comes from it)")
+    results = json.loads(report.RESULTS.read_text())
+    text = report.README.read_text()
+    assert report.readme_section(results) in text, "README.md's Performance section is stale: run `python -m lib.bench.report`"
+
+
+def test_a_changed_figure_makes_the_section_stale():
+    results = json.loads(report.RESULTS.read_text())
+    results["provisioning"]["wall"]["lab up"]["median"] += 1.0
+    assert report.readme_section(results) not in report.README.read_text()
