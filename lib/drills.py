@@ -341,7 +341,13 @@ def rewind_output(text: str) -> str:
     lines = [l.replace('pg_rewind: executing "', "pg_rewind: executing ").split('" for target server')[0]
              + (" for target server to complete crash recovery" if "for target server" in l else "") for l in lines]
     text = re.sub(r"\b[0-9A-F]+/[0-9A-F]+\b", "<lsn>", "\n".join(lines))
-    return re.sub(r"on timeline \d+", "on timeline <n>", text)
+    text = re.sub(r"on timeline \d+", "on timeline <n>", text)
+    # Whether there is anything to copy back is a race (did the old primary's last WAL record reach
+    # the standby before it was promoted?): both ends are one outcome, the old primary in step.
+    in_step = "pg_rewind: in step with the new primary (rewound from the last common checkpoint, or nothing to rewind)"
+    text = text.replace("pg_rewind: no rewind required", in_step)
+    return re.sub(r"pg_rewind: rewinding from last common checkpoint at <lsn> on timeline <n>(\npg_rewind: Done!)?",
+                  in_step, text)
 
 
 def rejoin(env, remote) -> ops.Step:

@@ -95,6 +95,16 @@ def test_pg_rewind_output_keeps_its_own_lines_with_positions_named():
                    "recovery\npg_rewind: servers diverged at WAL location <lsn> on timeline <n>\npg_rewind: Done!")
 
 
+def test_pg_rewind_copying_or_not_reads_the_same_since_it_is_a_race():
+    rewound = drills.rewind_output("pg_rewind: servers diverged at WAL location 0/5000 on timeline 3\n"
+                                   "pg_rewind: rewinding from last common checkpoint at 0/4F00 on timeline 2\n"
+                                   "pg_rewind: Done!")
+    nothing = drills.rewind_output("pg_rewind: servers diverged at WAL location 0/5000 on timeline 3\n"
+                                   "pg_rewind: no rewind required")
+    assert rewound == nothing and rewound.endswith("in step with the new primary (rewound from the last common "
+                                                   "checkpoint, or nothing to rewind)")
+
+
 def test_a_client_record_gives_gaps_and_failures():
     c = drills.Client("writer", ok=[1.0, 1.1, 3.6, 3.7], failed=[1.5, 2.0, 9.0])
     assert c.longest_gap(1.05, 4.0) == pytest.approx(2.5)
