@@ -48,9 +48,9 @@ def bench_access(env) -> list[str]:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="ci/bench", description=__doc__)
     ap.add_argument("--params", type=Path, default=REPO / "params" / "lab.yaml", help="a lab's parameter file")
-    ap.add_argument("--rounds", type=int, default=3, help="fresh-lab provisioning rounds (default 3)")
+    ap.add_argument("--rounds", type=int, default=2, help="fresh-lab provisioning rounds (default 2)")
     ap.add_argument("--rows", type=int, default=1000, help="commits timed per synchronous_commit setting")
-    ap.add_argument("--seconds", type=int, default=5, help="seconds per pgbench run")
+    ap.add_argument("--seconds", type=int, default=3, help="seconds per pgbench run")
     ap.add_argument("--repeats", type=int, default=2, help="pgbench runs per configuration")
     ap.add_argument("--sessions", type=int, default=1000, help="sessions per weight setting")
     ap.add_argument("--cold-image", action="store_true", help="also build the lab image from nothing")

@@ -26,7 +26,7 @@ def markdown(r: dict) -> str:
     m = r["machine"]
     again = "".join(f" {', '.join(u['sections'])} measured again by `{u['command']}` on {u['date'][:10]}."
                     for u in r.get("updated", []))
-    out = [f"Measured by `{r['command']}` on {r['date'][:10]}: {m['cores']} cores, {m['memory_gib']:.0f} GiB, "
+    out = [f"Measured by `{r['command']}` ({r['seconds'] / 60:.1f} min, lab up and down included) on {r['date'][:10]}: {m['cores']} cores, {m['memory_gib']:.0f} GiB, "
            f"{m['kernel']}; PostgreSQL {m['postgres']}, {m['pgpool']}. Medians, with the range over the repeats.{again}", ""]
     if "provisioning" in r:
         p = r["provisioning"]
@@ -46,8 +46,9 @@ def markdown(r: dict) -> str:
         out += _table(["Host", "Idle", "Peak"], rows) + [""]
     if "replication" in r:
         rep = r["replication"]
-        out += [f"**Replication visibility** ({rep['rows']} single-row commits on the primary, each timed from its "
-                f"INSERT until {rep['standby']} returns the row):", ""]
+        out += [f"**Replication visibility** ({rep['rows']} single-row commits on the primary, one every "
+                f"{rep.get('pace ms', 0):g} ms, each timed from its INSERT until a reader polling {rep['standby']} sees "
+                "it):", ""]
         rows = [[f"`{mode}`" + (" (synchronous standby)" if v["standby synchronous"] else ""),
                  *(f"{v['visible on the standby, ms'][q]:.2f} ms" for q in ("p50", "p95", "p99")),
                  f"{v['commit acknowledged, ms']['p50']:.2f} ms"] for mode, v in rep["modes"].items()]
@@ -116,7 +117,8 @@ def plots(r: dict, folder: Path) -> list[Path]:
                 xs = [x for x in r["pgpool"]["runs"] if x["workload"] == "select-only"
                       and x["connections"] == connections and x["target"] == target]
                 ax.plot([x["clients"] for x in xs], [x["tps"]["median"] for x in xs], marker=marker, label=target)
-            ax.set_xscale("log", base=2); ax.set_title(f"select-only, {connections}", fontsize=9)
+            ax.set_xscale("log", base=2); ax.set_xticks([1, 8, 32], ["1", "8", "32"])
+            ax.set_title(f"select-only, {connections}", fontsize=9)
             ax.set_xlabel("clients"); ax.set_ylabel("TPS"); ax.legend()
         fig.tight_layout(); made.append(folder / "pgbench.png"); fig.savefig(made[-1], dpi=100); plt.close(fig)
     if "provisioning" in r:
