@@ -21,6 +21,10 @@ DEFAULT_FILE = REPO / "params" / "lab.yaml"
 TOP_LEVEL_KEYS = ("environment", "lab", "hosts", "ssh", "postgres", "pgpool", "options")
 
 
+#: lab.debian -> (release code name, the PostgreSQL major version it ships)
+LAB_RELEASES = {12: ("bookworm", 15), 13: ("trixie", 17)}
+
+
 class ParamsError(ValueError):
     """A parameter is missing, unknown, of the wrong type or out of range."""
 
@@ -38,6 +42,8 @@ SCHEMA: dict[str, Any] = {
         "name": ("name", True, None),
         "subnet": ("cidr", True, None),
         "gateway": ("address", True, None),
+        # the lab image's Debian release: 12 (bookworm: PostgreSQL 15, pgpool2 4.3) or 13 (trixie: 17, 4.6)
+        "debian": ("debian", False, 12),
     },
     "hosts": {
         "primary": _HOST,
@@ -246,6 +252,11 @@ def _value(path: str, value: Any, spec: tuple) -> Any:
         if not isinstance(value, list) or not value:
             raise ParamsError(f"{path} must be a non-empty list")
         return [_section(f"{path}[{i}]", item, kind[0]) for i, item in enumerate(value)]
+    if kind == "debian":
+        if value not in LAB_RELEASES:
+            raise ParamsError(f"{path} = {value!r}: the lab builds Debian "
+                              + " or ".join(str(v) for v in LAB_RELEASES))
+        return value
     if kind in (int, "port"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParamsError(f"{path} must be a whole number, not {value!r}")
@@ -315,6 +326,10 @@ def _check_hosts(out: dict[str, Any]) -> None:
                 raise ParamsError(f"{h['name']} address {h['address']} is outside lab.subnet {subnet}")
         if lab["gateway"] in seen:
             raise ParamsError(f"lab.gateway {lab['gateway']} is also a host's address")
+        ships = LAB_RELEASES[lab["debian"]][1]
+        if out["postgres"]["version"] != ships:
+            raise ParamsError(f"postgres.version = {out['postgres']['version']}, but the lab's Debian "
+                              f"{lab['debian']} ships PostgreSQL {ships}: set postgres.version: {ships}")
 
 
 def _fill_templates(postgres: dict[str, Any]) -> None:

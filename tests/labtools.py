@@ -22,9 +22,9 @@ def netns(host: str) -> str:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")
 
 
-def sh(*argv, check=True, env=None, timeout=900):
+def sh(*argv, check=True, env=None, timeout=900, input=None):
     """Run a command; its stdout when check (it must exit 0), else the CompletedProcess."""
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, input=input,
                           env={**os.environ, **(env or {})})
     assert not check or proc.returncode == 0, \
         f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"

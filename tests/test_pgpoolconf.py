@@ -37,3 +37,13 @@ def test_values_with_quotes_and_hashes():
     text = "log_line_prefix = '%m # %p'  # a comment\n"
     new, changes = set_settings(text, {"log_line_prefix": "%m # %p"})
     assert changes == [] and new == text
+
+
+def test_the_socket_directory_setting_takes_the_name_this_pgpool_ships():
+    from lib import part2
+    shipped_43 = "listen_addresses = 'localhost'\n#socket_dir = '/var/run/postgresql'\n"
+    shipped_46 = "#listen_addresses = 'localhost'\n#unix_socket_directories = '/var/run/postgresql'\n"
+    assert part2.socket_setting(shipped_43) == "socket_dir"
+    assert part2.socket_setting(shipped_46) == "unix_socket_directories"
+    text, _ = set_settings(shipped_46, {part2.socket_setting(shipped_46): part2.SOCKET_DIR})
+    assert "unix_socket_directories = '/var/run/postgresql'" in text.splitlines()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the lab's two image layers into OUT (a new directory):
-#   OUT/base  Debian 12 with systemd, sshd and sudo, plus a local apt repository
+# Builds the lab's two image layers for one Debian release (bookworm = 12, trixie = 13)
+# into OUT (a new directory):   build.sh OUT [RELEASE]
+#   OUT/base  Debian with systemd, sshd and sudo, plus a local apt repository
 #             (/srv/lab-apt) holding PostgreSQL, its client and pgpool2, because lab
 #             hosts have no network and `apt install` must still really work there.
 #   OUT/db    an overlay layer on top of base with PostgreSQL installed and its
@@ -8,6 +9,7 @@
 # The sha256 of this file and of packages.txt is the cache key (ci/labctl/image.py).
 set -euo pipefail
 out=$1
+release=${2:-bookworm}
 here=$(cd "$(dirname "$0")" && pwd)
 mirror=${LAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security=${LAB_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
@@ -31,14 +33,14 @@ release_system_dirs() { cleanup; mounted=(); }
 
 mkdir -p "$out"
 base=$out/base
-echo "lab image: debootstrap bookworm into $base"
-debootstrap --variant=minbase --include="$base_packages" bookworm "$base" "$mirror" >"$out/debootstrap.log" 2>&1 \
+echo "lab image: debootstrap $release into $base"
+debootstrap --variant=minbase --include="$base_packages" "$release" "$base" "$mirror" >"$out/debootstrap.log" 2>&1 \
   || { tail -20 "$out/debootstrap.log"; exit 1; }
 
 cat >"$base/etc/apt/sources.list" <<SRC
-deb $mirror bookworm main
-deb $mirror bookworm-updates main
-deb $security bookworm-security main
+deb $mirror $release main
+deb $mirror $release-updates main
+deb $security $release-security main
 SRC
 cp /etc/resolv.conf "$base/etc/resolv.conf"
 bind_system_dirs "$base"

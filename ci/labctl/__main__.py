@@ -35,6 +35,7 @@ class Plan:
     known_hosts: Path
     ssh_port: int
     hosts: list[LabHost]
+    release: str            # the Debian release of the image (lab.debian)
 
     @property
     def bridge(self) -> str:
@@ -52,7 +53,8 @@ def plan_from(params_file: str) -> Plan:
         raise LabError(f"interface names must fit 15 characters: {', '.join(too_long)}; "
                        "shorten lab.name or the host names")
     return Plan(lab, prm.lab["subnet"], prm.lab["gateway"], prm.options["interface"], prm.ssh["user"],
-                Path(prm.ssh["key_file"]), Path(prm.ssh["known_hosts"]), prm.ssh["port"], hosts)
+                Path(prm.ssh["key_file"]), Path(prm.ssh["known_hosts"]), prm.ssh["port"], hosts,
+                P.LAB_RELEASES[prm.lab["debian"]][0])
 
 
 def ensure_lab_key(plan: Plan) -> str:
@@ -82,7 +84,7 @@ def down(labs: set[str], quiet: bool = False) -> float:
 
 def up(params_file: str) -> None:
     plan = plan_from(params_file)
-    img = image.ensure_image()
+    img = image.ensure_image(plan.release)
     cleared = down({plan.lab}, quiet=True)        # this lab only: a lab with another name stays up
     start = time.monotonic()
     public_key = ensure_lab_key(plan)
@@ -99,20 +101,21 @@ def up(params_file: str) -> None:
     with ThreadPoolExecutor(len(pids)) as pool:
         list(pool.map(lambda h: machines.wait_until_running(h, pids[h]), pids))
     took = time.monotonic() - start
+    width = max(len(h.name) for h in plan.hosts)
     for host in plan.hosts:
-        print(f"  {host.name:<6} {host.role:<8} {host.address:<15} running")
+        print(f"  {host.name:<{width}} {host.role:<8} {host.address:<15} running")
     print(f"lab up: {len(plan.hosts)} hosts running in {took:.1f} s "
           f"(clearing earlier state took {cleared:.1f} s). Log in with: ci/lab ssh {plan.hosts[0].name}")
 
 
 def status(params_file: str) -> int:
     plan = plan_from(params_file)
-    up_count = 0
+    up_count, width = 0, max(len(h.name) for h in plan.hosts)
     for host in plan.hosts:
         pid = host.pid_file.read_text().strip() if host.pid_file.exists() else None
         alive = bool(pid) and Path(f"/proc/{pid}").exists()
         up_count += alive
-        print(f"  {host.name:<6} {host.role:<8} {host.address:<15} {'running' if alive else 'stopped'}")
+        print(f"  {host.name:<{width}} {host.role:<8} {host.address:<15} {'running' if alive else 'stopped'}")
     print(f"lab {plan.lab}: {up_count} of {len(plan.hosts)} hosts running")
     return 0 if up_count == len(plan.hosts) else 3
 

@@ -671,9 +671,11 @@ def children_free(c: Cluster, processes: list[dict]) -> Finding:
 #: a server with a share p of the weights gets none of n sessions with probability (1 - p)^n; the
 #: spread check opens enough sessions that this stays below 1e-6 (35 sessions at a share of 1/3)
 SPREAD_FALSE_ALARM = 1e-6
-#: the settings that send reads away from a server, at the values (pgpool's defaults) that do not
+#: the settings that send reads away from a server, at the values (pgpool's defaults) that do not;
+#: user_redirect_preference_list and delay_threshold_by_time are in 4.6, not in 4.3
 SPREAD_SETTINGS = {"database_redirect_preference_list": "", "app_name_redirect_preference_list": "",
-                   "delay_threshold": "0", "disable_load_balance_on_write": "transaction"}
+                   "user_redirect_preference_list": "", "delay_threshold": "0", "delay_threshold_by_time": "0",
+                   "disable_load_balance_on_write": "transaction"}
 
 
 def spread_sessions(shares: dict[str, float]) -> int:

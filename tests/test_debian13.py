@@ -1,0 +1,154 @@
+"""The other generation, with two standbys: params/lab-debian13.yaml (Debian 13, PostgreSQL 17,
+pgpool2 4.6, host names unlike the guide's). Provisioned twice from a fresh lab, the second run
+changing nothing; then checked from outside with plain psql on each host and through pgpool, and
+every step that loops over the standbys is looked at with two of them; --teardown last.
+
+ci/test runs these on their own lab, after the second lab's tests (marker debian13)."""
+import json
+import os
+
+import pytest
+
+from lib import REPO
+from lib import params as P
+from lib import secrets as S
+from labtools import lab, sh
+
+pytestmark = [pytest.mark.lab, pytest.mark.debian13,
+              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
+PARAMS_FILE = REPO / "params" / "lab-debian13.yaml"
+PARAMS = P.load(PARAMS_FILE)
+PRIMARY, STANDBYS, POOL = PARAMS.primary, PARAMS.standbys, PARAMS.pgpool_host
+VERSION = PARAMS.postgres["version"]
+#: pgpool's lb_weight is each backend_weight over their sum
+SHARES = {h.address: f"{h.lb_weight / sum(d.lb_weight for d in PARAMS.database_hosts):.6f}"
+          for h in PARAMS.database_hosts}
+
+
+def on(host, command):
+    return lab("ssh", "--params", PARAMS_FILE, host.name, command).stdout
+
+
+def psql(host, sql, database="postgres"):
+    return on(host, f"sudo -u postgres psql -XAtc {json.dumps(sql)} {database}").strip()
+
+
+def through_pgpool(sql, database="postgres"):
+    """Plain psql against pgpool's port from the primary (inside pool_hba's client network)."""
+    password = S.secret("postgres", PARAMS)
+    return on(PRIMARY, f"PGPASSWORD={password} psql -XAt -h {POOL.address} -p {PARAMS.pgpool['port']} "
+                       f"-U postgres -d {database} -c {json.dumps(sql)}").strip()
+
+
+def provision(*args):
+    return sh(REPO / "ci" / "provision", *args, PARAMS_FILE)
+
+
+def record_of(out):
+    return REPO / out.strip().splitlines()[-1].split("Record: ")[1]
+
+
+@pytest.fixture(scope="module")
+def provisioned_twice():
+    lab("up", PARAMS_FILE)
+    first = provision()
+    second = provision()
+    yield first, second
+    lab("down", PARAMS_FILE)
+
+
+def test_second_run_changes_nothing(provisioned_twice):
+    first, second = provisioned_twice
+    assert "provision succeeded" in first.splitlines()[-1]
+    assert ": 0 steps changed," in second.splitlines()[-1], second[-3000:]
+
+
+def test_check_finds_every_step_in_place(provisioned_twice):
+    out = provision("--check")
+    assert "check passed: all" in out, out[-3000:]
+
+
+def test_runs_postgresql_17_and_pgpool_46(provisioned_twice):
+    for host in PARAMS.database_hosts:
+        assert psql(host, "SHOW server_version").startswith(f"{VERSION}."), host.name
+    assert on(POOL, "/usr/sbin/pgpool --version 2>&1").startswith("pgpool-II version 4.6.")
+    assert on(POOL, "systemctl is-active pgpool2").strip() == "active"
+
+
+def test_both_standbys_stream_from_the_primary(provisioned_twice):
+    rows = psql(PRIMARY, "SELECT application_name, client_addr, state FROM pg_stat_replication ORDER BY 1")
+    assert rows.splitlines() == [f"{s.name}|{s.address}|streaming" for s in sorted(STANDBYS, key=lambda s: s.name)]
+    for standby in STANDBYS:
+        assert psql(standby, "SELECT pg_is_in_recovery()") == "t", standby.name
+        assert psql(standby, "SELECT name FROM employees ORDER BY id", "testdb").split() == \
+            psql(PRIMARY, "SELECT name FROM employees ORDER BY id", "testdb").split()
+
+
+def test_pool_nodes_lists_three_nodes_up_with_the_weights_of_the_parameters(provisioned_twice):
+    nodes = [line.split("|") for line in through_pgpool("SHOW pool_nodes").splitlines()]
+    assert [(n[0], n[1], n[3], n[5], n[6]) for n in nodes] == [
+        (str(i), h.address, "up", SHARES[h.address], h.role) for i, h in enumerate(PARAMS.database_hosts)]
+    conf = on(POOL, "sudo grep -E '^backend_(hostname|weight|application_name)[0-9]' /etc/pgpool2/pgpool.conf")
+    for i, host in enumerate(PARAMS.database_hosts):
+        assert f"backend_hostname{i} = '{host.address}'" in conf
+        assert f"backend_weight{i} = {host.lb_weight}" in conf
+        assert f"backend_application_name{i} = '{host.name}'" in conf
+    assert "backend_hostname3" not in conf
+
+
+def test_reads_reach_every_server_and_writes_the_primary(provisioned_twice):
+    assert through_pgpool("CREATE TEMP TABLE probe (x int); INSERT INTO probe VALUES (1); "
+                          "SELECT inet_server_addr()").splitlines()[-1] == PRIMARY.address
+    servers = {through_pgpool("SELECT inet_server_addr()") for _ in range(40)}
+    assert servers == {h.address for h in PARAMS.database_hosts}
+
+
+def test_every_standby_gets_its_own_pg_hba_lines(provisioned_twice):
+    hba = on(PRIMARY, f"sudo grep -v '^#' /etc/postgresql/{VERSION}/main/pg_hba.conf")
+    for standby in STANDBYS:
+        assert f"replication     replicator      {standby.address}/32" in " ".join(hba.split("\t")), hba
+    for host in PARAMS.database_hosts:
+        mine = on(host, f"sudo grep -v '^#' /etc/postgresql/{VERSION}/main/pg_hba.conf")
+        assert f"{POOL.address}/32" in mine, host.name
+        for peer in PARAMS.database_hosts:     # Step 40: any of them may become the primary
+            assert peer.name == host.name or f"{peer.address}/32" in mine, (host.name, peer.name)
+
+
+def test_the_record_has_lines_for_each_standby(provisioned_twice):
+    first, _ = provisioned_twice
+    record = record_of(first)
+    summary = json.loads((record / "summary.json").read_text())
+    hosts_of = {s["step"]: s["hosts"] for s in summary["steps"] if s.get("step")}
+    for step in (7, 11, 13, 26, 28):
+        assert {s.name for s in STANDBYS} <= set(hosts_of[step]), (step, hosts_of[step])
+    commands = (record / "commands.sh").read_text()
+    for standby in STANDBYS:
+        assert f"on {standby.name} " in commands
+    nb = json.loads((record / "02-pgpool.ipynb").read_text())
+    texts = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                    for o in c.get("outputs", []))
+    for host in PARAMS.database_hosts:          # Step 38 judges each server's share on its own
+        assert f"  {host.name}: a share of {float(SHARES[host.address]):.3f}; a correct setup lands within" in texts
+
+
+def test_clone_guard_leaves_both_streaming_standbys_alone(provisioned_twice):
+    """A third run, with rebuild off, clones nobody: each standby's system identifier and start time stay."""
+    ident = "SELECT system_identifier FROM pg_control_system()"
+    before = {s.name: (psql(s, ident), psql(s, "SELECT pg_postmaster_start_time()")) for s in STANDBYS}
+    out = provision()
+    assert ": 0 steps changed," in out.splitlines()[-1]
+    assert {s.name: (psql(s, ident), psql(s, "SELECT pg_postmaster_start_time()")) for s in STANDBYS} == before
+    assert len({v[0] for v in before.values()} | {psql(PRIMARY, ident)}) == 1   # clones of the one primary
+
+
+def test_teardown_leaves_every_standby_standalone(provisioned_twice):
+    out = provision("--teardown")
+    assert f"{POOL.name} (root) $ systemctl disable --now pgpool2" in out
+    for standby in STANDBYS:
+        assert f"{standby.name} (root) $ pg_ctlcluster {VERSION} main promote" in out
+        assert psql(standby, "SELECT pg_is_in_recovery()") == "f", standby.name
+    assert on(POOL, "systemctl is-active pgpool2 || true").strip() == "inactive"
+    again = provision("--teardown")
+    assert "pgpool2 already stopped" in again
+    for standby in STANDBYS:
+        assert f"{standby.name}: already a standalone server" in again
