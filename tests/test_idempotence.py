@@ -38,7 +38,8 @@ CHANGING_STEPS = {1, 2, 3, 5, 7, 8, 9, 11, 14, 17, 19, 20, 21, 22, 23, 25, 26, 2
 POOL_FILES = ["/etc/pgpool2/pgpool.conf", "/etc/pgpool2/pool_hba.conf", "/etc/pgpool2/pool_passwd",
               "/etc/pgpool2/pcp.conf", "/var/lib/postgresql/.pgpoolkey", "/var/lib/postgresql/.pcppass",
               "/etc/pgpool2/failover.sh", "/etc/pgpool2/follow_primary.sh", "/etc/pgpool2/failback.sh", "/var/lib/postgresql/.ssh/known_hosts",
-              "/var/lib/postgresql/.ssh/id_ed25519_pgguide.pub"]
+              "/var/lib/postgresql/.ssh/id_ed25519_pgguide.pub",
+              "/etc/systemd/system/pgpool2.service.d/pgguide-stop.conf"]
 
 
 def snapshot():
@@ -267,11 +268,15 @@ def test_check_passes_on_the_provisioned_cluster(provisioned_twice, secrets_file
       "vm2 (root) $ systemctl reload postgresql"]),
     # the edit (Step 30), and the restart of pgpool it would need (Step 33)
     ("vm3", "/etc/pgpool2/pgpool.conf", "sed -i 's/^backend_weight1 = 2/backend_weight1 = 0/'", ["Step 30", "Step 33", "Step 43"],
-     ["-backend_weight1 = 0", "+backend_weight1 = 2", "vm3 (root) $ systemctl kill -s SIGINT pgpool2"]),
+     ["-backend_weight1 = 0", "+backend_weight1 = 2", "vm3 (root) $ systemctl restart pgpool2"]),
     # a suspension of synchronous commit that failover.sh would leave, left behind: Step 44 lifts it
     ("vm1", "/var/lib/postgresql/15/main/postgresql.auto.conf", "sed -i \"\\$a synchronous_standby_names = ''\"",
      ["Step 44"], ["vm1 (postgres) $ psql <<'SQL'", "ALTER SYSTEM RESET synchronous_standby_names;"]),
-], ids=["pgpool line removed from the standby's pg_hba", "backend_weight1 set to 0", "synchronous commit left suspended"])
+    # pgpool's unit back to signalling every process at once: Step 33 writes its drop-in again
+    ("vm3", "/etc/systemd/system/pgpool2.service.d/pgguide-stop.conf", "sed -i 's/^KillMode=mixed/KillMode=control-group/'",
+     ["Step 33", "Step 43"], ["-KillMode=control-group", "+KillMode=mixed", "vm3 (root) $ systemctl daemon-reload"]),
+], ids=["pgpool line removed from the standby's pg_hba", "backend_weight1 set to 0", "synchronous commit left suspended",
+        "pgpool's stop drop-in changed"])
 def test_check_names_a_drift_and_the_step_that_fixes_it(provisioned_twice, secrets_file, host, path, edit, steps, drift):
     on(host, f"sudo cp -p {path} /tmp/drift.bak && sudo {edit} {path}")
     try:
