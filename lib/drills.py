@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import psycopg
 
@@ -205,6 +206,7 @@ class Outcome:
     measured: dict[str, float] = field(default_factory=dict)
     lost: list[int] | None = None           # None: no writer ran
     may_lose: bool = False                   # a crash with asynchronous replication: the count is shown, not asserted
+    stopped: Any = field(default=None, repr=False)   # the server the drill stopped (a Remote), to rejoin it
 
     def report(self) -> str:
         """The stable part: what ran, what happened, each bound held (asserted before)."""
@@ -285,7 +287,8 @@ def primary_stops(env, how: str) -> Outcome:
     p = env.params.postgres
     command = {"stop": f"systemctl stop {shlex.quote(p['service'])}",
                "kill": f"kill -9 $(head -1 {shlex.quote(p['data_dir'])}/postmaster.pid)"}[how]
-    outcome = Outcome(f"{old.host.name} (root) $ {command}    # the primary, while a writer and a reader use pgpool")
+    outcome = Outcome(f"{old.host.name} (root) $ {command}    # the primary, while a writer and a reader use pgpool",
+                      stopped=old)
     with Traffic(env) as traffic:
         _run(traffic, old, command, "root", outcome,
              lambda: traffic.writer.first_ok_after(outcome.start + 0.001) and roles_now(env)[new.host.name] == "primary")
@@ -484,7 +487,8 @@ def roles_line(env) -> str:
     now = roles_now(env)
     wanted = {h.name: h.role for h in env.params.database_hosts}
     expect(now == wanted, f"the servers' roles are {now}, not {wanted}.",
-           "a drill stopped half way: rejoin the stopped server and switch back (the cells above), then run again.")
+           "a drill stopped half way: rejoin the stopped server (drills.rejoin(env, drills.remote_named(env, NAME))"
+           ".apply()) and switch back as the cells of drill 1 do, or provision a fresh lab; then run again.")
     return "roles: " + ", ".join(f"{n} {r}" for n, r in now.items())
 
 

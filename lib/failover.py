@@ -284,11 +284,11 @@ case $host in   # the name pgpool matches in pg_stat_replication (backend_applic
 {names}
 esac
 log "node $node ($host): following the new primary $new_host"
-on "$host" "psql -Xqc \\"ALTER SYSTEM SET primary_conninfo = '{conninfo}'\\" -c 'SELECT pg_reload_conf()'" >> {FAILOVER_LOG} 2>&1 || {{
+on "$host" "psql -XAtqc \\"ALTER SYSTEM SET primary_conninfo = '{conninfo}'\\" -c 'SELECT pg_reload_conf()'" >/dev/null 2>> {FAILOVER_LOG} || {{
     log "node $node ($host): could not set primary_conninfo"; exit 1; }}
 for _ in $(seq 1 30); do
     if on "$host" "psql -XAtc \\"SELECT status FROM pg_stat_wal_receiver\\"" 2>/dev/null | grep -q streaming; then
-        pcp_attach_node -h localhost -p {params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w -n "$node" >> {FAILOVER_LOG} 2>&1
+        pcp_attach_node -h localhost -p {params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w -n "$node" >/dev/null 2>> {FAILOVER_LOG}
         log "node $node ($host) streams from $new_host: attached"
         exit 0
     fi

@@ -6,6 +6,7 @@ every step that loops over the standbys is looked at with two of them; --teardow
 ci/test runs these on their own lab, after the second lab's tests (marker debian13)."""
 import json
 import os
+import sys
 
 import pytest
 
@@ -139,6 +140,25 @@ def test_clone_guard_leaves_both_streaming_standbys_alone(provisioned_twice):
     assert ": 0 steps changed," in out.splitlines()[-1]
     assert {s.name: (psql(s, ident), psql(s, "SELECT pg_postmaster_start_time()")) for s in STANDBYS} == before
     assert len({v[0] for v in before.values()} | {psql(PRIMARY, ident)}) == 1   # clones of the one primary
+
+
+def test_failover_drills_pass_and_the_other_standby_follows_the_new_primary(provisioned_twice, tmp_path):
+    """Notebook 04 unchanged on two standbys: when the primary stops, pgpool promotes one standby
+    and follow_primary.sh points the other at it (a path one standby never takes); the notebook
+    ends with the roles it started from."""
+    out = tmp_path / "04.ipynb"
+    sh(sys.executable, "-m", "papermill", REPO / "notebooks" / "04-failover-drills.ipynb", out,
+       "-f", PARAMS_FILE, "--cwd", REPO / "notebooks", timeout=900)
+    texts = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
+                    if c["cell_type"] == "code" for o in c.get("outputs", []))
+    primary, first, second = PRIMARY.address, STANDBYS[0].address, STANDBYS[1].address
+    assert f"primary node 0 ({primary}) failed: promoting node 1 ({first})" in texts, texts[-3000:]
+    assert f"node 2 ({second}): following the new primary {first}" in texts
+    assert f"node 2 ({second}) streams from {first}: attached" in texts
+    assert f"node 2 ({second}): following the new primary {primary}" in texts     # and on the switch back
+    assert "roles: " + ", ".join(f"{h.name} {h.role}" for h in PARAMS.database_hosts) in texts
+    rows = psql(PRIMARY, "SELECT application_name, state FROM pg_stat_replication ORDER BY 1")
+    assert rows.splitlines() == [f"{s.name}|streaming" for s in sorted(STANDBYS, key=lambda s: s.name)]
 
 
 def test_teardown_leaves_every_standby_standalone(provisioned_twice):
