@@ -470,6 +470,57 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
     return outcome
 
 
+#: how long drill 3c keeps the standby's network down: longer than the 'silent' detection bound
+SILENT_FOR_S = 16
+
+
+def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
+    """Take a standby's network interface down for `silent_for` seconds, from the standby itself
+    (a transient systemd unit brings it back even though our SSH session stalls), with nobody
+    connected. Packets to it now get no answer at all, so each health-check try waits out its
+    timeout: this measures the 'silent' bound of Step 30, and that the standby comes back by itself.
+    The times are pgpool's own, from the failover log (its scripts log each detach and attach):
+    polling pcp while pgpool handles a failover would add delays of its own."""
+    primary = the_primary(env)
+    standby = next(r for r in failover.database_remotes(env) if r is not primary)
+    name, iface, n = standby.host.name, shlex.quote(env.params.options["interface"]), node_id(env, standby)
+    failed = "/run/pgguide-drill-silence.failed"     # what the cut said, if it could not cut
+    cut = (f"ip link set {iface} down 2>{failed} || exit 1; rm -f {failed}; sleep {silent_for:.0f}; "
+           f"ip link set {iface} up")
+    command = f"systemd-run --quiet --collect --unit=pgguide-drill-silence sh -c {shlex.quote(cut)}"
+    outcome = Outcome(f"{name} (root) $ {command}    # a standby's network, with no client connected")
+    promised, bound = part2.detection_bounds()["silent"], part2.reattach_bound() + clone_guard.RECONNECT_S
+    pattern = re.compile(rf"node {n} \({re.escape(standby.host.address)}\) (detached|attached)")
+
+    def logged(event: str, after: float) -> float | None:
+        return next((t for t, line in failover_log_since(env, after)
+                     if (m := pattern.match(line)) and m.group(1) == event), None)
+    time.sleep(1)
+    cut_at = time.time()
+    standby.run(command, user="root")
+    detached, _ = wait_until(lambda: logged("detached", cut_at), timeout=silent_for, interval=0.5)
+    time.sleep(max(0.0, cut_at + silent_for - time.time()))
+    said = standby.run(f"cat {failed} 2>/dev/null; rm -f {failed}", user="root").stdout.strip()
+    expect(not said, f"{name} could not take {iface} down: {said}",
+           "the drill needs CAP_NET_ADMIN on the host (a container without it cannot change its own interfaces).")
+    expect(detached, f"pgpool did not detach {name} within {silent_for:.0f} s of its network going silent.",
+           "check health_check_timeout and health_check_max_retries (Step 30), and failover.log.")
+    answering = cut_at + silent_for
+    attached, _ = wait_until(lambda: logged("attached", answering), timeout=bound + 5, interval=0.5)
+    outcome.measured["detached after"] = detached - cut_at
+    if attached:
+        outcome.measured["back in pgpool after its network"] = attached - answering
+    expect(outcome.measured["detached after"] <= promised,
+           f"pgpool's health check took {outcome.measured['detached after']:.1f} s to detach {name}, whose host "
+           f"did not answer; the settings promise {promised} s.", "compare health_check_* in pgpool.conf with Step 30.")
+    expect(attached and attached - answering <= bound, f"{name} was not back in pgpool {bound} s after its network "
+           "came back.", "check that it still streams (pg_stat_replication on the primary), auto_failback and "
+           "sr_check_period (Step 30).")
+    outcome.events = [f"pgpool's health check detached {name} within {promised} s of the silence: yes",
+                      f"back in load balancing by itself within {bound} s of its network's return: yes"]
+    return outcome
+
+
 def pgpool_restarts(env) -> Outcome:
     service = shlex.quote(env.params.pgpool["service"])
     outcome = Outcome(f"{env.pgpool.host.name} (root) $ systemctl restart {service}    # while a writer and a reader use it")

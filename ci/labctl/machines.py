@@ -104,7 +104,9 @@ def boot(host: LabHost, interface: str) -> int:
               f"--machine={host.machine}", f"--hostname={host.name}",
               f"--network-namespace-path=/run/netns/{host.netns}",
               "--register=no", "--keep-unit", "--console=passive", "--link-journal=no",
-              "--resolv-conf=off", "--timezone=off"]
+              "--resolv-conf=off", "--timezone=off",
+              # its own network namespace only: a drill takes the host's interface down and up again
+              "--capability=CAP_NET_ADMIN"]
     log = open(host.dir / "console.log", "w")
     proc = subprocess.Popen(["sh", "-c", f'{join}; exec "$@"', "sh", *nspawn],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
