@@ -113,7 +113,9 @@ def sample(connect: Callable, sessions: int, concurrent: int = 1) -> Counter:
             try:
                 with connect() as conn:
                     address = str(conn.execute("SELECT inet_server_addr()").fetchone()[0])
-            except Exception as e:          # the first failure is the answer; the others stop
+            # any exception: one left in a thread would be lost, and the caller would count what is left;
+            # the first failure is re-raised below, and the other threads stop
+            except Exception as e:
                 with lock:
                     errors.append(e)
                 return

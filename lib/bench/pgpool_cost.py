@@ -17,7 +17,7 @@ DATABASE, SCALE = "bench", 10
 USER = "pgpool"          # pool_passwd holds it; the bench's pg_hba line admits it from the standby host
 
 
-def pgbench_path(remote, params) -> str:
+def pgbench_path(params) -> str:
     return f"/usr/lib/postgresql/{int(params.postgres['version'])}/bin/pgbench"
 
 
@@ -27,7 +27,7 @@ def prepare(env) -> None:
     exists = primary.postgres(f"psql -XAtc \"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'\"").stdout.strip()
     if not exists:
         primary.postgres(f"createdb -O {USER} {DATABASE}")
-    primary.postgres(f"{pgbench_path(primary, p)} -q -i -s {SCALE} {DATABASE} >/dev/null 2>&1")
+    primary.postgres(f"{pgbench_path(p)} -q -i -s {SCALE} {DATABASE} >/dev/null 2>&1")
     primary.postgres(f"psql -Xq -d {DATABASE} -c 'GRANT ALL ON ALL TABLES IN SCHEMA public TO {USER}'")
 
 
@@ -36,7 +36,7 @@ def run(env, target: str, workload: str, connections: str, clients: int, seconds
     p, client = env.params, env.standbys[0]
     host, port = (p.primary.address, p.postgres["port"]) if target == "direct" else (p.pgpool_host.address, p.pgpool["port"])
     flags = " ".join(f for f in (WORKLOADS[workload], CONNECTIONS[connections]) if f)
-    command = (f"{pgbench_path(client, p)} -n {flags} -c {clients} -j {min(clients, 2)} -T {seconds} "
+    command = (f"{pgbench_path(p)} -n {flags} -c {clients} -j {min(clients, 2)} -T {seconds} "
                f"-h {host} -p {port} -U {USER} {DATABASE}")
     # the password on stdin, never on the command line
     out = client.run(f"read -r PGPASSWORD; export PGPASSWORD; {command}", stdin=secret("pgpool", p) + "\n",
