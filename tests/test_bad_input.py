@@ -70,7 +70,7 @@ VMWARE = REPO / "params" / "vmware.yaml"
 # (case, what to run: tmp_path -> argv, exit status, the one error expected)
 CASES = [
     ("no parameter file", lambda t: [t / "missing.yaml"], EXIT_BAD_INPUT,
-     "missing.yaml does not exist (the files in params/ are: example.yaml, lab.yaml, vmware.yaml)"),
+     "missing.yaml does not exist (the files in params/ are: example.yaml, lab-debian13.yaml, lab.yaml, vmware.yaml)"),
     ("YAML syntax error", lambda t: [params_file(t, text="hosts:\n  primary: [unclosed\n")], EXIT_BAD_INPUT,
      "bad.yaml is not valid YAML"),
     ("unknown key", lambda t: [params_file(t, set_key("postgres.verison", 15))], EXIT_BAD_INPUT,
