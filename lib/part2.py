@@ -495,16 +495,18 @@ def restart_pending(remote) -> bool:
 
 
 #: a systemd drop-in for pgpool's unit. The packaged unit signals every pgpool process at once
-#: (KillMode=control-group); pgpool's main process then signals its children too, and now and then
-#: a stop hangs for the whole stop timeout with the main process waiting on its logger process
-#: (measured on the lab: 6 of 300 `systemctl restart`s, none of 300 with this drop-in).
+#: (KillMode=control-group); pgpool's main process then signals its children too, and now and then a
+#: child is left waiting on a lock (a futex) as it exits, and the stop hangs for systemd's whole 90 s (measured on the
+#: lab: 9 of 700 restarts under sessions). With the main process alone signalled, 1 of 800 restarts
+#: still hung (main and logger processes busy), so the stop is also bounded: after 10 s systemd kills
+#: what is left, and the start goes on.
 STOP_DROPIN = """\
 # Written by Step 33. pgpool stops its own children: on a stop, systemd sends SIGINT (pgpool's
-# fast shutdown, as the packaged unit says) to the main process only, and kills what is left
-# after the timeout.
+# fast shutdown, as the packaged unit says) to the main process only, and kills whatever is
+# left after 10 s, so that a stop that hangs (rare) delays a restart by 10 s, not 90.
 [Service]
 KillMode=mixed
-TimeoutStopSec=30
+TimeoutStopSec=10
 """
 
 
