@@ -500,13 +500,14 @@ def restart_pending(remote) -> bool:
 #: lab: 9 of 700 restarts under sessions). With the main process alone signalled, 1 of 800 restarts
 #: still hung (main and logger processes busy), so the stop is also bounded: after 10 s systemd kills
 #: what is left, and the start goes on.
-STOP_DROPIN = """\
+STOP_TIMEOUT_S = 10
+STOP_DROPIN = f"""\
 # Written by Step 33. pgpool stops its own children: on a stop, systemd sends SIGINT (pgpool's
 # fast shutdown, as the packaged unit says) to the main process only, and kills whatever is
-# left after 10 s, so that a stop that hangs (rare) delays a restart by 10 s, not 90.
+# left after {STOP_TIMEOUT_S} s, so that a stop that hangs (rare) delays a restart by {STOP_TIMEOUT_S} s, not 90.
 [Service]
 KillMode=mixed
-TimeoutStopSec=10
+TimeoutStopSec={STOP_TIMEOUT_S}
 """
 
 
