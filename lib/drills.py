@@ -113,21 +113,21 @@ class Traffic:
 
 def prepare(env) -> str:
     """The drills' table, empty, on the primary (through pgpool)."""
-    with part2.via_pgpool(env)(dbname=TEST_DB) as conn:
+    with part2.via_pgpool(env, TEST_DB)() as conn:
         conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
         conn.execute(f"CREATE TABLE {TABLE} (id integer PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
     return f"{part2.through_pgpool_prompt(env, TEST_DB)}CREATE TABLE {TABLE} (id integer PRIMARY KEY, at timestamptz …)"
 
 
 def clean_up(env) -> str:
-    with part2.via_pgpool(env)(dbname=TEST_DB) as conn:
+    with part2.via_pgpool(env, TEST_DB)() as conn:
         conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
     return f"{part2.through_pgpool_prompt(env, TEST_DB)}DROP TABLE {TABLE}"
 
 
 def rows_lost(env, acked: list[int]) -> list[int]:
     """Acknowledged ids the cluster (through pgpool, so the primary) no longer has."""
-    with part2.via_pgpool(env)(dbname=TEST_DB) as conn:
+    with part2.via_pgpool(env, TEST_DB)() as conn:
         have = {r[0] for r in conn.execute(f"SELECT id FROM {TABLE}").fetchall()}
     return [i for i in acked if i not in have]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -63,7 +64,16 @@ def connect(params: Params, host: Host) -> Connection:
     # keeps the session alive through NAT and firewalls; a host that stops answering is caught
     # by each command's own bound (ssh.command_timeout), which names the host
     conn.client.get_transport().set_keepalive(KEEPALIVE_S)
+    no_nagle(conn.client.get_transport().sock)
     return conn
+
+
+def no_nagle(sock) -> None:
+    """Send each SSH packet at once. Opening a channel is two small writes; with Nagle's algorithm
+    the second waits for the ACK of the first, which the server delays 40 ms: every command paid
+    that (48 ms for `true` on the lab, 5 ms without)."""
+    if isinstance(sock, socket.socket):         # not through a proxy command
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def require_lab_route(params: Params, host: Host) -> None:

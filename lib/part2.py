@@ -564,11 +564,14 @@ AUTH_FAILURES = ("authentication failed", "valid password not found", "failed to
                  "unable to decrypt password", "md5 authentication failed", "SCRAM")
 
 
-def via_pgpool(env):
-    """psycopg connections from the notebook to pgpool, as postgres (the guide's client)."""
+def via_pgpool(env, database: str = "postgres"):
+    """psycopg connections from the notebook to pgpool, as postgres (the guide's client).
+    Sessions that come and go should use TEST_DB: pgpool never keeps its backend connections
+    for the databases postgres, template0, template1 and regression (child.c), so there every
+    session costs a new login on every server."""
     from lib.secrets import secret
     connect = partial(db.connect, env.params, env.pgpool.host, user="postgres", password=secret("postgres", env.params),
-                      port=env.params.pgpool["port"])
+                      port=env.params.pgpool["port"], dbname=database)
 
     def connected(**kw):
         if env.pgpool.unreachable is not None:      # SSH already failed: do not wait out a connect timeout too
@@ -784,12 +787,12 @@ def pgpool_sql_login(env, database: str = TEST_DB) -> dict:
 
 
 def names_through_pgpool(env) -> list[str]:
-    with via_pgpool(env)(dbname=TEST_DB) as conn:
+    with via_pgpool(env, TEST_DB)() as conn:
         return [r[0] for r in db.rows(conn, "SELECT name FROM employees ORDER BY id")]
 
 
 def employees_through_pgpool(env) -> str:
-    with via_pgpool(env)(dbname=TEST_DB) as conn:
+    with via_pgpool(env, TEST_DB)() as conn:
         rows = db.rows(conn, "SELECT * FROM employees ORDER BY id")
     return through_pgpool_prompt(env, TEST_DB) + "SELECT * FROM employees ORDER BY id;\n" + \
         table(["id", "name", "department"], rows)
@@ -851,7 +854,7 @@ def verify_load_balancing(env) -> ops.Step:
     def balanced():
         with connect() as conn:
             before = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
-        counts = loadbalance.sample(connect, plan.sessions, concurrent=loadbalance.CONCURRENT)
+        counts = loadbalance.sample(via_pgpool(env, TEST_DB), plan.sessions, concurrent=loadbalance.CONCURRENT)
         with connect() as conn:
             after = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
         verdicts = loadbalance.verdicts(counts, hosts, plan)
@@ -864,7 +867,7 @@ def verify_load_balancing(env) -> ops.Step:
                f"select_cnt grew by {deltas}, but the sessions saw {dict(counts)}.", "something else is querying pgpool.")
         return "\n".join([
             f"So, many sessions instead, {loadbalance.CONCURRENT} at a time:",
-            through_pgpool_prompt(env) + f"SELECT inet_server_addr();   # × {plan.sessions} sessions, one query each",
+            through_pgpool_prompt(env, TEST_DB) + f"SELECT inet_server_addr();   # × {plan.sessions} sessions, one query each",
             *(f"  {name}: a share of {share:.3f}; a correct setup lands within {lo}–{hi} sessions: "
               f"{'within' if ok else 'OUTSIDE'}" for name, share, (lo, hi), ok in verdicts),
             loadbalance.what_it_tells(plan),

@@ -200,6 +200,45 @@ def test_independent_check_through_pgpool(provisioned_twice):
     assert int(scram) >= 1
 
 
+def backend_sessions(database):
+    """Sessions the primary has opened to `database` since its start (pg_stat_database)."""
+    return int(on("vm1", f"sudo -u postgres psql -XAtc \"SELECT sessions FROM pg_stat_database "
+                         f"WHERE datname = '{database}'\"").strip())
+
+
+def test_pgpool_reuses_backend_connections_for_testdb_and_never_for_postgres(provisioned_twice, monkeypatch):
+    """Why Step 38 samples testdb: there pgpool's children keep their backend connections; to the
+    database postgres every session makes pgpool log in to the servers anew."""
+    from lib import loadbalance
+    for variable, value in SECRETS.items():
+        monkeypatch.setenv(variable, value)
+    env, sessions = Hosts(PARAMS), 100
+    try:
+        grew = {}
+        for database in ("testdb", "postgres"):
+            before = backend_sessions(database)
+            loadbalance.sample(part2.via_pgpool(env, database), sessions, concurrent=loadbalance.CONCURRENT)
+            time.sleep(1.5)             # a backend's statistics reach pg_stat_database within a second
+            grew[database] = backend_sessions(database) - before - (database == "postgres")   # minus our own count
+    finally:
+        env.close()
+    # at most one new backend connection per pgpool child (they connect on first use), not one per session
+    assert grew["testdb"] <= PARAMS.pgpool["num_init_children"] < sessions, grew
+    assert grew["postgres"] >= sessions - loadbalance.CONCURRENT, grew      # the last few may still be exiting
+
+
+def test_ssh_sends_each_packet_at_once(provisioned_twice):
+    """TCP_NODELAY on our SSH connections: without it every command waited 40 ms for a delayed ACK."""
+    import socket
+    env = Hosts(PARAMS)
+    try:
+        env.primary.run("true")
+        sock = env.primary.conn.client.get_transport().sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        env.close()
+
+
 def secret_needles():
     """Each secret, its md5 forms, and the forms the hosts store: SCRAM verifiers (salted, so
     read from pg_authid), pool_passwd's AES entries, the key file."""

@@ -11,6 +11,7 @@ import yaml
 from lib import loadbalance, part2
 from lib import params as P
 from lib.bench.provisioning import PROVISION, timed
+from lib.postgres import TEST_DB
 from lib.remote import Hosts
 
 SETTINGS = [(1, 1), (1, 2), (1, 3)]
@@ -29,7 +30,7 @@ def measure(params_file: Path, sessions: int, say) -> dict:
             env = Hosts(P.load(path))
             try:
                 hosts = env.params.database_hosts
-                counts = loadbalance.sample(part2.via_pgpool(env), sessions, concurrent=loadbalance.CONCURRENT)
+                counts = loadbalance.sample(part2.via_pgpool(env, TEST_DB), sessions, concurrent=loadbalance.CONCURRENT)
                 plan = loadbalance.plan(list(weights))
             finally:
                 env.close()
@@ -43,5 +44,5 @@ def measure(params_file: Path, sessions: int, say) -> dict:
                 f"(expected {row['expected primary share']:.3f})")
     timed(PROVISION, params_file)                                     # back to the file's own weights
     out["commands"] = [f"ci/provision <{params_file.name} with weights a:b>",
-                       f"SELECT inet_server_addr()   # × {sessions} sessions through pgpool, {loadbalance.CONCURRENT} at a time"]
+                       f"SELECT inet_server_addr()   # × {sessions} sessions through pgpool to {TEST_DB}, {loadbalance.CONCURRENT} at a time"]
     return out

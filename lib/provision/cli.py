@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -126,7 +127,10 @@ def provision(params_file: Path, prm, console: Console) -> int:
                  f"{len(notebooks)} notebooks; record in {shown(record_dir)}/")
     parameters = yaml.safe_load(params_file.read_text())
     position, failure, failed_nb = 0, None, None
-    with tempfile.TemporaryDirectory(prefix="pgguide-") as tmp:
+    # Each notebook's HTML copy is rendered while the next notebook runs (about 2 s in all, mostly CPU
+    # while the next notebook mostly waits on its hosts).
+    renders, rendered = ThreadPoolExecutor(max_workers=1, thread_name_prefix="html"), []
+    with renders, tempfile.TemporaryDirectory(prefix="pgguide-") as tmp:
         journal_path = os.path.join(tmp, "journal.jsonl")
         os.environ["PGGUIDE_JOURNAL"] = journal_path       # the kernel inherits it
         try:
@@ -145,11 +149,13 @@ def provision(params_file: Path, prm, console: Console) -> int:
                 finally:
                     position = progress.position
                     if out_path.exists():
-                        render_html(out_path)
+                        rendered.append(renders.submit(render_html, out_path))
                 if failure:
                     break
         finally:
             del os.environ["PGGUIDE_JOURNAL"]               # its directory goes with `tmp`
+    for html in rendered:
+        html.result()                                       # a rendering that failed fails the run
     if failure:
         unit, ename, evalue = failure
         record = records[id(unit)]
