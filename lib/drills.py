@@ -424,12 +424,23 @@ def nodes_now(env) -> str:
 POLL_SLACK_S = 1.5
 
 
+def a_standby(env):
+    """The standby a drill takes away: the first server that is not the primary now."""
+    primary = the_primary(env)
+    return next(r for r in failover.database_remotes(env) if r is not primary)
+
+
+def back_bound() -> float:
+    """How soon a standby that answers again must be back in pgpool by itself: pgpool's re-attach
+    bound (Step 30) plus the time its WAL receiver takes to reconnect."""
+    return part2.reattach_bound() + clone_guard.RECONNECT_S
+
+
 def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
     """Stop a standby for longer than pgpool takes to detach it, start it again, and time how long
     until pgpool uses it again by itself (auto_failback). With clients=False nobody uses pgpool, so
     only its health check can notice: that measures the detection the settings promise."""
-    primary = the_primary(env)
-    standby = next(r for r in failover.database_remotes(env) if r is not primary)
+    standby = a_standby(env)
     service, name = shlex.quote(env.params.postgres["service"]), standby.host.name
     outcome = Outcome(f"{name} (root) $ systemctl stop {service}; sleep {down_for:.0f}; systemctl start {service}    "
                       + ("# a standby, while a writer and a reader use pgpool" if clients else
@@ -451,7 +462,7 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
     if traffic:
         _observe(env, traffic, outcome, "the primary kept running: a row it acknowledged must still be there.")
     expect(detached, f"pgpool did not detach {name} within {down_for:.0f} s.", "check health_check_period (Step 30)")
-    bound = part2.reattach_bound() + clone_guard.RECONNECT_S
+    bound = back_bound()
     expect(back and outcome.measured["back in pgpool after start"] <= bound,
            f"{name} was not back in pgpool {bound} s after it started.",
            "check auto_failback and sr_check_period (Step 30), and backend_application_nameN.")
@@ -481,15 +492,14 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     timeout: this measures the 'silent' bound of Step 30, and that the standby comes back by itself.
     The times are pgpool's own, from the failover log (its scripts log each detach and attach):
     polling pcp while pgpool handles a failover would add delays of its own."""
-    primary = the_primary(env)
-    standby = next(r for r in failover.database_remotes(env) if r is not primary)
+    standby = a_standby(env)
     name, iface, n = standby.host.name, shlex.quote(env.params.options["interface"]), node_id(env, standby)
     failed = "/run/pgguide-drill-silence.failed"     # what the cut said, if it could not cut
     cut = (f"ip link set {iface} down 2>{failed} || exit 1; rm -f {failed}; sleep {silent_for:.0f}; "
            f"ip link set {iface} up")
     command = f"systemd-run --quiet --collect --unit=pgguide-drill-silence sh -c {shlex.quote(cut)}"
     outcome = Outcome(f"{name} (root) $ {command}    # a standby's network, with no client connected")
-    promised, bound = part2.detection_bounds()["silent"], part2.reattach_bound() + clone_guard.RECONNECT_S
+    promised, bound = part2.detection_bounds()["silent"], back_bound()
     pattern = re.compile(rf"node {n} \({re.escape(standby.host.address)}\) (detached|attached)")
 
     def logged(event: str, after: float) -> float | None:

@@ -318,13 +318,7 @@ def failover_commands(env) -> ops.Step:
     d = p.pgpool["conf_dir"]
     for name, text in ((FAILOVER_SCRIPT_NAME, failover_script(p)), (FOLLOW_SCRIPT_NAME, follow_script(p)),
                        (FAILBACK_SCRIPT_NAME, failback_script(p))):
-        path = f"{d}/{name}"
-        old = vm3.run(f"cat {shlex.quote(path)} 2>/dev/null || true", user="root").stdout
-        access = vm3.run(f"stat -c '%U:%G %a' {shlex.quote(path)} 2>/dev/null || true", user="root").stdout.strip()
-        if old != text or access != "root:postgres 750":
-            step.do(ops.FileChange(vm3, "root", path=path, old=old or None, new=(text,), owner="root:postgres", mode="750"))
-        else:
-            step.note(vm3, f"{path} is in place")
+        postgres.ensure_file(step, vm3, f"{d}/{name}", text, owner="root:postgres", mode="750")
     if not vm3.run(f"test -f {FAILOVER_LOG}", user="root", check=False).ok:
         step.do(ops.Command(vm3, "root", f"install -o postgres -g postgres -m 640 /dev/null {FAILOVER_LOG}",
                             summary=f"created {FAILOVER_LOG}"))

@@ -8,7 +8,6 @@ postgres.auth_method: md5 does what the guide does instead.
 from __future__ import annotations
 
 import math
-import os
 import re
 import shlex
 from functools import partial
@@ -522,11 +521,7 @@ def start_pgpool(env) -> ops.Step:
     hint = f"read {LOG_DIR}/pgpool.log and `journalctl -u {service}` on {vm3.host.name}"
     system.firewall_step(step, vm3, port, [p["allowed_clients"]])       # clients connect to pgpool
     dropin = stop_dropin(env.params)
-    old = vm3.run(f"cat {shlex.quote(dropin)} 2>/dev/null || true", user="root").stdout
-    if old != STOP_DROPIN:
-        step.do(ops.Command(vm3, "root", f"install -d {shlex.quote(os.path.dirname(dropin))}",
-                            summary="a directory for the unit's drop-ins"))
-        step.do(ops.FileChange(vm3, "root", path=dropin, old=old or None, new=(STOP_DROPIN,)))
+    if postgres.ensure_file(step, vm3, dropin, STOP_DROPIN, owner="root:root", mode="644", make_dir=True):
         step.do(ops.Command(vm3, "root", "systemctl daemon-reload", summary="systemd read the drop-in"))
     state = service_state(vm3)
     if state[1:] != ["enabled"]:
@@ -549,13 +544,13 @@ def start_pgpool(env) -> ops.Step:
     def running():
         now = service_state(vm3)
         expect(now == ["active", "enabled"], f"{service} on {vm3.host.name} is {now}.", hint)
-        kill_mode = vm3.run(f"systemctl show -p KillMode {service}").stdout.strip()
-        expect(kill_mode == "KillMode=mixed", f"{service} on {vm3.host.name} runs with {kill_mode}: a stop can hang.",
-               f"run `systemctl daemon-reload` there so that systemd reads {dropin}")
+        kill_mode = postgres.read(vm3, f"systemctl show -p KillMode {service}", user=None)
+        expect(kill_mode.endswith("\nKillMode=mixed"), f"{service} on {vm3.host.name} runs with "
+               f"{kill_mode.splitlines()[-1]}: a stop can hang.", f"run `systemctl daemon-reload` there so that systemd reads {dropin}")
         return "\n".join([
             postgres.read(vm3, f"systemctl status {service} --no-pager | grep -o 'Active: [a-z]* ([a-z]*)'", user=None),
             postgres.read(vm3, f"systemctl is-enabled {service}", user=None),
-            postgres.read(vm3, f"systemctl show -p KillMode {service}", user=None)])
+            kill_mode])
     return step.verify("pgpool runs and starts at boot", running)
 
 

@@ -3,6 +3,7 @@ settings, roles), reads shown the way a person runs them, and plans for roles, c
 and restarts."""
 from __future__ import annotations
 
+import os
 import shlex
 from typing import Callable
 
@@ -170,6 +171,24 @@ def edit(remote, path: str, change: Callable[[str], tuple[str, list[str]]]) -> o
     old = remote.read_file(path)
     new, _ = change(old)
     return None if new == old else ops.FileChange(remote, "root", path=path, old=old, new=(new,))
+
+
+def ensure_file(step: ops.Step, remote, path: str, text: str, *, owner: str, mode: str,
+                make_dir: bool = False) -> bool:
+    """A whole file of ours: written (with owner and mode; make_dir: its directory made first)
+    unless it already holds `text` with that owner and mode. True when a write is planned."""
+    q = shlex.quote(path)
+    # one round trip: the first line is the file's access, the rest its text (nothing if it is missing)
+    found = remote.run(f"stat -c '%U:%G %a' {q} 2>/dev/null && cat {q} || true", user="root", mask=False).stdout
+    access, _, old = found.partition("\n")
+    if old == text and access == f"{owner} {mode}":
+        step.note(remote, f"{path} is in place")
+        return False
+    if make_dir:
+        step.do(ops.Command(remote, "root", f"install -d {shlex.quote(os.path.dirname(path))}",
+                            summary=f"{os.path.dirname(path)} exists"))
+    step.do(ops.FileChange(remote, "root", path=path, old=old if access else None, new=(text,), owner=owner, mode=mode))
+    return True
 
 
 def edit_step(step: ops.Step, remote, path: str, change) -> ops.Step:

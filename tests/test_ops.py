@@ -185,3 +185,39 @@ def test_the_kept_original_of_a_file_that_holds_secrets_is_private_too(tmp_path)
     subprocess.run(["bash", "-c", change.script()], input=ops.resolve(change.stdin(), None), text=True, check=True)
     for path in (target, tmp_path / ".pcppass.pgguide-orig"):
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
+
+
+class LocalBash(Remote):
+    """A Remote whose commands run in bash on this machine: for helpers that read a host's files."""
+
+    def __init__(self):
+        super().__init__(PARAMS, PARAMS.pgpool_host)
+
+    def run(self, command, *, user=None, stdin=None, **kw):
+        proc = subprocess.run(["bash", "-c", command], input=stdin, capture_output=True, text=True)
+        return Result(command, proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_ensure_file_writes_a_missing_or_different_file_and_leaves_one_in_place(tmp_path):
+    import grp
+    import os
+    import pwd
+    from lib import postgres
+    path, text = tmp_path / "unit.conf", "[Service]\nKillMode=mixed\n"
+    owner = f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
+
+    def planned():
+        step = ops.Step("file")
+        changed = postgres.ensure_file(step, LocalBash(), str(path), text, owner=owner, mode="644", make_dir=True)
+        return changed, [a for a in step.actions if isinstance(a, ops.FileChange)]
+    changed, writes = planned()
+    assert changed and writes[0].old is None and writes[0].display().startswith(f"create {path}")
+    path.write_text(text)
+    path.chmod(0o600)
+    changed, writes = planned()
+    assert changed and writes[0].old == text, "a wrong mode alone must be corrected"
+    path.chmod(0o644)
+    assert planned() == (False, [])
+    path.write_text(text + "# edited by hand\n")
+    changed, writes = planned()
+    assert changed and "-# edited by hand" in writes[0].diff()

@@ -68,12 +68,14 @@ def markdown(r: dict) -> str:
                 f"{pg['repeats']} runs each; TPS medians):", ""]
         out += _table(["Workload", "Connections", "Clients", "direct TPS", "pgpool TPS", "pgpool ÷ direct",
                        "latency ms (direct / pgpool)"], rows) + [""]
-        if "login cpu" in pg:
-            out += ["**What a new connection costs**, in CPU time per connection on each host (select-only, a new "
-                    "connection per transaction, 8 clients; pgbench runs on the standby host):", ""]
-            hosts = list(pg["login cpu"]["direct"]["cpu ms per connection"])
-            out += _table(["Path", *hosts], [[target, *(f"{v['cpu ms per connection'][h]:.1f} ms" for h in hosts)]
-                                             for target, v in pg["login cpu"].items()]) + [""]
+        if "logins" in pg:
+            out += ["**What a new connection costs**, path by path: pgbench with a new connection for every "
+                    "transaction of `SELECT 1`, from the standby host; connections per second, and the CPU time "
+                    "each host spent per connection:", ""]
+            hosts = list(pg["logins"][0]["cpu ms per connection"])
+            out += _table(["Path", "Clients", "Connections/s", "latency ms", *(f"CPU {h}" for h in hosts)],
+                          [[x["path"], str(x["clients"]), f"{x['tps']['median']:.0f}", f"{x['latency_ms']['median']:.1f}",
+                            *(f"{x['cpu ms per connection'][h]:.1f} ms" for h in hosts)] for x in pg["logins"]]) + [""]
     if "balance" in r:
         b = r["balance"]
         rows = [[s["weights"], f"{s['expected primary share']:.3f}", f"{s['observed primary share']:.3f}",
