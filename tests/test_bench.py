@@ -28,3 +28,18 @@ def test_a_changed_figure_makes_the_section_stale():
     results = json.loads(report.RESULTS.read_text())
     results["provisioning"]["wall"]["lab up"]["median"] += 1.0
     assert report.readme_section(results) not in report.README.read_text()
+
+
+def test_repeatability_counts_figures_within_the_earlier_range_and_names_the_largest_change():
+    from lib.bench import compare
+    earlier = {"date": "2026-11-28T00:00:00", "provisioning": {"wall": {"fresh": spread([30, 34]), "again": spread([15, 16])}},
+               "pgpool": {"runs": [{"target": "direct", "workload": "select-only", "connections": "persistent",
+                                    "clients": 1, "tps": spread([1000, 1100])}]}}
+    now = {"provisioning": {"wall": {"fresh": spread([33, 33]), "again": spread([20, 22])}},
+           "pgpool": {"runs": [{"target": "direct", "workload": "select-only", "connections": "persistent",
+                                "clients": 1, "tps": spread([1040, 1060])}]}}
+    rep = compare.compare(earlier, now)
+    assert (rep["figures"], rep["within"]) == (3, 2)
+    assert rep["largest"][0]["figure"] == "provisioning / wall / again" and rep["largest"][0]["change"] == pytest.approx(21 / 15.5 - 1)
+    assert "2 of 3 figures fall within" in compare.sentence(rep)
+    assert compare.compare(earlier, {"image": {"cached": spread([1, 1])}}) is None

@@ -13,7 +13,8 @@ from labtools import LAB, PARAMS_FILE, PROVISION, lab, netns, sh
 from lib import params as P
 from lib.diagnose.checks import GUIDE_ROWS
 
-pytestmark = [pytest.mark.lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
+pytestmark = [pytest.mark.lab, pytest.mark.third_lab,
+              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
 CONF = "/etc/postgresql/15/main"
 DATA = "/var/lib/postgresql/15/main"
 POOL = "/etc/pgpool2"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lib import REPO
 from lib import params as P
-from lib.bench import balance, memory, pgpool_cost, provisioning, replication, report
+from lib.bench import balance, compare, memory, pgpool_cost, provisioning, replication, report
 from lib.remote import Hosts
 
 SECTIONS = ("provisioning", "image", "memory", "replication", "pgpool", "balance")
@@ -110,6 +110,10 @@ def main(argv: list[str]) -> int:
     provisioning.timed(provisioning.LAB, "down", a.params)
     results["seconds"] = round(time.monotonic() - started, 1)
     report.RESULTS.parent.mkdir(exist_ok=True)
+    if report.RESULTS.exists():         # the run before, on record: how far this one's figures are from it
+        repeat = compare.compare(json.loads(report.RESULTS.read_text()), results)
+        if repeat:
+            results["repeatability"] = repeat
     if only != set(SECTIONS) and report.RESULTS.exists():      # some sections again: keep the others
         earlier = json.loads(report.RESULTS.read_text())
         remeasured = {"date": results["date"], "command": results["command"], "sections": sorted(only)}

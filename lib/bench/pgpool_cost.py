@@ -105,7 +105,11 @@ def login_run(env, target: str, user: str, database: str, clients: int, seconds:
     from lib.bench import memory
     p, client = env.params, env.standbys[0]
     host, port = (p.primary.address, p.postgres["port"]) if target == "direct" else (p.pgpool_host.address, p.pgpool["port"])
-    command = (f"{pgbench_path(p)} -n -C -f {SELECT_1} -c {clients} -j 2 -T {seconds} "
+    # a thread per client: pgbench connects synchronously, so a thread serving several clients stops them
+    # all while one waits for a pgpool child, and with more clients than children those it stopped hold
+    # every child: with -j 2, 64 clients never finished (pgbench's deadlock, and any client pool's that
+    # connects while it holds connections)
+    command = (f"{pgbench_path(p)} -n -C -f {SELECT_1} -c {clients} -j {clients} -T {seconds} "
                f"-h {host} -p {port} -U {user} {database}")
     before = {h.name: memory.cpu_seconds(p, h.name) for h in p.all_hosts}
     out = client.run(f"read -r PGPASSWORD; export PGPASSWORD; {command}", stdin=secret("pgpool", p) + "\n",

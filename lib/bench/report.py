@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from lib import REPO
+from lib.bench import compare
 
 RESULTS = REPO / "bench" / "results.json"
 README = REPO / "README.md"
@@ -28,6 +29,8 @@ def markdown(r: dict) -> str:
                     for u in r.get("updated", []))
     out = [f"Measured by `{r['command']}` ({r['seconds'] / 60:.1f} min, lab up and down included) on {r['date'][:10]}: {m['cores']} cores, {m['memory_gib']:.0f} GiB, "
            f"{m['kernel']}; PostgreSQL {m['postgres']}, {m['pgpool']}. Medians, with the range over the repeats.{again}", ""]
+    if r.get("repeatability"):
+        out += [compare.sentence(r["repeatability"]), ""]
     if "provisioning" in r:
         p = r["provisioning"]
         out += ["**Provisioning** (`params/lab.yaml`, every step of notebooks 00–03):", ""]
