@@ -36,13 +36,14 @@ MARKER_SUFFIX = ".cloning"
 DEFAULT_DATABASES = {"postgres", "template0", "template1"}
 
 FACTS = r"""
-d={data_dir}; marker={marker}
+d={data_dir}; marker={marker}; fence={fence}
 echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
 echo "state=$(pg_lsclusters --no-header {cluster} 2>/dev/null | awk '{{print $4}}')"
 if [ -d "$d" ]; then echo "entries=$(find "$d" -mindepth 1 -maxdepth 1 | wc -l)"; else echo "entries=0"; fi
 [ -f "$d/global/pg_control" ] && echo "control=yes" || echo "control=no"
 [ -f "$d/standby.signal" ] && echo "standby_signal=yes" || echo "standby_signal=no"
 [ -f "$marker" ] && sed 's/^/marker_/' "$marker"
+[ -f "$fence" ] && echo "fenced=yes"
 if [ -f "$d/global/pg_control" ]; then
   LC_ALL=C runuser -u postgres -- {bindir}/pg_controldata -D "$d" 2>/dev/null | sed -n \
     -e 's/^Database system identifier: *\(.*\)/system_id=\1/p' \
@@ -82,6 +83,7 @@ class Cluster:
     entries: int = 0                # files and directories in the data directory
     control: bool = False           # global/pg_control is there
     standby_signal: bool = False
+    fenced: bool = False            # failover.sh fenced it when it failed as the primary (lib.failover.fence_marker)
     system_id: str | None = None
     in_recovery: bool | None = None
     lsn: str | None = None          # WAL position: current (primary), received/replayed (standby), checkpoint (down)
@@ -104,19 +106,32 @@ def marker_path(params) -> str:
     return params.postgres["data_dir"].rstrip("/") + MARKER_SUFFIX
 
 
+def fence_marker(params) -> str:
+    """Beside the data directory: failover.sh writes it when it fences a failed primary (standby.signal,
+    so that it can start only as a standby); a rejoin removes it."""
+    return params.postgres["data_dir"].rstrip("/") + ".fenced"
+
+
+def fenced(remote) -> bool:
+    return remote.run(f"test -f {shlex.quote(fence_marker(remote.params))}", user="root", check=False).ok
+
+
 def read(remote) -> Cluster:
     """The facts of the cluster on `remote` (its data directory from the parameters)."""
     p = remote.params.postgres
     script = FACTS.format(data_dir=shlex.quote(p["data_dir"].rstrip("/")), marker=shlex.quote(marker_path(remote.params)),
+                          fence=shlex.quote(fence_marker(remote.params)),
                           cluster=postgres.cluster_words(p), bindir=f"/usr/lib/postgresql/{int(p['version'])}/bin")
     out = dict(line.split("=", 1) for line in remote.sudo(script).lines if "=" in line)
     c = Cluster(remote.host.name, machine_id=out.get("machine_id", ""), cluster=postgres.cluster_words(p), state=out.get("state", ""), entries=int(out.get("entries", 0)),
                 control=out.get("control") == "yes", standby_signal=out.get("standby_signal") == "yes",
+                fenced=out.get("fenced") == "yes",
                 system_id=out.get("system_id"), checkpoint=out.get("checkpoint"),
                 timeline=int(out["timeline"]) if out.get("timeline") else None,
                 marker={k[len("marker_"):]: v for k, v in out.items() if k.startswith("marker_")})
     if c.control and not c.online:
-        c.in_recovery = "recovery" in (out.get("control_state", "")) or c.standby_signal
+        # the fence's standby.signal does not make a former primary a standby: its WAL may run past the promotion
+        c.in_recovery = "recovery" in (out.get("control_state", "")) or (c.standby_signal and not c.fenced)
         c.lsn = c.checkpoint
     if c.online:
         row = postgres.value(remote, LIVE).split("|")
@@ -154,7 +169,7 @@ def may_clone(primary: Cluster, standby: Cluster, rebuild: bool) -> tuple[bool, 
     if not standby.control:
         return False, (f"its data directory holds {standby.entries} entries but no global/pg_control: not a cluster "
                        "that an earlier run of ours left; look at it and empty it yourself if it may go")
-    if same and standby.in_recovery and behind:
+    if same and standby.in_recovery and behind and not standby.fenced:
         return True, f"a standby of {primary.host} (same system identifier, in recovery, {standby.position()})"
     if standby.online and not standby.in_recovery and not standby.databases and not standby.roles:
         return True, "a fresh cluster (no databases but postgres/template0/template1, no roles but postgres)"
@@ -167,9 +182,13 @@ def may_clone(primary: Cluster, standby: Cluster, rebuild: bool) -> tuple[bool, 
 
 def describe_refusal(primary: Cluster, standby: Cluster, same: bool, ahead: bool, rebuild: bool) -> str:
     found = []
-    former_primary = (same and not standby.online and not standby.in_recovery
-                      and (primary.timeline or 0) > (standby.timeline or 0))
-    if former_primary:
+    former_primary = same and (standby.fenced or (not standby.online and not standby.in_recovery
+                                                  and (primary.timeline or 0) > (standby.timeline or 0)))
+    if former_primary and standby.fenced:
+        found.append(f"it is {'running in recovery' if standby.online else 'down'}, and a former primary: "
+                     f"{primary.host} was promoted past it (a failover), and failover.sh fenced it (standby.signal), "
+                     "so it can start only as a standby")
+    elif former_primary:
         found.append(f"it is down, and a former primary: {primary.host} was promoted past it (a failover). Do not "
                      f"start it as it is, it would be a second primary")
     elif not standby.online:
@@ -241,8 +260,10 @@ def roles_swapped(env) -> tuple[str, str] | None:
     if not promoted:
         return None
     new, old = promoted[0].host.name, env.primary.host.name
-    back = (f"rejoin {old}, then " if state != "online,recovery" else "") + f"stop {new} for a planned switchover"
-    return (f"{new} runs as the primary: a failover promoted it, and the parameters still name {old} ({state}) as "
+    is_fenced = fenced(env.primary)
+    back = (f"rejoin {old}, then " if state != "online,recovery" or is_fenced else "") + f"stop {new} for a planned switchover"
+    said = state + (", fenced by failover.sh: it can start only as a standby" if is_fenced else "")
+    return (f"{new} runs as the primary: a failover promoted it, and the parameters still name {old} ({said}) as "
             "the primary. Nothing was changed.",
             f"either switch back (notebook 04: {back}, and rejoin {new}), or make the parameters say what is "
             f"(hosts.primary: {new}, and {old} among hosts.standbys), then provision.")

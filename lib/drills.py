@@ -29,6 +29,8 @@ from lib.wait import wait_until
 TABLE = "drill_rows"
 PAUSE_S = 0.02            # between statements: about 50 writes and 50 reads a second
 STATEMENT_TIMEOUT_S = 5   # a statement that hangs counts as failed after this
+#: what the writer keeps of each acknowledged row: the server that took it, and the WAL position then
+EVIDENCE = "host(inet_server_addr()), pg_current_wal_insert_lsn()::text"
 
 
 # --- the clients ---------------------------------------------------------------------------------------
@@ -39,6 +41,7 @@ class Client:
     ok: list[float] = field(default_factory=list)
     failed: list[float] = field(default_factory=list)
     acked: list[int] = field(default_factory=list)       # the writer's acknowledged row ids
+    evidence: dict[int, tuple[str, str]] = field(default_factory=dict)   # id -> (server, WAL position) that acknowledged it
     latency: list[float] = field(default_factory=list)    # seconds each successful statement took
 
     def longest_gap(self, start: float, end: float) -> float:
@@ -80,8 +83,10 @@ class Traffic:
                 if client is self.writer:
                     row = self._next_id
                     self._next_id += 1          # never reused: a row whose commit was not acknowledged may exist
-                    conn.execute(f"INSERT INTO {TABLE} (id) VALUES (%s)", (row,))
+                    server, lsn = conn.execute(f"INSERT INTO {TABLE} (id) VALUES (%s) RETURNING {EVIDENCE}",
+                                               (row,)).fetchone()
                     client.acked.append(row)
+                    client.evidence[row] = (server, lsn)
                 else:
                     conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
                 client.ok.append(time.monotonic())
@@ -125,20 +130,67 @@ def clean_up(env) -> str:
     return f"{part2.through_pgpool_prompt(env, TEST_DB)}DROP TABLE {TABLE}"
 
 
-def rows_lost(env, acked: list[int]) -> list[int]:
-    """Acknowledged ids the cluster (through pgpool, so the primary) no longer has."""
-    with part2.via_pgpool(env, TEST_DB)() as conn:
-        have = {r[0] for r in conn.execute(f"SELECT id FROM {TABLE}").fetchall()}
-    return [i for i in acked if i not in have]
+@dataclass
+class Losses:
+    """Acknowledged rows the primary lacks, read on the primary itself, each with the evidence the
+    writer kept. A lost row is `in flight` when the server that acknowledged it acknowledged
+    nothing that survived after it and no other server had taken a row before it: asynchronous
+    replication loses such a tail at a crash. Any other lost row (a hole, or a row a second primary
+    took) is a defect."""
+    primary: str
+    switch_point: str
+    in_flight: list[int] = field(default_factory=list)
+    defects: list[int] = field(default_factory=list)
+    evidence: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def lost(self) -> list[int]:
+        return sorted(self.in_flight + self.defects)
+
+    def described(self, ids: list[int]) -> str:
+        shown = ", ".join(f"{i} (by {self.evidence[i][0]} at {self.evidence[i][1]})" for i in ids[:5])
+        return shown + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
+def classify(evidence: dict[int, tuple[str, str]], kept: set[int]) -> tuple[list[int], list[int]]:
+    """(in flight, defects) among the acknowledged rows that are not kept (see Losses)."""
+    in_flight, defects = [], []
+    for row in sorted(set(evidence) - kept):
+        server = evidence[row][0]
+        later_kept = any(k > row and evidence[k][0] == server for k in kept if k in evidence)
+        other_before = any(k < row and evidence[k][0] != server for k in kept if k in evidence)
+        (defects if later_kept or other_before else in_flight).append(row)
+    return in_flight, defects
+
+
+def timeline_switch(primary) -> str:
+    """Where the primary's timeline began (its history file's last line), or '' on its first timeline."""
+    return postgres.value(primary, "SELECT coalesce((SELECT split_part(l, E'\\t', 2) FROM regexp_split_to_table("
+                                   "pg_read_file('pg_wal/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) "
+                                   "|| '.history', 0, 1000000, true), E'\\n') AS l WHERE l ~ '^[0-9]' "
+                                   "ORDER BY 1 DESC LIMIT 1), '')")
+
+
+def losses(env, writer: Client) -> Losses:
+    """Which of the writer's acknowledged rows the primary lacks, read directly on the one server
+    that is not in recovery (never through pgpool, whose reads may reach a standby that lags)."""
+    primary = the_primary(env)
+    kept = set(map(int, postgres.value(primary, f"SELECT string_agg(id::text, ' ') FROM {TABLE}",
+                                       database=TEST_DB).split()))
+    in_flight, defects = classify(writer.evidence, kept)
+    return Losses(primary.host.name, timeline_switch(primary), in_flight, defects,
+                  {i: writer.evidence[i] for i in in_flight + defects})
 
 
 # --- who is who now --------------------------------------------------------------------------------------
 def roles_now(env) -> dict[str, str]:
-    """host name -> 'primary', 'standby' or the cluster's state when it is not online."""
+    """host name -> 'primary', 'standby', 'down, fenced' (a failed primary failover.sh fenced) or
+    the cluster's state when it is not online."""
     found = {}
     for r in failover.database_remotes(env):
         state = postgres.cluster_state(r)
-        found[r.host.name] = ("standby" if state == "online,recovery" else "primary" if state == "online" else state)
+        found[r.host.name] = ("standby" if state == "online,recovery" else "primary" if state == "online" else
+                              "down, fenced" if state.startswith("down") and clone_guard.fenced(r) else state)
     return found
 
 
@@ -204,8 +256,8 @@ class Outcome:
     end: float = 0.0
     events: list[str] = field(default_factory=list)
     measured: dict[str, float] = field(default_factory=dict)
-    lost: list[int] | None = None           # None: no writer ran
-    may_lose: bool = False                   # a crash with asynchronous replication: the count is shown, not asserted
+    lost: Losses | None = None               # None: no writer ran
+    may_lose: bool = False                   # a crash with asynchronous replication: rows in flight are counted, not failed
     stopped: Any = field(default=None, repr=False)   # the server the drill stopped (a Remote), to rejoin it
 
     def report(self) -> str:
@@ -215,9 +267,11 @@ class Outcome:
     def lost_line(self) -> list[str]:
         if self.lost is None:
             return []
+        where = f" (counted on the primary, {self.lost.primary})"
         if self.may_lose:
-            return ["acknowledged rows lost: counted (asynchronous replication; the count is with the figures below)"]
-        return ["acknowledged rows lost: 0"]
+            return [f"acknowledged rows lost{where}: only rows in flight at the crash, none before it; "
+                    "their count is with the figures below (asynchronous replication)"]
+        return [f"acknowledged rows lost{where}: 0"]
 
     def figures(self) -> str:
         """The measured part: differs on every run."""
@@ -228,8 +282,8 @@ class Outcome:
 
 
 def _observe(env, traffic: Traffic, outcome: Outcome, why_none_lost: str) -> None:
-    """What the clients saw, and which acknowledged rows the cluster lacks now. Unless the drill
-    may lose rows (outcome.may_lose), a lost row fails it, with `why_none_lost` as the hint."""
+    """What the clients saw, and which acknowledged rows the primary lacks now. Unless the drill
+    may lose rows in flight (outcome.may_lose), a lost row fails it, with `why_none_lost` as the hint."""
     w, r = traffic.writer, traffic.reader
     outcome.measured.update({
         "writes stopped for": w.longest_gap(outcome.start, outcome.end),
@@ -239,13 +293,23 @@ def _observe(env, traffic: Traffic, outcome: Outcome, why_none_lost: str) -> Non
         "rows acknowledged": len(w.acked),
         "median commit": sorted(w.latency)[len(w.latency) // 2] * 1000 if w.latency else 0.0,
     })
-    judge_lost(outcome, rows_lost(env, w.acked), why_none_lost)
+    judge_lost(outcome, losses(env, w), why_none_lost)
 
 
-def judge_lost(outcome: Outcome, lost: list[int], why_none_lost: str) -> None:
-    outcome.lost = lost
-    outcome.measured["rows lost"] = len(lost)
-    expect(outcome.may_lose or not lost, f"{len(lost)} acknowledged rows are gone: {lost[:10]}.", why_none_lost)
+def judge_lost(outcome: Outcome, found: Losses, why_none_lost: str) -> None:
+    """A defect always fails the drill; rows in flight fail it unless it may lose them."""
+    outcome.lost = found
+    outcome.measured["rows lost"] = len(found.lost)
+    if found.in_flight:
+        outcome.measured["rows lost"] = (f"{len(found.lost)} (in flight past the switch point "
+                                         f"{found.switch_point or '?'}: {found.described(found.in_flight)})")
+    expect(not found.defects, f"{len(found.defects)} acknowledged rows are gone from {found.primary} although later "
+                              f"rows of the same server survived, or another server had already taken over: "
+                              f"{found.described(found.defects)}; the timeline began at {found.switch_point or '?'}.",
+           "this is no replication lag: read the failover log and both servers' logs around those WAL positions.")
+    expect(outcome.may_lose or not found.in_flight,
+           f"{len(found.in_flight)} acknowledged rows are gone from {found.primary}: "
+           f"{found.described(found.in_flight)}; its timeline began at {found.switch_point or '?'}.", why_none_lost)
 
 
 #: a drill's own command (a stop, a restart) ends within this, or the drill fails showing what runs
@@ -264,9 +328,14 @@ def what_runs(remote) -> str:
     return f"what runs on {remote.host.name} now ($ {WHAT_RUNS}):\n{out}"
 
 
-def _run(traffic: Traffic, remote, command: str, user: str, outcome: Outcome, until, timeout: float = 60) -> None:
-    """Send the command while the clients run; wait until `until()` holds, then 2 s more."""
+def _run(traffic: Traffic, remote, command: str, user: str, outcome: Outcome, until, timeout: float = 60,
+         before=None) -> None:
+    """Send the command while the clients run; wait until `until()` holds, then 2 s more. `before()`,
+    when given, runs a second before the command (a standby made to lag)."""
     time.sleep(1)                                     # a second of normal traffic before
+    if before:
+        before()
+        time.sleep(1)
     outcome.start = time.monotonic()
     try:
         remote.run(command, user=user, timeout=COMMAND_TIMEOUT_S)
@@ -279,21 +348,47 @@ def _run(traffic: Traffic, remote, command: str, user: str, outcome: Outcome, un
     outcome.end = time.monotonic()
 
 
-def primary_stops(env, how: str) -> Outcome:
+#: a standby's WAL receiver process, by its title
+WAL_RECEIVER = "^postgres: .*walreceiver"
+
+
+def stall_receiver(remote, seconds: float) -> str:
+    """The command that pauses the standby's WAL receiver (SIGSTOP) for `seconds` and resumes it,
+    from the host itself through a transient unit: the standby falls behind while the primary
+    commits. Fails unless a WAL receiver runs there."""
+    found = remote.run(f"pgrep -f {shlex.quote(WAL_RECEIVER)}", user="root", check=False).stdout.strip()
+    expect(found, f"no WAL receiver runs on {remote.host.name}: it cannot be made to lag.",
+           "every node must be up and streaming before a drill (notebook 02, Step 34).")
+    pause = f"p=$(pgrep -f '{WAL_RECEIVER}'); kill -STOP $p; sleep {seconds:g}; kill -CONT $p"
+    return f"systemd-run --quiet --collect --unit=pgguide-drill-stall sh -c {shlex.quote(pause)}"
+
+
+def primary_stops(env, how: str, lagging_s: float = 0) -> Outcome:
     """Stop the primary (`how`: 'stop' with systemctl, 'kill' with kill -9 of the postmaster), with
-    clients running; pgpool promotes the standby. Returns what the clients saw."""
+    clients running; pgpool runs failover.sh, which promotes the most advanced standby. With
+    `lagging_s` the first standby's WAL receiver is paused that long, a second before the stop, so
+    that it lags behind the primary (and behind any other standby). Returns what the clients saw."""
     old, epoch = the_primary(env), time.time()
-    new = next(r for r in failover.database_remotes(env) if r is not old)
     p = env.params.postgres
     command = {"stop": f"systemctl stop {shlex.quote(p['service'])}",
                "kill": f"kill -9 $(head -1 {shlex.quote(p['data_dir'])}/postmaster.pid)"}[how]
-    outcome = Outcome(f"{old.host.name} (root) $ {command}    # the primary, while a writer and a reader use pgpool",
-                      stopped=old)
+    shown = f"{old.host.name} (root) $ {command}    # the primary, while a writer and a reader use pgpool"
+    before = None
+    if lagging_s:
+        lagging = a_standby(env)
+        stall = stall_receiver(lagging, lagging_s)
+        shown = (f"{lagging.host.name} (root) $ {stall}    # a standby falls behind: its WAL receiver paused "
+                 f"for {lagging_s:g} s\n{shown}")
+        before = partial(lagging.run, stall, user="root")
+    outcome = Outcome(shown, stopped=old)
+
+    def promoted_elsewhere():
+        return any(role == "primary" for name, role in roles_now(env).items() if name != old.host.name)
     with Traffic(env) as traffic:
         _run(traffic, old, command, "root", outcome,
-             lambda: traffic.writer.first_ok_after(outcome.start + 0.001) and roles_now(env)[new.host.name] == "primary")
+             lambda: traffic.writer.first_ok_after(outcome.start + 0.001) and promoted_elsewhere(), before=before)
     log = failover_log_since(env, epoch)
-    detected = next((t for t, line in log if "failed: promoting" in line), None)
+    detected = next((t for t, line in log if re.match(r"primary node \d+ \(\S+\) failed", line)), None)
     promoted = next((t for t, line in log if re.match(r"node \d+ \(\S+\) promoted", line)), None)
     expect(detected is not None and promoted is not None, f"failover.sh did not promote: {[l for _, l in log]}.",
            f"read {failover.FAILOVER_LOG} and pgpool's log on {env.pgpool.host.name}; check Steps 41-43.")
@@ -302,14 +397,21 @@ def primary_stops(env, how: str) -> Outcome:
                         "promoted after": promoted - lag - outcome.start, **outcome.measured}
     outcome.may_lose = how == "kill" and not env.params.postgres["synchronous"]
     _observe(env, traffic, outcome,
-             "a clean shutdown hands the standby every WAL record: read the new primary's log."
-             if how == "stop" else "with postgres.synchronous every acknowledged commit is on a standby: check "
-             "synchronous_standby_names and pg_stat_replication's sync_state on the primary (Step 44).")
-    outcome.events = [f"{env.pgpool.host.name}: {failover.FAILOVER_LOG}:"] + [f"  {line}" for _, line in log]
+             "a clean shutdown hands the standbys every WAL record, and failover.sh waits for that hand-over: "
+             "read the failover log and the new primary's log."
+             if how == "stop" else "with postgres.synchronous every acknowledged commit is on a standby, and "
+             "failover.sh promotes the most advanced one: check synchronous_standby_names and "
+             "pg_stat_replication's sync_state on the primary (Step 44), and the failover log.")
+    outcome.events = [f"{env.pgpool.host.name}: {failover.FAILOVER_LOG}:"] + [f"  {positions_named(line)}" for _, line in log]
     outcome.events.append("roles now: " + ", ".join(f"{n} {role}" for n, role in roles_now(env).items()))
     within(outcome, "writes stopped for", PRIMARY_BOUND_S, "writes through pgpool stopped")
     within(outcome, "reads stopped for", PRIMARY_BOUND_S, "reads through pgpool stopped")
     return outcome
+
+
+def positions_named(text: str) -> str:
+    """WAL positions (different on every run) as <lsn>."""
+    return re.sub(r"\b[0-9A-F]+/[0-9A-F]+\b", "<lsn>", text)
 
 
 def within(outcome: Outcome, figure: str, bound: float, said: str) -> None:
@@ -319,7 +421,38 @@ def within(outcome: Outcome, figure: str, bound: float, said: str) -> None:
     outcome.events.append(f"{said} for less than {bound} s: yes")
 
 
+# --- the fence ---------------------------------------------------------------------------------------------
+def started_again(env, old) -> str:
+    """Start the failed primary again, as a reboot or a person might, and show the fence hold: it
+    comes up as a standby following nobody, it refuses writes, pgpool keeps it detached, and the
+    cluster still has exactly one primary."""
+    service = shlex.quote(env.params.postgres["service"])
+    name, n = old.host.name, node_id(env, old)
+    old.run(f"systemctl start {service}", user="root")
+    roles = roles_now(env)
+    expect(roles[name] == "standby" and list(roles.values()).count("primary") == 1,
+           f"after its start the roles are {roles}: the fence did not hold.",
+           f"failover.sh writes standby.signal into {name}'s data directory when its host answers: read the failover log.")
+    sql = "CREATE TABLE written_on_the_old_primary (x int)"
+    refused = old.psql(sql, check=False)
+    expect(not refused.ok and "read-only transaction" in refused.stderr,
+           f"{name} accepted a write: {refused.stderr.strip() or refused.stdout.strip()}", "stop it now: it runs as a primary.")
+    upstream = postgres.value(old, "SHOW primary_conninfo")
+    expect(upstream == "", f"{name} follows {upstream!r}.", "the fence removes primary_conninfo: read the failover log.")
+    expect(node_status(env, old) == "down", f"pgpool uses {name} (node {n}) again.",
+           "a former primary must be rejoined before pgpool uses it: check auto_failback and detach_false_primary.")
+    error = next(l for l in refused.stderr.splitlines() if "ERROR" in l).split(":  ", 1)[-1]
+    return "\n".join([f"{name} (root) $ systemctl start {service}    # the old primary, fenced, started again",
+                       "roles now: " + ", ".join(f"{h} {role}" for h, role in roles.items()),
+                       f"{name} (postgres) $ psql -c \"{sql}\"", f"ERROR:  {error}",
+                       f"{name} (postgres) $ psql -c \"SHOW primary_conninfo\"  →  '' (it follows nobody)",
+                       f"pgpool keeps node {n} ({name}) detached: yes"])
+
+
 # --- bringing the old primary back ----------------------------------------------------------------------------
+#: when pg_rewind fails, the old data directory is moved aside under this suffix and a time, never deleted
+SET_ASIDE = ".set-aside-"
+
 def rejoin_proof(remote, primary) -> str:
     """Why `remote` may be rewound (or, failing that, cloned) from `primary`, read from both hosts:
     the same cluster (system identifier), and the primary promoted past it (a later timeline).
@@ -343,7 +476,8 @@ def rewind_output(text: str) -> str:
     lines = [l for l in text.splitlines() if l.startswith(("pg_rewind", "pg_basebackup"))]
     lines = [l.replace('pg_rewind: executing "', "pg_rewind: executing ").split('" for target server')[0]
              + (" for target server to complete crash recovery" if "for target server" in l else "") for l in lines]
-    text = re.sub(r"\b[0-9A-F]+/[0-9A-F]+\b", "<lsn>", "\n".join(lines))
+    text = positions_named("\n".join(lines))
+    text = re.sub(rf"{re.escape(SET_ASIDE)}\d{{8}}T\d{{6}}Z", f"{SET_ASIDE}<time>", text)
     text = re.sub(r"on timeline \d+", "on timeline <n>", text)
     # Whether there is anything to copy back is a race (did the old primary's last WAL record reach
     # the standby before it was promoted?): both ends are one outcome, the old primary in step.
@@ -363,21 +497,26 @@ def rejoin(env, remote) -> ops.Step:
     if state == "online,recovery" and clone_guard.streaming_from_primary(remote, primary) == "streaming":
         step.note(remote, f"already a standby streaming from {primary.host.name}")
     else:
-        expect(state in ("down", "online,recovery"), f"{name} is {state}: it runs as a primary beside "
+        expect(state in ("down", "down,recovery", "online,recovery"), f"{name} is {state}: it runs as a primary beside "
                f"{primary.host.name}, and may hold writes that {primary.host.name} lacks. Not rejoined.",
                f"decide which server's writes to keep; stop the other (systemctl stop on {name}) and rejoin it.")
         step.note(remote, rejoin_proof(remote, primary))
         source = f"host={primary.host.address} port={p['port']} user={REPLICATION_ROLE} dbname=postgres"
-        if state != "down":
-            step.do(ops.service(remote, "stop", p["service"]))
+        if state.startswith("online"):       # a plain command, not a handler: it must stop before the rewind
+            step.do(ops.Command(remote, "root", f"systemctl stop {shlex.quote(p['service'])}",
+                                summary=f"{name} stopped for the rewind"))
         step.do(ops.Sql(primary, "postgres", statement=("CHECKPOINT;",),
                         summary="checkpoint: pg_rewind reads the new timeline from the control file"))
-        rewind = (f"{bin_dir}/pg_rewind -D {data} --source-server={shlex.quote(source)} "
+        # standby.signal (failover.sh's fence) would make pg_rewind's single-user crash recovery refuse to run;
+        # the server is down, and the file is written again below before it starts
+        rewind = (f"rm -f {data}/standby.signal && {bin_dir}/pg_rewind -D {data} --source-server={shlex.quote(source)} "
                   f"--config-file={shlex.quote(p['conf_dir'])}/postgresql.conf")
-        clone = (f"find {data} -mindepth 1 -delete && {bin_dir}/pg_basebackup -h {primary.host.address} "
+        aside = f"{p['data_dir'].rstrip('/')}{SET_ASIDE}$(date -u +%Y%m%dT%H%M%SZ)"
+        clone = (f"mv {data} \"$aside\" && install -d -m 700 {data} && {bin_dir}/pg_basebackup -h {primary.host.address} "
                  f"-p {p['port']} -U {REPLICATION_ROLE} -D {data} -X stream -c fast")
-        step.do(ops.Command(remote, "postgres", f"{rewind} 2>&1 || {{ echo 'pg_rewind failed: a new base backup "
-                            f"instead'; {clone}; }}", shown=f"{rewind}    # if it fails: {clone}",
+        step.do(ops.Command(remote, "postgres", f"{rewind} 2>&1 || {{ aside={aside}; echo \"pg_rewind failed: the old data "
+                            f"directory is kept as $aside; a new base backup instead\"; {clone}; }}",
+                            shown=f"{rewind}    # if it fails: {clone.replace('$aside', aside)}",
                             normalize=rewind_output, summary=f"{name} rewound to {primary.host.name}'s history",
                             timeout=env.params.options["step_timeout"]))
         conninfo = failover.standby_conninfo(env.params, primary.host.address, name)
@@ -385,11 +524,16 @@ def rejoin(env, remote) -> ops.Step:
         step.do(ops.Command(remote, "postgres", f"sed -i '/^primary_conninfo/d; /^synchronous_standby_names/d' {auto} && "
                             f"echo \"primary_conninfo = '{conninfo}'\" >> {auto} && touch {data}/standby.signal",
                             summary=f"{name} configured as a standby of {primary.host.name}"))
-        streaming = ops.wait_for(f"psql -XAtc 'SELECT status FROM pg_stat_wal_receiver' | grep -qx streaming", 60,
-                                 f"{name} does not stream from {primary.host.name}")
-        step.do(ops.Command(remote, "root", f"systemctl start {shlex.quote(p['service'])} && cd / && sudo -u postgres bash -c "
-                            f"{shlex.quote(streaming)}", shown=f"systemctl start {shlex.quote(p['service'])}",
+        step.do(ops.Command(remote, "root", f"systemctl start {shlex.quote(p['service'])} && "
+                            f"rm -f {shlex.quote(clone_guard.fence_marker(env.params))}",
                             summary=f"{name} started as a standby", hint=f"read {p['log_file']} on {name}"))
+    # attached only once the primary itself sees it streaming and caught up (a forked standby never is)
+    caught_up = ops.wait_for(f"[ \"$(psql -XAtc {shlex.quote(failover.caught_up_sql(name))})\" = t ]", 60,
+                             f"{primary.host.name} does not see {name} streaming and caught up")
+    step.do(ops.Command(primary, "postgres", caught_up, show_output=False,
+                        shown=f"psql -XAtc \"{failover.caught_up_sql(name)}\"    # until it says t",
+                        summary=f"{primary.host.name} sees {name} streaming and caught up",
+                        hint=f"read {p['log_file']} on {name}: a standby that forked off cannot stream"))
     n = node_id(env, remote)
     attach = part2.pcp(env, "pcp_attach_node", f"-n {n}")
     step.do(ops.Command(env.pgpool, "postgres",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from functools import partial
 
-from lib import ops, part2, pgconf, pgpoolconf, postgres
+from lib import clone_guard, ops, part2, pgconf, pgpoolconf, postgres
 from lib.ops import Secret, guide_step
 from lib.part1 import REPLICATION_ROLE
 from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf, secret_file
@@ -179,6 +179,11 @@ def ssh_trust(env) -> ops.Step:
 
 
 # --- Step 42 ---------------------------------------------------------------------------------------------
+def _pcp(params, tool: str) -> str:
+    """A pcp command in the scripts: postgres on the pgpool host, its password from ~/.pcppass."""
+    return f"{tool} -h localhost -p {params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w"
+
+
 def _functions() -> str:
     """What the scripts share: a log line, and a command as postgres on a server over SSH."""
     return f"""log() {{ echo "$(date +%s.%N) $*" >> {FAILOVER_LOG}; }}
@@ -191,10 +196,44 @@ SUSPEND = f"psql -Xq -c {_Q}{SUSPEND_SQL}{_Q} -c 'SELECT pg_reload_conf()'"
 RESUME = f"psql -Xq -c {_Q}{RESUME_SQL}{_Q} -c 'SELECT pg_reload_conf()'"
 
 
+#: how long failover.sh waits for a failed primary whose host still answers to hand its WAL over (a clean
+#: shutdown sends every record up to its shutdown checkpoint to the standbys still connected)
+HANDOVER_S = 10
+#: how long it waits for the failed primary's host to answer SSH at all: past that, promote at once
+ANSWER_S = 2
+#: a standby is attached (follow_primary.sh, rejoin) only once the primary sees it streaming with replay
+#: within this many bytes of the primary's WAL position
+ATTACH_LAG_BYTES = 1024 * 1024
+
+
+def caught_up_sql(name: str) -> str:
+    """On the primary: 't' when the standby whose application_name is `name` streams from it and has
+    replayed to within ATTACH_LAG_BYTES of its WAL position, else nothing or 'f'."""
+    return (f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) <= {ATTACH_LAG_BYTES} FROM pg_stat_replication "
+            f"WHERE application_name = '{name}' AND state = 'streaming'")
+
+
+def _handover_watch(params) -> str:
+    """Shell, run as postgres on the failed primary's host: waits up to HANDOVER_S for its server to
+    end, and prints how it ended: `shutdown LSN` (cleanly, its last checkpoint), `crashed` (its
+    postmaster is gone without a clean shutdown), or `running` (it still runs)."""
+    p = params.postgres
+    data, controldata = shlex.quote(p["data_dir"].rstrip("/")), f"/usr/lib/postgresql/{int(p['version'])}/bin/pg_controldata"
+    return (f"d={data}; for _ in $(seq 1 {HANDOVER_S * 5}); do "
+            f"pid=$(head -1 $d/postmaster.pid 2>/dev/null); "
+            f"if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then sleep 0.2; continue; fi; "
+            f"c=$(LC_ALL=C {controldata} -D $d); "
+            f"if echo \"$c\" | grep -q '^Database cluster state: *shut down$'; then "
+            f"echo \"shutdown $(echo \"$c\" | sed -n 's/^Latest checkpoint location: *//p')\"; else echo crashed; fi; exit 0; "
+            f"done; echo running")
+
+
 def failover_script(params) -> str:
-    """With postgres.synchronous the script also suspends synchronous commit where commits would
-    otherwise wait for a standby that is gone; without it, it runs no SQL at all (each SSH round
-    trip is time during which pgpool accepts no new session)."""
+    """When the primary fails: wait for its hand-over if its host answers (bounded), promote the
+    standby holding the most WAL (ties: the lowest node id), fence the failed primary so that it can
+    start only as a standby. pgpool then finds the new primary itself (its primary search), whichever
+    node that is. With postgres.synchronous it also suspends synchronous commit where commits would
+    otherwise wait for a standby that is gone."""
     p, synchronous = params.postgres, params.postgres["synchronous"]
     promoted = ", with synchronous commit suspended until a standby is attached" if synchronous else ""
     promote = f"pg_ctlcluster {int(p['version'])} {p['cluster']} promote"
@@ -212,6 +251,9 @@ def failover_script(params) -> str:
     exit 0"""
         # suspended before the promotion: the new primary's first commits must not wait for the failed one
         promote = f"{SUSPEND} >/dev/null; {promote}"
+    data = shlex.quote(p["data_dir"].rstrip("/"))
+    position = ("SELECT pg_is_in_recovery(), l, l - '0/0'::pg_lsn FROM (SELECT coalesce(greatest("
+                "pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0') AS l) AS s")
     return f"""#!/bin/bash
 # pgpool runs this as postgres on the pgpool host when it detaches a node (written by pgguide):
 #   failover_command = '{FAILOVER_SCRIPT} %d %h %P %m %H %N'
@@ -223,15 +265,65 @@ failed=$1 failed_host=$2 old_primary=$3 new_main=$4 new_host=$5 primary_host=$6
 if [ "$failed" != "$old_primary" ]; then
 {standby_failed}
 fi
-if [ "$new_main" -lt 0 ] || [ -z "$new_host" ]; then
-    log "primary node $failed ($failed_host) failed and no server is left to promote"
+log "primary node $failed ($failed_host) failed"
+bytes() {{ echo $(( (16#${{1%/*}} << 32) + 16#${{1#*/}} )); }}
+
+# 1. The hand-over. A primary that shuts down cleanly sends every WAL record, up to its shutdown checkpoint,
+#    to the standbys still connected before it exits: promoting a standby before that ends the hand-over and
+#    throws away what it had not yet received. So when the failed primary's host answers, wait for it.
+ended=$(ssh -o ConnectTimeout={ANSWER_S} {ssh_options()} postgres@"$failed_host" {shlex.quote(_handover_watch(params))} 2>/dev/null) || ended=silent
+checkpoint=
+case $ended in
+    shutdown*) checkpoint=${{ended#shutdown }}
+               log "node $failed ($failed_host) shut down cleanly: its last checkpoint is $checkpoint" ;;
+    crashed)   log "node $failed ($failed_host) stopped without a clean shutdown: no hand-over" ;;
+    running)   log "node $failed ($failed_host) still runs after {HANDOVER_S} s: promoting without its hand-over" ;;
+    *)         log "node $failed ($failed_host): its host does not answer: promoting at once" ;;
+esac
+
+# 2. The standbys pgpool uses, and how much WAL each holds; the most advanced one is promoted (ties: the
+#    lower node id), so that with synchronous commit (ANY 1) the new primary holds every acknowledged commit.
+standbys() {{
+    {_pcp(params, "pcp_node_info")} 2>/dev/null | awk -v failed="$failed" \\
+        '{{ if (NR - 1 != failed && ($5 == "up" || $5 == "waiting")) print NR - 1, $1 }}'
+}}
+choose() {{
+    best= best_host= best_bytes=-1 held=
+    while read -r id host; do
+        row=$(on "$host" "psql -XAtc \\"{position}\\"" </dev/null 2>/dev/null) || continue
+        IFS='|' read -r recovery lsn at <<< "$row"
+        [ "$recovery" = t ] || continue
+        held="$held, node $id ($host) $lsn"
+        if [ "$at" -gt "$best_bytes" ]; then best=$id best_host=$host best_bytes=$at; fi
+    done < <(standbys)
+}}
+choose
+if [ -n "$checkpoint" ]; then
+    until [ -z "$best" ] || [ "$best_bytes" -ge "$(bytes "$checkpoint")" ] || [ "$SECONDS" -ge {HANDOVER_S} ]; do
+        sleep 0.2; choose
+    done
+    if [ -n "$best" ] && [ "$best_bytes" -ge "$(bytes "$checkpoint")" ]; then
+        log "hand-over complete: node $best ($best_host) has received the shutdown checkpoint"
+    else
+        log "hand-over incomplete after {HANDOVER_S} s: no standby has received up to $checkpoint"
+    fi
+fi
+if [ -z "$best" ]; then
+    log "no standby is left to promote"
     exit 1
 fi
-log "primary node $failed ($failed_host) failed: promoting node $new_main ($new_host)"
-if on "$new_host" "{promote}" >> {FAILOVER_LOG} 2>&1; then
-    log "node $new_main ($new_host) promoted{promoted}"
+log "standbys:${{held#,}}"
+log "promoting node $best ($best_host): the most advanced standby"
+
+# 3. The fence: started again, the failed primary comes up as a standby that follows nobody, read-only,
+#    never a second primary, until it is rejoined (its WAL may run past the promotion: only a rewind can tell).
+if [ "$ended" != silent ] && on "$failed_host" "touch {data}/standby.signal && sed -i '/^primary_conninfo/d' {data}/postgresql.auto.conf && echo \\"fenced_at=\\$(date +%s) new_primary=$best_host\\" > {shlex.quote(clone_guard.fence_marker(params))}"; then
+    log "node $failed ($failed_host) fenced: it can start only as a standby that follows nobody, until it is rejoined"
+fi
+if on "$best_host" "{promote}" >> {FAILOVER_LOG} 2>&1; then
+    log "node $best ($best_host) promoted{promoted}"
 else
-    log "promoting node $new_main ($new_host) FAILED"
+    log "promoting node $best ($best_host) FAILED"
     exit 1
 fi
 """
@@ -286,15 +378,17 @@ esac
 log "node $node ($host): following the new primary $new_host"
 on "$host" "psql -XAtqc \\"ALTER SYSTEM SET primary_conninfo = '{conninfo}'\\" -c 'SELECT pg_reload_conf()'" >/dev/null 2>> {FAILOVER_LOG} || {{
     log "node $node ($host): could not set primary_conninfo"; exit 1; }}
+# attached only once the new primary itself sees it streaming and caught up: a standby that forked off
+# (ahead of the new primary) connects but never streams, and one that lags would serve stale reads
 for _ in $(seq 1 30); do
-    if on "$host" "psql -XAtc \\"SELECT status FROM pg_stat_wal_receiver\\"" 2>/dev/null | grep -q streaming; then
-        pcp_attach_node -h localhost -p {params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w -n "$node" >/dev/null 2>> {FAILOVER_LOG}
-        log "node $node ($host) streams from $new_host: attached"
+    if [ "$(on "$new_host" "psql -XAtc \\"{caught_up_sql("$name")}\\"" 2>/dev/null)" = t ]; then
+        {_pcp(params, "pcp_attach_node")} -n "$node" >/dev/null 2>> {FAILOVER_LOG}
+        log "node $node ($host) streams from $new_host and has replayed its WAL: attached"
         exit 0
     fi
     sleep 1
 done
-log "node $node ($host) does not stream from $new_host (it may be ahead of it: pg_rewind it)"
+log "node $node ($host) does not stream from $new_host, or lags: left detached (if it forked off, pg_rewind it)"
 exit 1
 """
 

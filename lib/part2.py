@@ -260,7 +260,7 @@ HEALTH_CHECK = {"health_check_period": 2, "health_check_timeout": 3, "health_che
                 "health_check_retry_delay": 1}
 #: what brings a detached server back, and what keeps clients waiting while there is no primary
 HEALING = {"sr_check_period": 5, "auto_failback": True, "auto_failback_interval": 10,
-           "search_primary_node_timeout": 10}
+           "search_primary_node_timeout": 10, "detach_false_primary": True}
 
 
 def detection_bounds(settings: dict = HEALTH_CHECK) -> dict[str, int]:

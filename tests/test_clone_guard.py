@@ -1,3 +1,4 @@
+import pytest
 """The proof that a standby may be cleared and cloned (lib.clone_guard.may_clone): each rule,
 and the refusals that protect a real primary or another server from being wiped."""
 from lib.clone_guard import Cluster, may_clone, primary_problem
@@ -83,6 +84,19 @@ def test_a_former_primary_after_a_failover_is_named_as_such_and_rebuilt_only_whe
     assert not allowed and "a former primary: vm2 was promoted past it" in why and "pg_rewind" in why
     assert "start it, and provisioning examines it" not in why            # that would make a second primary
     assert may_clone(promoted, old, rebuild=True)[0]
+
+
+@pytest.mark.parametrize("state, in_recovery", [("down", False), ("online,recovery", True)])
+def test_a_fenced_former_primary_is_never_taken_for_a_standby_that_may_be_cloned(state, in_recovery):
+    """failover.sh's fence writes standby.signal: the old primary, down or started again in recovery,
+    still holds a timeline that may run past the promotion, so it is a former primary, not a standby."""
+    promoted = Cluster("vm2", state="online", entries=24, control=True, system_id=SYSID, in_recovery=False,
+                       lsn="0/6000000", timeline=2)
+    old = Cluster("vm1", state=state, entries=24, control=True, system_id=SYSID, in_recovery=in_recovery,
+                  standby_signal=True, fenced=True, lsn="0/5000100", timeline=1)
+    allowed, why = may_clone(promoted, old, rebuild=False)
+    assert not allowed and "a former primary: vm2 was promoted past it" in why, why
+    assert may_clone(promoted, Cluster(**{**old.__dict__, "fenced": False}), rebuild=False)[0] is in_recovery
 
 
 def test_a_run_killed_while_clearing_or_copying_resumes_a_directory_without_pg_control():

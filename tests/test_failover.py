@@ -113,15 +113,43 @@ def test_a_client_record_gives_gaps_and_failures():
     assert c.first_ok_after(1.1) == 3.6
 
 
-def test_lost_rows_fail_a_drill_unless_it_may_lose_them_and_are_then_counted():
-    with pytest.raises(Exception, match="(?s)2 acknowledged rows are gone.*Likely fix: check sync"):
-        drills.judge_lost(drills.Outcome("x"), [7, 8], "check sync")
+OLD, NEW = "10.213.93.132", "10.213.93.133"
+
+
+def acked_by(server, ids, first_lsn=0x5000000):
+    return {i: (server, f"0/{first_lsn + 0x100 * n:X}") for n, i in enumerate(ids)}
+
+
+def test_a_tail_the_failed_server_acknowledged_is_in_flight_and_anything_else_a_defect():
+    evidence = {**acked_by(OLD, range(1, 11)), **acked_by(NEW, range(11, 16))}
+    # asynchronous crash: the old primary's last three commits never reached the standby
+    assert drills.classify(evidence, set(range(1, 8)) | set(range(11, 16))) == ([8, 9, 10], [])
+    # a hole: 5 is gone though 6 and 7, acknowledged later by the same server, survived
+    assert drills.classify(evidence, (set(range(1, 11)) - {5}) | set(range(11, 16))) == ([], [5])
+    # the old server acknowledged 12 after the new one had taken 11: two primaries at once
+    evidence[12] = (OLD, "0/6000000")
+    assert drills.classify(evidence, set(range(1, 12)) | set(range(13, 16))) == ([], [12])
+    assert drills.classify(evidence, set(evidence)) == ([], [])
+
+
+def losses(in_flight=(), defects=()):
+    ids = [*in_flight, *defects]
+    return drills.Losses("vm2", "0/5000200", list(in_flight), list(defects), acked_by(OLD, ids))
+
+
+def test_lost_rows_fail_a_drill_unless_it_may_lose_them_and_a_defect_fails_every_drill():
+    with pytest.raises(Exception, match="(?s)2 acknowledged rows are gone from vm2: 7 \\(by 10.213.93.132 at "
+                                        "0/5000000\\), 8 .*began at 0/5000200.*Likely fix: check sync"):
+        drills.judge_lost(drills.Outcome("x"), losses(in_flight=[7, 8]), "check sync")
     crash = drills.Outcome("x", may_lose=True)
-    drills.judge_lost(crash, [7, 8], "check sync")
-    assert crash.measured["rows lost"] == 2 and "counted" in crash.report()
+    drills.judge_lost(crash, losses(in_flight=[7, 8]), "check sync")
+    assert crash.measured["rows lost"].startswith("2 (in flight past the switch point 0/5000200: 7 (by 10.213.93.132")
+    assert "only rows in flight at the crash" in crash.report()
+    with pytest.raises(Exception, match="1 acknowledged rows are gone from vm2 although later rows"):
+        drills.judge_lost(drills.Outcome("x", may_lose=True), losses(defects=[3]), "check sync")
     clean = drills.Outcome("x")
-    drills.judge_lost(clean, [], "check sync")
-    assert clean.report().splitlines()[-1] == "acknowledged rows lost: 0"
+    drills.judge_lost(clean, losses(), "check sync")
+    assert clean.report().splitlines()[-1] == "acknowledged rows lost (counted on the primary, vm2): 0"
     assert drills.Outcome("x").report() == "x"               # no writer ran: nothing said about rows
 
 
@@ -140,7 +168,9 @@ def test_only_synchronous_mode_runs_sql_in_the_scripts_and_suspends_before_promo
     prm = P.load(data)
     over, back = failover.failover_script(prm), failover.failback_script(prm)
     # every SSH round trip is time in which pgpool takes no new session: none that the mode does not need
-    assert ("psql" in over) is synchronous and ("psql" in back) is synchronous and ('on "' in back) is synchronous
+    # (failover.sh reads each standby's WAL position in either mode, to promote the most advanced)
+    assert (failover.SUSPEND_SQL in over) is synchronous and ("psql" in back) is synchronous
+    assert ('on "' in back) is synchronous
     if synchronous:
         assert over.index(failover.SUSPEND_SQL) < over.index("main promote")     # in the same SSH call, first
         assert "host(client_addr) <> '$failed_host'" in over                      # the failed standby does not count
@@ -170,3 +200,104 @@ def test_pgpool_nodes_are_matched_to_the_parameters_by_address():
     nodes[0]["role"], nodes[1]["role"] = "standby", "primary"
     with pytest.raises(Exception, match="has role standby, expected primary"):
         part2.check_nodes(nodes, PARAMS)
+
+
+# --- failover.sh run for real in bash, with ssh and pcp_node_info standing in for the hosts ----------------
+FAKE_SSH = r"""#!/bin/bash
+for last; do :; done                      # the remote command is the last argument, the host the one before
+host=${@: -2:1}; host=${host#postgres@}
+echo "$host $last" >> "$T/calls"
+case $last in
+  *pg_controldata*) [ -f "$T/ended.$host" ] || exit 255; cat "$T/ended.$host" ;;
+  *pg_is_in_recovery*) n=$(cat "$T/asked.$host" 2>/dev/null || echo 0); echo $((n + 1)) > "$T/asked.$host"
+                       f="$T/position.$host.$n"; [ -f "$f" ] || f="$T/position.$host"; cat "$f" ;;
+esac
+"""
+
+
+def run_failover(tmp_path, nodes, ended=None, positions=None, failed=0, synchronous=False):
+    """failover.sh as pgpool runs it when node `failed` (the primary) fails. `nodes`: pcp_node_info's
+    lines; `ended`: what the failed host's watch prints (None: the host does not answer);
+    `positions`: host -> 'recovery|lsn|bytes', or a list of them, one per time it is asked."""
+    data = P.read_file(REPO / "params" / "lab.yaml")
+    data["postgres"]["synchronous"] = synchronous
+    log = tmp_path / "failover.log"
+    script = failover.failover_script(P.load(data)).replace(failover.FAILOVER_LOG, str(log))
+    (tmp_path / "bin").mkdir()
+    for name, text in {"ssh": FAKE_SSH, "pcp_node_info": f"#!/bin/sh\ncat {tmp_path}/nodes\n"}.items():
+        (tmp_path / "bin" / name).write_text(text)
+        (tmp_path / "bin" / name).chmod(0o755)
+    (tmp_path / "nodes").write_text("".join(f"{host} 5432 2 0.5 {status} up standby standby 0 none none x\n"
+                                            for host, status in nodes))
+    if ended is not None:
+        (tmp_path / f"ended.{nodes[failed][0]}").write_text(ended + "\n")
+    for host, told in (positions or {}).items():
+        for n, row in enumerate([told] if isinstance(told, str) else told):
+            (tmp_path / f"position.{host}.{n}").write_text(row + "\n")
+        (tmp_path / f"position.{host}").write_text((told if isinstance(told, str) else told[-1]) + "\n")
+    (tmp_path / "failover.sh").write_text(script)
+    done = subprocess.run(["bash", str(tmp_path / "failover.sh"), str(failed), nodes[failed][0], str(failed), "1",
+                           nodes[1][0], nodes[failed][0]], capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "T": str(tmp_path)})
+    lines = [l.split(" ", 1)[1] for l in log.read_text().splitlines()] if log.exists() else []
+    calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    return done.returncode, lines, calls
+
+
+A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"
+THREE = [(A, "down"), (B, "up"), (C, "up")]
+
+
+def test_failover_promotes_the_most_advanced_standby_not_the_lowest_node(tmp_path):
+    rc, log, calls = run_failover(tmp_path, THREE, ended="crashed",
+                                  positions={B: "t|0/5000000|83886080", C: "t|0/5000100|83886336"})
+    assert rc == 0, log
+    assert log == [f"primary node 0 ({A}) failed",
+                   f"node 0 ({A}) stopped without a clean shutdown: no hand-over",
+                   f"standbys: node 1 ({B}) 0/5000000, node 2 ({C}) 0/5000100",
+                   f"promoting node 2 ({C}): the most advanced standby",
+                   f"node 0 ({A}) fenced: it can start only as a standby that follows nobody, until it is rejoined",
+                   f"node 2 ({C}) promoted"]
+    assert [c for c in calls if "promote" in c] == [f"{C} pg_ctlcluster 15 main promote"]
+    fence = next(c for c in calls if "standby.signal" in c)
+    assert fence.startswith(f"{A} touch /var/lib/postgresql/15/main/standby.signal") and f"new_primary={C}" in fence
+    assert calls.index(fence) < calls.index(f"{C} pg_ctlcluster 15 main promote")      # fenced first
+
+
+@pytest.mark.parametrize("nodes, positions, chosen", [
+    (THREE, {B: "t|0/5000000|83886080", C: "t|0/5000000|83886080"}, 1),                # equal: the lower node
+    ([(A, "down"), (B, "up"), (C, "down")], {B: "t|0/5000000|83886080", C: "t|0/9000000|150994944"}, 1),  # detached
+    ([(A, "down"), (B, "waiting"), (C, "up")], {B: "t|0/5000000|83886080", C: "t|0/4000000|67108864"}, 1),
+])
+def test_equal_standbys_promote_the_lower_node_and_a_detached_one_is_never_chosen(tmp_path, nodes, positions, chosen):
+    rc, log, _ = run_failover(tmp_path, nodes, ended="crashed", positions=positions)
+    assert rc == 0 and f"promoting node {chosen} ({nodes[chosen][0]}): the most advanced standby" in log, log
+
+
+def test_with_no_standby_answering_nothing_is_promoted(tmp_path):
+    rc, log, calls = run_failover(tmp_path, THREE, ended="crashed")
+    assert rc == 1 and log[-1] == "no standby is left to promote" and not any("promote" in c for c in calls)
+
+
+def test_a_clean_stop_is_handed_over_before_the_promotion(tmp_path):
+    rc, log, calls = run_failover(tmp_path, THREE, ended="shutdown 0/5000028",
+                                  positions={B: ["t|0/5000000|83886080", "t|0/5000000|83886080", "t|0/50000A0|83886240"],
+                                             C: "t|0/5000000|83886080"})
+    assert rc == 0, log
+    assert log[1:4] == [f"node 0 ({A}) shut down cleanly: its last checkpoint is 0/5000028",
+                        f"hand-over complete: node 1 ({B}) has received the shutdown checkpoint",
+                        f"standbys: node 1 ({B}) 0/50000A0, node 2 ({C}) 0/5000000"]
+    assert sum(1 for c in calls if c.startswith(B) and "pg_is_in_recovery" in c) == 3    # asked until it had it
+
+
+def test_a_host_that_does_not_answer_is_neither_waited_for_nor_fenced(tmp_path):
+    rc, log, calls = run_failover(tmp_path, THREE, ended=None, positions={B: "t|0/5000000|83886080",
+                                                                          C: "t|0/5000000|83886080"})
+    assert rc == 0 and log[1] == f"node 0 ({A}): its host does not answer: promoting at once"
+    assert not any("standby.signal" in c for c in calls) and f"node 1 ({B}) promoted" in log
+
+
+def test_a_server_that_is_no_longer_in_recovery_is_not_a_candidate(tmp_path):
+    rc, log, _ = run_failover(tmp_path, THREE, ended="crashed",
+                              positions={B: "f|0/9000000|150994944", C: "t|0/5000000|83886080"})
+    assert rc == 0 and f"promoting node 2 ({C}): the most advanced standby" in log
