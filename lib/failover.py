@@ -184,6 +184,11 @@ def _pcp(params, tool: str) -> str:
     return f"{tool} -h localhost -p {params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w"
 
 
+def _application_names(params) -> str:
+    """A shell case's branches: each server's address sets name= to its application_name."""
+    return "\n".join(f"    {h.address}) name={h.name} ;;" for h in sorted(params.database_hosts, key=lambda h: h.address))
+
+
 def _functions() -> str:
     """What the scripts share: a log line, and a command as postgres on a server over SSH."""
     return f"""log() {{ echo "$(date +%s.%N) $*" >> {FAILOVER_LOG}; }}
@@ -349,14 +354,25 @@ fi"""
 set -u
 node=$1 host=$2 primary_host=$3
 {_functions()}
-log "node $node ($host) attached"{resume}
+log "node $node ($host) attached"
+# A standby stays attached only if the primary itself sees it streaming and caught up. auto_failback
+# judges by the replication state of pgpool's last check, which during a failover is the old primary's:
+# it can attach a standby that has not yet followed the new primary, or that forked off and never will.
+case $host in   # the name the primary sees in pg_stat_replication (backend_application_nameN)
+{_application_names(params)}
+esac
+if [ "$host" != "$primary_host" ] && [ "$(on "$primary_host" "psql -XAtc \\"{caught_up_sql("$name")}\\"" 2>/dev/null)" != t ]; then
+    log "node $node ($host) does not stream from $primary_host, or lags: detached again until it has caught up"
+    # detached once this attachment is over: pgpool handles one request at a time
+    (sleep 1; {_pcp(params, "pcp_detach_node")} -n "$node") </dev/null >/dev/null 2>&1 &
+    exit 0
+fi{resume}
 exit 0
 """
 
 
 def follow_script(params) -> str:
     p = params.postgres
-    names = "\n".join(f"    {h.address}) name={h.name} ;;" for h in sorted(params.database_hosts, key=lambda h: h.address))
     conninfo = standby_conninfo(params, "$new_host", "$name").replace(f"port={p['port']}", "port=$new_port")
     return f"""#!/bin/bash
 # pgpool runs this as postgres on the pgpool host after a new primary took over, once for each other
@@ -373,7 +389,7 @@ if ! on "$host" "pg_lsclusters --no-header {int(p['version'])} {p['cluster']}" 2
     exit 0
 fi
 case $host in   # the name pgpool matches in pg_stat_replication (backend_application_nameN)
-{names}
+{_application_names(params)}
 esac
 log "node $node ($host): following the new primary $new_host"
 on "$host" "psql -XAtqc \\"ALTER SYSTEM SET primary_conninfo = '{conninfo}'\\" -c 'SELECT pg_reload_conf()'" >/dev/null 2>> {FAILOVER_LOG} || {{

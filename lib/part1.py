@@ -205,7 +205,9 @@ def base_backup(env) -> ops.Step:
                       else f"application_name={s.host.name}"))
         # Progress (-P) and errors both go to stderr, progress with carriage returns: on success keep
         # the last progress line (stdout); on failure pass every other line on (stderr), for the report.
-        marker = shlex.quote(clone_guard.marker_path(env.params))
+        # a finished clone is neither an interrupted one nor a fenced former primary any more
+        marker = (f"{shlex.quote(clone_guard.marker_path(env.params))} "
+                  f"{shlex.quote(clone_guard.fence_marker(env.params))}")
         script = (f"read -r PGPASSWORD; export PGPASSWORD; log=$(mktemp); {command} 2>\"$log\"; rc=$?; "
                   "tr '\\r' '\\n' <\"$log\" | grep -v '^$' | "
                   "if [ $rc -eq 0 ]; then tail -1; else grep -v ' kB (' >&2; fi; rm -f \"$log\"; "

@@ -1,10 +1,14 @@
 """What the lab tests share: the commands a user runs (ci/lab, ci/provision, ssh to a host), each
 failing with its output when it exits non-zero."""
+import copy
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lib import REPO
 
@@ -42,3 +46,22 @@ def lab(*args, check=True):
 def on(host, command):
     """A command on a lab host as its admin user (ci/lab ssh); its stdout."""
     return lab("ssh", "--params", PARAMS_FILE, host, command).stdout
+
+
+def variant(tmp_path, name, change, base=PARAMS_FILE):
+    """A parameter file like `base`, named `name` (its environment), changed by `change(data)`."""
+    from lib import params as P
+    data = copy.deepcopy(P.read_file(base))
+    data["environment"] = name
+    change(data)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_drills(params, out: Path) -> str:
+    """Notebook 04 run with papermill on the lab of `params`: the text its cells printed."""
+    sh(sys.executable, "-m", "papermill", REPO / "notebooks" / "04-failover-drills.ipynb", out,
+       "-f", params, "--cwd", REPO / "notebooks", timeout=900)
+    return "\n".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
+                     if c["cell_type"] == "code" for o in c.get("outputs", []))

@@ -6,14 +6,14 @@ every step that loops over the standbys is looked at with two of them; --teardow
 ci/test runs these on their own lab, after the second lab's tests (marker debian13)."""
 import json
 import os
-import sys
+import re
 
 import pytest
 
 from lib import REPO
 from lib import params as P
 from lib import secrets as S
-from labtools import lab, sh
+from labtools import lab, run_drills, sh, variant
 
 pytestmark = [pytest.mark.lab, pytest.mark.debian13,
               pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
@@ -42,7 +42,11 @@ def through_pgpool(sql, database="postgres"):
 
 
 def provision(*args):
-    return sh(REPO / "ci" / "provision", *args, PARAMS_FILE)
+    return provision_file(PARAMS_FILE, *args)
+
+
+def provision_file(params, *args):
+    return sh(REPO / "ci" / "provision", *args, params)
 
 
 def record_of(out):
@@ -143,22 +147,40 @@ def test_clone_guard_leaves_both_streaming_standbys_alone(provisioned_twice):
 
 
 def test_failover_drills_pass_and_the_other_standby_follows_the_new_primary(provisioned_twice, tmp_path):
-    """Notebook 04 unchanged on two standbys: when the primary stops, pgpool promotes one standby
-    and follow_primary.sh points the other at it (a path one standby never takes); the notebook
-    ends with the roles it started from."""
-    out = tmp_path / "04.ipynb"
-    sh(sys.executable, "-m", "papermill", REPO / "notebooks" / "04-failover-drills.ipynb", out,
-       "-f", PARAMS_FILE, "--cwd", REPO / "notebooks", timeout=900)
-    texts = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
-                    if c["cell_type"] == "code" for o in c.get("outputs", []))
+    """Notebook 04 unchanged on two standbys: when the primary stops, failover.sh promotes the most
+    advanced standby and follow_primary.sh points the other at it (a path one standby never takes);
+    when it crashes while bravo lags, charlie is the one promoted; the notebook ends with the roles
+    it started from."""
+    texts = run_drills(PARAMS_FILE, tmp_path / "04.ipynb")
     primary, first, second = PRIMARY.address, STANDBYS[0].address, STANDBYS[1].address
-    assert f"primary node 0 ({primary}) failed: promoting node 1 ({first})" in texts, texts[-3000:]
+    assert f"primary node 0 ({primary}) failed" in texts, texts[-3000:]
+    assert f"promoting node 1 ({first}): the most advanced standby" in texts       # drill 1: equal, the lower node
     assert f"node 2 ({second}): following the new primary {first}" in texts
-    assert f"node 2 ({second}) streams from {first}: attached" in texts
+    assert f"node 2 ({second}) streams from {first} and has replayed its WAL: attached" in texts
     assert f"node 2 ({second}): following the new primary {primary}" in texts     # and on the switch back
+    crash = texts[texts.index("kill -9"):]
+    assert crash.index(f"promoting node 2 ({second}): the most advanced standby") < crash.index("roles now")
+    assert f"node 1 ({first}): following the new primary {second}" in crash
     assert "roles: " + ", ".join(f"{h.name} {h.role}" for h in PARAMS.database_hosts) in texts
     rows = psql(PRIMARY, "SELECT application_name, state FROM pg_stat_replication ORDER BY 1")
     assert rows.splitlines() == [f"{s.name}|streaming" for s in sorted(STANDBYS, key=lambda s: s.name)]
+
+
+def test_synchronous_drills_lose_nothing_when_the_lower_standby_lags(provisioned_twice, tmp_path):
+    """postgres.synchronous with two standbys (ANY 1): while bravo lags, charlie alone acknowledges
+    commits; when the primary crashes then, promoting bravo (the lowest node id, pgpool's choice) would
+    lose them. failover.sh promotes charlie, and not one acknowledged row is lost in any drill."""
+    params = variant(tmp_path, PARAMS.environment, lambda d: d["postgres"].update(synchronous=True), base=PARAMS_FILE)
+    assert "provision succeeded" in provision_file(params)
+    try:
+        texts = run_drills(params, tmp_path / "04-sync.ipynb")
+        assert "commits are acknowledged once a standby has it too (synchronous)" in texts
+        assert len(re.findall(r"acknowledged rows lost \(counted on the primary, \w+\): 0$", texts, re.M)) == 6, texts
+        crash = texts[texts.index("kill -9"):]
+        assert crash.index(f"promoting node 2 ({STANDBYS[1].address}): the most advanced standby") < \
+            crash.index("roles now"), crash[:3000]
+    finally:
+        assert "provision succeeded" in provision()        # asynchronous again, for the tests after this one
 
 
 def test_teardown_leaves_every_standby_standalone(provisioned_twice):

@@ -2,6 +2,7 @@
 Part 2 attaches again, the scripts pgpool runs, and how the drills measure and print."""
 import re
 import subprocess
+import time
 
 import nbformat
 import pytest
@@ -168,9 +169,8 @@ def test_only_synchronous_mode_runs_sql_in_the_scripts_and_suspends_before_promo
     prm = P.load(data)
     over, back = failover.failover_script(prm), failover.failback_script(prm)
     # every SSH round trip is time in which pgpool takes no new session: none that the mode does not need
-    # (failover.sh reads each standby's WAL position in either mode, to promote the most advanced)
-    assert (failover.SUSPEND_SQL in over) is synchronous and ("psql" in back) is synchronous
-    assert ('on "' in back) is synchronous
+    # (failover.sh reads each standby's WAL position, failback.sh whether the primary sees the standby caught up)
+    assert (failover.SUSPEND_SQL in over) is synchronous and (failover.RESUME_SQL in back) is synchronous
     if synchronous:
         assert over.index(failover.SUSPEND_SQL) < over.index("main promote")     # in the same SSH call, first
         assert "host(client_addr) <> '$failed_host'" in over                      # the failed standby does not count
@@ -209,6 +209,7 @@ host=${@: -2:1}; host=${host#postgres@}
 echo "$host $last" >> "$T/calls"
 case $last in
   *pg_controldata*) [ -f "$T/ended.$host" ] || exit 255; cat "$T/ended.$host" ;;
+  *pg_stat_replication*) cat "$T/caught_up.$host" 2>/dev/null ;;
   *pg_is_in_recovery*) n=$(cat "$T/asked.$host" 2>/dev/null || echo 0); echo $((n + 1)) > "$T/asked.$host"
                        f="$T/position.$host.$n"; [ -f "$f" ] || f="$T/position.$host"; cat "$f" ;;
 esac
@@ -301,3 +302,31 @@ def test_a_server_that_is_no_longer_in_recovery_is_not_a_candidate(tmp_path):
     rc, log, _ = run_failover(tmp_path, THREE, ended="crashed",
                               positions={B: "f|0/9000000|150994944", C: "t|0/5000000|83886080"})
     assert rc == 0 and f"promoting node 2 ({C}): the most advanced standby" in log
+
+
+@pytest.mark.parametrize("attached, caught_up, detached", [
+    ("10.213.93.133", "t", False),          # the primary sees it streaming and caught up: it stays
+    ("10.213.93.133", "f", True),           # it lags
+    ("10.213.93.133", "", True),            # not streaming from the primary (not yet re-pointed, or forked off)
+    ("10.213.93.132", "", False),           # the primary itself is never detached
+])
+def test_failback_keeps_a_standby_attached_only_when_the_primary_sees_it_caught_up(tmp_path, attached, caught_up,
+                                                                                   detached):
+    log = tmp_path / "failover.log"
+    script = failover.failback_script(PARAMS).replace(failover.FAILOVER_LOG, str(log))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ssh").write_text(FAKE_SSH)
+    (tmp_path / "bin" / "pcp_detach_node").write_text(f"#!/bin/sh\necho \"detach $*\" >> {tmp_path}/calls\n")
+    for name in ("ssh", "pcp_detach_node"):
+        (tmp_path / "bin" / name).chmod(0o755)
+    (tmp_path / "caught_up.10.213.93.132").write_text(caught_up + "\n" if caught_up else "")
+    (tmp_path / "failback.sh").write_text(script)
+    node = PARAMS.database_hosts.index(next(h for h in PARAMS.database_hosts if h.address == attached))
+    done = subprocess.run(["bash", str(tmp_path / "failback.sh"), str(node), attached, "10.213.93.132"],
+                          env={"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "T": str(tmp_path)}, timeout=30)
+    assert done.returncode == 0
+    time.sleep(1.5)                                  # the detach waits for the attachment to be over
+    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+    assert (f"detach -h localhost -p 9898 -U pgpool -w -n {node}" in calls) is detached, calls
+    if attached != "10.213.93.132":
+        assert "application_name = 'vm2'" in calls                  # asked about this standby, by its name
