@@ -163,12 +163,18 @@ def classify(evidence: dict[int, tuple[str, str]], kept: set[int]) -> tuple[list
     return in_flight, defects
 
 
+def timeline_history(primary) -> list[tuple[int, str]]:
+    """The primary's timeline history: (timeline, the WAL position where the next one began), oldest first;
+    empty on the first timeline."""
+    text = postgres.value(primary, "SELECT coalesce(pg_read_file('pg_wal/' || substr(pg_walfile_name("
+                                   "pg_current_wal_lsn()), 1, 8) || '.history', 0, 1000000, true), '')")
+    return [(int(f[0]), f[1]) for f in (l.split("\t") for l in text.splitlines()) if len(f) > 1 and f[0].isdigit()]
+
+
 def timeline_switch(primary) -> str:
-    """Where the primary's timeline began (its history file's last line), or '' on its first timeline."""
-    return postgres.value(primary, "SELECT coalesce((SELECT split_part(l, E'\\t', 2) FROM regexp_split_to_table("
-                                   "pg_read_file('pg_wal/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) "
-                                   "|| '.history', 0, 1000000, true), E'\\n') AS l WHERE l ~ '^[0-9]' "
-                                   "ORDER BY 1 DESC LIMIT 1), '')")
+    """Where the primary's timeline began, or '' on its first timeline."""
+    history = timeline_history(primary)
+    return history[-1][1] if history else ""
 
 
 def losses(env, writer: Client) -> Losses:
