@@ -180,15 +180,22 @@ def may_clone(primary: Cluster, standby: Cluster, rebuild: bool) -> tuple[bool, 
     return False, describe_refusal(primary, standby, same, ahead, rebuild)
 
 
+def former_primary(primary: Cluster, other: Cluster) -> bool:
+    """`other` was this cluster's primary before a failover promoted past it: failover.sh fenced it, or
+    it is down, not a standby, on an earlier timeline of the same cluster."""
+    same = other.system_id is not None and other.system_id == primary.system_id
+    return same and (other.fenced or (not other.online and not other.in_recovery
+                                      and (primary.timeline or 0) > (other.timeline or 0)))
+
+
 def describe_refusal(primary: Cluster, standby: Cluster, same: bool, ahead: bool, rebuild: bool) -> str:
     found = []
-    former_primary = same and (standby.fenced or (not standby.online and not standby.in_recovery
-                                                  and (primary.timeline or 0) > (standby.timeline or 0)))
-    if former_primary and standby.fenced:
+    former_primary_here = former_primary(primary, standby)
+    if former_primary_here and standby.fenced:
         found.append(f"it is {'running in recovery' if standby.online else 'down'}, and a former primary: "
                      f"{primary.host} was promoted past it (a failover), and failover.sh fenced it (standby.signal), "
                      "so it can start only as a standby")
-    elif former_primary:
+    elif former_primary_here:
         found.append(f"it is down, and a former primary: {primary.host} was promoted past it (a failover). Do not "
                      f"start it as it is, it would be a second primary")
     elif not standby.online:
@@ -206,10 +213,11 @@ def describe_refusal(primary: Cluster, standby: Cluster, same: bool, ahead: bool
     if same and not ahead:
         way = (f"{primary.host} is not ahead of it, so it may hold writes {primary.host} lacks: if the roles in "
                "the parameter file are swapped, fix them; if its data may go, ")
-    elif former_primary and not rebuild:
-        way = (f"it may hold commits {primary.host} never received, and rejoining discards them: look first. Then "
-               f"rejoin it as a standby of {primary.host} with pg_rewind, quicker than a new clone (notebook 04, "
-               "lib.drills.rejoin), and provision again; or set options.rebuild_standby: true, or ")
+    elif former_primary_here and not rebuild:
+        way = (f"it may hold commits {primary.host} never received, which rejoining discards: ci/provision "
+               f"rejoins it as a standby of {primary.host} before Part 1 runs, counting those commits and keeping "
+               "its WAL from the switch point aside (lib.heal; options.refuse_diverged: it refuses instead); or set "
+               "options.rebuild_standby: true, or ")
     elif same and not rebuild:
         way = "if its data may go, set options.rebuild_standby: true, or "
     else:
@@ -265,8 +273,9 @@ def roles_swapped(env) -> tuple[str, str] | None:
     said = state + (", fenced by failover.sh: it can start only as a standby" if is_fenced else "")
     return (f"{new} runs as the primary: a failover promoted it, and the parameters still name {old} ({said}) as "
             "the primary. Nothing was changed.",
-            f"either switch back (notebook 04: {back}, and rejoin {new}), or make the parameters say what is "
-            f"(hosts.primary: {new}, and {old} among hosts.standbys), then provision.")
+            f"provision with the same parameter file: it keeps {new} as the primary and rejoins {old} as its "
+            f"standby, counting and keeping aside any commit only {old} held (options.refuse_diverged: refuse instead); "
+            f"or switch back (notebook 04: {back}, and rejoin {new}).")
 
 
 def choose(env) -> list[tuple[object, bool | None, str]]:

@@ -225,7 +225,10 @@ def the_primary(env):
 
 
 def node_id(env, remote) -> int:
-    return [h.address for h in env.params.database_hosts].index(remote.host.address)
+    """pgpool's node id of the server: its place in pgpool.conf, which a parameter file with the roles
+    swapped does not renumber (lib.part2.backend_hosts)."""
+    text = env.pgpool.run(f"cat {shlex.quote(part2.conf(env.params, 'pgpool.conf'))}", user="root").stdout
+    return [h.address for h in part2.backend_hosts(env.params, text)].index(remote.host.address)
 
 
 def node_status(env, remote) -> str:
@@ -476,6 +479,67 @@ def rejoin_proof(remote, primary) -> str:
     return f"same system identifier; {primary.host.name} promoted past {remote.host.name}'s timeline"
 
 
+@dataclass
+class Diverged:
+    """What a former primary holds past the switch point, where the current primary's history left the
+    former primary's timeline: commits the current primary never received, which a rewind discards."""
+    host: str
+    primary: str
+    timeline: int
+    switch_point: str
+    commits: int
+    first_segment: str           # the former primary's WAL file that holds the switch point
+
+    def said(self) -> str:
+        """Stable words for the stored output; the count itself is a measured figure."""
+        if not self.commits:
+            return f"no commit past the switch point that {self.primary} lacks: the rewind discards nothing"
+        return (f"commits past the switch point that {self.primary} never received: the rewind discards them, so "
+                "they are counted (with the figures below) and the WAL from there is kept aside first")
+
+
+#: the pg_waldump lines of a committed transaction
+COMMIT_RECORD = "desc: COMMIT"
+
+
+def diverged(remote, primary, timeline: int) -> Diverged:
+    """Count, with pg_waldump on the former primary's own WAL, the commits it wrote on `timeline`
+    past the point where `primary`'s history left that timeline (read from its .history file)."""
+    switch = dict(timeline_history(primary)).get(timeline)
+    expect(switch is not None, f"{primary.host.name}'s timeline history does not say where it left timeline "
+                               f"{timeline}, {remote.host.name}'s: what {remote.host.name} holds past it cannot be told.",
+           f"look at pg_wal/*.history on {primary.host.name}; nothing was changed.")
+    p = remote.params.postgres
+    data = shlex.quote(p["data_dir"].rstrip("/"))
+    waldump = (f"/usr/lib/postgresql/{int(p['version'])}/bin/pg_waldump --path={data}/pg_wal "
+               f"--timeline={timeline} --start={switch}")
+    # pg_waldump stops with an error at the end of the WAL: its count is what it read up to there
+    out = remote.run(f"{waldump} 2>/dev/null | grep -c {shlex.quote(COMMIT_RECORD)} || true", user="postgres").stdout
+    segment = postgres.value(primary, f"SELECT pg_walfile_name('{switch}')")
+    return Diverged(remote.host.name, primary.host.name, timeline, switch, int(out.strip() or 0),
+                    f"{timeline:08X}{segment[8:]}")
+
+
+#: the former primary's WAL past the switch point is copied beside its data directory, under this suffix
+DIVERGED = ".diverged-"
+
+
+def keep_diverged(remote, found: Diverged) -> ops.Command:
+    """Copy the former primary's WAL files from the one holding the switch point on, of its timeline,
+    beside its data directory, before the rewind discards them."""
+    data = remote.params.postgres["data_dir"].rstrip("/")
+    aside = f"{data}{DIVERGED}$(date -u +%Y%m%dT%H%M%SZ)"
+    # compared as strings: awk would take the names for numbers, too long for a float's precision
+    pick = (f"awk -v f={found.first_segment} "
+            "'length($0) == 24 && substr($0, 1, 8) == substr(f, 1, 8) && ($0 \"\") >= (f \"\")'")
+    return ops.Command(remote, "postgres", f"a={aside} && mkdir \"$a\" && cd {shlex.quote(data)}/pg_wal && "
+                       f"ls | {pick} | xargs -r cp -p -t \"$a\" && echo \"kept in $a: $(ls \"$a\" | wc -l) WAL files\"",
+                       shown=f"a={aside} && mkdir \"$a\" && cp -p <its WAL files from the switch point on> \"$a\"",
+                       normalize=lambda out: re.sub(rf"{re.escape(DIVERGED)}\d{{8}}T\d{{6}}Z: \d+ WAL files",
+                                                    f"{DIVERGED}<time>: its WAL files", out),
+                       summary=f"{remote.host.name}'s WAL past the switch point kept aside")
+
+
 def rewind_output(text: str) -> str:
     """pg_rewind's own lines, with WAL positions and timeline numbers (different on every run) named.
     The server's log lines from the crash recovery it runs first (time stamps, pids) are summed up."""
@@ -493,9 +557,12 @@ def rewind_output(text: str) -> str:
                   in_step, text)
 
 
-def rejoin(env, remote) -> ops.Step:
-    """The failed primary `remote` as a standby of the current primary: pg_rewind (falling back to a
-    new base backup when it cannot), primary_conninfo with passfile, started, attached in pgpool."""
+def rejoin(env, remote, outcome: Outcome | None = None) -> ops.Step:
+    """The failed primary `remote` as a standby of the current primary: first a look at what it holds
+    past the switch point (counted, its WAL kept aside; options.refuse_diverged refuses instead), then
+    pg_rewind (falling back to a new base backup when it cannot, the old data directory moved aside),
+    primary_conninfo with passfile, started, attached in pgpool once caught up. With the drill's
+    `outcome`, the count is among its figures and must cover the rows the writer lost."""
     primary, step = the_primary(env), ops.Step("rejoin")
     p, name = env.params.postgres, remote.host.name
     data, bin_dir = shlex.quote(p["data_dir"]), f"/usr/lib/postgresql/{int(p['version'])}/bin"
@@ -507,6 +574,23 @@ def rejoin(env, remote) -> ops.Step:
                f"{primary.host.name}, and may hold writes that {primary.host.name} lacks. Not rejoined.",
                f"decide which server's writes to keep; stop the other (systemctl stop on {name}) and rejoin it.")
         step.note(remote, rejoin_proof(remote, primary))
+        look = diverged(remote, primary, clone_guard.read(remote).timeline or 0)
+        expect(not (look.commits and env.params.options["refuse_diverged"]),
+               f"{name} holds {look.commits} commits past the switch point {look.switch_point} that "
+               f"{primary.host.name} never received; options.refuse_diverged is set: not rejoined, nothing was changed.",
+               f"decide whether those commits matter (pg_waldump on {name}), keep what you need, then rejoin "
+               "without refuse_diverged.")
+        step.note(remote, look.said())
+        if outcome is not None:
+            outcome.measured["commits only the old primary held"] = look.commits
+            if outcome.lost and outcome.lost.in_flight:
+                expect(len(outcome.lost.in_flight) <= look.commits,
+                       f"the writer lost {len(outcome.lost.in_flight)} acknowledged rows, but {name} holds only "
+                       f"{look.commits} commits past the switch point.", "the loss is not explained by the rows in "
+                       "flight: read both servers' logs.")
+                step.note(remote, "every acknowledged row the drill lost is among them: yes")
+        if look.commits:
+            step.do(keep_diverged(remote, look))
         source = f"host={primary.host.address} port={p['port']} user={REPLICATION_ROLE} dbname=postgres"
         if state.startswith("online"):       # a plain command, not a handler: it must stop before the rewind
             step.do(ops.Command(remote, "root", f"systemctl stop {shlex.quote(p['service'])}",

@@ -93,6 +93,8 @@ SCHEMA: dict[str, Any] = {
         "interface": ("name", False, "ens33"),
         "rebuild_standby": (bool, False, False),   # clone a standby again even if it already streams
         "reset_passwords": (bool, False, False),   # let the secrets replace the roles' existing passwords
+        # refuse to rejoin a former primary that holds commits the current primary never received
+        "refuse_diverged": (bool, False, False),
         # bound on one notebook cell (papermill) and on the base backup, the longest action
         "step_timeout": (int, False, 1800),
     },

@@ -81,7 +81,7 @@ def test_a_former_primary_after_a_failover_is_named_as_such_and_rebuilt_only_whe
     old = Cluster("vm1", state="down", entries=24, control=True, system_id=SYSID, in_recovery=False,
                   lsn="0/5000100", timeline=1)
     allowed, why = may_clone(promoted, old, rebuild=False)
-    assert not allowed and "a former primary: vm2 was promoted past it" in why and "pg_rewind" in why
+    assert not allowed and "a former primary: vm2 was promoted past it" in why and "ci/provision rejoins it" in why
     assert "start it, and provisioning examines it" not in why            # that would make a second primary
     assert may_clone(promoted, old, rebuild=True)[0]
 

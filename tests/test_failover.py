@@ -330,3 +330,38 @@ def test_failback_keeps_a_standby_attached_only_when_the_primary_sees_it_caught_
     assert (f"detach -h localhost -p 9898 -U pgpool -w -n {node}" in calls) is detached, calls
     if attached != "10.213.93.132":
         assert "application_name = 'vm2'" in calls                  # asked about this standby, by its name
+
+
+def test_what_a_former_primary_alone_held_is_said_in_stable_words_and_its_copy_named():
+    none = drills.Diverged("vm1", "vm2", 1, "0/5000200", 0, "000000010000000000000005")
+    some = drills.Diverged("vm1", "vm2", 1, "0/5000200", 47, "000000010000000000000005")
+    assert none.said() == "no commit past the switch point that vm2 lacks: the rewind discards nothing"
+    assert "never received: the rewind discards them, so they are counted" in some.said()
+    assert not re.search(r"\d", (some.said() + none.said()).replace("vm2", ""))   # no count or timeline: the same every run
+
+    class Remote:
+        params = PARAMS
+        host = type("Host", (), {"name": "vm1"})
+    keep = drills.keep_diverged(Remote, some)
+    assert "awk -v f=000000010000000000000005" in keep.command and "cp -p -t" in keep.command
+    assert keep.normalize("kept in /var/lib/postgresql/15/main.diverged-20261206T164500Z: 3 WAL files") == \
+        "kept in /var/lib/postgresql/15/main.diverged-<time>: its WAL files"
+    assert PARAMS.options["refuse_diverged"] is False
+
+
+def test_the_wal_kept_aside_is_the_former_timeline_from_the_switch_point_on(tmp_path):
+    """Segment names compared as strings: as numbers (awk's default for digits) they lose precision."""
+    wal = tmp_path / "main" / "pg_wal"
+    wal.mkdir(parents=True)
+    for name in ("000000010000000000000003", "000000010000000000000004", "000000010000000000000005",
+                 "000000020000000000000005", "00000002.history", "archive_status"):
+        (wal / name).touch()
+
+    class Remote:
+        params = PARAMS
+        host = type("Host", (), {"name": "vm1"})
+    keep = drills.keep_diverged(Remote, drills.Diverged("vm1", "vm2", 1, "0/4000100", 3, "000000010000000000000004"))
+    command = keep.command.replace("/var/lib/postgresql/15/main", str(tmp_path / "main"))
+    assert subprocess.run(["bash", "-c", command], capture_output=True, text=True).returncode == 0
+    aside = next(tmp_path.glob("main.diverged-*"))
+    assert sorted(p.name for p in aside.iterdir()) == ["000000010000000000000004", "000000010000000000000005"]

@@ -91,8 +91,16 @@ def main(params, say: Callable[[str], None]) -> int:
         except Exception:               # a host that does not answer: the steps below say which and why
             swapped = None
         if swapped:
-            say(f"check FAILED: {swapped[0]}\n  Likely fix: {swapped[1]}")
-            return 1
+            from lib import heal
+            from lib import params as P
+            as_they_are = heal.roles_as_they_are(env)
+            if as_they_are is None:
+                say(f"check FAILED: {swapped[0]}\n  Likely fix: {swapped[1]}")
+                return 1
+            say(f"  the primary is {as_they_are['hosts']['primary']['name']} since a failover, and "
+                f"{params.primary.name} (the preferred primary) streams from it: checking the roles as they are")
+            env.close()
+            env = Hosts(P.load(as_they_are), read_only=True)
         results = run(env)
     finally:
         env.close()

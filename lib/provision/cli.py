@@ -134,7 +134,11 @@ def provision(params_file: Path, prm, console: Console) -> int:
         journal_path = os.path.join(tmp, "journal.jsonl")
         os.environ["PGGUIDE_JOURNAL"] = journal_path       # the kernel inherits it
         try:
-            for nb_path, units in notebooks:
+            try:        # after a failover: the former primary rejoined first, then the roles as they are
+                parameters = heal_after_failover(prm, parameters, console)
+            except Exception as e:          # a refusal, or a rejoin that failed: nothing after it runs
+                failure = (HEALING, type(e).__name__, str(e))
+            for nb_path, units in ([] if failure else notebooks):
                 progress = Progress(console, units, records, journal_path, position, total)
                 out_path = record_dir / nb_path.name
                 try:
@@ -156,7 +160,17 @@ def provision(params_file: Path, prm, console: Console) -> int:
             del os.environ["PGGUIDE_JOURNAL"]               # its directory goes with `tmp`
     for html in rendered:
         html.result()                                       # a rendering that failed fails the run
-    if failure:
+    if failure and failure[0] is HEALING:
+        _, ename, evalue = failure
+        summary.failure = {"notebook": "heal", "step": None, "title": "rejoin the former primary", "hosts": [],
+                           "cause": f"{ename}: {evalue}"}
+        summary.finish("failed", time.monotonic() - started)
+        console.line()
+        console.line("provision FAILED while rejoining the former primary after a failover:")
+        for line in f"{ename}: {evalue}".splitlines():
+            console.line(f"  {line}")
+        console.line("Nothing after this ran.")
+    elif failure:
         unit, ename, evalue = failure
         record = records[id(unit)]
         where = f"{unit.notebook}, {unit.label.replace('  ', ' — ', 1) if unit.number is not None else unit.title}"
@@ -180,6 +194,21 @@ def provision(params_file: Path, prm, console: Console) -> int:
     by_hand.chmod(0o755)
     (record_dir / "provision.log").write_text("\n".join(console.lines) + "\n")
     return EXIT_FAILED if failure else 0
+
+
+#: the failure's place when the rejoin after a failover (lib.heal) fails, instead of a notebook's step
+HEALING = object()
+
+
+def heal_after_failover(prm, parameters: dict, console: Console) -> dict:
+    """After a failover: the former primary rejoined, and the parameters with the roles as they are."""
+    from lib import heal
+    from lib.remote import Hosts
+    env = Hosts(prm)
+    try:
+        return heal.heal(env, parameters, console.line) or parameters
+    finally:
+        env.close()
 
 
 def main(argv: list[str]) -> int:
