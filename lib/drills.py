@@ -412,7 +412,7 @@ def primary_stops(env, how: str, lagging_s: float = 0) -> Outcome:
              "failover.sh promotes the most advanced one: check synchronous_standby_names and "
              "pg_stat_replication's sync_state on the primary (Step 44), and the failover log.")
     outcome.events = [f"{env.pgpool.host.name}: {failover.FAILOVER_LOG}:"] + [f"  {positions_named(line)}" for _, line in log]
-    outcome.events.append("roles now: " + ", ".join(f"{n} {role}" for n, role in roles_now(env).items()))
+    outcome.events.append(roles_line_now(env))
     within(outcome, "writes stopped for", PRIMARY_BOUND_S, "writes through pgpool stopped")
     within(outcome, "reads stopped for", PRIMARY_BOUND_S, "reads through pgpool stopped")
     return outcome
@@ -452,7 +452,7 @@ def started_again(env, old) -> str:
            "a former primary must be rejoined before pgpool uses it: check auto_failback and detach_false_primary.")
     error = next(l for l in refused.stderr.splitlines() if "ERROR" in l).split(":  ", 1)[-1]
     return "\n".join([f"{name} (root) $ systemctl start {service}    # the old primary, fenced, started again",
-                       "roles now: " + ", ".join(f"{h} {role}" for h, role in roles.items()),
+                       roles_line_now(env, roles),
                        f"{name} (postgres) $ psql -c \"{sql}\"", f"ERROR:  {error}",
                        f"{name} (postgres) $ psql -c \"SHOW primary_conninfo\"  →  '' (it follows nobody)",
                        f"pgpool keeps node {n} ({name}) detached: yes"])
@@ -782,6 +782,10 @@ def pgpool_restarts(env) -> Outcome:
     within(outcome, "writes stopped for", PGPOOL_BOUND_S, "writes stopped")
     within(outcome, "reads stopped for", PGPOOL_BOUND_S, "reads stopped")
     return outcome
+
+
+def roles_line_now(env, roles: dict | None = None) -> str:
+    return "roles now: " + ", ".join(f"{n} {r}" for n, r in (roles or roles_now(env)).items())
 
 
 def roles_line(env) -> str:

@@ -209,6 +209,9 @@ ANSWER_S = 2
 #: a standby is attached (follow_primary.sh, rejoin) only once the primary sees it streaming with replay
 #: within this many bytes of the primary's WAL position
 ATTACH_LAG_BYTES = 1024 * 1024
+#: on the pgpool host: a planned switchover (lib.switchover) names its target here, as "ADDRESS EXPIRY" (epoch
+#: seconds); failover.sh promotes it when it holds as much WAL as the most advanced standby, and removes the file
+SWITCHOVER_TO = f"{HOME}/pgguide-switchover-to"
 
 
 def caught_up_sql(name: str) -> str:
@@ -292,6 +295,8 @@ standbys() {{
     {_pcp(params, "pcp_node_info")} 2>/dev/null | awk -v failed="$failed" \\
         '{{ if (NR - 1 != failed && ($5 == "up" || $5 == "waiting")) print NR - 1, $1 }}'
 }}
+# a planned switchover's target (lib.switchover), while it has not expired: preferred among the most advanced
+read -r wanted until < {SWITCHOVER_TO} 2>/dev/null && [ "${{until:-0}}" -ge "$(date +%s)" ] || wanted=
 choose() {{
     best= best_host= best_bytes=-1 held=
     while read -r id host; do
@@ -299,7 +304,9 @@ choose() {{
         IFS='|' read -r recovery lsn at <<< "$row"
         [ "$recovery" = t ] || continue
         held="$held, node $id ($host) $lsn"
-        if [ "$at" -gt "$best_bytes" ]; then best=$id best_host=$host best_bytes=$at; fi
+        if [ "$at" -gt "$best_bytes" ] || {{ [ "$at" -eq "$best_bytes" ] && [ "$host" = "$wanted" ]; }}; then
+            best=$id best_host=$host best_bytes=$at
+        fi
     done < <(standbys)
 }}
 choose
@@ -318,6 +325,11 @@ if [ -z "$best" ]; then
     exit 1
 fi
 log "standbys:${{held#,}}"
+if [ -n "$wanted" ]; then
+    rm -f {SWITCHOVER_TO}
+    [ "$best_host" = "$wanted" ] && log "a planned switchover to $wanted: it holds as much WAL as any standby" || \
+        log "a planned switchover to $wanted: it holds less WAL than node $best ($best_host), which is promoted instead"
+fi
 log "promoting node $best ($best_host): the most advanced standby"
 
 # 3. The fence: started again, the failed primary comes up as a standby that follows nobody, read-only,

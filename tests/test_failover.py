@@ -216,14 +216,17 @@ esac
 """
 
 
-def run_failover(tmp_path, nodes, ended=None, positions=None, failed=0, synchronous=False):
+def run_failover(tmp_path, nodes, ended=None, positions=None, failed=0, synchronous=False, wanted=None):
     """failover.sh as pgpool runs it when node `failed` (the primary) fails. `nodes`: pcp_node_info's
     lines; `ended`: what the failed host's watch prints (None: the host does not answer);
     `positions`: host -> 'recovery|lsn|bytes', or a list of them, one per time it is asked."""
     data = P.read_file(REPO / "params" / "lab.yaml")
     data["postgres"]["synchronous"] = synchronous
     log = tmp_path / "failover.log"
-    script = failover.failover_script(P.load(data)).replace(failover.FAILOVER_LOG, str(log))
+    script = failover.failover_script(P.load(data)).replace(failover.FAILOVER_LOG, str(log)) \
+        .replace(failover.SWITCHOVER_TO, str(tmp_path / "switchover-to"))
+    if wanted:
+        (tmp_path / "switchover-to").write_text(f"{wanted[0]} {int(time.time()) + wanted[1]}\n")
     (tmp_path / "bin").mkdir()
     for name, text in {"ssh": FAKE_SSH, "pcp_node_info": f"#!/bin/sh\ncat {tmp_path}/nodes\n"}.items():
         (tmp_path / "bin" / name).write_text(text)
@@ -365,3 +368,14 @@ def test_the_wal_kept_aside_is_the_former_timeline_from_the_switch_point_on(tmp_
     assert subprocess.run(["bash", "-c", command], capture_output=True, text=True).returncode == 0
     aside = next(tmp_path.glob("main.diverged-*"))
     assert sorted(p.name for p in aside.iterdir()) == ["000000010000000000000004", "000000010000000000000005"]
+
+
+@pytest.mark.parametrize("wanted, positions, chosen", [
+    ((C, 60), {B: "t|0/5000000|83886080", C: "t|0/5000000|83886080"}, 2),     # a switchover's target, on a tie
+    ((C, 60), {B: "t|0/5000100|83886336", C: "t|0/5000000|83886080"}, 1),     # never when it holds less
+    ((C, -1), {B: "t|0/5000000|83886080", C: "t|0/5000000|83886080"}, 1),     # nor once the request expired
+])
+def test_a_planned_switchover_promotes_its_target_only_when_it_holds_as_much_wal(tmp_path, wanted, positions, chosen):
+    rc, log, _ = run_failover(tmp_path, THREE, ended="shutdown 0/4000028", positions=positions, wanted=wanted)
+    assert rc == 0 and f"promoting node {chosen} ({THREE[chosen][0]}): the most advanced standby" in log, log
+    assert not (tmp_path / "switchover-to").exists() or wanted[1] < 0          # a request is used once

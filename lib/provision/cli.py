@@ -221,6 +221,9 @@ def main(argv: list[str]) -> int:
     mode.add_argument("--diagnose", action="store_true",
                       help="change nothing; find what is wrong with the running cluster, with cause and fix "
                            "(exit 0: healthy, 1: a check failed)")
+    mode.add_argument("--switchover", metavar="HOST",
+                      help="make the standby HOST the primary, losing nothing (a clean stop of the primary, "
+                           "its hand-over, HOST promoted, the old primary rejoined as its standby)")
     mode.add_argument("--teardown", action="store_true",
                       help="stop pgpool and turn the standbys into standalone servers")
     ap.add_argument("--secrets", type=Path, metavar="FILE",
@@ -249,6 +252,9 @@ def main(argv: list[str]) -> int:
     if args.teardown:
         from lib.provision import teardown
         return teardown.main(prm, console.line)
+    if args.switchover:
+        from lib import switchover
+        return locked(prm, lambda: switchover.main(prm, args.switchover, console.line))
     if prm.is_lab:
         start_lab_if_down(args.params.resolve())
     return locked(prm, lambda: provision(args.params.resolve(), prm, console))
