@@ -18,12 +18,12 @@ from typing import Any
 
 import psycopg
 
-from lib import clone_guard, failover, ops, part2, postgres
-from lib.part1 import REPLICATION_ROLE
+from lib import clone_guard, failover, part2, postgres
 from lib.postgres import TEST_DB
 from lib.remote import StepFailed
 from lib.secrets import secret
-from lib.show import expect, table
+from lib.cluster import node_id, node_status, roles_line_now, roles_now, the_primary, timeline_history
+from lib.show import expect, positions_named
 from lib.wait import wait_until
 
 TABLE = "drill_rows"
@@ -163,12 +163,6 @@ def classify(evidence: dict[int, tuple[str, str]], kept: set[int]) -> tuple[list
     return in_flight, defects
 
 
-def timeline_history(primary) -> list[tuple[int, str]]:
-    """The primary's timeline history: (timeline, the WAL position where the next one began), oldest first;
-    empty on the first timeline."""
-    text = postgres.value(primary, "SELECT coalesce(pg_read_file('pg_wal/' || substr(pg_walfile_name("
-                                   "pg_current_wal_lsn()), 1, 8) || '.history', 0, 1000000, true), '')")
-    return [(int(f[0]), f[1]) for f in (l.split("\t") for l in text.splitlines()) if len(f) > 1 and f[0].isdigit()]
 
 
 def timeline_switch(primary) -> str:
@@ -189,15 +183,6 @@ def losses(env, writer: Client) -> Losses:
 
 
 # --- who is who now --------------------------------------------------------------------------------------
-def roles_now(env) -> dict[str, str]:
-    """host name -> 'primary', 'standby', 'down, fenced' (a failed primary failover.sh fenced) or
-    the cluster's state when it is not online."""
-    found = {}
-    for r in failover.database_remotes(env):
-        state = postgres.cluster_state(r)
-        found[r.host.name] = ("standby" if state == "online,recovery" else "primary" if state == "online" else
-                              "down, fenced" if state.startswith("down") and clone_guard.fenced(r) else state)
-    return found
 
 
 def commit_mode(env) -> str:
@@ -213,28 +198,12 @@ def commit_mode(env) -> str:
             f"commits are acknowledged {mode}")
 
 
-def remote_named(env, name: str):
-    return next(r for r in failover.database_remotes(env) if r.host.name == name)
 
 
-def the_primary(env):
-    primaries = [n for n, role in roles_now(env).items() if role == "primary"]
-    expect(len(primaries) == 1, f"the servers' roles are {roles_now(env)}: not exactly one primary.",
-           "two primaries means a split brain: stop the one with fewer writes and rejoin it (rejoin below).")
-    return remote_named(env, primaries[0])
 
 
-def node_id(env, remote) -> int:
-    """pgpool's node id of the server: its place in pgpool.conf, which a parameter file with the roles
-    swapped does not renumber (lib.part2.backend_hosts)."""
-    text = env.pgpool.run(f"cat {shlex.quote(part2.conf(env.params, 'pgpool.conf'))}", user="root").stdout
-    return [h.address for h in part2.backend_hosts(env.params, text)].index(remote.host.address)
 
 
-def node_status(env, remote) -> str:
-    """pgpool's status of the node: up, waiting, down."""
-    out = env.pgpool.run(part2.pcp(env, "pcp_node_info", f"-n {node_id(env, remote)}"), user="postgres").stdout.split()
-    return out[4] if len(out) > 4 else "unknown"
 
 
 def failover_log_since(env, since_epoch: float) -> list[tuple[float, str]]:
@@ -418,11 +387,6 @@ def primary_stops(env, how: str, lagging_s: float = 0) -> Outcome:
     return outcome
 
 
-def positions_named(text: str) -> str:
-    """WAL positions (different on every run) as <lsn>."""
-    return re.sub(r"\b[0-9A-F]+/[0-9A-F]+\b", "<lsn>", text)
-
-
 def within(outcome: Outcome, figure: str, bound: float, said: str) -> None:
     value = outcome.measured[figure]
     expect(value <= bound, f"{said} for {value:.1f} s (the bound is {bound} s).",
@@ -459,198 +423,27 @@ def started_again(env, old) -> str:
 
 
 # --- bringing the old primary back ----------------------------------------------------------------------------
-#: when pg_rewind fails, the old data directory is moved aside under this suffix and a time, never deleted
-SET_ASIDE = ".set-aside-"
-
-def rejoin_proof(remote, primary) -> str:
-    """Why `remote` may be rewound (or, failing that, cloned) from `primary`, read from both hosts:
-    the same cluster (system identifier), and the primary promoted past it (a later timeline).
-    Raises CheckFailed otherwise."""
-    found = clone_guard.read(remote)               # the control file, read the way Part 1's guard reads it
-    mine, my_timeline = found.system_id, found.timeline or 0
-    theirs = postgres.value(primary, "SELECT system_identifier FROM pg_control_system()")
-    timeline = int(postgres.value(primary, "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))"
-                                           "::bit(32)::int"))
-    expect(mine == theirs, f"{remote.host.name} holds another cluster (system identifier {mine}, the primary's "
-                           f"is {theirs}): not rejoined.", "this is not a former member of this cluster; nothing was changed.")
-    expect(timeline > my_timeline, f"{primary.host.name} is on timeline {timeline}, {remote.host.name} on {my_timeline}: "
-                                   f"{primary.host.name} was not promoted past it, so rewinding could lose writes.",
-           "find out which server has the latest writes before anything is wiped; nothing was changed.")
-    return f"same system identifier; {primary.host.name} promoted past {remote.host.name}'s timeline"
 
 
-@dataclass
-class Diverged:
-    """What a former primary holds past the switch point, where the current primary's history left the
-    former primary's timeline: commits the current primary never received, which a rewind discards."""
-    host: str
-    primary: str
-    timeline: int
-    switch_point: str
-    commits: int
-    first_segment: str           # the former primary's WAL file that holds the switch point
-
-    def said(self) -> str:
-        """Stable words for the stored output; the count itself is a measured figure."""
-        if not self.commits:
-            return f"no commit past the switch point that {self.primary} lacks: the rewind discards nothing"
-        return (f"commits past the switch point that {self.primary} never received: the rewind discards them, so "
-                "they are counted (with the figures below) and the WAL from there is kept aside first")
 
 
-#: the pg_waldump lines of a committed transaction
-COMMIT_RECORD = "desc: COMMIT"
 
 
-def diverged(remote, primary, timeline: int) -> Diverged:
-    """Count, with pg_waldump on the former primary's own WAL, the commits it wrote on `timeline`
-    past the point where `primary`'s history left that timeline (read from its .history file)."""
-    switch = dict(timeline_history(primary)).get(timeline)
-    expect(switch is not None, f"{primary.host.name}'s timeline history does not say where it left timeline "
-                               f"{timeline}, {remote.host.name}'s: what {remote.host.name} holds past it cannot be told.",
-           f"look at pg_wal/*.history on {primary.host.name}; nothing was changed.")
-    p = remote.params.postgres
-    data = shlex.quote(p["data_dir"].rstrip("/"))
-    waldump = (f"/usr/lib/postgresql/{int(p['version'])}/bin/pg_waldump --path={data}/pg_wal "
-               f"--timeline={timeline} --start={switch}")
-    # pg_waldump stops with an error at the end of the WAL: its count is what it read up to there
-    out = remote.run(f"{waldump} 2>/dev/null | grep -c {shlex.quote(COMMIT_RECORD)} || true", user="postgres").stdout
-    segment = postgres.value(primary, f"SELECT pg_walfile_name('{switch}')")
-    return Diverged(remote.host.name, primary.host.name, timeline, switch, int(out.strip() or 0),
-                    f"{timeline:08X}{segment[8:]}")
 
 
-#: the former primary's WAL past the switch point is copied beside its data directory, under this suffix
-DIVERGED = ".diverged-"
 
 
-def keep_diverged(remote, found: Diverged) -> ops.Command:
-    """Copy the former primary's WAL files from the one holding the switch point on, of its timeline,
-    beside its data directory, before the rewind discards them."""
-    data = remote.params.postgres["data_dir"].rstrip("/")
-    aside = f"{data}{DIVERGED}$(date -u +%Y%m%dT%H%M%SZ)"
-    # compared as strings: awk would take the names for numbers, too long for a float's precision
-    pick = (f"awk -v f={found.first_segment} "
-            "'length($0) == 24 && substr($0, 1, 8) == substr(f, 1, 8) && ($0 \"\") >= (f \"\")'")
-    return ops.Command(remote, "postgres", f"a={aside} && mkdir \"$a\" && cd {shlex.quote(data)}/pg_wal && "
-                       f"ls | {pick} | xargs -r cp -p -t \"$a\" && echo \"kept in $a: $(ls \"$a\" | wc -l) WAL files\"",
-                       shown=f"a={aside} && mkdir \"$a\" && cp -p <its WAL files from the switch point on> \"$a\"",
-                       normalize=lambda out: re.sub(rf"{re.escape(DIVERGED)}\d{{8}}T\d{{6}}Z: \d+ WAL files",
-                                                    f"{DIVERGED}<time>: its WAL files", out),
-                       summary=f"{remote.host.name}'s WAL past the switch point kept aside")
 
 
-def rewind_output(text: str) -> str:
-    """pg_rewind's own lines, with WAL positions and timeline numbers (different on every run) named.
-    The server's log lines from the crash recovery it runs first (time stamps, pids) are summed up."""
-    lines = [l for l in text.splitlines() if l.startswith(("pg_rewind", "pg_basebackup"))]
-    lines = [l.replace('pg_rewind: executing "', "pg_rewind: executing ").split('" for target server')[0]
-             + (" for target server to complete crash recovery" if "for target server" in l else "") for l in lines]
-    text = positions_named("\n".join(lines))
-    text = re.sub(rf"{re.escape(SET_ASIDE)}\d{{8}}T\d{{6}}Z", f"{SET_ASIDE}<time>", text)
-    text = re.sub(r"on timeline \d+", "on timeline <n>", text)
-    # Whether there is anything to copy back is a race (did the old primary's last WAL record reach
-    # the standby before it was promoted?): both ends are one outcome, the old primary in step.
-    in_step = "pg_rewind: in step with the new primary (rewound from the last common checkpoint, or nothing to rewind)"
-    text = text.replace("pg_rewind: no rewind required", in_step)
-    return re.sub(r"pg_rewind: rewinding from last common checkpoint at <lsn> on timeline <n>(\npg_rewind: Done!)?",
-                  in_step, text)
 
 
-def rejoin(env, remote, outcome: Outcome | None = None) -> ops.Step:
-    """The failed primary `remote` as a standby of the current primary: first a look at what it holds
-    past the switch point (counted, its WAL kept aside; options.refuse_diverged refuses instead), then
-    pg_rewind (falling back to a new base backup when it cannot, the old data directory moved aside),
-    primary_conninfo with passfile, started, attached in pgpool once caught up. With the drill's
-    `outcome`, the count is among its figures and must cover the rows the writer lost."""
-    primary, step = the_primary(env), ops.Step("rejoin")
-    p, name = env.params.postgres, remote.host.name
-    data, bin_dir = shlex.quote(p["data_dir"]), f"/usr/lib/postgresql/{int(p['version'])}/bin"
-    state = postgres.cluster_state(remote)
-    if state == "online,recovery" and clone_guard.streaming_from_primary(remote, primary) == "streaming":
-        step.note(remote, f"already a standby streaming from {primary.host.name}")
-    else:
-        expect(state in ("down", "down,recovery", "online,recovery"), f"{name} is {state}: it runs as a primary beside "
-               f"{primary.host.name}, and may hold writes that {primary.host.name} lacks. Not rejoined.",
-               f"decide which server's writes to keep; stop the other (systemctl stop on {name}) and rejoin it.")
-        step.note(remote, rejoin_proof(remote, primary))
-        look = diverged(remote, primary, clone_guard.read(remote).timeline or 0)
-        expect(not (look.commits and env.params.options["refuse_diverged"]),
-               f"{name} holds {look.commits} commits past the switch point {look.switch_point} that "
-               f"{primary.host.name} never received; options.refuse_diverged is set: not rejoined, nothing was changed.",
-               f"decide whether those commits matter (pg_waldump on {name}), keep what you need, then rejoin "
-               "without refuse_diverged.")
-        step.note(remote, look.said())
-        if outcome is not None:
-            outcome.measured["commits only the old primary held"] = look.commits
-            if outcome.lost and outcome.lost.in_flight:
-                expect(len(outcome.lost.in_flight) <= look.commits,
-                       f"the writer lost {len(outcome.lost.in_flight)} acknowledged rows, but {name} holds only "
-                       f"{look.commits} commits past the switch point.", "the loss is not explained by the rows in "
-                       "flight: read both servers' logs.")
-                step.note(remote, "every acknowledged row the drill lost is among them: yes")
-        if look.commits:
-            step.do(keep_diverged(remote, look))
-        source = f"host={primary.host.address} port={p['port']} user={REPLICATION_ROLE} dbname=postgres"
-        if state.startswith("online"):       # a plain command, not a handler: it must stop before the rewind
-            step.do(ops.Command(remote, "root", f"systemctl stop {shlex.quote(p['service'])}",
-                                summary=f"{name} stopped for the rewind"))
-        step.do(ops.Sql(primary, "postgres", statement=("CHECKPOINT;",),
-                        summary="checkpoint: pg_rewind reads the new timeline from the control file"))
-        # standby.signal (failover.sh's fence) would make pg_rewind's single-user crash recovery refuse to run;
-        # the server is down, and the file is written again below before it starts
-        rewind = (f"rm -f {data}/standby.signal && {bin_dir}/pg_rewind -D {data} --source-server={shlex.quote(source)} "
-                  f"--config-file={shlex.quote(p['conf_dir'])}/postgresql.conf")
-        aside = f"{p['data_dir'].rstrip('/')}{SET_ASIDE}$(date -u +%Y%m%dT%H%M%SZ)"
-        clone = (f"mv {data} \"$aside\" && install -d -m 700 {data} && {bin_dir}/pg_basebackup -h {primary.host.address} "
-                 f"-p {p['port']} -U {REPLICATION_ROLE} -D {data} -X stream -c fast")
-        step.do(ops.Command(remote, "postgres", f"{rewind} 2>&1 || {{ aside={aside}; echo \"pg_rewind failed: the old data "
-                            f"directory is kept as $aside; a new base backup instead\"; {clone}; }}",
-                            shown=f"{rewind}    # if it fails: {clone.replace('$aside', aside)}",
-                            normalize=rewind_output, summary=f"{name} rewound to {primary.host.name}'s history",
-                            timeout=env.params.options["step_timeout"]))
-        conninfo = failover.standby_conninfo(env.params, primary.host.address, name)
-        auto = f"{data}/postgresql.auto.conf"
-        step.do(ops.Command(remote, "postgres", f"sed -i '/^primary_conninfo/d; /^synchronous_standby_names/d' {auto} && "
-                            f"echo \"primary_conninfo = '{conninfo}'\" >> {auto} && touch {data}/standby.signal",
-                            summary=f"{name} configured as a standby of {primary.host.name}"))
-        step.do(ops.Command(remote, "root", f"systemctl start {shlex.quote(p['service'])} && "
-                            f"rm -f {shlex.quote(clone_guard.fence_marker(env.params))}",
-                            summary=f"{name} started as a standby", hint=f"read {p['log_file']} on {name}"))
-    # attached only once the primary itself sees it streaming and caught up (a forked standby never is)
-    caught_up = ops.wait_for(f"[ \"$(psql -XAtc {shlex.quote(failover.caught_up_sql(name))})\" = t ]", 60,
-                             f"{primary.host.name} does not see {name} streaming and caught up")
-    step.do(ops.Command(primary, "postgres", caught_up, show_output=False,
-                        shown=f"psql -XAtc \"{failover.caught_up_sql(name)}\"    # until it says t",
-                        summary=f"{primary.host.name} sees {name} streaming and caught up",
-                        hint=f"read {p['log_file']} on {name}: a standby that forked off cannot stream"))
-    n = node_id(env, remote)
-    attach = part2.pcp(env, "pcp_attach_node", f"-n {n}")
-    step.do(ops.Command(env.pgpool, "postgres",
-                        f"[ \"$({part2.pcp(env, 'pcp_node_info', f'-n {n}')} | cut -d' ' -f5)\" != down ] || {attach}",
-                        shown=f"{attach}    # unless auto_failback has attached it already", show_output=False,
-                        summary=f"node {n} ({name}) attached"))
-    return step.verify("every node up in pgpool", partial(all_up, env))
 
 
-def all_up(env, timeout: float = 60) -> str:
-    """Every node up (or waiting for its first client) in pgpool, one primary, standbys streaming."""
-    nodes = part2.wait_for_nodes(part2.via_pgpool(env), env.params, timeout=timeout, also_waiting=True)
-    expect(part2.nodes_ready(nodes, also_waiting=True), "not every node is up in pgpool with one primary and streaming standbys.",
-           f"read {failover.FAILOVER_LOG} and pgpool's log; a node left down: rejoin it (above).")
-    return nodes_now(env)
 
 
-NODE_COLUMNS = ("node_id", "hostname", "status", "pg_status", "role", "pg_role", "replication_state")
 
 
-def nodes_now(env) -> str:
-    """SHOW pool_nodes, the columns that do not change from run to run. "waiting" (attached, not
-    used by a session yet) reads as up: which node a session happened to use first varies."""
-    with part2.via_pgpool(env)() as conn:
-        nodes = part2.pool_nodes(conn)
-    rows = [[("up" if c == "status" and n[c] == "waiting" else n[c] or "") for c in NODE_COLUMNS] for n in nodes]
-    return f"{part2.through_pgpool_prompt(env)}SHOW pool_nodes;\n" + table(list(NODE_COLUMNS), rows)
+
 
 
 # --- a standby stops; pgpool restarts ----------------------------------------------------------------------
@@ -784,8 +577,6 @@ def pgpool_restarts(env) -> Outcome:
     return outcome
 
 
-def roles_line_now(env, roles: dict | None = None) -> str:
-    return "roles now: " + ", ".join(f"{n} {r}" for n, r in (roles or roles_now(env)).items())
 
 
 def roles_line(env) -> str:
@@ -793,8 +584,8 @@ def roles_line(env) -> str:
     now = roles_now(env)
     wanted = {h.name: h.role for h in env.params.database_hosts}
     expect(now == wanted, f"the servers' roles are {now}, not {wanted}.",
-           "a drill stopped half way: rejoin the stopped server (drills.rejoin(env, drills.remote_named(env, NAME))"
-           ".apply()) and switch back as the cells of drill 1 do, or provision a fresh lab; then run again.")
+           "a drill stopped half way: provision again (ci/provision rejoins a former primary) and switch back "
+           "(ci/provision --switchover NAME), or provision a fresh lab; then run again.")
     return "roles: " + ", ".join(f"{n} {r}" for n, r in now.items())
 
 

@@ -2,10 +2,11 @@
 
 pgpool detects a failed server (its health check, lib.part2.HEALTH_CHECK) and detaches it. For a
 standby that is all. For the primary, pgpool runs `failover_command`: our failover.sh, as postgres
-on the pgpool host, promotes the next server over SSH. Afterwards `follow_primary_command`
-(follow_primary.sh) points every other running standby at the new primary. The failed primary
-itself is brought back later, by a person, with `rejoin` (lib.drills): pg_rewind, which needs
-wal_log_hints (Part 1, Step 2).
+on the pgpool host, waits for a clean stop's hand-over, promotes the most advanced standby over SSH
+and fences the old primary. Afterwards `follow_primary_command` (follow_primary.sh) points every
+other running standby at the new primary, and `failback_command` (failback.sh) keeps a node attached
+only once the primary sees it caught up. The failed primary itself comes back later, through
+lib.rejoin (provisioning runs it, lib.heal): pg_rewind, which needs wal_log_hints (Part 1, Step 2).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The parameter file names the cluster's members and its *preferred* primary; which server is the
 primary is a fact of the cluster. When a failover has promoted a standby, provisioning keeps it as
-the primary, rejoins the former primary as its standby (lib.drills.rejoin: it counts and keeps aside
+the primary, rejoins the former primary as its standby (lib.rejoin: it counts and keeps aside
 what the former primary alone held, or refuses with options.refuse_diverged), and then runs the
 notebooks with the roles as they are. pgpool keeps its node numbers (lib.part2.backend_hosts).
 """
@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import copy
 import io
+import shlex
 from contextlib import redirect_stdout
+from types import SimpleNamespace
 
-from lib import clone_guard, postgres
-
-
-def running_primary(env, states: dict | None = None):
-    """The one database server that runs as a primary, or None (none, or two: a split brain, which no
-    provisioning may settle)."""
-    states = states or {r: postgres.cluster_state(r) for r in [env.primary, *env.standbys]}
-    running = [r for r, state in states.items() if state == "online"]
-    return running[0] if len(running) == 1 else None
+from lib import clone_guard, cluster, rejoin
 
 
 def former_primaries(env, primary, states: dict) -> list:
@@ -49,10 +43,9 @@ def heal(env, parameters: dict, say) -> dict | None:
     """Rejoin each former primary when a failover promoted another server; the `parameters` to go on
     with (the roles as they are), or None when there is nothing to heal. The rejoin's transcript is
     said line by line; a refusal raises before anything changes."""
-    from lib import drills                      # the rejoin, shared with notebook 04
     try:
-        states = {r: postgres.cluster_state(r) for r in [env.primary, *env.standbys]}
-        primary = running_primary(env, states)
+        states = cluster.states(env)
+        primary = cluster.running_primary(env, states)
         former = former_primaries(env, primary, states) if primary else []
     except Exception:                           # a host that does not answer: notebook 00's preflight says why
         return None
@@ -65,13 +58,19 @@ def heal(env, parameters: dict, say) -> dict | None:
     say(f"heal: {name} runs as the primary (a failover promoted it){preferred}. Keeping {name}"
         + (f", rejoining {', '.join(r.host.name for r in former)} as its standby:" if former else "."))
     for old in former:
-        transcript = io.StringIO()
+        transcript, counted = io.StringIO(), SimpleNamespace(measured={}, lost=None)
         try:
             with redirect_stdout(transcript):
-                drills.rejoin(env, old).apply()
+                rejoin.former_primary(env, old, counted).apply()
         finally:
             for line in transcript.getvalue().rstrip().splitlines():
                 say(f"  {line}")
+        held = counted.measured.get(rejoin.COUNTED, 0)
+        if held:
+            pattern = shlex.quote(env.params.postgres["data_dir"].rstrip("/") + rejoin.DIVERGED) + "*"
+            kept = old.run(f"ls -d {pattern} | tail -n 1", user="root").stdout.strip()
+            say(f"heal: {old.host.name} held {held} commits that {name} never received: the rewind discarded them; "
+                f"their WAL is kept on {old.host.name} in {kept} (pg_waldump reads it)")
     if primary is env.primary:
         return parameters
     say(f"heal: provisioning goes on with {name} as the primary (to make {env.primary.host.name} the primary "
@@ -82,7 +81,7 @@ def heal(env, parameters: dict, say) -> dict | None:
 def roles_as_they_are(env) -> dict | None:
     """For --check: the parameters with the roles as they are once the preferred primary streams
     from the promoted one (healed), else None."""
-    primary = running_primary(env)
+    primary = cluster.running_primary(env)
     if primary is None or primary is env.primary or \
             clone_guard.streaming_from_primary(env.primary, primary) != "streaming":
         return None

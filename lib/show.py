@@ -4,6 +4,7 @@ Print only what is stable, so that stored outputs are documentation and a test a
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 
@@ -37,3 +38,8 @@ def fields(pairs: Iterable[tuple[str, object]], indent: int = 2) -> str:
     pairs = list(pairs)
     width = max(len(k) for k, _ in pairs)
     return "\n".join(" " * indent + f"{k.ljust(width)}  {v}" for k, v in pairs)
+
+
+def positions_named(text: str) -> str:
+    """WAL positions (different on every run) as <lsn>, for outputs that are compared."""
+    return re.sub(r"\b[0-9A-F]+/[0-9A-F]+\b", "<lsn>", text)

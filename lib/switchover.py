@@ -7,7 +7,7 @@
 3. The primary is stopped cleanly. Its shutdown hands every WAL record to the standbys; pgpool detaches
    it and runs failover.sh, which waits for that hand-over, promotes HOST and fences the old primary;
    follow_primary.sh points the other standbys at HOST.
-4. The old primary rejoins as HOST's standby (lib.drills.rejoin: the look, then pg_rewind), and every
+4. The old primary rejoins as HOST's standby (lib.rejoin: the look, then pg_rewind), and every
    node is up.
 
 It is also the way back to the preferred primary after a failover.
@@ -18,7 +18,7 @@ import shlex
 import time
 from typing import Callable
 
-from lib import failover, heal, ops, postgres
+from lib import cluster, failover, ops, postgres, rejoin
 from lib.remote import Hosts
 from lib.show import CheckFailed, expect
 
@@ -36,8 +36,7 @@ def target(env, name: str):
 
 def ready(env, new) -> tuple:
     """(the current primary, the proof) that `new` can take over, read from the hosts; raises otherwise."""
-    from lib import drills
-    old = heal.running_primary(env)
+    old = cluster.running_primary(env)
     expect(old is not None, "there is not exactly one running primary: no switchover.",
            "provision first (it rejoins a former primary), or run --diagnose. Nothing was changed.")
     name = new.host.name
@@ -46,7 +45,7 @@ def ready(env, new) -> tuple:
     expect(caught_up == "t", f"{old.host.name} does not see {name} streaming and replayed to within "
                              f"{failover.ATTACH_LAG_BYTES} bytes: a switchover now would wait for it or lose writes.",
            f"let {name} catch up (pg_stat_replication on {old.host.name}), or provision again. Nothing was changed.")
-    status = drills.node_status(env, new)
+    status = cluster.node_status(env, new)
     expect(status in ("up", "waiting"), f"pgpool has {name} {status}: it would not promote it.",
            "provision again (Step 34 attaches a healthy node). Nothing was changed.")
     return old, f"{old.host.name} sees {name} streaming and caught up; pgpool uses it ({status})"
@@ -75,14 +74,13 @@ def run(env, name: str) -> str:
     import io
     from contextlib import redirect_stdout
 
-    from lib import drills
     out = io.StringIO()
     with redirect_stdout(out):
         new = target(env, name)
         old, proof = ready(env, new)
         plan(env, old, new, proof).apply()
-        drills.rejoin(env, old).apply()
-        print(drills.roles_line_now(env))
+        rejoin.former_primary(env, old).apply()
+        print(cluster.roles_line_now(env))
     return out.getvalue()
 
 

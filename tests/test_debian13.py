@@ -213,6 +213,52 @@ def test_switchover_there_and_back_loses_nothing(provisioned_twice, capsys):
         env.close()
 
 
+def test_after_a_crash_provisioning_counts_and_keeps_what_only_the_old_primary_held(provisioned_twice, tmp_path):
+    """Both standbys lag (their WAL receivers paused) when the primary crashes, so alpha holds commits
+    no standby received. With options.refuse_diverged provisioning refuses, naming the count and
+    changing nothing. With the unchanged file it heals: alpha's WAL past the switch point kept aside,
+    its commits counted (at least the acknowledged rows the writer lost), the new primary's rows all
+    kept, every node up. A switchover then gives alpha its role back."""
+    env = Hosts(PARAMS)
+    try:
+        drills.prepare(env)
+        with drills.Traffic(env) as traffic:
+            time.sleep(1)
+            for standby in env.standbys:        # both fall behind: nobody receives the last commits
+                standby.run(drills.stall_receiver(standby, 3), user="root")
+            time.sleep(1)
+            on(PRIMARY, "sudo kill -9 $(sudo head -1 /var/lib/postgresql/17/main/postmaster.pid)")
+            promoted = None
+            for _ in range(100):
+                promoted = next((s for s in STANDBYS if psql(s, "SELECT pg_is_in_recovery()") == "f"), None)
+                if promoted and traffic.writer.first_ok_after(time.monotonic() - 0.5):
+                    break
+                time.sleep(0.2)
+            assert promoted, "no standby was promoted"
+        lost = drills.losses(env, traffic.writer)
+        assert lost.in_flight and not lost.defects, lost            # asynchronous: a tail, in flight
+
+        refusing = variant(tmp_path, PARAMS.environment, lambda d: d.setdefault("options", {}).update(
+            refuse_diverged=True), base=PARAMS_FILE)
+        refused = provision_file(refusing, check=False)
+        assert refused.returncode == 1 and "options.refuse_diverged is set: not rejoined, nothing was changed" \
+            in refused.stdout, refused.stdout
+        assert on(PRIMARY, "pg_lsclusters --no-header 17 main").split()[3].startswith("down")
+
+        healed = provision()
+        held = int(re.search(r"heal: alpha held (\d+) commits that \w+ never received", healed).group(1))
+        assert held >= len(lost.in_flight), (held, len(lost.in_flight))
+        kept = re.search(r"their WAL is kept on alpha in (\S+) ", healed).group(1)
+        assert on(PRIMARY, f"sudo ls {kept}").split(), kept
+        assert psql(PRIMARY, "SELECT pg_is_in_recovery()") == "t" and "provision succeeded" in healed
+        assert drills.losses(env, traffic.writer).lost == lost.lost       # nothing else went missing
+        provision("--switchover", "alpha")
+        assert "roles: alpha primary, bravo standby, charlie standby" == drills.roles_line(env)
+    finally:
+        drills.clean_up(env)
+        env.close()
+
+
 def test_teardown_leaves_every_standby_standalone(provisioned_twice):
     out = provision("--teardown")
     assert f"{POOL.name} (root) $ systemctl disable --now pgpool2" in out

@@ -7,7 +7,7 @@ import time
 import nbformat
 import pytest
 
-from lib import REPO, drills, failover, part2
+from lib import REPO, drills, failover, part2, rejoin
 from lib import params as P
 
 PARAMS = P.load()
@@ -86,7 +86,7 @@ def test_standby_conninfo_holds_no_password():
 
 
 def test_pg_rewind_output_keeps_its_own_lines_with_positions_named():
-    out = drills.rewind_output(
+    out = rejoin.rewind_output(
         'pg_rewind: executing "/usr/lib/postgresql/15/bin/postgres" for target server to complete crash recovery\n'
         "2026-11-27 16:15:50.729 UTC [5810] LOG:  database system was interrupted\n"
         "backend> 2026-11-27 16:15:50.737 UTC [5810] LOG:  checkpoint starting\n"
@@ -97,10 +97,10 @@ def test_pg_rewind_output_keeps_its_own_lines_with_positions_named():
 
 
 def test_pg_rewind_copying_or_not_reads_the_same_since_it_is_a_race():
-    rewound = drills.rewind_output("pg_rewind: servers diverged at WAL location 0/5000 on timeline 3\n"
+    rewound = rejoin.rewind_output("pg_rewind: servers diverged at WAL location 0/5000 on timeline 3\n"
                                    "pg_rewind: rewinding from last common checkpoint at 0/4F00 on timeline 2\n"
                                    "pg_rewind: Done!")
-    nothing = drills.rewind_output("pg_rewind: servers diverged at WAL location 0/5000 on timeline 3\n"
+    nothing = rejoin.rewind_output("pg_rewind: servers diverged at WAL location 0/5000 on timeline 3\n"
                                    "pg_rewind: no rewind required")
     assert rewound == nothing and rewound.endswith("in step with the new primary (rewound from the last common "
                                                    "checkpoint, or nothing to rewind)")
@@ -336,8 +336,8 @@ def test_failback_keeps_a_standby_attached_only_when_the_primary_sees_it_caught_
 
 
 def test_what_a_former_primary_alone_held_is_said_in_stable_words_and_its_copy_named():
-    none = drills.Diverged("vm1", "vm2", 1, "0/5000200", 0, "000000010000000000000005")
-    some = drills.Diverged("vm1", "vm2", 1, "0/5000200", 47, "000000010000000000000005")
+    none = rejoin.Diverged("vm1", "vm2", 1, "0/5000200", 0, "000000010000000000000005")
+    some = rejoin.Diverged("vm1", "vm2", 1, "0/5000200", 47, "000000010000000000000005")
     assert none.said() == "no commit past the switch point that vm2 lacks: the rewind discards nothing"
     assert "never received: the rewind discards them, so they are counted" in some.said()
     assert not re.search(r"\d", (some.said() + none.said()).replace("vm2", ""))   # no count or timeline: the same every run
@@ -345,7 +345,7 @@ def test_what_a_former_primary_alone_held_is_said_in_stable_words_and_its_copy_n
     class Remote:
         params = PARAMS
         host = type("Host", (), {"name": "vm1"})
-    keep = drills.keep_diverged(Remote, some)
+    keep = rejoin.keep_diverged(Remote, some)
     assert "awk -v f=000000010000000000000005" in keep.command and "cp -p -t" in keep.command
     assert keep.normalize("kept in /var/lib/postgresql/15/main.diverged-20261206T164500Z: 3 WAL files") == \
         "kept in /var/lib/postgresql/15/main.diverged-<time>: its WAL files"
@@ -363,7 +363,7 @@ def test_the_wal_kept_aside_is_the_former_timeline_from_the_switch_point_on(tmp_
     class Remote:
         params = PARAMS
         host = type("Host", (), {"name": "vm1"})
-    keep = drills.keep_diverged(Remote, drills.Diverged("vm1", "vm2", 1, "0/4000100", 3, "000000010000000000000004"))
+    keep = rejoin.keep_diverged(Remote, rejoin.Diverged("vm1", "vm2", 1, "0/4000100", 3, "000000010000000000000004"))
     command = keep.command.replace("/var/lib/postgresql/15/main", str(tmp_path / "main"))
     assert subprocess.run(["bash", "-c", command], capture_output=True, text=True).returncode == 0
     aside = next(tmp_path.glob("main.diverged-*"))
