@@ -326,38 +326,40 @@ def _run(traffic: Traffic, remote, command: str, user: str, outcome: Outcome, un
     outcome.end = time.monotonic()
 
 
-#: a standby's WAL receiver process, by its title
-WAL_RECEIVER = "^postgres: .*walreceiver"
-
-
-def stall_receiver(remote, seconds: float) -> str:
-    """The command that pauses the standby's WAL receiver (SIGSTOP) for `seconds` and resumes it,
-    from the host itself through a transient unit: the standby falls behind while the primary
-    commits. Fails unless a WAL receiver runs there."""
-    found = remote.run(f"pgrep -f {shlex.quote(WAL_RECEIVER)}", user="root", check=False).stdout.strip()
-    expect(found, f"no WAL receiver runs on {remote.host.name}: it cannot be made to lag.",
+def stall_sender(primary, standby, seconds: float) -> str:
+    """The command that pauses, on the primary, the WAL sender that serves `standby` (SIGSTOP) for
+    `seconds` and resumes it, from the host itself through a transient unit: the primary commits on,
+    and that standby falls behind, the WAL not yet sent. Fails unless such a sender runs."""
+    title = f"walsender .* {standby.host.address}\\("
+    found = primary.run(f"pgrep -f {shlex.quote(title)}", user="root", check=False).stdout.strip()
+    expect(found, f"no WAL sender on {primary.host.name} serves {standby.host.name}: it cannot be made to lag.",
            "every node must be up and streaming before a drill (notebook 02, Step 34).")
-    pause = f"p=$(pgrep -f '{WAL_RECEIVER}'); kill -STOP $p; sleep {seconds:g}; kill -CONT $p"
-    return f"systemd-run --quiet --collect --unit=pgguide-drill-stall sh -c {shlex.quote(pause)}"
+    pause = f"p=$(pgrep -f '{title}'); kill -STOP $p; sleep {seconds:g}; kill -CONT $p"
+    return f"systemd-run --quiet --collect --unit=pgguide-drill-stall-{standby.host.name} sh -c {shlex.quote(pause)}"
+
+
+#: a crash of the whole server: every process of the postgres user killed at once, so that no WAL sender
+#: sends another byte (kill -9 of the postmaster alone leaves its children to notice, and send, a moment later)
+KILL_ALL = "pkill -KILL -u postgres -x postgres"
 
 
 def primary_stops(env, how: str, lagging_s: float = 0) -> Outcome:
-    """Stop the primary (`how`: 'stop' with systemctl, 'kill' with kill -9 of the postmaster), with
-    clients running; pgpool runs failover.sh, which promotes the most advanced standby. With
-    `lagging_s` the first standby's WAL receiver is paused that long, a second before the stop, so
-    that it lags behind the primary (and behind any other standby). Returns what the clients saw."""
+    """Stop the primary (`how`: 'stop' with systemctl, 'kill' with SIGKILL to every process of the
+    server at once, as a power cut would), with clients running; pgpool runs failover.sh, which
+    promotes the most advanced standby. With `lagging_s` the primary's WAL sender to the first
+    standby is paused that long, a second before the stop, so that this standby lags behind the
+    primary (and behind any other standby). Returns what the clients saw."""
     old, epoch = the_primary(env), time.time()
     p = env.params.postgres
-    command = {"stop": f"systemctl stop {shlex.quote(p['service'])}",
-               "kill": f"kill -9 $(head -1 {shlex.quote(p['data_dir'])}/postmaster.pid)"}[how]
+    command = {"stop": f"systemctl stop {shlex.quote(p['service'])}", "kill": KILL_ALL}[how]
     shown = f"{old.host.name} (root) $ {command}    # the primary, while a writer and a reader use pgpool"
     before = None
     if lagging_s:
         lagging = a_standby(env)
-        stall = stall_receiver(lagging, lagging_s)
-        shown = (f"{lagging.host.name} (root) $ {stall}    # a standby falls behind: its WAL receiver paused "
-                 f"for {lagging_s:g} s\n{shown}")
-        before = partial(lagging.run, stall, user="root")
+        stall = stall_sender(old, lagging, lagging_s)
+        shown = (f"{old.host.name} (root) $ {stall}    # {lagging.host.name} falls behind: the WAL sender serving "
+                 f"it paused for {lagging_s:g} s\n{shown}")
+        before = partial(old.run, stall, user="root")
     outcome = Outcome(shown, stopped=old)
 
     def promoted_elsewhere():

@@ -261,8 +261,8 @@ def failover_script(params) -> str:
         # suspended before the promotion: the new primary's first commits must not wait for the failed one
         promote = f"{SUSPEND} >/dev/null; {promote}"
     data = shlex.quote(p["data_dir"].rstrip("/"))
-    position = ("SELECT pg_is_in_recovery(), l, l - '0/0'::pg_lsn FROM (SELECT coalesce(greatest("
-                "pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0') AS l) AS s")
+    position = ("SELECT pg_is_in_recovery(), l, l - '0/0'::pg_lsn, coalesce((SELECT status FROM pg_stat_wal_receiver), "
+                "'none') FROM (SELECT coalesce(greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0') AS l) AS s")
     return f"""#!/bin/bash
 # pgpool runs this as postgres on the pgpool host when it detaches a node (written by pgguide):
 #   failover_command = '{FAILOVER_SCRIPT} %d %h %P %m %H %N'
@@ -299,11 +299,12 @@ standbys() {{
 # a planned switchover's target (lib.switchover), while it has not expired: preferred among the most advanced
 read -r wanted until < {SWITCHOVER_TO} 2>/dev/null && [ "${{until:-0}}" -ge "$(date +%s)" ] || wanted=
 choose() {{
-    best= best_host= best_bytes=-1 held=
+    best= best_host= best_bytes=-1 held= streaming=0
     while read -r id host; do
         row=$(on "$host" "psql -XAtc \\"{position}\\"" </dev/null 2>/dev/null) || continue
-        IFS='|' read -r recovery lsn at <<< "$row"
+        IFS='|' read -r recovery lsn at receiver <<< "$row"
         [ "$recovery" = t ] || continue
+        [ "$receiver" = streaming ] && streaming=$((streaming + 1))
         held="$held, node $id ($host) $lsn"
         if [ "$at" -gt "$best_bytes" ] || {{ [ "$at" -eq "$best_bytes" ] && [ "$host" = "$wanted" ]; }}; then
             best=$id best_host=$host best_bytes=$at
@@ -319,6 +320,20 @@ if [ -n "$checkpoint" ]; then
         log "hand-over complete: node $best ($best_host) has received the shutdown checkpoint"
     else
         log "hand-over incomplete after {HANDOVER_S} s: no standby has received up to $checkpoint"
+    fi
+fi
+# WAL the old primary sent before it went may still wait in a standby's socket, unread (its WAL receiver
+# busy or stalled): that standby would end up ahead of the one promoted, forked off. Its receiver stops
+# streaming only once it has read up to the closed connection, so wait for that (not for a silent host,
+# whose connections stay open until wal_receiver_timeout).
+if [ "$ended" != silent ] && [ "$ended" != running ]; then
+    until [ "$streaming" -eq 0 ] || [ "$SECONDS" -ge {HANDOVER_S} ]; do
+        sleep 0.2; choose
+    done
+    if [ "$streaming" -eq 0 ]; then
+        log "every standby has read all that reached it of node $failed's WAL"
+    else
+        log "$streaming standby(s) still stream after {HANDOVER_S} s: deciding on what they hold now"
     fi
 fi
 if [ -z "$best" ]; then

@@ -214,8 +214,8 @@ def test_switchover_there_and_back_loses_nothing(provisioned_twice, capsys):
 
 
 def test_after_a_crash_provisioning_counts_and_keeps_what_only_the_old_primary_held(provisioned_twice, tmp_path):
-    """Both standbys lag (their WAL receivers paused) when the primary crashes, so alpha holds commits
-    no standby received. With options.refuse_diverged provisioning refuses, naming the count and
+    """Both standbys lag (the primary's WAL senders paused) when the primary crashes, so alpha holds
+    commits no standby received. With options.refuse_diverged provisioning refuses, naming the count and
     changing nothing. With the unchanged file it heals: alpha's WAL past the switch point kept aside,
     its commits counted (at least the acknowledged rows the writer lost), the new primary's rows all
     kept, every node up. A switchover then gives alpha its role back."""
@@ -224,10 +224,10 @@ def test_after_a_crash_provisioning_counts_and_keeps_what_only_the_old_primary_h
         drills.prepare(env)
         with drills.Traffic(env) as traffic:
             time.sleep(1)
-            for standby in env.standbys:        # both fall behind: nobody receives the last commits
-                standby.run(drills.stall_receiver(standby, 3), user="root")
+            for standby in env.standbys:        # both fall behind: the last commits are sent to nobody
+                env.primary.run(drills.stall_sender(env.primary, standby, 3), user="root")
             time.sleep(1)
-            on(PRIMARY, "sudo kill -9 $(sudo head -1 /var/lib/postgresql/17/main/postmaster.pid)")
+            env.primary.run(drills.KILL_ALL, user="root")
             promoted = None
             for _ in range(100):
                 promoted = next((s for s in STANDBYS if psql(s, "SELECT pg_is_in_recovery()") == "f"), None)

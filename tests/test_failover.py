@@ -258,6 +258,7 @@ def test_failover_promotes_the_most_advanced_standby_not_the_lowest_node(tmp_pat
     assert rc == 0, log
     assert log == [f"primary node 0 ({A}) failed",
                    f"node 0 ({A}) stopped without a clean shutdown: no hand-over",
+                   "every standby has read all that reached it of node 0's WAL",
                    f"standbys: node 1 ({B}) 0/5000000, node 2 ({C}) 0/5000100",
                    f"promoting node 2 ({C}): the most advanced standby",
                    f"node 0 ({A}) fenced: it can start only as a standby that follows nobody, until it is rejoined",
@@ -288,10 +289,23 @@ def test_a_clean_stop_is_handed_over_before_the_promotion(tmp_path):
                                   positions={B: ["t|0/5000000|83886080", "t|0/5000000|83886080", "t|0/50000A0|83886240"],
                                              C: "t|0/5000000|83886080"})
     assert rc == 0, log
-    assert log[1:4] == [f"node 0 ({A}) shut down cleanly: its last checkpoint is 0/5000028",
+    assert log[1:5] == [f"node 0 ({A}) shut down cleanly: its last checkpoint is 0/5000028",
                         f"hand-over complete: node 1 ({B}) has received the shutdown checkpoint",
+                        "every standby has read all that reached it of node 0's WAL",
                         f"standbys: node 1 ({B}) 0/50000A0, node 2 ({C}) 0/5000000"]
     assert sum(1 for c in calls if c.startswith(B) and "pg_is_in_recovery" in c) == 3    # asked until it had it
+
+
+def test_wal_still_in_a_standbys_socket_is_read_before_the_choice(tmp_path):
+    """bravo's WAL receiver was stalled when the primary crashed: the WAL sent to it still waits in its
+    socket. Chosen at once, charlie (ahead at that moment) would be promoted and bravo, ahead once it
+    reads the rest, forked off (seen on the Debian 13 lab). The script waits until no receiver streams."""
+    rc, log, calls = run_failover(tmp_path, THREE, ended="crashed", positions={
+        B: ["t|0/5000000|83886080|streaming", "t|0/5000000|83886080|streaming", "t|0/5000200|83886592|waiting"],
+        C: "t|0/5000100|83886336|none"})
+    assert rc == 0 and f"promoting node 1 ({B}): the most advanced standby" in log, log
+    assert "every standby has read all that reached it of node 0's WAL" in log
+    assert sum(1 for c in calls if c.startswith(B) and "pg_is_in_recovery" in c) == 3
 
 
 def test_a_host_that_does_not_answer_is_neither_waited_for_nor_fenced(tmp_path):
