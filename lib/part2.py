@@ -850,15 +850,21 @@ def verify_load_balancing(env) -> ops.Step:
         with connect() as conn:
             before = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
         counts = loadbalance.sample(via_pgpool(env, TEST_DB), plan.sessions, concurrent=loadbalance.CONCURRENT)
-        with connect() as conn:
-            after = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
+        expected = {h.address: counts.get(h.address, 0) for h in hosts}
+
+        def deltas_now():
+            with connect() as conn:
+                after = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
+            return {h.address: after[h.address] - before[h.address] for h in hosts}
+        # a pgpool child counts a query once it has answered it: under load the last sessions' counts land a
+        # moment after their clients are gone (seen once in some 30 runs: 377 counted, 378 served)
+        deltas = wait_until(lambda: (d := deltas_now()) == expected and d, timeout=3, interval=0.2)[0] or deltas_now()
         verdicts = loadbalance.verdicts(counts, hosts, plan)
-        deltas = {h.address: after[h.address] - before[h.address] for h in hosts}
         step.measured.update(counts=counts, deltas=deltas, plan=plan)
         expect(all(ok for *_, ok in verdicts), f"observed {dict(counts)} does not fit the weights "
                f"{loadbalance.ratio(plan.weights)}.",
                "check backend_weightN (Step 30) and that load_balance_mode = on; then SHOW pool_nodes.")
-        expect(deltas == {h.address: counts.get(h.address, 0) for h in hosts},
+        expect(deltas == expected,
                f"select_cnt grew by {deltas}, but the sessions saw {dict(counts)}.", "something else is querying pgpool.")
         return "\n".join([
             f"So, many sessions instead, {loadbalance.CONCURRENT} at a time:",

@@ -160,7 +160,7 @@ def test_failover_drills_pass_and_the_other_standby_follows_the_new_primary(prov
     assert f"node 2 ({second}): following the new primary {first}" in texts
     assert f"node 2 ({second}) streams from {first} and has replayed its WAL: attached" in texts
     assert f"node 2 ({second}): following the new primary {primary}" in texts     # and on the switch back
-    crash = texts[texts.index("kill -9"):]
+    crash = texts[texts.index(drills.KILL_ALL):]
     assert crash.index(f"promoting node 2 ({second}): the most advanced standby") < crash.index("roles now")
     assert f"node 1 ({first}): following the new primary {second}" in crash
     assert "roles: " + ", ".join(f"{h.name} {h.role}" for h in PARAMS.database_hosts) in texts
@@ -178,7 +178,7 @@ def test_synchronous_drills_lose_nothing_when_the_lower_standby_lags(provisioned
         texts = run_drills(params, tmp_path / "04-sync.ipynb")
         assert "commits are acknowledged once a standby has it too (synchronous)" in texts
         assert len(re.findall(r"acknowledged rows lost \(counted on the primary, \w+\): 0$", texts, re.M)) == 6, texts
-        crash = texts[texts.index("kill -9"):]
+        crash = texts[texts.index(drills.KILL_ALL):]
         assert crash.index(f"promoting node 2 ({STANDBYS[1].address}): the most advanced standby") < \
             crash.index("roles now"), crash[:3000]
     finally:
