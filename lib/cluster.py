@@ -45,9 +45,11 @@ def node_id(env, remote) -> int:
     return [h.address for h in part2.backend_hosts(env.params, text)].index(remote.host.address)
 
 
-def node_status(env, remote) -> str:
-    """pgpool's status of the node: up, waiting, down."""
-    out = env.pgpool.run(part2.pcp(env, "pcp_node_info", f"-n {node_id(env, remote)}"), user="postgres").stdout.split()
+def node_status(env, remote, node: int | None = None) -> str:
+    """pgpool's status of the node: up, waiting, down. A caller that polls passes the node id it read
+    once (node_id reads pgpool.conf)."""
+    node = node_id(env, remote) if node is None else node
+    out = env.pgpool.run(part2.pcp(env, "pcp_node_info", f"-n {node}"), user="postgres").stdout.split()
     return out[4] if len(out) > 4 else "unknown"
 
 

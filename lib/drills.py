@@ -470,7 +470,7 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
     until pgpool uses it again by itself (auto_failback). With clients=False nobody uses pgpool, so
     only its health check can notice: that measures the detection the settings promise."""
     standby = a_standby(env)
-    service, name = shlex.quote(env.params.postgres["service"]), standby.host.name
+    service, name, n = shlex.quote(env.params.postgres["service"]), standby.host.name, node_id(env, standby)
     outcome = Outcome(f"{name} (root) $ systemctl stop {service}; sleep {down_for:.0f}; systemctl start {service}    "
                       + ("# a standby, while a writer and a reader use pgpool" if clients else
                          "# a standby, with no client connected"))
@@ -479,12 +479,12 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
         time.sleep(1)
         outcome.start = time.monotonic()
         standby.run(f"systemctl stop {service}", user="root")
-        detached, _ = wait_until(lambda: node_status(env, standby) == "down", timeout=down_for, interval=0.2)
+        detached, _ = wait_until(lambda: node_status(env, standby, n) == "down", timeout=down_for, interval=0.2)
         outcome.measured["detached after"] = time.monotonic() - outcome.start
         time.sleep(max(0.0, down_for - (time.monotonic() - outcome.start)))
         started = time.monotonic()
         standby.run(f"systemctl start {service}", user="root")
-        back, _ = wait_until(lambda: node_status(env, standby) in ("up", "waiting"), timeout=60, interval=0.2)
+        back, _ = wait_until(lambda: node_status(env, standby, n) in ("up", "waiting"), timeout=60, interval=0.2)
         outcome.measured["back in pgpool after start"] = time.monotonic() - started
         time.sleep(2)
         outcome.end = time.monotonic()
