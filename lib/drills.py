@@ -163,8 +163,6 @@ def classify(evidence: dict[int, tuple[str, str]], kept: set[int]) -> tuple[list
     return in_flight, defects
 
 
-
-
 def timeline_switch(primary) -> str:
     """Where the primary's timeline began, or '' on its first timeline."""
     history = timeline_history(primary)
@@ -196,14 +194,6 @@ def commit_mode(env) -> str:
     mode = ("once a standby has it too (synchronous)" if names else "by the primary alone (asynchronous, as the guide)")
     return (f"{primary.host.name} (postgres) $ psql -c \"SHOW synchronous_standby_names\"  →  '{names}'\n"
             f"commits are acknowledged {mode}")
-
-
-
-
-
-
-
-
 
 
 def failover_log_since(env, since_epoch: float) -> list[tuple[float, str]]:
@@ -427,27 +417,6 @@ def started_again(env, old) -> str:
 # --- bringing the old primary back ----------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # --- a standby stops; pgpool restarts ----------------------------------------------------------------------
 #: what observing pgpool adds to its own detection time: pcp_node_info over SSH, every 0.2 s
 POLL_SLACK_S = 1.5
@@ -577,8 +546,6 @@ def pgpool_restarts(env) -> Outcome:
     within(outcome, "writes stopped for", PGPOOL_BOUND_S, "writes stopped")
     within(outcome, "reads stopped for", PGPOOL_BOUND_S, "reads stopped")
     return outcome
-
-
 
 
 def roles_line(env) -> str:
