@@ -180,9 +180,7 @@ def losses(env, writer: Client) -> Losses:
                   {i: writer.evidence[i] for i in in_flight + defects})
 
 
-# --- who is who now --------------------------------------------------------------------------------------
-
-
+# --- what the drills start from ---------------------------------------------------------------------------
 def commit_mode(env) -> str:
     """How the primary acknowledges commits (Step 44), read from it; it must be what the
     parameters say, or the drills would judge lost rows by the wrong rule."""
@@ -412,9 +410,6 @@ def started_again(env, old) -> str:
                        f"{name} (postgres) $ psql -c \"{sql}\"", f"ERROR:  {error}",
                        f"{name} (postgres) $ psql -c \"SHOW primary_conninfo\"  →  '' (it follows nobody)",
                        f"pgpool keeps node {n} ({name}) detached: yes"])
-
-
-# --- bringing the old primary back ----------------------------------------------------------------------------
 
 
 # --- a standby stops; pgpool restarts ----------------------------------------------------------------------
