@@ -1,5 +1,6 @@
 """ci/provision (python -m lib.provision): run the guide's notebooks against an environment with papermill, one line
-per step, stopping at the first failure; or check a live cluster (--check); or take the
+per step, stopping at the first failure (after a failover it first rejoins the former primary: lib.heal);
+or check a live cluster (--check); or make a standby the primary (--switchover); or take the
 cluster apart (--teardown). See `ci/provision --help`."""
 from __future__ import annotations
 
