@@ -17,6 +17,10 @@ from lib import hosts, journal, secrets
 from lib.params import Host, Params
 
 
+#: after a command's exit status, how long to wait for the end of its output (the channel's EOF)
+EOF_WAIT_S = 1.0
+
+
 class StepFailed(RuntimeError):
     pass
 
@@ -162,6 +166,7 @@ class Remote:
                              f"({type(e).__name__}). Check that the host is up and reachable.") from None
         out, err = bytearray(), bytearray()
         deadline = None if timeout is None else time.monotonic() + timeout
+        exited = None
         while True:
             got = False
             while channel.recv_ready():
@@ -169,7 +174,12 @@ class Remote:
             while channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536); got = True
             if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                break
+                # sshd may send the exit status before the last output: the output is whole at the channel's
+                # EOF (seen once: a 3 kB postgresql.conf read back empty under load). A background process that
+                # keeps the output open sends no EOF: then what came within EOF_WAIT_S is all there is.
+                exited = exited or time.monotonic()
+                if channel.eof_received or time.monotonic() - exited > EOF_WAIT_S:
+                    break
             if deadline is not None and time.monotonic() > deadline:
                 channel.close()
                 raise StepFailed(f"{self.host.label}: `{self.mask(command)[:200]}` did not finish in {timeout} s: "

@@ -40,3 +40,52 @@ def test_default_hint_says_how_to_run_it_by_hand():
     vm = P.load(P.REPO / "params" / "vmware.yaml")
     real = Remote(vm, vm.primary)
     assert "after `ssh ubuntu@172.16.93.132` to see more" in real.describe_failure(Result("x", 1, "", "e"), None, None)
+
+
+class LateOutputChannel:
+    """An SSH channel whose exit status arrives before its output, which then comes with the EOF
+    (what sshd may do); or, with eof=False, a command whose background process keeps the output open."""
+
+    def __init__(self, data: bytes, after_polls: int, eof: bool = True):
+        self.data, self.after, self.eof, self.polls = data, after_polls, eof, 0
+        self.eof_received = False
+
+    def settimeout(self, t): pass
+    def exec_command(self, c): pass
+    def sendall(self, b): pass
+    def shutdown_write(self): pass
+    def close(self): pass
+    def recv_exit_status(self): return 0
+    def exit_status_ready(self): return True
+    def recv_stderr_ready(self): return False
+
+    def recv_ready(self):
+        self.polls += 1
+        if self.polls > self.after and self.data is not None:
+            self.eof_received = self.eof
+            return True
+        return False
+
+    def recv(self, n):
+        data, self.data = self.data, None
+        return data
+
+
+def run_on(channel):
+    r = remote()
+
+    class Transport:
+        def open_session(self, timeout=None): return channel
+    r._conn = type("Conn", (), {"client": type("Client", (), {"get_transport": lambda self: Transport()})()})()
+    return r._exec("cat /etc/postgresql/15/main/postgresql.conf", None, 10, journaled=False)
+
+
+def test_output_that_comes_after_the_exit_status_is_read_whole():
+    assert run_on(LateOutputChannel(b"wal_level = replica\n", after_polls=50)) == (0, "wal_level = replica\n", "")
+
+
+def test_a_command_whose_output_never_ends_is_not_waited_for_long():
+    import time
+    started = time.monotonic()
+    assert run_on(LateOutputChannel(None, after_polls=0, eof=False)) == (0, "", "")
+    assert time.monotonic() - started < 3
