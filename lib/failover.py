@@ -215,6 +215,13 @@ ATTACH_LAG_BYTES = 1024 * 1024
 SWITCHOVER_TO = f"{HOME}/pgguide-switchover-to"
 
 
+def replicating_sql(name: str) -> str:
+    """On the primary: 't' when the standby whose application_name is `name` replicates from it (its WAL
+    sender streams or catches up); a standby that forked off never gets that far."""
+    return (f"SELECT count(*) > 0 FROM pg_stat_replication WHERE application_name = '{name}' "
+            "AND state IN ('streaming', 'catchup')")
+
+
 def caught_up_sql(name: str) -> str:
     """On the primary: 't' when the standby whose application_name is `name` streams from it and has
     replayed to within ATTACH_LAG_BYTES of its WAL position, else nothing or 'f'."""
@@ -383,14 +390,15 @@ set -u
 node=$1 host=$2 primary_host=$3
 {_functions()}
 log "node $node ($host) attached"
-# A standby stays attached only if the primary itself sees it streaming and caught up. auto_failback
-# judges by the replication state of pgpool's last check, which during a failover is the old primary's:
-# it can attach a standby that has not yet followed the new primary, or that forked off and never will.
+# A standby stays attached only if the primary itself sees it replicating (streaming, or catching up
+# after a reconnect: lag is for load balancing to weigh, not a reason to detach). auto_failback judges by
+# the replication state of pgpool's last check, which during a failover is the old primary's: it can
+# attach a standby that has not yet followed the new primary, or that forked off and never will.
 case $host in   # the name the primary sees in pg_stat_replication (backend_application_nameN)
 {_application_names(params)}
 esac
-if [ "$host" != "$primary_host" ] && [ "$(on "$primary_host" "psql -XAtc \\"{caught_up_sql("$name")}\\"" 2>/dev/null)" != t ]; then
-    log "node $node ($host) does not stream from $primary_host, or lags: detached again until it has caught up"
+if [ "$host" != "$primary_host" ] && [ "$(on "$primary_host" "psql -XAtc \\"{replicating_sql("$name")}\\"" 2>/dev/null)" != t ]; then
+    log "node $node ($host) does not stream from $primary_host: detached again until it does"
     # detached once this attachment is over: pgpool handles one request at a time
     (sleep 1; {_pcp(params, "pcp_detach_node")} -n "$node") </dev/null >/dev/null 2>&1 &
     exit 0

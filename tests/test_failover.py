@@ -322,13 +322,13 @@ def test_a_server_that_is_no_longer_in_recovery_is_not_a_candidate(tmp_path):
 
 
 @pytest.mark.parametrize("attached, caught_up, detached", [
-    ("10.213.93.133", "t", False),          # the primary sees it streaming and caught up: it stays
-    ("10.213.93.133", "f", True),           # it lags
-    ("10.213.93.133", "", True),            # not streaming from the primary (not yet re-pointed, or forked off)
+    ("10.213.93.133", "t", False),          # the primary sees it replicating (streaming or catching up): it stays
+    ("10.213.93.133", "f", True),           # no WAL sender streams to it (forked off: stuck in startup)
+    ("10.213.93.133", "", True),            # not connected to the primary (not yet re-pointed)
     ("10.213.93.132", "", False),           # the primary itself is never detached
 ])
-def test_failback_keeps_a_standby_attached_only_when_the_primary_sees_it_caught_up(tmp_path, attached, caught_up,
-                                                                                   detached):
+def test_failback_keeps_a_standby_attached_only_when_the_primary_sees_it_replicating(tmp_path, attached, caught_up,
+                                                                                     detached):
     log = tmp_path / "failover.log"
     script = failover.failback_script(PARAMS).replace(failover.FAILOVER_LOG, str(log))
     (tmp_path / "bin").mkdir()
