@@ -856,16 +856,21 @@ def verify_load_balancing(env) -> ops.Step:
             with connect() as conn:
                 after = {n["hostname"]: int(n["select_cnt"]) for n in pool_nodes(conn)}
             return {h.address: after[h.address] - before[h.address] for h in hosts}
-        # a pgpool child counts a query once it has answered it: under load the last sessions' counts land a
-        # moment after their clients are gone (seen once in some 30 runs: 377 counted, 378 served)
+        # pgpool's children add to select_cnt with a plain `++` on shared memory, without a lock
+        # (stat_count_up in src/utils/statistics.c), so concurrent sessions can be counted short: 1 in
+        # some 500 here. A count above what the sessions saw still means someone else is querying.
         deltas = wait_until(lambda: (d := deltas_now()) == expected and d, timeout=3, interval=0.2)[0] or deltas_now()
         verdicts = loadbalance.verdicts(counts, hosts, plan)
         step.measured.update(counts=counts, deltas=deltas, plan=plan)
         expect(all(ok for *_, ok in verdicts), f"observed {dict(counts)} does not fit the weights "
                f"{loadbalance.ratio(plan.weights)}.",
                "check backend_weightN (Step 30) and that load_balance_mode = on; then SHOW pool_nodes.")
-        expect(deltas == expected,
-               f"select_cnt grew by {deltas}, but the sessions saw {dict(counts)}.", "something else is querying pgpool.")
+        expect(all(deltas[a] <= expected[a] for a in expected),
+               f"select_cnt grew by {deltas}, more than the sessions saw {dict(counts)}.",
+               "something else is querying pgpool.")
+        expect(sum(expected.values()) - sum(deltas.values()) <= loadbalance.uncounted_at_most(plan.sessions),
+               f"select_cnt grew by {deltas}, far less than the sessions saw {dict(counts)}.",
+               "pgpool was restarted during the run (select_cnt starts again at 0), or reads bypassed it.")
         return "\n".join([
             f"So, many sessions instead, {loadbalance.CONCURRENT} at a time:",
             through_pgpool_prompt(env, TEST_DB) + f"SELECT inet_server_addr();   # × {plan.sessions} sessions, one query each",
@@ -873,7 +878,8 @@ def verify_load_balancing(env) -> ops.Step:
               f"{'within' if ok else 'OUTSIDE'}" for name, share, (lo, hi), ok in verdicts),
             loadbalance.what_it_tells(plan),
             through_pgpool_prompt(env) + "SHOW pool_nodes;   # before and after",
-            "select_cnt grew on each node by exactly the sessions it served"])
+            "select_cnt grew on each node by the sessions it served (concurrent ones may go uncounted: "
+            "pgpool adds to it without a lock)"])
     return step.verify("the guide's three queries", guides_three, in_check=False) \
         .verify("reads spread by the weights", balanced, in_check=False)
 

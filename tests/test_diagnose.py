@@ -172,7 +172,7 @@ DRILLS = [
      f"sed -i 's/^num_init_children.*/num_init_children = 200/' {POOL}/pgpool.conf", None,
      {("capacity", "vm1"): "WARN", ("capacity", "vm2"): "WARN"}, None),
     Drill("wrong master IP in primary_conninfo", "vm2",
-     f"sudo -u postgres psql -qc \"ALTER SYSTEM SET primary_conninfo = 'host=10.213.99.200 user=replicator "
+     "sudo -u postgres psql -qc \"ALTER SYSTEM SET primary_conninfo = 'host=10.213.99.200 user=replicator "
      f"connect_timeout=2'\" -c 'SELECT pg_reload_conf()'",
      "sudo -u postgres psql -qc 'SELECT pg_reload_conf()'",
      {("standby points at primary", "vm2"): "FAIL"}, "wrong master ip"),

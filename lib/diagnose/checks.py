@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-import shlex
 from dataclasses import dataclass, field
 from functools import cached_property
 
