@@ -173,7 +173,7 @@ DRILLS = [
      {("capacity", "vm1"): "WARN", ("capacity", "vm2"): "WARN"}, None),
     Drill("wrong master IP in primary_conninfo", "vm2",
      "sudo -u postgres psql -qc \"ALTER SYSTEM SET primary_conninfo = 'host=10.213.99.200 user=replicator "
-     f"connect_timeout=2'\" -c 'SELECT pg_reload_conf()'",
+     "connect_timeout=2'\" -c 'SELECT pg_reload_conf()'",
      "sudo -u postgres psql -qc 'SELECT pg_reload_conf()'",
      {("standby points at primary", "vm2"): "FAIL"}, "wrong master ip"),
     Drill("the standby's path to the primary blocked", "vm2", blocked_route_to_primary(add=True),
