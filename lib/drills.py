@@ -57,10 +57,12 @@ class Client:
 
 
 class Traffic:
-    """A writer and a reader through pgpool, running until stopped."""
+    """A writer and a reader through pgpool, running until stopped. Each keeps its session until an
+    error, or with `session_each` opens a new one for every statement, as many web applications do:
+    such a client never meets a terminated session, so only pgpool's own checks tell it of a failure."""
 
-    def __init__(self, env):
-        self.env = env
+    def __init__(self, env, session_each: bool = False):
+        self.env, self.session_each = env, session_each
         self.writer, self.reader = Client("writer"), Client("reader")
         self._next_id = 0
         self._stop = threading.Event()
@@ -91,6 +93,9 @@ class Traffic:
                     conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
                 client.ok.append(time.monotonic())
                 client.latency.append(client.ok[-1] - began)
+                if self.session_each:
+                    conn.close()
+                    conn = None
             except psycopg.Error:
                 client.failed.append(time.monotonic())
                 if conn is not None:
@@ -100,9 +105,20 @@ class Traffic:
         if conn is not None:
             conn.close()
 
+    def next_id(self) -> int | None:
+        """The first free row id (ids go on from the earlier drills' rows), or None when pgpool refused."""
+        try:
+            with self._connect() as conn:
+                return conn.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {TABLE}").fetchone()[0]
+        except psycopg.OperationalError:
+            return None
+
     def __enter__(self):
-        with self._connect() as conn:       # ids go on from the earlier drills' rows
-            self._next_id = conn.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {TABLE}").fetchone()[0]
+        # a client retries: for a few seconds after a failback pgpool's children restart, and each closes the
+        # session it has just accepted ("failover or failback event detected, restarting myself")
+        self._next_id, _ = wait_until(self.next_id, timeout=10, interval=0.5)
+        expect(self._next_id is not None, "pgpool refused every session for 10 s.",
+               "every node must be up before a drill: read pgpool's log on the pgpool host.")
         for t in self._threads:
             t.start()
         wait_until(lambda: self.writer.ok and self.reader.ok, timeout=10, interval=0.05)
@@ -235,7 +251,7 @@ class Outcome:
             return []
         where = f" (counted on the primary, {self.lost.primary})"
         if self.may_lose:
-            return [f"acknowledged rows lost{where}: only rows in flight at the crash, none before it; "
+            return [f"acknowledged rows lost{where}: only rows in flight when the primary failed, none before; "
                     "their count is with the figures below (asynchronous replication)"]
         return [f"acknowledged rows lost{where}: 0"]
 
@@ -331,16 +347,22 @@ def stall_sender(primary, standby, seconds: float) -> str:
 KILL_ALL = "pkill -KILL -u postgres -x postgres"
 
 
-def primary_stops(env, how: str, lagging_s: float = 0) -> Outcome:
+def primary_stops(env, how: str, lagging_s: float = 0, session_each: bool = False) -> Outcome:
     """Stop the primary (`how`: 'stop' with systemctl, 'kill' with SIGKILL to every process of the
-    server at once, as a power cut would), with clients running; pgpool runs failover.sh, which
-    promotes the most advanced standby. With `lagging_s` the primary's WAL sender to the first
+    server at once, as a power cut would, 'silent' with its host's network down for SILENT_FOR_S),
+    with clients running; pgpool runs failover.sh, which promotes the most advanced standby (and,
+    for a silent host, fences it once it answers again). With `lagging_s` the primary's WAL sender to the first
     standby is paused that long, a second before the stop, so that this standby lags behind the
-    primary (and behind any other standby). Returns what the clients saw."""
+    primary (and behind any other standby). With `session_each` the clients open a new session for
+    each statement (see Traffic). Returns what the clients saw."""
     old, epoch = the_primary(env), time.time()
     p = env.params.postgres
-    command = {"stop": f"systemctl stop {shlex.quote(p['service'])}", "kill": KILL_ALL}[how]
-    shown = f"{old.host.name} (root) $ {command}    # the primary, while a writer and a reader use pgpool"
+    silence = Silence(old, SILENT_FOR_S) if how == "silent" else None
+    command = {"stop": f"systemctl stop {shlex.quote(p['service'])}", "kill": KILL_ALL,
+               "silent": silence and silence.command}[how]
+    clients = "a writer and a reader use pgpool, a new session for each statement" if session_each \
+        else "a writer and a reader use pgpool"
+    shown = f"{old.host.name} (root) $ {command}    # the primary, while {clients}"
     before = None
     if lagging_s:
         lagging = a_standby(env)
@@ -350,31 +372,55 @@ def primary_stops(env, how: str, lagging_s: float = 0) -> Outcome:
         before = partial(old.run, stall, user="root")
     outcome = Outcome(shown, stopped=old)
 
-    def promoted_elsewhere():
-        return any(role == "primary" for name, role in roles_now(env).items() if name != old.host.name)
-    with Traffic(env) as traffic:
+    def promoted_elsewhere():       # never asks the old primary: a silent host would hang the question
+        return any(postgres.cluster_state(r) == "online" for r in failover.database_remotes(env) if r is not old)
+    with Traffic(env, session_each) as traffic:
         _run(traffic, old, command, "root", outcome,
              lambda: traffic.writer.first_ok_after(outcome.start + 0.001) and promoted_elsewhere(), before=before)
+    lag = time.time() - time.monotonic()                 # the log's clock against ours (the same host clock in the lab)
+    failed_at = outcome.start + lag
+    if silence:
+        failed_at = fenced_when_back(env, old, silence, failed_at)
     log = failover_log_since(env, epoch)
     detected = next((t for t, line in log if re.match(r"primary node \d+ \(\S+\) failed", line)), None)
     promoted = next((t for t, line in log if re.match(r"node \d+ \(\S+\) promoted", line)), None)
     expect(detected is not None and promoted is not None, f"failover.sh did not promote: {[l for _, l in log]}.",
            f"read {failover.FAILOVER_LOG} and pgpool's log on {env.pgpool.host.name}; check Steps 41-43.")
-    lag = time.time() - time.monotonic()                 # the log's clock against ours (the same host clock in the lab)
-    outcome.measured = {"failure detected after": detected - lag - outcome.start,
-                        "promoted after": promoted - lag - outcome.start, **outcome.measured}
-    outcome.may_lose = how == "kill" and not env.params.postgres["synchronous"]
+    outcome.measured = {"failure detected after": detected - failed_at, "promoted after": promoted - failed_at,
+                        **outcome.measured}
+    outcome.may_lose = how in ("kill", "silent") and not env.params.postgres["synchronous"]
     _observe(env, traffic, outcome,
              "a clean shutdown hands the standbys every WAL record, and failover.sh waits for that hand-over: "
              "read the failover log and the new primary's log."
              if how == "stop" else "with postgres.synchronous every acknowledged commit is on a standby, and "
              "failover.sh promotes the most advanced one: check synchronous_standby_names and "
              "pg_stat_replication's sync_state on the primary (Step 44), and the failover log.")
-    outcome.events = [f"{env.pgpool.host.name}: {failover.FAILOVER_LOG}:"] + [f"  {positions_named(line)}" for _, line in log]
+    # the watcher's verdict on a silent host comes when the host answers, before or after follow_primary.sh's
+    later = [line for _, line in log if " answers again" in line]
+    outcome.events = [f"{env.pgpool.host.name}: {failover.FAILOVER_LOG}:",
+                      *(f"  {positions_named(line)}" for _, line in log if line not in later),
+                      *(f"once {old.host.name}'s network was back:\n  {positions_named(line)}" for line in later)]
     outcome.events.append(roles_line_now(env))
-    within(outcome, "writes stopped for", PRIMARY_BOUND_S, "writes through pgpool stopped")
-    within(outcome, "reads stopped for", PRIMARY_BOUND_S, "reads through pgpool stopped")
+    bound = SILENT_PRIMARY_BOUND_S if silence else PRIMARY_BOUND_S
+    within(outcome, "writes stopped for", bound, "writes through pgpool stopped")
+    within(outcome, "reads stopped for", bound, "reads through pgpool stopped")
     return outcome
+
+
+def fenced_when_back(env, old, silence: Silence, asked_at: float) -> float:
+    """After a silent primary's failover: wait until its network is back and the watcher failover.sh left
+    behind has stopped and fenced it; returns when its interface went down (epoch seconds)."""
+    back_at = asked_at + 0.5 + silence.seconds
+
+    def said():
+        return time.time() > back_at and next((line for _, line in failover_log_since(env, asked_at)
+                                               if " answers again" in line), None)
+    line, _ = wait_until(said, timeout=silence.seconds + FENCED_WITHIN_S, interval=0.5)
+    expect(line and line.endswith("stopped and fenced"),
+           f"{old.host.name} answered again, and failover.sh's watcher says: {line or 'nothing'}.",
+           f"read {failover.FAILOVER_LOG}; until it is fenced, {old.host.name} may run as a second primary: "
+           "stop it (systemctl stop) and rejoin it.")
+    return silence.began(asked_at)
 
 
 def within(outcome: Outcome, figure: str, bound: float, said: str) -> None:
@@ -474,11 +520,43 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
     return outcome
 
 
+#: a silent primary: pgpool's verdict (the 'silent' bound), failover.sh's try to reach the host, then up to 8 s
+#: for the rest: reading the standbys (pcp answers slowly while a node is silent: 1.2-2.3 s measured), the
+#: promotion, and pgpool's search for the new primary before it takes sessions again (about 2 s)
+SILENT_PRIMARY_BOUND_S = part2.detection_bounds()["silent"] + failover.ANSWER_S + 8
+#: from its network's return to the watcher's fence: one SSH try a WATCH_EVERY_S, two questions, a clean stop
+FENCED_WITHIN_S = failover.WATCH_EVERY_S + 10
 #: how long drill 3c keeps the standby's network down: longer than the 'silent' detection bound
 SILENT_FOR_S = 16
 #: from pgpool's verdict to the line failover.sh logs, which is where drill 3c reads the time (once
 #: 13.2 s against the 13 s bound, with three test queues loading the machine)
 SCRIPT_SLACK_S = 1
+
+
+@dataclass
+class Silence:
+    """A host's network interface taken down for `seconds` from the host itself, through a transient
+    systemd unit that brings it back though our SSH session to it stalls meanwhile. The unit waits a
+    moment first, so that the SSH command that starts it returns."""
+    remote: Any
+    seconds: float
+    failed = "/run/pgguide-drill-silence.failed"     # what the cut said, if it could not cut
+    went_down = "/run/pgguide-drill-silence.at"      # when it cut, by the host's clock (this machine's, in the lab)
+
+    @property
+    def command(self) -> str:
+        iface = shlex.quote(self.remote.params.options["interface"])
+        cut = (f"sleep 0.5; ip link set {iface} down 2>{self.failed} || exit 1; date +%s.%N > {self.went_down}; "
+               f"rm -f {self.failed}; sleep {self.seconds:.0f}; ip link set {iface} up")
+        return f"systemd-run --quiet --collect --unit=pgguide-drill-silence sh -c {shlex.quote(cut)}"
+
+    def began(self, asked_at: float) -> float:
+        """When the interface went down (epoch seconds), once the host answers again; fails if it could not."""
+        said = self.remote.run(f"cat {self.failed} 2>/dev/null; rm -f {self.failed}", user="root").stdout.strip()
+        expect(not said, f"{self.remote.host.name} could not take its interface down: {said}",
+               "the drill needs CAP_NET_ADMIN on the host (a container without it cannot change its own interfaces).")
+        return float(self.remote.run(f"cat {self.went_down}; rm -f {self.went_down}", user="root").stdout.strip()
+                     or asked_at)
 
 
 def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
@@ -489,13 +567,8 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     The times are pgpool's own, from the failover log (its scripts log each detach and attach):
     polling pcp while pgpool handles a failover would add delays of its own."""
     standby = a_standby(env)
-    name, iface, n = standby.host.name, shlex.quote(env.params.options["interface"]), node_id(env, standby)
-    failed = "/run/pgguide-drill-silence.failed"     # what the cut said, if it could not cut
-    went_down = "/run/pgguide-drill-silence.at"      # when it cut, by the host's clock (this machine's, in the lab)
-    cut = (f"ip link set {iface} down 2>{failed} || exit 1; date +%s.%N > {went_down}; rm -f {failed}; "
-           f"sleep {silent_for:.0f}; ip link set {iface} up")
-    command = f"systemd-run --quiet --collect --unit=pgguide-drill-silence sh -c {shlex.quote(cut)}"
-    outcome = Outcome(f"{name} (root) $ {command}    # a standby's network, with no client connected")
+    name, n, silence = standby.host.name, node_id(env, standby), Silence(standby, silent_for)
+    outcome = Outcome(f"{name} (root) $ {silence.command}    # a standby's network, with no client connected")
     promised, bound = part2.detection_bounds()["silent"], back_bound()
     pattern = re.compile(rf"node {n} \({re.escape(standby.host.address)}\) (detached|attached)")
 
@@ -504,14 +577,11 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
                      if (m := pattern.match(line)) and m.group(1) == event), None)
     time.sleep(1)
     cut_at = time.time()
-    standby.run(command, user="root")
-    detached, _ = wait_until(lambda: logged("detached", cut_at), timeout=silent_for, interval=0.5)
-    time.sleep(max(0.0, cut_at + silent_for - time.time()))
-    said = standby.run(f"cat {failed} 2>/dev/null; rm -f {failed}", user="root").stdout.strip()
-    expect(not said, f"{name} could not take {iface} down: {said}",
-           "the drill needs CAP_NET_ADMIN on the host (a container without it cannot change its own interfaces).")
+    standby.run(silence.command, user="root")
+    detached, _ = wait_until(lambda: logged("detached", cut_at), timeout=silent_for + 1, interval=0.5)
+    time.sleep(max(0.0, cut_at + 0.5 + silent_for - time.time()))
     # from the moment the interface went down, not from when we asked: SSH and systemd-run take their time
-    down_at = float(standby.run(f"cat {went_down}; rm -f {went_down}", user="root").stdout.strip() or cut_at)
+    down_at = silence.began(cut_at)
     expect(detached, f"pgpool did not detach {name} within {silent_for:.0f} s of its network going silent.",
            "check health_check_timeout and health_check_max_retries (Step 30), and failover.log.")
     answering = down_at + silent_for
@@ -541,6 +611,17 @@ def pgpool_restarts(env) -> Outcome:
     within(outcome, "writes stopped for", PGPOOL_BOUND_S, "writes stopped")
     within(outcome, "reads stopped for", PGPOOL_BOUND_S, "reads stopped")
     return outcome
+
+
+def back_to_preferred(env) -> str:
+    """When a drill left another server the primary (a silent primary's failover promotes the most
+    advanced standby, which with two standbys is chance), a planned switchover back to the parameters'
+    primary (lib.switchover): its transcript, or '' when nothing was needed."""
+    from lib import switchover
+    preferred = env.params.primary.name
+    if roles_now(env).get(preferred) == "primary":
+        return ""
+    return f"a planned switchover back to {preferred}:\n" + switchover.run(env, preferred)
 
 
 def roles_line(env) -> str:

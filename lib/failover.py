@@ -210,9 +210,19 @@ ANSWER_S = 2
 #: a standby is attached (follow_primary.sh, rejoin) only once the primary sees it streaming with replay
 #: within this many bytes of the primary's WAL position
 ATTACH_LAG_BYTES = 1024 * 1024
+#: a primary whose host did not answer is fenced once it answers again, if it does within this; failover.sh
+#: leaves a watcher behind for that, which asks every WATCH_EVERY_S
+FENCE_WATCH_S = 900
+WATCH_EVERY_S = 2
 #: on the pgpool host: a planned switchover (lib.switchover) names its target here, as "ADDRESS EXPIRY" (epoch
 #: seconds); failover.sh promotes it when it holds as much WAL as the most advanced standby, and removes the file
 SWITCHOVER_TO = f"{HOME}/pgguide-switchover-to"
+
+
+#: 'in recovery|timeline' of a running server: a primary's from the WAL file it writes now (pg_control's
+#: timeline waits for the first checkpoint after a promotion), 0 for a standby
+TIMELINE_SQL = ("SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN 0 "
+                "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END")
 
 
 def replicating_sql(name: str) -> str:
@@ -268,6 +278,10 @@ def failover_script(params) -> str:
         # suspended before the promotion: the new primary's first commits must not wait for the failed one
         promote = f"{SUSPEND} >/dev/null; {promote}"
     data = shlex.quote(p["data_dir"].rstrip("/"))
+    fence = (f"touch {data}/standby.signal && sed -i '/^primary_conninfo/d' {data}/postgresql.auto.conf && "
+             f"echo \\\"fenced_at=\\$(date +%s) new_primary=$best_host\\\" > {shlex.quote(clone_guard.fence_marker(params))}")
+    timeline = f"psql -XAtc {_Q}{TIMELINE_SQL}{_Q}"
+    stop = f"pg_ctlcluster {int(p['version'])} {p['cluster']} stop -m fast"
     position = ("SELECT pg_is_in_recovery(), l, l - '0/0'::pg_lsn, coalesce((SELECT status FROM pg_stat_wal_receiver), "
                 "'none') FROM (SELECT coalesce(greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0') AS l) AS s")
     return f"""#!/bin/bash
@@ -357,7 +371,7 @@ log "promoting node $best ($best_host): the most advanced standby"
 
 # 3. The fence: started again, the failed primary comes up as a standby that follows nobody, read-only,
 #    never a second primary, until it is rejoined (its WAL may run past the promotion: only a rewind can tell).
-if [ "$ended" != silent ] && on "$failed_host" "touch {data}/standby.signal && sed -i '/^primary_conninfo/d' {data}/postgresql.auto.conf && echo \\"fenced_at=\\$(date +%s) new_primary=$best_host\\" > {shlex.quote(clone_guard.fence_marker(params))}"; then
+if [ "$ended" != silent ] && on "$failed_host" "{fence}"; then
     log "node $failed ($failed_host) fenced: it can start only as a standby that follows nobody, until it is rejoined"
 fi
 if on "$best_host" "{promote}" >> {FAILOVER_LOG} 2>&1; then
@@ -366,6 +380,35 @@ else
     log "promoting node $best ($best_host) FAILED"
     exit 1
 fi
+[ "$ended" = silent ] || exit 0
+
+# 4. A host that did not answer may still run its server as a primary, on the old timeline: when it answers
+#    again, stop and fence it, once both servers prove it (the new primary on a later timeline), and log
+#    what it found. In the background, detached: pgpool waits for this script.
+fence_when_back() {{
+    local old new
+    until ssh -o ConnectTimeout={ANSWER_S} {ssh_options()} postgres@"$failed_host" true </dev/null 2>/dev/null; do
+        [ "$SECONDS" -lt {FENCE_WATCH_S} ] || {{
+            log "node $failed ($failed_host) did not answer within {FENCE_WATCH_S} s: not fenced; fence it before it runs again"
+            return; }}
+        sleep {WATCH_EVERY_S}
+    done
+    old=$(on "$failed_host" "{timeline}" </dev/null 2>/dev/null)
+    new=$(on "$best_host" "{timeline}" </dev/null 2>/dev/null)
+    case $old in
+        '') on "$failed_host" "{fence}" </dev/null && \\
+                log "node $failed ($failed_host) answers again, its server down: fenced" ;;
+        t\\|*) log "node $failed ($failed_host) answers again, in recovery: left as it is" ;;
+        *) if [ "${{new%%|*}}" = f ] && [ "${{new#*|}}" -gt "${{old#*|}}" ] && \\
+                on "$failed_host" "{stop} && {fence}" </dev/null >> {FAILOVER_LOG} 2>&1; then
+               log "node $failed ($failed_host) answers again, a primary on timeline ${{old#*|}} beside node $best ($best_host) on timeline ${{new#*|}}: stopped and fenced"
+           else
+               log "node $failed ($failed_host) answers again, a primary (timeline ${{old#*|}}); node $best ($best_host) answers '$new': left running, for a person to decide"
+           fi ;;
+    esac
+}}
+log "node $failed ($failed_host) not fenced: its host does not answer; fenced when it does (within {FENCE_WATCH_S} s)"
+fence_when_back </dev/null >/dev/null 2>&1 & disown
 """
 
 

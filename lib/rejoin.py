@@ -111,7 +111,6 @@ def rewind_output(text: str) -> str:
              + (" for target server to complete crash recovery" if "for target server" in l else "") for l in lines]
     text = positions_named("\n".join(lines))
     text = re.sub(rf"{re.escape(SET_ASIDE)}\d{{8}}T\d{{6}}Z", f"{SET_ASIDE}<time>", text)
-    text = re.sub(r"on timeline \d+", "on timeline <n>", text)
     # Whether there is anything to copy back is a race (did the old primary's last WAL record reach
     # the standby before it was promoted?): both ends are one outcome, the old primary in step.
     in_step = "pg_rewind: in step with the new primary (rewound from the last common checkpoint, or nothing to rewind)"

@@ -41,5 +41,6 @@ def fields(pairs: Iterable[tuple[str, object]], indent: int = 2) -> str:
 
 
 def positions_named(text: str) -> str:
-    """WAL positions (different on every run) as <lsn>, for outputs that are compared."""
-    return re.sub(r"\b[0-9A-F]+/[0-9A-F]+\b", "<lsn>", text)
+    """WAL positions and timeline numbers (different on every run) as <lsn> and <n>, for outputs
+    that are compared."""
+    return re.sub(r"\btimeline \d+", "timeline <n>", re.sub(r"\b[0-9A-F]+/[0-9A-F]+\b", "<lsn>", text))

@@ -1,6 +1,9 @@
 """Failover without a lab: the detection arithmetic that the prose states, which detached nodes
 Part 2 attaches again, the scripts pgpool runs, and how the drills measure and print."""
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import time
 
@@ -9,6 +12,7 @@ import pytest
 
 from lib import REPO, drills, failover, part2, rejoin
 from lib import params as P
+from lib.wait import wait_until
 
 PARAMS = P.load()
 
@@ -145,7 +149,7 @@ def test_lost_rows_fail_a_drill_unless_it_may_lose_them_and_a_defect_fails_every
     crash = drills.Outcome("x", may_lose=True)
     drills.judge_lost(crash, losses(in_flight=[7, 8]), "check sync")
     assert crash.measured["rows lost"].startswith("2 (in flight past the switch point 0/5000200: 7 (by 10.213.93.132")
-    assert "only rows in flight at the crash" in crash.report()
+    assert "only rows in flight when the primary failed" in crash.report()
     with pytest.raises(Exception, match="1 acknowledged rows are gone from vm2 although later rows"):
         drills.judge_lost(drills.Outcome("x", may_lose=True), losses(defects=[3]), "check sync")
     clean = drills.Outcome("x")
@@ -208,6 +212,8 @@ for last; do :; done                      # the remote command is the last argum
 host=${@: -2:1}; host=${host#postgres@}
 echo "$host $last" >> "$T/calls"
 case $last in
+  true) [ -f "$T/back.$host" ] || exit 255 ;;     # the host answers again once the test says so
+  *pg_walfile_name*) cat "$T/timeline.$host" 2>/dev/null ;;
   *pg_controldata*) [ -f "$T/ended.$host" ] || exit 255; cat "$T/ended.$host" ;;
   *pg_stat_replication*) cat "$T/caught_up.$host" 2>/dev/null ;;
   *pg_is_in_recovery*) n=$(cat "$T/asked.$host" 2>/dev/null || echo 0); echo $((n + 1)) > "$T/asked.$host"
@@ -216,10 +222,12 @@ esac
 """
 
 
-def run_failover(tmp_path, nodes, ended=None, positions=None, failed=0, synchronous=False, wanted=None):
+def run_failover(tmp_path, nodes, ended=None, positions=None, failed=0, synchronous=False, wanted=None, back=None):
     """failover.sh as pgpool runs it when node `failed` (the primary) fails. `nodes`: pcp_node_info's
     lines; `ended`: what the failed host's watch prints (None: the host does not answer);
-    `positions`: host -> 'recovery|lsn|bytes', or a list of them, one per time it is asked."""
+    `positions`: host -> 'recovery|lsn|bytes', or a list of them, one per time it is asked. `back`: when
+    the host does not answer pg_controldata, it answers the watcher failover.sh leaves behind, each host telling 'in recovery|timeline' as given
+    (host -> row); the run then waits for what the watcher left behind logs."""
     data = P.read_file(REPO / "params" / "lab.yaml")
     data["postgres"]["synchronous"] = synchronous
     log = tmp_path / "failover.log"
@@ -239,13 +247,23 @@ def run_failover(tmp_path, nodes, ended=None, positions=None, failed=0, synchron
         for n, row in enumerate([told] if isinstance(told, str) else told):
             (tmp_path / f"position.{host}.{n}").write_text(row + "\n")
         (tmp_path / f"position.{host}").write_text((told if isinstance(told, str) else told[-1]) + "\n")
+    for host, row in (back or {}).items():
+        (tmp_path / f"timeline.{host}").write_text(row + "\n" if row else "")
+        (tmp_path / f"back.{host}").touch()
     (tmp_path / "failover.sh").write_text(script)
-    done = subprocess.run(["bash", str(tmp_path / "failover.sh"), str(failed), nodes[failed][0], str(failed), "1",
-                           nodes[1][0], nodes[failed][0]], capture_output=True, text=True, timeout=60,
-                          env={"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "T": str(tmp_path)})
+    run = subprocess.Popen(["bash", str(tmp_path / "failover.sh"), str(failed), nodes[failed][0], str(failed), "1",
+                            nodes[1][0], nodes[failed][0]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True, env={"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "T": str(tmp_path)})
+    try:
+        returncode = run.wait(timeout=60)
+        if back:
+            wait_until(lambda: "answers again" in log.read_text(), timeout=10, interval=0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):     # the watcher failover.sh leaves behind
+            os.killpg(run.pid, signal.SIGKILL)
     lines = [l.split(" ", 1)[1] for l in log.read_text().splitlines()] if log.exists() else []
     calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
-    return done.returncode, lines, calls
+    return returncode, lines, calls
 
 
 A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"
@@ -313,6 +331,28 @@ def test_a_host_that_does_not_answer_is_neither_waited_for_nor_fenced(tmp_path):
                                                                           C: "t|0/5000000|83886080"})
     assert rc == 0 and log[1] == f"node 0 ({A}): its host does not answer: promoting at once"
     assert not any("standby.signal" in c for c in calls) and f"node 1 ({B}) promoted" in log
+    assert log[-1] == f"node 0 ({A}) not fenced: its host does not answer; fenced when it does (within 900 s)"
+
+
+SILENT = {B: "t|0/5000000|83886080", C: "t|0/5000000|83886080"}
+
+
+@pytest.mark.parametrize("old, new, said, stopped", [
+    ("f|1", "f|2", f"node 0 ({A}) answers again, a primary on timeline 1 beside node 1 ({B}) on timeline 2: "
+                   "stopped and fenced", True),
+    # no proof that the promoted server leads: its timeline is not later, or it does not answer
+    ("f|2", "f|2", f"node 0 ({A}) answers again, a primary (timeline 2); node 1 ({B}) answers 'f|2': left running, "
+                   "for a person to decide", False),
+    ("f|1", "", f"node 0 ({A}) answers again, a primary (timeline 1); node 1 ({B}) answers '': left running, "
+                "for a person to decide", False),
+    ("", "f|2", f"node 0 ({A}) answers again, its server down: fenced", False),
+    ("t|0", "f|2", f"node 0 ({A}) answers again, in recovery: left as it is", False),
+])
+def test_a_silent_primary_is_stopped_and_fenced_when_it_answers_again_only_with_proof(tmp_path, old, new, said, stopped):
+    rc, log, calls = run_failover(tmp_path, THREE, ended=None, positions=SILENT, back={A: old, B: new})
+    assert rc == 0 and log[-1] == said, log
+    assert any(c.startswith(f"{A} pg_ctlcluster 15 main stop -m fast && touch") for c in calls) == stopped
+    assert any("standby.signal" in c for c in calls) == (stopped or not old)
 
 
 def test_a_server_that_is_no_longer_in_recovery_is_not_a_candidate(tmp_path):
