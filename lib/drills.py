@@ -22,7 +22,7 @@ from lib import clone_guard, failover, part2, postgres
 from lib.postgres import TEST_DB
 from lib.remote import StepFailed
 from lib.secrets import secret
-from lib.cluster import node_id, node_status, roles_line_now, roles_now, the_primary, timeline_history
+from lib.cluster import node_id, node_status, remote_named, roles_line_now, roles_now, the_primary, timeline_history
 from lib.show import expect, positions_named
 from lib.wait import wait_until
 
@@ -152,12 +152,14 @@ class Losses:
     writer kept. A lost row is `in flight` when the server that acknowledged it acknowledged
     nothing that survived after it and no other server had taken a row before it: asynchronous
     replication loses such a tail at a crash. Any other lost row (a hole, or a row a second primary
-    took) is a defect."""
+    took) is a defect. Rows the primary has and a standby does not yet are lag (`behind`, per
+    standby): reported, never counted as lost."""
     primary: str
     switch_point: str
     in_flight: list[int] = field(default_factory=list)
     defects: list[int] = field(default_factory=list)
     evidence: dict[int, tuple[str, str]] = field(default_factory=dict)
+    behind: dict[str, int] = field(default_factory=dict)
 
     @property
     def lost(self) -> list[int]:
@@ -185,15 +187,24 @@ def timeline_switch(primary) -> str:
     return history[-1][1] if history else ""
 
 
+def rows_on(remote) -> set[int]:
+    return set(map(int, postgres.value(remote, f"SELECT string_agg(id::text, ' ') FROM {TABLE}",
+                                       database=TEST_DB).split()))
+
+
 def losses(env, writer: Client) -> Losses:
     """Which of the writer's acknowledged rows the primary lacks, read directly on the one server
-    that is not in recovery (never through pgpool, whose reads may reach a standby that lags)."""
+    that is not in recovery (never through pgpool, whose reads may reach a standby that lags), and
+    how many of those it has each running standby lacks, read on that standby just after."""
+    roles = roles_now(env)
     primary = the_primary(env)
-    kept = set(map(int, postgres.value(primary, f"SELECT string_agg(id::text, ' ') FROM {TABLE}",
-                                       database=TEST_DB).split()))
+    kept = rows_on(primary)
     in_flight, defects = classify(writer.evidence, kept)
+    acknowledged = kept & set(writer.evidence)
+    behind = {name: len(acknowledged - rows_on(remote_named(env, name)))
+              for name, role in roles.items() if role == "standby"}
     return Losses(primary.host.name, timeline_switch(primary), in_flight, defects,
-                  {i: writer.evidence[i] for i in in_flight + defects})
+                  {i: writer.evidence[i] for i in in_flight + defects}, behind)
 
 
 # --- what the drills start from ---------------------------------------------------------------------------
@@ -282,6 +293,7 @@ def judge_lost(outcome: Outcome, found: Losses, why_none_lost: str) -> None:
     """A defect always fails the drill; rows in flight fail it unless it may lose them."""
     outcome.lost = found
     outcome.measured["rows lost"] = len(found.lost)
+    outcome.measured["not yet on a standby (lag)"] = ", ".join(f"{n} {k}" for n, k in found.behind.items()) or "-"
     if found.in_flight:
         outcome.measured["rows lost"] = (f"{len(found.lost)} (in flight past the switch point "
                                          f"{found.switch_point or '?'}: {found.described(found.in_flight)})")
@@ -381,6 +393,11 @@ def primary_stops(env, how: str, lagging_s: float = 0, session_each: bool = Fals
     failed_at = outcome.start + lag
     if silence:
         failed_at = fenced_when_back(env, old, silence, failed_at)
+    # pgpool runs follow_primary.sh for the failed node too, after failover.sh: its word comes last (for a
+    # silent host, once its network is back, whenever that is)
+    n = node_id(env, old)
+    wait_until(lambda: any(re.match(rf"node {n} \(\S+\) is not a running standby", line)
+                           for _, line in failover_log_since(env, epoch)), timeout=FOLLOWED_WITHIN_S, interval=0.3)
     log = failover_log_since(env, epoch)
     detected = next((t for t, line in log if re.match(r"primary node \d+ \(\S+\) failed", line)), None)
     promoted = next((t for t, line in log if re.match(r"node \d+ \(\S+\) promoted", line)), None)
@@ -524,6 +541,9 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
 #: for the rest: reading the standbys (pcp answers slowly while a node is silent: 1.2-2.3 s measured), the
 #: promotion, and pgpool's search for the new primary before it takes sessions again (about 2 s)
 SILENT_PRIMARY_BOUND_S = part2.detection_bounds()["silent"] + failover.ANSWER_S + 8
+#: from the promotion to follow_primary.sh's word on the failed node: pgpool's search for the new primary,
+#: then one SSH try (its ConnectTimeout is 5 s)
+FOLLOWED_WITHIN_S = 15
 #: from its network's return to the watcher's fence: one SSH try a WATCH_EVERY_S, two questions, a clean stop
 FENCED_WITHIN_S = failover.WATCH_EVERY_S + 10
 #: how long drill 3c keeps the standby's network down: longer than the 'silent' detection bound
