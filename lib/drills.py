@@ -293,7 +293,8 @@ def judge_lost(outcome: Outcome, found: Losses, why_none_lost: str) -> None:
     """A defect always fails the drill; rows in flight fail it unless it may lose them."""
     outcome.lost = found
     outcome.measured["rows lost"] = len(found.lost)
-    outcome.measured["not yet on a standby (lag)"] = ", ".join(f"{n} {k}" for n, k in found.behind.items()) or "-"
+    outcome.measured["rows not yet on a standby (lag)"] = ", ".join(f"{n} {k}" for n, k in found.behind.items()) \
+        or "none (no standby running)"
     if found.in_flight:
         outcome.measured["rows lost"] = (f"{len(found.lost)} (in flight past the switch point "
                                          f"{found.switch_point or '?'}: {found.described(found.in_flight)})")
@@ -615,10 +616,42 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     expect(attached and attached - answering <= bound, f"{name} was not back in pgpool {bound} s after its network "
            "came back.", "check that it still streams (pg_stat_replication on the primary), auto_failback and "
            "sr_check_period (Step 30).")
+    # back in pgpool is not enough: its replication connection may still be stuck, while pg_stat_replication
+    # says 'streaming' and pgpool sends it reads. A new WAL record must reach it.
+    within_s = replay_bound(standby)
+    replaying = replays_again_within(env, standby, within_s)
+    outcome.measured["replaying new WAL after its network"] = time.time() - answering
+    expect(replaying, f"{name} is back in pgpool but has not replayed a new WAL record of the primary "
+                      f"{within_s:.0f} s later: its reads are stale.",
+           "its WAL receiver neither streams nor gave up on the silent connection: read its log and "
+           "pg_stat_wal_receiver.")
     outcome.events = [f"pgpool's health check detached {name} within {promised} s of the silence (+ {SCRIPT_SLACK_S:g} s "
                       "for pgpool to start failover.sh, whose log line gives the time): yes",
-                      f"back in load balancing by itself within {bound} s of its network's return: yes"]
+                      f"back in load balancing by itself within {bound} s of its network's return: yes",
+                      f"and replaying the primary's new WAL within {within_s:.0f} s after that (its WAL receiver's "
+                      "timeout and retry interval): yes"]
     return outcome
+
+
+def replay_bound(standby) -> float:
+    """Seconds within which a standby back from a silence replays the primary's new WAL, at worst: its
+    replication connection resumes, or its WAL receiver gives up on it (wal_receiver_timeout) and
+    connects again (wal_retrieve_retry_interval). Measured: 4-6 s, once more than 15 s (TCP's
+    retransmission back-off after the silence, most likely)."""
+    ms = postgres.value(standby, "SELECT sum(setting::int) FROM pg_settings "
+                                 "WHERE name IN ('wal_receiver_timeout', 'wal_retrieve_retry_interval')")
+    return int(ms) / 1000
+
+
+def replays_again_within(env, standby, seconds: float) -> bool:
+    """Whether the primary sees `standby` replay a WAL record written now (a logical message: no table
+    needed) within `seconds`."""
+    primary, name = the_primary(env), standby.host.name
+    lsn = postgres.value(primary, "SELECT pg_logical_emit_message(false, 'pgguide-drill', 'are you there')")
+    replayed = (f"SELECT count(*) > 0 FROM pg_stat_replication WHERE application_name = '{name}' "
+                f"AND replay_lsn >= '{lsn}'")
+    done, _ = wait_until(lambda: postgres.value(primary, replayed) == "t", timeout=seconds, interval=0.3)
+    return bool(done)
 
 
 def pgpool_restarts(env) -> Outcome:

@@ -161,7 +161,7 @@ def test_lost_rows_fail_a_drill_unless_it_may_lose_them_and_a_defect_fails_every
 def test_rows_a_standby_lacks_are_reported_as_lag_never_as_lost():
     lagging = drills.Outcome("x")
     drills.judge_lost(lagging, drills.Losses("vm1", "", behind={"vm2": 3, "vm4": 0}), "check sync")
-    assert lagging.measured["rows lost"] == 0 and lagging.measured["not yet on a standby (lag)"] == "vm2 3, vm4 0"
+    assert lagging.measured["rows lost"] == 0 and lagging.measured["rows not yet on a standby (lag)"] == "vm2 3, vm4 0"
     assert lagging.report().splitlines()[-1] == "acknowledged rows lost (counted on the primary, vm1): 0"
 
 
