@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -708,16 +707,10 @@ def reads_spread(c: Cluster) -> list[Finding]:
         conn = db.connect(p, p.pgpool_host, user="postgres", password=secret("postgres", p), port=p.pgpool["port"])
         conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         return conn
-    # for a few seconds after a failback pgpool's children restart, each closing the session it has just
-    # accepted: a client tries again, and so does this check, before it leaves a failed login to clients_get_in
-    for attempt in range(3):
-        try:
-            counts = loadbalance.sample(connect, sessions, concurrent=loadbalance.CONCURRENT)
-            break
-        except ConnectionError:
-            if attempt == 2:
-                return []
-            time.sleep(2)
+    try:
+        counts = loadbalance.sample(connect, sessions, concurrent=loadbalance.CONCURRENT)
+    except ConnectionError:
+        return []                       # clients_get_in reports a login that fails
     names = {h.host.address: h.host.name for h in c.servers}
     seen = ", ".join(f"{names.get(a, a)} {counts.get(a, 0)}" for a in shares)
     idle = [a for a, share in shares.items() if share > 0 and counts.get(a, 0) == 0]
