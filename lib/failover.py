@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from functools import partial
 
-from lib import clone_guard, ops, part1, part2, pgconf, pgpoolconf, postgres
+from lib import clone_guard, ops, part2, pgconf, pgpoolconf, postgres
 from lib.ops import Secret, guide_step
 from lib.part1 import REPLICATION_ROLE
 from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf, secret_file
@@ -51,19 +51,10 @@ def ssh_options() -> str:
             f"-o UserKnownHostsFile={KNOWN_HOSTS}")
 
 
-#: a standby's replication connection gives up when data it sent stays unacknowledged this long (a silent
-#: network), and a new attempt gives up after CONNECT_TIMEOUT_S; its WAL receiver then tries again every
-#: wal_retrieve_retry_interval (5 s). Without them, after a silence TCP's back-off kept a standby that
-#: pgpool had attached again from receiving anything for 11-45 s (drill 3c; measured in the README).
-TCP_USER_TIMEOUT_MS = 5000
-CONNECT_TIMEOUT_S = 2
-
-
 def standby_conninfo(params, primary_address: str, name: str) -> str:
     """primary_conninfo without a password: libpq reads it from ~postgres/.pgpass."""
     return (f"host={primary_address} port={params.postgres['port']} user={REPLICATION_ROLE} "
-            f"application_name={name} passfile={PGPASS} sslmode={'require' if postgres.tls(params) else 'prefer'} "
-            f"tcp_user_timeout={TCP_USER_TIMEOUT_MS} connect_timeout={CONNECT_TIMEOUT_S}")
+            f"application_name={name} passfile={PGPASS} sslmode={'require' if postgres.tls(params) else 'prefer'}")
 
 
 # --- Step 40 ---------------------------------------------------------------------------------------------
@@ -85,15 +76,6 @@ def every_server_can_lead(env) -> ops.Step:
                            lambda text, r=r: pgconf.add_hba_records(text, peer_hba_lines(env, r)))
         secret_file(step, r, PGPASS, (f"*:{p.postgres['port']}:*:{REPLICATION_ROLE}:", Secret("replication"), "\n"),
                     lambda line: line.rsplit(":", 1)[0] + ":" + ops.MASK, "the replicator's password")
-    for r in env.standbys:                  # after the .pgpass above: the conninfo reads its password there
-        conninfo = standby_conninfo(p, env.primary.host.address, r.host.name)
-        if part1.conninfo_fields(part1.auto_conf(r)) != part1.parse_conninfo(conninfo):
-            step.do(ops.Sql(r, "postgres", statement=(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(conninfo)};\n"
-                                                      "SELECT pg_reload_conf();",),
-                            summary="primary_conninfo: the password from ~postgres/.pgpass, and timeouts that notice a "
-                                    "silent connection"))
-        else:
-            step.note(r, "primary_conninfo reads the password from ~postgres/.pgpass and notices a silent connection")
     missing = [f for f in REWIND_FUNCTIONS if postgres.value(
         env.primary, f"SELECT has_function_privilege({sql_literal(REPLICATION_ROLE)}, {sql_literal(f)}, 'EXECUTE')") != "t"]
     if missing:

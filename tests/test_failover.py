@@ -86,7 +86,7 @@ def test_follow_primary_names_each_standby_as_pgpool_matches_it():
 def test_standby_conninfo_holds_no_password():
     info = failover.standby_conninfo(PARAMS, "10.0.0.1", "vm2")
     assert info == ("host=10.0.0.1 port=5432 user=replicator application_name=vm2 "
-                    "passfile=/var/lib/postgresql/.pgpass sslmode=prefer tcp_user_timeout=5000 connect_timeout=2")
+                    "passfile=/var/lib/postgresql/.pgpass sslmode=prefer")
 
 
 def test_pg_rewind_output_keeps_its_own_lines_with_positions_named():
