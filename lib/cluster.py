@@ -64,8 +64,10 @@ def timeline_history(primary) -> list[tuple[int, str]]:
 def all_up(env, timeout: float = 60) -> str:
     """Every node up (or waiting for its first client) in pgpool, one primary, standbys streaming."""
     nodes = part2.wait_for_nodes(part2.via_pgpool(env), env.params, timeout=timeout, also_waiting=True)
-    expect(part2.nodes_ready(nodes, also_waiting=True), "not every node is up in pgpool with one primary and streaming standbys.",
-           f"read {failover.FAILOVER_LOG} and pgpool's log; a node left down: rejoin it (above).")
+    seen = "; ".join(f"node {n['node_id']} {n['hostname']}: {n['status']}/{n['pg_status']}, {n['role']}, "
+                     f"{n['replication_state'] or 'no replication state'}" for n in nodes)
+    expect(part2.nodes_ready(nodes, also_waiting=True), "not every node is up in pgpool with one primary and "
+           f"streaming standbys ({seen}).", f"read {failover.FAILOVER_LOG} and pgpool's log; a node left down: rejoin it (above).")
     return nodes_now(env)
 
 

@@ -110,21 +110,25 @@ def host_key(remote) -> str:
     return " ".join(remote.run("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2])
 
 
+def make_key(step: ops.Step, remote) -> ops.Step:
+    """A key pair for postgres on `remote`, made there: its private half never travels."""
+    k = shlex.quote(KEY)
+    if remote.run(f"test -f {k} && test -f {k}.pub", user="root", check=False).ok:
+        return step.note(remote, f"{KEY} exists")
+    return step.do(ops.Command(remote, "postgres", f"install -d -m 700 {SSH_DIR} && "
+                               f"ssh-keygen -q -t ed25519 -N '' -C {KEY_COMMENT.format(remote.host.name)} -f {k}",
+                               summary=f"a key for postgres on {remote.host.name}"))
+
+
 @guide_step
 def postgres_key(env) -> ops.Step:
-    """A key pair for postgres on the pgpool host, made there: its private half never travels."""
-    vm3, step = env.pgpool, ops.Step("postgres key")
-    k = shlex.quote(KEY)
-    if vm3.run(f"test -f {k} && test -f {k}.pub", user="root", check=False).ok:
-        return step.note(vm3, f"{KEY} exists")
-    return step.do(ops.Command(vm3, "postgres", f"install -d -m 700 {SSH_DIR} && "
-                               f"ssh-keygen -q -t ed25519 -N '' -C {KEY_COMMENT.format(vm3.host.name)} -f {k}",
-                               summary=f"a key for postgres on {vm3.host.name}"))
+    """A key pair for postgres on the pgpool host."""
+    return make_key(ops.Step("postgres key"), env.pgpool)
 
 
-def trusted_line(vm3) -> str:
-    """authorized_keys' line for the pgpool host's key: from its address only, nothing forwarded."""
-    return f'from="{vm3.host.address}",no-agent-forwarding,no-port-forwarding,no-X11-forwarding'
+def trusted_line(source) -> str:
+    """authorized_keys' options for the pgpool host's key: from its address only, nothing forwarded."""
+    return f'from="{source.host.address}",no-agent-forwarding,no-port-forwarding,no-X11-forwarding'
 
 
 def _replace_lines(path: str, drop: str, line: str, owner: str, mode: str) -> str:
@@ -135,36 +139,46 @@ def _replace_lines(path: str, drop: str, line: str, owner: str, mode: str) -> st
             f"chown {owner} {f}.new && chmod {mode} {f}.new && mv {f}.new {f}")
 
 
-@guide_step
-def ssh_trust(env) -> ops.Step:
-    """postgres on the pgpool host may log in as postgres on each server with that key, from the
-    pgpool host's address only, to servers whose host keys are pinned: read over our own checked
-    SSH connections, never trusted on first use. Each key goes from the host that has it to the
-    host that trusts it (ops.Relay), so the run record's commands.sh works on other hosts too."""
-    vm3, step = env.pgpool, ops.Step("ssh trust")
-    public = vm3.run(f"cat {shlex.quote(KEY)}.pub", user="root",
-                     hint="the key is made just before (postgres_key): run that cell first").stdout.strip()
-    known = vm3.run(f"cat {KNOWN_HOSTS} 2>/dev/null || true", user="root").stdout.splitlines()
-    for r in database_remotes(env):
+def pin_host_keys(step: ops.Step, on, remotes) -> None:
+    """postgres's known_hosts on `on` pins each remote's host key, read over our own checked SSH
+    connections, never trusted on first use."""
+    known = on.run(f"cat {KNOWN_HOSTS} 2>/dev/null || true", user="root").stdout.splitlines()
+    for r in remotes:
         pinned = f"{r.host.address} {host_key(r)}"
         if pinned in known and not any(l.startswith(r.host.address + " ") and l != pinned for l in known):
-            step.note(vm3, f"{KNOWN_HOSTS} pins {r.host.name}'s host key")
+            step.note(on, f"{KNOWN_HOSTS} pins {r.host.name}'s host key")
             continue
-        step.do(ops.Relay(vm3, "root", source=r, read="cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub",
+        step.do(ops.Relay(on, "root", source=r, read="cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub",
                           write=_replace_lines(KNOWN_HOSTS, f"^{r.host.address} ", f'"{r.host.address} $k"',
                                                "postgres:postgres", "644"),
                           summary=f"{KNOWN_HOSTS}: {r.host.name}'s host key pinned"))
-    line = f"{trusted_line(vm3)} {public}"
+
+
+def authorize(step: ops.Step, target, source, options: str, said: str) -> None:
+    """postgres on `target` lets postgres of `source` in with its key, under authorized_keys' `options`.
+    The key goes from the host that has it to the host that trusts it (ops.Relay), so the run record's
+    commands.sh works on other hosts too."""
+    public = source.run(f"cat {shlex.quote(KEY)}.pub", user="root",
+                        hint="the key is made just before: run that cell first").stdout.strip()
+    have = target.run(f"cat {AUTHORIZED_KEYS} 2>/dev/null || true", user="root").stdout
+    if f"{options} {public}" in have.splitlines():
+        step.note(target, f"{AUTHORIZED_KEYS} lets postgres of {source.host.name} in, {said}")
+        return
+    step.do(ops.Relay(target, "root", source=source, source_user="root", read=f"cat {KEY}.pub",
+                      write=f"install -d -o postgres -g postgres -m 700 {SSH_DIR} && " + _replace_lines(
+                          AUTHORIZED_KEYS, f"{KEY_COMMENT.format(source.host.name)}$",
+                          shlex.quote(options) + '" $k"', "postgres:postgres", "600"),
+                      summary=f"{AUTHORIZED_KEYS}: postgres of {source.host.name} may log in, {said}"))
+
+
+@guide_step
+def ssh_trust(env) -> ops.Step:
+    """postgres on the pgpool host may log in as postgres on each server with that key, from the
+    pgpool host's address only, to servers whose host keys are pinned."""
+    vm3, step = env.pgpool, ops.Step("ssh trust")
+    pin_host_keys(step, vm3, database_remotes(env))
     for r in database_remotes(env):
-        have = r.run(f"cat {AUTHORIZED_KEYS} 2>/dev/null || true", user="root").stdout
-        if line in have.splitlines():
-            step.note(r, f"{AUTHORIZED_KEYS} lets postgres of {vm3.host.name} in, from its address only")
-            continue
-        step.do(ops.Relay(r, "root", source=vm3, source_user="root", read=f"cat {KEY}.pub",
-                          write=f"install -d -o postgres -g postgres -m 700 {SSH_DIR} && " + _replace_lines(
-                              AUTHORIZED_KEYS, f"{KEY_COMMENT.format(vm3.host.name)}$",
-                              shlex.quote(trusted_line(vm3)) + '" $k"', "postgres:postgres", "600"),
-                          summary=f"{AUTHORIZED_KEYS}: postgres of {vm3.host.name} may log in"))
+        authorize(step, r, vm3, trusted_line(vm3), "from its address only")
 
     def logs_in():
         lines = []
@@ -185,7 +199,7 @@ def _pcp(params, tool: str) -> str:
     return f"{tool} -h localhost -p {params.pgpool['pcp_port']} -U {PGPOOL_ROLE} -w"
 
 
-def _application_names(params) -> str:
+def application_names(params) -> str:
     """A shell case's branches: each server's address sets name= to its application_name."""
     return "\n".join(f"    {h.address}) name={h.name} ;;" for h in sorted(params.database_hosts, key=lambda h: h.address))
 
@@ -438,7 +452,7 @@ log "node $node ($host) attached"
 # the replication state of pgpool's last check, which during a failover is the old primary's: it can
 # attach a standby that has not yet followed the new primary, or that forked off and never will.
 case $host in   # the name the primary sees in pg_stat_replication (backend_application_nameN)
-{_application_names(params)}
+{application_names(params)}
 esac
 if [ "$host" != "$primary_host" ] && [ "$(on "$primary_host" "psql -XAtc \\"{replicating_sql("$name")}\\"" 2>/dev/null)" != t ]; then
     log "node $node ($host) does not stream from $primary_host: detached again until it does"
@@ -468,7 +482,7 @@ if ! on "$host" "pg_lsclusters --no-header {int(p['version'])} {p['cluster']}" 2
     exit 0
 fi
 case $host in   # the name pgpool matches in pg_stat_replication (backend_application_nameN)
-{_application_names(params)}
+{application_names(params)}
 esac
 log "node $node ($host): following the new primary $new_host"
 on "$host" "psql -XAtqc \\"ALTER SYSTEM SET primary_conninfo = '{conninfo}'\\" -c 'SELECT pg_reload_conf()'" >/dev/null 2>> {FAILOVER_LOG} || {{

@@ -119,6 +119,41 @@ def rewind_output(text: str) -> str:
                   in_step, text)
 
 
+def rewind_or_clone(params, primary_address: str) -> tuple[str, str, str]:
+    """Shell, as postgres on the former primary (down): pg_rewind from the primary; the fallback, a new
+    base backup after the old data directory is moved to "$aside"; and the expression for that place."""
+    p = params.postgres
+    data, bin_dir = shlex.quote(p["data_dir"]), f"/usr/lib/postgresql/{int(p['version'])}/bin"
+    source = f"host={primary_address} port={p['port']} user={REPLICATION_ROLE} dbname=postgres"
+    # standby.signal (failover.sh's fence) would make pg_rewind's single-user crash recovery refuse to run;
+    # the server is down, and the file is written again (standby_of) before it starts
+    rewind = (f"rm -f {data}/standby.signal && {bin_dir}/pg_rewind -D {data} --source-server=\"{source}\" "
+              f"--config-file={shlex.quote(p['conf_dir'])}/postgresql.conf")
+    clone = (f"mv {data} \"$aside\" && install -d -m 700 {data} && {bin_dir}/pg_basebackup -h {primary_address} "
+             f"-p {p['port']} -U {REPLICATION_ROLE} -D {data} -X stream -c fast")
+    return rewind, clone, f"{p['data_dir'].rstrip('/')}{SET_ASIDE}$(date -u +%Y%m%dT%H%M%SZ)"
+
+
+def standby_of(params, primary_address: str, name: str) -> str:
+    """Shell, as postgres: the server's data directory set up as a standby of the primary."""
+    data = shlex.quote(params.postgres["data_dir"])
+    conninfo = failover.standby_conninfo(params, primary_address, name)
+    auto = f"{data}/postgresql.auto.conf"
+    return (f"sed -i '/^primary_conninfo/d; /^synchronous_standby_names/d' {auto} && "
+            f"echo \"primary_conninfo = '{conninfo}'\" >> {auto} && touch {data}/standby.signal")
+
+
+def count_into(outcome, step: ops.Step, remote, commits: int) -> None:
+    """The drill's figure of commits only the old primary held, which must cover the rows its writer lost."""
+    outcome.measured[COUNTED] = commits
+    if outcome.lost and outcome.lost.in_flight:
+        expect(len(outcome.lost.in_flight) <= commits,
+               f"the writer lost {len(outcome.lost.in_flight)} acknowledged rows, but {remote.host.name} holds only "
+               f"{commits} commits past the switch point.", "the loss is not explained by the rows in "
+               "flight: read both servers' logs.")
+        step.note(remote, "every acknowledged row the drill lost is among them: yes")
+
+
 def former_primary(env, remote, outcome=None) -> ops.Step:
     """The failed primary `remote` as a standby of the current primary: first a look at what it holds
     past the switch point (counted, its WAL kept aside; options.refuse_diverged refuses instead), then
@@ -127,7 +162,6 @@ def former_primary(env, remote, outcome=None) -> ops.Step:
     `outcome`, the count is among its figures and must cover the rows the writer lost."""
     primary, step = the_primary(env), ops.Step("rejoin")
     p, name = env.params.postgres, remote.host.name
-    data, bin_dir = shlex.quote(p["data_dir"]), f"/usr/lib/postgresql/{int(p['version'])}/bin"
     state = postgres.cluster_state(remote)
     if state == "online,recovery" and clone_guard.streaming_from_primary(remote, primary) == "streaming":
         step.note(remote, f"already a standby streaming from {primary.host.name}")
@@ -144,37 +178,21 @@ def former_primary(env, remote, outcome=None) -> ops.Step:
                "without refuse_diverged.")
         step.note(remote, look.said())
         if outcome is not None:
-            outcome.measured[COUNTED] = look.commits
-            if outcome.lost and outcome.lost.in_flight:
-                expect(len(outcome.lost.in_flight) <= look.commits,
-                       f"the writer lost {len(outcome.lost.in_flight)} acknowledged rows, but {name} holds only "
-                       f"{look.commits} commits past the switch point.", "the loss is not explained by the rows in "
-                       "flight: read both servers' logs.")
-                step.note(remote, "every acknowledged row the drill lost is among them: yes")
+            count_into(outcome, step, remote, look.commits)
         if look.commits:
             step.do(keep_diverged(remote, look))
-        source = f"host={primary.host.address} port={p['port']} user={REPLICATION_ROLE} dbname=postgres"
         if state.startswith("online"):       # a plain command, not a handler: it must stop before the rewind
             step.do(ops.Command(remote, "root", f"systemctl stop {shlex.quote(p['service'])}",
                                 summary=f"{name} stopped for the rewind"))
         step.do(ops.Sql(primary, "postgres", statement=("CHECKPOINT;",),
                         summary="checkpoint: pg_rewind reads the new timeline from the control file"))
-        # standby.signal (failover.sh's fence) would make pg_rewind's single-user crash recovery refuse to run;
-        # the server is down, and the file is written again below before it starts
-        rewind = (f"rm -f {data}/standby.signal && {bin_dir}/pg_rewind -D {data} --source-server={shlex.quote(source)} "
-                  f"--config-file={shlex.quote(p['conf_dir'])}/postgresql.conf")
-        aside = f"{p['data_dir'].rstrip('/')}{SET_ASIDE}$(date -u +%Y%m%dT%H%M%SZ)"
-        clone = (f"mv {data} \"$aside\" && install -d -m 700 {data} && {bin_dir}/pg_basebackup -h {primary.host.address} "
-                 f"-p {p['port']} -U {REPLICATION_ROLE} -D {data} -X stream -c fast")
+        rewind, clone, aside = rewind_or_clone(env.params, primary.host.address)
         step.do(ops.Command(remote, "postgres", f"{rewind} 2>&1 || {{ aside={aside}; echo \"pg_rewind failed: the old data "
                             f"directory is kept as $aside; a new base backup instead\"; {clone}; }}",
                             shown=f"{rewind}    # if it fails: {clone.replace('$aside', aside)}",
                             normalize=rewind_output, summary=f"{name} rewound to {primary.host.name}'s history",
                             timeout=env.params.options["step_timeout"]))
-        conninfo = failover.standby_conninfo(env.params, primary.host.address, name)
-        auto = f"{data}/postgresql.auto.conf"
-        step.do(ops.Command(remote, "postgres", f"sed -i '/^primary_conninfo/d; /^synchronous_standby_names/d' {auto} && "
-                            f"echo \"primary_conninfo = '{conninfo}'\" >> {auto} && touch {data}/standby.signal",
+        step.do(ops.Command(remote, "postgres", standby_of(env.params, primary.host.address, name),
                             summary=f"{name} configured as a standby of {primary.host.name}"))
         step.do(ops.Command(remote, "root", f"systemctl start {shlex.quote(p['service'])} && "
                             f"rm -f {shlex.quote(clone_guard.fence_marker(env.params))}",

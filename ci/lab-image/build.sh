@@ -48,6 +48,9 @@ echo "lab image: upgrading and downloading the local repository's packages"
 chroot "$base" apt-get update -qq
 DEBIAN_FRONTEND=noninteractive chroot "$base" apt-get -y -qq dist-upgrade >/dev/null
 chroot "$base" apt-get clean
+pg=$(chroot "$base" apt-cache depends postgresql | sed -n 's/^ *Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | head -1)
+[ -n "$pg" ] || { echo "lab image: cannot tell which PostgreSQL $release ships" >&2; exit 1; }
+repo_packages=${repo_packages//\{pg\}/$pg}
 # shellcheck disable=SC2086
 DEBIAN_FRONTEND=noninteractive chroot "$base" apt-get install -y -qq --download-only $repo_packages >/dev/null
 mkdir -p "$base/srv/lab-apt"
