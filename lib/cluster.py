@@ -31,9 +31,11 @@ def remote_named(env, name: str):
     return next(r for r in failover.database_remotes(env) if r.host.name == name)
 
 
-def the_primary(env):
-    primaries = [n for n, role in roles_now(env).items() if role == "primary"]
-    expect(len(primaries) == 1, f"the servers' roles are {roles_now(env)}: not exactly one primary.",
+def the_primary(env, roles: dict | None = None):
+    """The one server running as a primary; `roles` (roles_now's) when the caller has just read them."""
+    roles = roles or roles_now(env)
+    primaries = [n for n, role in roles.items() if role == "primary"]
+    expect(len(primaries) == 1, f"the servers' roles are {roles}: not exactly one primary.",
            "two primaries means a split brain: stop the one with fewer writes and rejoin it (lib.rejoin).")
     return remote_named(env, primaries[0])
 

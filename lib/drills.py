@@ -197,7 +197,7 @@ def losses(env, writer: Client) -> Losses:
     that is not in recovery (never through pgpool, whose reads may reach a standby that lags), and
     how many of those it has each running standby lacks, read on that standby just after."""
     roles = roles_now(env)
-    primary = the_primary(env)
+    primary = the_primary(env, roles)
     kept = rows_on(primary)
     in_flight, defects = classify(writer.evidence, kept)
     acknowledged = kept & set(writer.evidence)
@@ -428,7 +428,7 @@ def primary_stops(env, how: str, lagging_s: float = 0, session_each: bool = Fals
 def fenced_when_back(env, old, silence: Silence, asked_at: float) -> float:
     """After a silent primary's failover: wait until its network is back and the watcher failover.sh left
     behind has stopped and fenced it; returns when its interface went down (epoch seconds)."""
-    back_at = asked_at + 0.5 + silence.seconds
+    back_at = asked_at + silence.ends_at_after
 
     def said():
         return time.time() > back_at and next((line for _, line in failover_log_since(env, asked_at)
@@ -558,26 +558,33 @@ SCRIPT_SLACK_S = 1
 class Silence:
     """A host's network interface taken down for `seconds` from the host itself, through a transient
     systemd unit that brings it back though our SSH session to it stalls meanwhile. The unit waits a
-    moment first, so that the SSH command that starts it returns."""
+    moment first (DELAY_S), so that the SSH command that starts it returns."""
     remote: Any
     seconds: float
+    DELAY_S = 0.5
     failed = "/run/pgguide-drill-silence.failed"     # what the cut said, if it could not cut
     went_down = "/run/pgguide-drill-silence.at"      # when it cut, by the host's clock (this machine's, in the lab)
 
     @property
     def command(self) -> str:
         iface = shlex.quote(self.remote.params.options["interface"])
-        cut = (f"sleep 0.5; ip link set {iface} down 2>{self.failed} || exit 1; date +%s.%N > {self.went_down}; "
+        cut = (f"sleep {self.DELAY_S}; ip link set {iface} down 2>{self.failed} || exit 1; date +%s.%N > {self.went_down}; "
                f"rm -f {self.failed}; sleep {self.seconds:.0f}; ip link set {iface} up")
         return f"systemd-run --quiet --collect --unit=pgguide-drill-silence sh -c {shlex.quote(cut)}"
 
     def began(self, asked_at: float) -> float:
         """When the interface went down (epoch seconds), once the host answers again; fails if it could not."""
-        said = self.remote.run(f"cat {self.failed} 2>/dev/null; rm -f {self.failed}", user="root").stdout.strip()
-        expect(not said, f"{self.remote.host.name} could not take its interface down: {said}",
+        out = self.remote.run(f"cat {self.failed} 2>/dev/null; echo @@; cat {self.went_down} 2>/dev/null; "
+                              f"rm -f {self.failed} {self.went_down}", user="root").stdout
+        said, _, at = out.partition("@@")
+        expect(not said.strip(), f"{self.remote.host.name} could not take its interface down: {said.strip()}",
                "the drill needs CAP_NET_ADMIN on the host (a container without it cannot change its own interfaces).")
-        return float(self.remote.run(f"cat {self.went_down}; rm -f {self.went_down}", user="root").stdout.strip()
-                     or asked_at)
+        return float(at.strip() or asked_at)
+
+    @property
+    def ends_at_after(self) -> float:
+        """Seconds from the command to the network's return."""
+        return self.DELAY_S + self.seconds
 
 
 def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
@@ -600,7 +607,7 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     cut_at = time.time()
     standby.run(silence.command, user="root")
     detached, _ = wait_until(lambda: logged("detached", cut_at), timeout=silent_for + 1, interval=0.5)
-    time.sleep(max(0.0, cut_at + 0.5 + silent_for - time.time()))
+    time.sleep(max(0.0, cut_at + silence.ends_at_after - time.time()))
     # from the moment the interface went down, not from when we asked: SSH and systemd-run take their time
     down_at = silence.began(cut_at)
     expect(detached, f"pgpool did not detach {name} within {silent_for:.0f} s of its network going silent.",
