@@ -401,10 +401,11 @@ class Step:
             print("nothing to change")
         lock = next((a.remote.cluster_lock for a in self.plan if getattr(a.remote, "cluster_lock", None)), None)
         with lock.changing() if lock else contextlib.nullcontext():     # one run at a time changes the cluster
+            seen: dict = {}
             for action in self.plan:
                 if action.remote.read_only:
                     raise CheckFailed(f"{action.host}: refusing to apply on a read-only connection: {action.what()}")
-                print(action.remote.mask(action.prompt() + action.display()))
+                print(self._shown(action, seen))
                 output = action.run()
                 if output:
                     print(action.remote.mask(output))
@@ -417,7 +418,20 @@ class Step:
 
     def preview(self) -> list[str]:
         """The plan as it would run, without running it."""
-        return [a.remote.mask(a.prompt() + a.display()) for a in self.plan]
+        seen: dict = {}
+        return [self._shown(a, seen) for a in self.plan]
+
+    @staticmethod
+    def _shown(action: Action, seen: dict) -> str:
+        """The action's transcript. A file change that repeats one shown before in the step, on another host
+        (the same path, text before and after, owner and mode), is named, not printed again."""
+        if isinstance(action, FileChange):
+            key = (action.path, action.old, masked(action.new), action.owner, action.mode)
+            if key in seen:
+                verb = "edit" if action.old is not None else "create"
+                return action.remote.mask(f"{action.prompt()}{verb} {action.path}: the same as on {seen[key]} above")
+            seen[key] = action.host
+        return action.remote.mask(action.prompt() + action.display())
 
     # checking
     def drift(self) -> list[str]:

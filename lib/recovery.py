@@ -64,8 +64,9 @@ def peer_options(peer) -> str:
     return f'from="{peer.host.address}",restrict,command="{REJOIN_PROGRAM}"'
 
 
-def rejoin_program(params, name: str) -> str:
-    """rejoin-standby on the server `name`: the SSH_ORIGINAL_COMMAND a peer sent is one of
+def rejoin_program(params) -> str:
+    """rejoin-standby, the same on every server (each finds its name by its address). The
+    SSH_ORIGINAL_COMMAND a peer sent is one of
       ready           say so (the step's check)
       rejoin ADDRESS  this server back as a standby of the primary at ADDRESS (recovery_1st_stage)
       start           start it and wait until it streams (pgpool_remote_start)."""
@@ -78,14 +79,21 @@ def rejoin_program(params, name: str) -> str:
     refuse_diverged = "yes" if params.options["refuse_diverged"] else "no"
     return f"""#!/bin/bash
 # The one program another database server's postgres may run here over SSH (authorized_keys command=),
-# for pgpool's online recovery (pcp_recovery_node). Written by pgguide for {name}.
+# for pgpool's online recovery (pcp_recovery_node). Written by pgguide.
 set -uo pipefail
+name=
+for address in $(ip -o addr show | awk '{{split($4, a, "/"); print a[1]}}'); do
+  case $address in   # this server's name: its application_name as a standby
+{failover.application_names(params)}
+  esac
+done
+[ -n "$name" ] || {{ echo "refused: none of this host's addresses is one of the cluster's servers" >&2; exit 2; }}
 say() {{ echo "$*"; echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" >> {REJOIN_LOG}; }}
 refuse() {{ say "refused: $*; nothing was changed"; exit 1; }}
-failed() {{ say "failed: $*; {name} is left down, its data kept (read {REJOIN_LOG})"; exit 1; }}
+failed() {{ say "failed: $*; $name is left down, its data kept (read {REJOIN_LOG})"; exit 1; }}
 read -r verb primary rest <<< "${{SSH_ORIGINAL_COMMAND:-}}"
 case "$verb" in
-  ready) echo "{name}: ready to be recovered"; exit 0 ;;
+  ready) echo "$name: ready to be recovered"; exit 0 ;;
   start)
     sudo -n {start_command(params)} || {{ say "failed: systemd did not start the server"; exit 1; }}
     rm -f {shlex.quote(clone_guard.fence_marker(params))}
@@ -95,13 +103,13 @@ case "$verb" in
 esac
 case "$primary" in {peers}) ;; *) refuse "$primary is none of this cluster's servers" ;; esac
 [ -z "$rest" ] || refuse "unexpected words: $rest"
-say "pcp_recovery_node: {name} to rejoin as a standby of $primary"
+say "pcp_recovery_node: $name to rejoin as a standby of $primary"
 state=$(pg_lsclusters --no-header {postgres.cluster_words(p)} | awk '{{print $4}}')
 case "$state" in
   down*) ;;
   online,recovery) pg_ctlcluster {postgres.cluster_words(p)} stop -m fast || refuse "the standby would not stop"
                    say "a standby pgpool had detached: stopped for the rewind" ;;
-  *) refuse "{name} is $state: it runs as a primary and may hold writes that $primary lacks" ;;
+  *) refuse "$name is $state: it runs as a primary and may hold writes that $primary lacks" ;;
 esac
 # the proof: the same cluster, and the primary promoted past this server's timeline
 control=$(LC_ALL=C {bin_dir}/pg_controldata -D {data})
@@ -109,15 +117,15 @@ mine=$(sed -n 's/^Database system identifier: *//p' <<< "$control")
 my_timeline=$(sed -n "s/^Latest checkpoint's TimeLineID: *//p" <<< "$control")
 IFS='|' read -r theirs timeline _ <<< "$(psql "{source} replication=true" -XAtc IDENTIFY_SYSTEM)"
 [ -n "$theirs" ] || refuse "$primary does not answer the replication connection"
-[ "$mine" = "$theirs" ] || refuse "{name} holds another cluster (system identifier $mine, the primary's $theirs)"
-[ "$timeline" -gt "$my_timeline" ] || refuse "$primary is on timeline $timeline, {name} on $my_timeline: not promoted past it"
-say "proof: same system identifier; $primary promoted past {name}'s timeline $my_timeline (it is on timeline $timeline)"
+[ "$mine" = "$theirs" ] || refuse "$name holds another cluster (system identifier $mine, the primary's $theirs)"
+[ "$timeline" -gt "$my_timeline" ] || refuse "$primary is on timeline $timeline, $name on $my_timeline: not promoted past it"
+say "proof: same system identifier; $primary promoted past $name's timeline $my_timeline (it is on timeline $timeline)"
 # the look: commits this server wrote past the switch point, which the rewind discards
 history=$(psql "{source}" -XAtc "SELECT convert_from(pg_read_binary_file('pg_wal/' || lpad(upper(to_hex($timeline)), 8, '0') || '.history'), 'UTF8')")
 switch=$(awk -v t="$my_timeline" '$1 == t {{print $2}}' <<< "$history")
 [ -n "$switch" ] || refuse "$primary's timeline history does not say where it left timeline $my_timeline"
 commits=$({bin_dir}/pg_waldump --path={data}/pg_wal --timeline="$my_timeline" --start="$switch" 2>/dev/null | grep -c {shlex.quote(rejoin.COMMIT_RECORD)})
-say "switch point $switch on timeline $my_timeline: {name} holds $commits commits past it that $primary never received"
+say "switch point $switch on timeline $my_timeline: $name holds $commits commits past it that $primary never received"
 if [ "$commits" -gt 0 ]; then
   [ {refuse_diverged} = no ] || refuse "options.refuse_diverged is set"
   segment=$(psql "{source}" -XAtc "SELECT pg_walfile_name('$switch')")
@@ -129,13 +137,13 @@ if [ "$commits" -gt 0 ]; then
 fi
 if out=$({rewind} 2>&1); then
   grep '^pg_rewind' <<< "$out" | while read -r line; do say "$line"; done
-  ! grep -q 'no rewind required' <<< "$out" || [ "$commits" -eq 0 ] || failed "pg_rewind found nothing to rewind, yet {name} holds $commits commits past the switch point"
+  ! grep -q 'no rewind required' <<< "$out" || [ "$commits" -eq 0 ] || failed "pg_rewind found nothing to rewind, yet $name holds $commits commits past the switch point"
 else
   aside={aside}
   say "pg_rewind failed: the old data directory is kept as $aside; a new base backup instead"
   {clone} || failed "pg_basebackup failed too"
 fi
-{rejoin.standby_of(params, "$primary", name)} || failed "the standby's settings could not be written"
+{rejoin.standby_of(params, "$primary", "$name")} || failed "the standby's settings could not be written"
 say "configured as a standby of $primary"
 """
 
@@ -187,7 +195,7 @@ def online_recovery(env) -> ops.Step:
     p, step, servers = env.params, ops.Step("online recovery"), failover.database_remotes(env)
     data = p.postgres["data_dir"].rstrip("/")
     for r in servers:
-        postgres.ensure_file(step, r, REJOIN_PROGRAM, rejoin_program(p, r.host.name), owner="root:root", mode="755",
+        postgres.ensure_file(step, r, REJOIN_PROGRAM, rejoin_program(p), owner="root:root", mode="755",
                              make_dir=True)
         postgres.ensure_file(step, r, SUDOERS, sudoers(p), owner="root:root", mode="440")
         postgres.ensure_file(step, r, f"{data}/{FIRST_STAGE}", first_stage_script(p), owner="postgres:postgres", mode="700")

@@ -221,3 +221,21 @@ def test_ensure_file_writes_a_missing_or_different_file_and_leaves_one_in_place(
     path.write_text(text + "# edited by hand\n")
     changed, writes = planned()
     assert changed and "-# edited by hand" in writes[0].diff()
+
+
+class OtherHost(FakeRemote):
+    def __init__(self):
+        super().__init__()
+        self.host = PARAMS.database_hosts[1]
+
+
+def test_a_file_written_the_same_on_another_host_is_named_not_printed_again():
+    vm1, vm2 = FakeRemote(), OtherHost()
+    step = ops.Step("same file").do(
+        ops.FileChange(vm1, "root", path="/etc/x", old=None, new=("line one\nline two\n",)),
+        ops.FileChange(vm2, "root", path="/etc/x", old=None, new=("line one\nline two\n",)),
+        ops.FileChange(vm2, "root", path="/etc/x", old=None, new=("another text\n",)))
+    shown = step.preview()
+    assert "+line one" in shown[0]
+    assert shown[1].endswith("create /etc/x: the same as on vm1 above") and "line one" not in shown[1]
+    assert "+another text" in shown[2]

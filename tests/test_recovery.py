@@ -16,6 +16,8 @@ PRIMARY = PARAMS.database_hosts[1].address          # a member of the cluster, o
 BIN = f"/usr/lib/postgresql/{int(PARAMS.postgres['version'])}/bin"
 
 TOOLS = {
+    "ip": f'echo "1: lo    inet 127.0.0.1/8 scope host lo"; echo "2: eth0    inet {PARAMS.database_hosts[0].address}/24 brd '
+          f'10.213.93.255 scope global eth0"',                                              # vm1's addresses
     # state file: online / down / online,recovery
     "pg_lsclusters": 'echo "15 main 5432 $(cat $FAKE/state) postgres /data /log"',
     "pg_ctlcluster": 'echo "$*" >> $FAKE/calls; echo down > $FAKE/state',
@@ -61,7 +63,7 @@ def run(host, command: str, refuse_diverged: bool = False):
     params = copy.deepcopy(PARAMS)
     params.postgres["data_dir"] = str(host / "15" / "main")
     params.options["refuse_diverged"] = refuse_diverged
-    text = recovery.rejoin_program(params, "vm1").replace(BIN, str(host / "bin")) \
+    text = recovery.rejoin_program(params).replace(BIN, str(host / "bin")) \
         .replace(recovery.REJOIN_LOG, str(host / "rejoin.log"))
     script = host / "rejoin-standby"
     script.write_text(text)
@@ -106,6 +108,12 @@ def test_without_proof_nothing_is_changed(host, setup, why):
     assert changed_nothing(host, calls)
 
 
+def test_a_host_that_is_none_of_the_servers_refuses(host):
+    (host / "bin" / "ip").write_text("#!/bin/bash\necho '2: eth0    inet 192.0.2.7/24 scope global eth0'\n")
+    out, calls = run(host, "ready")
+    assert out.returncode == 2 and "none of this host's addresses" in out.stderr and changed_nothing(host, calls)
+
+
 def test_only_the_clusters_servers_and_the_three_verbs_are_accepted(host):
     out, calls = run(host, "rejoin 192.0.2.99")
     assert out.returncode == 1 and "none of this cluster's servers" in out.stdout and changed_nothing(host, calls)
@@ -147,7 +155,7 @@ def test_start_goes_through_the_one_sudo_command(host):
 
 def test_pgpools_scripts_checkpoint_first_and_attach_only_a_caught_up_standby(tmp_path):
     first, start = recovery.first_stage_script(PARAMS), recovery.remote_start_script(PARAMS)
-    for text in (first, start, recovery.rejoin_program(PARAMS, "vm1")):
+    for text in (first, start, recovery.rejoin_program(PARAMS)):
         (tmp_path / "s").write_text(text)
         assert subprocess.run(["bash", "-n", str(tmp_path / "s")]).returncode == 0
     assert first.index("CHECKPOINT") < first.index("ssh ")
