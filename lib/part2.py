@@ -359,9 +359,15 @@ def configure_pgpool(env) -> ops.Step:
 # --- Steps 31-32 ---------------------------------------------------------------------------------------------
 @guide_step
 def configure_pool_hba(env) -> ops.Step:
-    line = f"{postgres.hba_type(env.params)} all all {env.params.pgpool['allowed_clients']} {auth_method(env.params)}"
-    return postgres.edit_step(ops.Step("pool_hba.conf"), env.pgpool, conf(env.params, "pool_hba.conf"),
-                              lambda text: pgconf.add_hba_records(text, [line]))
+    """The clients' network with a password, and no `trust` line left (Debian ships three)."""
+    method = auth_method(env.params)
+    line = f"{postgres.hba_type(env.params)} all all {env.params.pgpool['allowed_clients']} {method}"
+
+    def change(text):
+        no_trust, _ = pgconf.without_trust(text, method)
+        new, _ = pgconf.add_hba_records(no_trust, [line])
+        return new, pgconf.changed_lines(text, new)
+    return postgres.edit_step(ops.Step("pool_hba.conf"), env.pgpool, conf(env.params, "pool_hba.conf"), change)
 
 
 #: who may read the files that hold secrets: pgpool runs as postgres, and nobody else reads them

@@ -78,6 +78,26 @@ def set_hba_method(text: str, old: str, new: str) -> tuple[str, list[str]]:
     return new_text, changed_lines(text, new_text)
 
 
+def trust_lines(text: str) -> list[str]:
+    """The records of a pg_hba.conf or pool_hba.conf that let a client in without any credential."""
+    return [l.strip() for l in text.splitlines()
+            if (f := l.split("#", 1)[0].split()) and f[0] in ("local", "host", "hostssl", "hostnossl") and f[-1] == "trust"]
+
+
+def without_trust(text: str, method: str) -> tuple[str, list[str]]:
+    """Every `trust` record asks for a password (`method`) instead: Debian ships pgpool's pool_hba.conf
+    with trust for the local socket and the loopback addresses, through which any account on the host
+    would get in as any role that pool_passwd holds. Only the method field changes."""
+    out = []
+    for line in text.splitlines(True):
+        if line.strip() in trust_lines(line):
+            head, sep, comment = line.partition("#")
+            line = head.rstrip()[: -len("trust")] + method + (("  " + sep + comment) if sep else "\n")
+        out.append(line)
+    new_text = "".join(out)
+    return new_text, changed_lines(text, new_text)
+
+
 def changed_lines(old: str, new: str) -> list[str]:
     return [line.rstrip("\n") for line in difflib.unified_diff(old.splitlines(True), new.splitlines(True), n=0)
             if line[:1] in "+-" and not line.startswith(("+++", "---"))]

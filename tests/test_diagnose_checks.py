@@ -67,3 +67,36 @@ def test_all_pgpool_children_busy_is_a_warning():
     busy = checks.children_free(_Cluster, [{"status": "Execute command"}] * 32)
     assert busy.status == WARN and "all 32 children are busy" in busy.summary
     assert checks.children_free(_Cluster, [{"database": "x"}]).status == OK      # an older pgpool: no status column
+
+
+class _FileHost(_Named):
+    def __init__(self, name, files):
+        super().__init__(name)
+        self.files = files
+
+    def file(self, path):
+        return self.files.get(path)
+
+
+class _TrustCluster:
+    def __init__(self, pool_hba, server_rules):
+        self.pgpool = _FileHost("vm3", {"/etc/pgpool2/pool_hba.conf": pool_hba})
+        self.servers = [_Named("vm1")]
+        self.pgpool_conf = {}
+        self.rules = server_rules
+
+    def conf_dir(self):
+        return "/etc/pgpool2"
+
+    def hba_rules(self, host):
+        return self.rules
+
+
+def test_a_trust_line_anywhere_fails_the_diagnosis():
+    peer = [["local", "all", "postgres", "", "", "peer", ""]]
+    clean = checks.no_trust(_TrustCluster("host all all 10.0.0.0/24 scram-sha-256\n", peer))
+    assert [f.status for f in clean] == [OK]
+    shipped = checks.no_trust(_TrustCluster("local all all trust\nhost all all 127.0.0.1/32 trust\n", peer))
+    assert shipped[0].status == FAIL and len(shipped[0].evidence) == 2 and shipped[0].step == "Step 31"
+    server = checks.no_trust(_TrustCluster("", peer + [["host", "all", "all", "0.0.0.0", "0.0.0.0", "trust", ""]]))
+    assert server[0].status == FAIL and server[0].evidence == ["vm1: pg_hba.conf: host all all 0.0.0.0 0.0.0.0 trust"]

@@ -16,7 +16,7 @@ import yaml
 from lib import REPO, part1, part2
 from lib import params as P
 from lib.remote import Hosts, StepFailed
-from labtools import on, sh
+from labtools import PARAMS_FILE, lab, on, sh
 from lib.provision.record import find_in_record
 from lib.secrets import secret_forms
 
@@ -198,6 +198,17 @@ def test_independent_check_through_pgpool(provisioned_twice):
     assert servers == {"10.213.93.132", "10.213.93.133"}
     scram = on("vm3", "sudo grep -c 'scram-sha-256' /etc/pgpool2/pool_hba.conf").strip()
     assert int(scram) >= 1
+
+
+def test_no_account_on_the_pgpool_host_gets_in_without_a_password(provisioned_twice):
+    """Debian ships pool_hba.conf with trust for pgpool's socket and 127.0.0.1: with a postgres entry in
+    pool_passwd, that made any account on the host the superuser on the servers. Step 31 removes it."""
+    for where in ("-h 127.0.0.1", "-h /var/run/postgresql"):
+        attempt = lab("ssh", "--params", PARAMS_FILE, "vm3", f"cd / && sudo -u nobody psql -w {where} -p 9999 "
+                      "-U postgres -XAtc 'SELECT current_user'", check=False)
+        assert attempt.returncode != 0 and "postgres" not in attempt.stdout, (where, attempt.stdout)
+        assert "no password supplied" in attempt.stderr, (where, attempt.stderr)
+    assert "trust" not in on("vm3", "sudo grep -v '^ *#' /etc/pgpool2/pool_hba.conf")
 
 
 def backend_sessions(database):

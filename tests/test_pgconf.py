@@ -1,3 +1,4 @@
+from lib import pgconf
 from lib.pgconf import add_hba_records, set_hba_method, set_settings
 
 CONF = """# a comment kept as it is
@@ -64,3 +65,23 @@ def test_a_hostssl_record_turns_its_host_twin_rather_than_following_it():
     assert new.splitlines()[-1].split() == ["hostssl", "all", "all", "10.0.0.3/32", "scram-sha-256"]
     assert changed[0].startswith("-host") and len(changed) == 3
     assert add_hba_records(new, ["hostssl all pgpool 10.0.0.3/32 scram-sha-256"]) == (new, [])
+
+
+DEBIAN_POOL_HBA = """# pgpool's shipped lines
+local   all         all                               trust
+# IPv4 local connections:
+host    all         all         127.0.0.1/32          trust   # loopback
+host    all         all         ::1/128               trust
+host    all         all         10.0.0.0/24           scram-sha-256
+"""
+
+
+def test_no_trust_line_is_left_and_nothing_else_changes():
+    assert len(pgconf.trust_lines(DEBIAN_POOL_HBA)) == 3
+    new, changed = pgconf.without_trust(DEBIAN_POOL_HBA, "scram-sha-256")
+    assert pgconf.trust_lines(new) == [] and len(changed) == 6
+    assert "local   all         all                               scram-sha-256\n" in new
+    assert "127.0.0.1/32          scram-sha-256  # loopback\n" in new
+    assert new.count("\n") == DEBIAN_POOL_HBA.count("\n") and "# IPv4 local connections:\n" in new
+    assert pgconf.without_trust(new, "scram-sha-256") == (new, [])
+    assert pgconf.trust_lines("# host all all 0.0.0.0/0 trust\nlocal all postgres peer\n") == []

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from lib import pgpoolconf
+from lib import pgconf, pgpoolconf
 from lib.diagnose.readonly import ReadOnlyHost
 from lib.part1 import REPLICATION_ROLE, parse_conninfo
 from lib.part2 import KEY_FILE, PGPOOL_ROLE, PCPPASS, md5_mode
@@ -730,13 +730,38 @@ def reads_spread(c: Cluster) -> list[Finding]:
                         + ["sudo systemctl restart pgpool2"], step="Step 38")]
 
 
+def _pool_hba_path(c: Cluster) -> str:
+    path = f"{c.conf_dir()}/{c.pgpool_conf.get('pool_hba_file', 'pool_hba.conf') or 'pool_hba.conf'}"
+    return path if path.startswith("/") else f"{c.conf_dir()}/pool_hba.conf"
+
+
+@check
+def no_trust(c: Cluster) -> list[Finding]:
+    """No line lets a client in without a credential: Debian ships pgpool's pool_hba.conf with `trust` for
+    its socket and loopback, through which any account on that host is any role pool_passwd holds."""
+    path, hosts = _pool_hba_path(c), [c.pgpool.host.name, *(s.host.name for s in c.servers)]
+    found = [f"{c.pgpool.host.name}: {path}: {line}" for line in pgconf.trust_lines(c.pgpool.file(path) or "")]
+    for s in c.servers:
+        found += [f"{s.host.name}: pg_hba.conf: {' '.join(x for x in rule[:5] if x)} trust"
+                  for rule in c.hba_rules(s) or [] if rule[5] == "trust"]
+    if not found:
+        return [_ok("no trust", ", ".join(hosts), "no pool_hba.conf or pg_hba.conf line lets a client in without a "
+                                                   "password")]
+    return [Finding("no trust", FAIL, ", ".join(sorted({f.split(":")[0] for f in found})),
+                    f"{len(found)} line(s) let a client in without any password", evidence=found,
+                    symptom="anyone who can reach that socket or address logs in as any role, the superuser included",
+                    cause="the line's method is trust (Debian's pgpool package ships three)",
+                    fix=["provision again (Step 31 turns pool_hba.conf's trust into a password), or edit the line's "
+                         "method to scram-sha-256", "sudo systemctl reload pgpool2   # or postgresql, on a server"],
+                    step="Step 31")]
+
+
 @check
 def pool_hba(c: Cluster) -> list[Finding]:
     """With enable_pool_hba, pgpool admits only clients that a line of pool_hba.conf matches."""
     if c.pgpool_conf.get("enable_pool_hba", "off") != "on":
         return [_ok("pool_hba", c.pgpool.host.name, "enable_pool_hba = off: pgpool checks no client address")]
-    path = f"{c.conf_dir()}/{c.pgpool_conf.get('pool_hba_file', 'pool_hba.conf') or 'pool_hba.conf'}"
-    path = path if path.startswith("/") else f"{c.conf_dir()}/pool_hba.conf"
+    path = _pool_hba_path(c)
     clients = ipaddress.ip_network(c.params.pgpool["allowed_clients"], strict=False)
     lines = [l.split() for l in (c.pgpool.file(path) or "").splitlines() if l.strip() and not l.lstrip().startswith("#")]
     for f in lines:
