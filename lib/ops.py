@@ -103,20 +103,30 @@ def has_secret(pieces: Iterable[Piece]) -> bool:
 HEREDOC_END = "PGGUIDE_EOF"
 
 
+def delimiter(base: str, text: str) -> str:
+    """A here-document's end word that is no line of `text` (a file may hold our own word): `base`,
+    else `base_1`, `base_2`, …, so that the same text always gets the same word."""
+    lines, word, n = set(text.splitlines()), base, 0
+    while word in lines:
+        n += 1
+        word = f"{base}_{n}"
+    return word
+
+
 def heredoc(pieces: Iterable[Piece]) -> str:
     """`<<…` redirection with `pieces` as its body. Without secrets the body is quoted and taken
     literally; with secrets it is unquoted, so literal text escapes \\, $ and `."""
     pieces = tuple(pieces)
     body = "".join(p if isinstance(p, str) else "" for p in pieces)
-    assert HEREDOC_END not in body
+    end = delimiter(HEREDOC_END, body)
     if not has_secret(pieces):
         out = body
-        mark = f"<<'{HEREDOC_END}'"
+        mark = f"<<'{end}'"
     else:
         esc = lambda s: s.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
         out = "".join(p.bash() if isinstance(p, Secret) else esc(p) for p in pieces)
-        mark = f"<<{HEREDOC_END}"
-    return f"{mark}\n{out}{'' if out.endswith(chr(10)) else chr(10)}{HEREDOC_END}"
+        mark = f"<<{end}"
+    return f"{mark}\n{out}{'' if out.endswith(chr(10)) else chr(10)}{end}"
 
 
 def shell_word(script: str) -> str:
@@ -124,8 +134,8 @@ def shell_word(script: str) -> str:
     literal here-document inside $(…)."""
     if "'" not in script:
         return shlex.quote(script)
-    assert "\nSH\n" not in f"\n{script}\n"
-    return f"\"$(cat <<'SH'\n{script}\nSH\n)\""
+    end = delimiter("SH", script)
+    return f"\"$(cat <<'{end}'\n{script}\n{end}\n)\""
 
 
 # --- actions ----------------------------------------------------------------------------------------

@@ -334,10 +334,8 @@ def _check_hosts(out: dict[str, Any]) -> None:
 def _fill_templates(postgres: dict[str, Any]) -> None:
     """Paths may say {version} and {cluster}: Debian and Ubuntu put the major version in them."""
     for key in ("conf_dir", "data_dir", "log_file"):
-        try:
-            postgres[key] = postgres[key].format(version=postgres["version"], cluster=postgres["cluster"])
-        except (KeyError, IndexError, ValueError) as e:
-            raise ParamsError(f"postgres.{key} = {postgres[key]!r}: only {{version}} and "
-                              f"{{cluster}} may be filled in ({e})") from None
-        if "{" in postgres[key] or "}" in postgres[key]:
+        # replaced literally: str.format would also evaluate {version.__class__} and the like
+        filled = postgres[key].replace("{version}", str(postgres["version"])).replace("{cluster}", str(postgres["cluster"]))
+        if "{" in filled or "}" in filled:
             raise ParamsError(f"postgres.{key} = {postgres[key]!r}: only {{version}} and {{cluster}} may be filled in")
+        postgres[key] = filled

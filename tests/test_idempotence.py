@@ -200,6 +200,13 @@ def test_independent_check_through_pgpool(provisioned_twice):
     assert int(scram) >= 1
 
 
+def test_a_run_record_is_for_the_operator_alone(provisioned_twice):
+    record = provisioned_twice[0]
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [record, *record.iterdir()]}
+    assert modes.pop(record.name) == 0o700 and modes.pop("commands.sh") == 0o700
+    assert modes and all(m & 0o077 == 0 for m in modes.values()), modes
+
+
 def test_no_account_on_the_pgpool_host_gets_in_without_a_password(provisioned_twice):
     """Debian ships pool_hba.conf with trust for pgpool's socket and 127.0.0.1: with a postgres entry in
     pool_passwd, that made any account on the host the superuser on the servers. Step 31 removes it."""

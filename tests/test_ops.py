@@ -71,6 +71,15 @@ def test_scripts_with_quotes_become_literal_heredocs():
     assert "SH" in ops.shell_word(script) and script in ops.shell_word(script)
 
 
+def test_a_text_holding_our_end_word_still_arrives_whole(secrets_env):
+    text = "a\nPGGUIDE_EOF\nPGGUIDE_EOF_1\nb $x\n"
+    assert bash("cat " + ops.heredoc((text,)), {}) == text
+    with_secret = (text, ops.Secret("postgres"), "\n")
+    assert bash("cat " + ops.heredoc(with_secret), {"PGGUIDE_POSTGRES_PASSWORD": "pg-secret-1"}) == text + "pg-secret-1\n"
+    script = "echo 'x'\nSH\necho 'y'"
+    assert bash(f"printf %s {ops.shell_word(script)}", {}) == script
+
+
 def test_wait_for_is_bounded_and_names_what_it_waited_for():
     ok = subprocess.run(["bash", "-c", ops.wait_for("true", 1, "never")], capture_output=True, text=True)
     assert ok.returncode == 0

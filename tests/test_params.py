@@ -143,6 +143,9 @@ def test_host_paths_are_absolute_without_dot_dot():
     assert "give an absolute path" in bad(lambda d: d["postgres"].update(data_dir="var/lib/pg"))
     assert "give an absolute path" in bad(lambda d: d["postgres"].update(data_dir="/var/lib/../../etc"))
     assert "only {version} and {cluster}" in bad(lambda d: d["postgres"].update(data_dir="/var/{{x}}"))
+    # a template is filled in literally, never evaluated
+    for evaluated in ("/srv/{version.__class__}", "/srv/{cluster.__len__}"):
+        assert "only {version} and {cluster}" in bad(lambda d: d["postgres"].update(data_dir=evaluated)), evaluated
     ok = copy.deepcopy(LAB)
     ok["postgres"]["data_dir"] = "/srv/pg-{version}/{cluster}.d/"
     assert P.validate(ok).postgres["data_dir"] == "/srv/pg-15/main.d/"

@@ -118,6 +118,8 @@ def provision(params_file: Path, prm, console: Console) -> int:
     started = time.monotonic()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     record_dir = REPO / "runs" / prm.environment / stamp
+    # a record names hosts, paths and commands, and may hold what a step printed: for the operator alone
+    os.umask(0o077)
     record_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary(prm.environment, shown(params_file))
     notebooks = [(p, runbook.units(nbformat.read(p, as_version=4), p.stem)) for p in guide_notebooks()]
@@ -192,7 +194,7 @@ def provision(params_file: Path, prm, console: Console) -> int:
     summary.write(record_dir)
     by_hand = record_dir / "commands.sh"
     by_hand.write_text(commands_sh(summary, prm))
-    by_hand.chmod(0o755)
+    by_hand.chmod(0o700)
     (record_dir / "provision.log").write_text("\n".join(console.lines) + "\n")
     return EXIT_FAILED if failure else 0
 
