@@ -43,6 +43,7 @@ class Client:
     acked: list[int] = field(default_factory=list)       # the writer's acknowledged row ids
     evidence: dict[int, tuple[str, str]] = field(default_factory=dict)   # id -> (server, WAL position) that acknowledged it
     latency: list[float] = field(default_factory=list)    # seconds each successful statement took
+    last_error: str = ""                                  # the first line of the last error it met
 
     def longest_gap(self, start: float, end: float) -> float:
         """The longest time without a successful statement between start and end."""
@@ -96,8 +97,9 @@ class Traffic:
                 if self.session_each:
                     conn.close()
                     conn = None
-            except psycopg.Error:
+            except psycopg.Error as e:
                 client.failed.append(time.monotonic())
+                client.last_error = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -337,8 +339,12 @@ def _run(traffic: Traffic, remote, command: str, user: str, outcome: Outcome, un
     except StepFailed as e:
         raise StepFailed(f"{e}\n{what_runs(remote)}") from None
     done, _ = wait_until(until, timeout=timeout, interval=0.1)
-    expect(done, f"after `{command}` on {remote.host.name} the cluster did not recover within {timeout:.0f} s.",
-           f"read {failover.FAILOVER_LOG} and pgpool's log on the pgpool host.")
+    if not done:
+        log = traffic.env.pgpool.run(f"tail -n 15 {failover.FAILOVER_LOG}", user="root", check=False).stdout
+        expect(False, f"after `{command}` on {remote.host.name} the cluster did not recover within {timeout:.0f} s. "
+                      f"The writer's last error: {traffic.writer.last_error or 'none'}; the reader's: "
+                      f"{traffic.reader.last_error or 'none'}. The failover log ends:\n{log}",
+               f"read {failover.FAILOVER_LOG} and pgpool's log on the pgpool host.")
     time.sleep(2)                                     # and two seconds after
     outcome.end = time.monotonic()
 

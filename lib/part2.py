@@ -520,6 +520,18 @@ def stop_dropin(params) -> str:
     return f"/etc/systemd/system/{params.pgpool['service']}.service.d/pgguide-stop.conf"
 
 
+def pgpool_service(env, verb: str) -> ops.Command:
+    """A handler: pgpool started or restarted, then listening on its port. A restart, not a reload, after
+    pgpool.conf changed: Step 43 restarts pgpool whenever the file is newer than the running pgpool."""
+    vm3, p = env.pgpool, env.params.pgpool
+    service, port = shlex.quote(p["service"]), p["port"]
+    listening = ops.wait_for(f"timeout 1 bash -c '</dev/tcp/127.0.0.1/{port}' 2>/dev/null", 30,
+                             f"pgpool does not listen on {port}")
+    return ops.Command(vm3, "root", f"systemctl {verb} {service} && {listening}", handler=True,
+                       shown=f"systemctl {verb} {service}", summary=f"{service} {verb}ed",
+                       hint=f"read {LOG_DIR}/pgpool.log and `journalctl -u {service}` on {vm3.host.name}")
+
+
 @guide_step
 def start_pgpool(env) -> ops.Step:
     vm3, p = env.pgpool, env.params.pgpool
@@ -536,14 +548,10 @@ def start_pgpool(env) -> ops.Step:
     else:
         step.note(vm3, f"{service} is already enabled at boot (the package enables it), so `systemctl enable "
                        f"{service}` has nothing to do")
-    listening = ops.wait_for(f"timeout 1 bash -c '</dev/tcp/127.0.0.1/{port}' 2>/dev/null", 30,
-                             f"pgpool does not listen on {port}")
     if state[:1] != ["active"]:
-        step.notify(ops.Command(vm3, "root", f"systemctl start {service} && {listening}", handler=True,
-                                shown=f"systemctl start {service}", summary=f"{service} started", hint=hint))
+        step.notify(pgpool_service(env, "start"))
     elif restart_pending(vm3):
-        step.notify(ops.Command(vm3, "root", f"systemctl restart {service} && {listening}", handler=True,
-                                shown=f"systemctl restart {service}", summary=f"{service} restarted", hint=hint))
+        step.notify(pgpool_service(env, "restart"))
     else:
         step.note(vm3, f"{service} is running with the configuration on disk")
 

@@ -216,7 +216,7 @@ def online_recovery(env) -> ops.Step:
     vm3, path = env.pgpool, part2.conf(p, "pgpool.conf")
     change = postgres.edit(vm3, path, lambda text: pgpoolconf.set_settings(text, recovery_settings(p)))
     if change:
-        step.do(change).notify(ops.service(vm3, "reload", p.pgpool["service"]))   # recovery_* take a reload
+        step.do(change).notify(part2.pgpool_service(env, "restart"))
     else:
         step.note(vm3, f"{path} already names the recovery commands")
     return step.verify("each server may ask each other to rejoin, and pgpool knows how", partial(ready, env))
@@ -238,7 +238,7 @@ def ready(env) -> str:
         res = conn.pgconn.exec_(b"PGPOOL SHOW recovery_1st_stage_command")
         value = res.get_value(0, 0).decode() if res.ntuples else ""
     expect(value == FIRST_STAGE, f"pgpool runs with recovery_1st_stage_command = {value!r}.",
-           "reload pgpool (systemctl reload pgpool2) so that it reads pgpool.conf again.")
+           "restart pgpool (systemctl restart pgpool2) so that it reads pgpool.conf again.")
     lines.append(f"notebook → {env.pgpool.host.name}:{env.params.pgpool['port']} (postgres) $ PGPOOL SHOW "
                  f"recovery_1st_stage_command\n{value}")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ ROLE_OF = {"PGGUIDE_REPLICATION_PASSWORD": "replicator", "PGGUIDE_POSTGRES_PASSW
            "PGGUIDE_PGPOOL_PASSWORD": "pgpool"}
 #: the steps a first run on a fresh lab must report as changed (the journal's instrumentation)
 CHANGING_STEPS = {1, 2, 3, 5, 7, 8, 9, 11, 14, 17, 19, 20, 21, 22, 23, 25, 26, 28, 30, 31, 32, 33, 35, 39,
-                  40, 41, 42, 43, 44}
+                  40, 41, 42, 43, 44, 45}
 
 
 POOL_FILES = ["/etc/pgpool2/pgpool.conf", "/etc/pgpool2/pool_hba.conf", "/etc/pgpool2/pool_passwd",
@@ -113,7 +113,7 @@ def test_two_runs_leave_two_records(provisioned_twice):
 def test_summary_says_what_each_step_changed(provisioned_twice):
     first, second, _, _ = provisioned_twice
     steps = summary(first)["steps"]
-    assert [s["step"] for s in steps if s["step"] is not None] == list(range(1, 45))
+    assert [s["step"] for s in steps if s["step"] is not None] == list(range(1, 46))
     assert {s["step"] for s in steps if s["status"] == "changed"} == CHANGING_STEPS
     by_step = {s["step"]: s for s in steps}
     assert by_step[5]["changes"] == [{"host": "vm1", "what": "systemctl restart postgresql"}]
@@ -122,7 +122,7 @@ def test_summary_says_what_each_step_changed(provisioned_twice):
     again = summary(second)
     assert again["steps_changed"] == 0 and {s["status"] for s in again["steps"]} == {"in place"}
     log = (second / "provision.log").read_text()
-    assert "0 steps changed, 52 already in place" in log and "[52/52] 03" in log
+    assert "0 steps changed, 53 already in place" in log and "[53/53] 03" in log
     assert "# nothing was changed" in (second / "commands.sh").read_text()
 
 
