@@ -7,9 +7,9 @@ reach): `ci/provision` and `--teardown` for their whole run, a notebook run on i
 The notebooks that `ci/provision` runs inherit its lock through PGGUIDE_LOCK.
 
 The lock is a directory, `/run/lock/pgguide.lock` (mkdir is atomic, and /run is emptied at
-boot), holding one line: the holder's machine, pid, start time and purpose. A second run
-exits naming that holder. A lock whose holder was on this machine and is gone (a killed run)
-is taken over, and the takeover is said.
+boot), holding one line: the holder's machine (host name, machine-id and boot id), pid, start time
+and purpose. A second run exits naming that holder. A lock whose holder was on this machine and is
+gone (a killed run, or one from before this machine's last boot) is taken over, and the takeover is said.
 """
 from __future__ import annotations
 
@@ -53,9 +53,15 @@ class Holder:
         return f"{self.purpose} (machine {self.machine}, pid {self.pid}, since {self.started})"
 
     def gone(self) -> bool:
-        """The holder ran on this machine and its process no longer exists."""
-        if self.machine != socket.gethostname():
+        """The holder ran on this machine and its process no longer exists: the same machine-id and this
+        boot, with its pid gone, or an earlier boot of this machine. A host name alone says nothing (cloned
+        VMs and CI runners share one), and a holder line that names no machine-id is never taken over."""
+        name, machine_id, boot = (self.machine.split(":") + ["", ""])[:3]
+        here_name, here_id, here_boot = this_machine().split(":")
+        if not machine_id or (name, machine_id) != (here_name, here_id):
             return False
+        if boot != here_boot:
+            return True
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -65,8 +71,22 @@ class Holder:
         return False
 
 
+def _first_line(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.readline().strip().replace("-", "")
+    except OSError:
+        return ""
+
+
+def this_machine() -> str:
+    """host name:machine-id:boot id (the ids shortened to 12 hex digits): what tells two machines apart."""
+    return ":".join([socket.gethostname(), _first_line("/etc/machine-id")[:12],
+                     _first_line("/proc/sys/kernel/random/boot_id")[:12]])
+
+
 def me(purpose: str) -> Holder:
-    return Holder(socket.gethostname(), os.getpid(), dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    return Holder(this_machine(), os.getpid(), dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                   purpose.replace(" ", "_"))
 
 

@@ -62,6 +62,36 @@ def test_a_lock_held_elsewhere_is_never_taken_over(tmp_path):
         L.ClusterLock(primary, "me").hold()
 
 
+def held_by(primary, holder):
+    os.mkdir(primary.dir)
+    with open(f"{primary.dir}/holder", "w") as f:
+        f.write(holder.line() + "\n")
+
+
+def test_a_machine_with_the_same_host_name_never_takes_the_lock(tmp_path):
+    """Cloned VMs and CI runners share host names: a dead-looking pid there is not our business."""
+    name, machine_id, boot = L.this_machine().split(":")
+    assert name and len(machine_id) == 12 and len(boot) == 12
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for machine in (f"{name}:{'0' * 12}:{boot}", name):          # another machine-id; an old line with no ids
+        primary = FakePrimary(tmp_path / machine.replace(":", "_"))
+        (tmp_path / machine.replace(":", "_")).mkdir()
+        held_by(primary, L.Holder(machine, dead.pid, "t", "ci/provision"))
+        with pytest.raises(L.LockHeld):
+            L.ClusterLock(primary, "me").hold()
+
+
+def test_a_lock_from_before_this_machines_last_boot_is_taken_over(tmp_path):
+    name, machine_id, _ = L.this_machine().split(":")
+    primary = FakePrimary(tmp_path)
+    earlier = L.Holder(f"{name}:{machine_id}:{'f' * 12}", os.getpid(), "t", "before the reboot")   # a live pid, another boot
+    held_by(primary, earlier)
+    taker = L.ClusterLock(primary, "next run")
+    taker.hold()
+    assert taker.took_over == earlier
+
+
 def test_the_notebooks_of_a_run_use_its_lock(tmp_path, monkeypatch):
     primary = FakePrimary(tmp_path)
     parent = L.ClusterLock(primary, "ci/provision lab")
