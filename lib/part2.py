@@ -82,17 +82,33 @@ def set_postgres_password(env) -> ops.Step:
     return postgres.role_step(ops.Step("postgres password"), env.primary, "postgres")
 
 
+#: what pgpool's checks read: pg_stat_replication's columns (sr_check, SHOW pool_nodes). The guide grants
+#: pg_monitor, which also holds pg_read_all_settings: pgpool could read a standby's primary_conninfo, password included
+PGPOOL_GRANT, GUIDE_GRANT = "pg_read_all_stats", "pg_monitor"
+
+
+def granted(primary, role: str) -> bool:
+    """PGPOOL_ROLE is a direct member of `role` (pg_has_role would also count what pg_monitor holds)."""
+    return postgres.value(primary, "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                                   f"JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = {sql_literal(PGPOOL_ROLE)} "
+                                   f"AND r.rolname = {sql_literal(role)}") != "0"
+
+
 @guide_step
 def create_pgpool_role(env) -> ops.Step:
     primary = env.primary
     step = postgres.role_step(ops.Step("pgpool role"), primary, "pgpool")
-    member = postgres.value(primary, f"SELECT pg_has_role(rolname, 'pg_monitor', 'MEMBER') FROM pg_roles "
-                                     f"WHERE rolname = {sql_literal(PGPOOL_ROLE)}")
-    if member == "t":
-        step.note(primary, f"{PGPOOL_ROLE} is already a member of pg_monitor")
+    step.note(primary, f"the guide's `GRANT {GUIDE_GRANT} TO {PGPOOL_ROLE};` is not run: {GUIDE_GRANT} includes "
+                       f"pg_read_all_settings, with which {PGPOOL_ROLE} could read primary_conninfo and the replication "
+                       f"password in it; {PGPOOL_GRANT} is what its checks read")
+    if granted(primary, PGPOOL_GRANT):
+        step.note(primary, f"{PGPOOL_ROLE} is already a member of {PGPOOL_GRANT}")
     else:
-        step.do(ops.Sql(primary, "postgres", statement=(f"GRANT pg_monitor TO {PGPOOL_ROLE};",),
-                        summary=f"granted pg_monitor to {PGPOOL_ROLE}"))
+        step.do(ops.Sql(primary, "postgres", statement=(f"GRANT {PGPOOL_GRANT} TO {PGPOOL_ROLE};",),
+                        summary=f"granted {PGPOOL_GRANT} to {PGPOOL_ROLE}"))
+    if granted(primary, GUIDE_GRANT):
+        step.do(ops.Sql(primary, "postgres", statement=(f"REVOKE {GUIDE_GRANT} FROM {PGPOOL_ROLE};",),
+                        summary=f"{GUIDE_GRANT} revoked from {PGPOOL_ROLE}"))
     return step
 
 
@@ -664,7 +680,7 @@ def check_nodes(nodes: list[dict], params) -> None:
                "then `pcp_attach_node -h localhost -U pgpool -n N`, or stop pgpool, remove "
                "/var/log/postgresql/pgpool_status and start it.")
         expect(node["role"] == host.role, f"{where} has role {node['role']}, expected {host.role}.",
-               "check replication (Part 1) and sr_check_user / pg_monitor (Step 22).")
+               "check replication (Part 1) and sr_check_user / pg_read_all_stats (Step 22).")
         expect(math.isclose(float(node["lb_weight"]), host.lb_weight / total, abs_tol=1e-5),
                f"{where} has lb_weight {node['lb_weight']}, expected {host.lb_weight / total:.6f}.",
                "check backend_weightN (Step 30) and restart pgpool.")

@@ -42,6 +42,11 @@ class Result:
 
 
 SUDO_PROMPT = "[pgguide sudo password]"
+#: Where sudo asks for a password, it arrives as stdin's first line. The host's shell reads that line itself and
+#: hands it to `sudo -v` alone; the command then runs with `sudo -n` and the rest of stdin. Had sudo read it in
+#: front of the command, a sudo that does not ask (credentials cached, or NOPASSWD for the target user) would
+#: leave the password to the command: psql would run it as SQL, and the server would log it.
+SUDO_VALIDATE = "IFS= read -r p && printf '%s\\n' \"$p\" | sudo -S -p '' -v && unset p && "
 #: echoed by psql after the SQL it was given: its SQL arrived whole, and ran to the end. The ";"
 #: before it sends a last statement left without one (psql runs a backslash command at once, but
 #: sends an unterminated statement only at the end of its input).
@@ -198,8 +203,7 @@ class Remote:
         if not self.sudo_password_needed():
             return f"sudo -n -H -u {user} {inner}", stdin
         password = secrets.secret("sudo", self.params)
-        # sudo -S reads exactly one line for the password; the rest of stdin is the command's.
-        return f"sudo -S -p '' -H -u {user} {inner}", password + "\n" + (stdin or "")
+        return f"{SUDO_VALIDATE}sudo -n -H -u {user} {inner}", password + "\n" + (stdin or "")
 
     def sudo_password_needed(self) -> bool:
         if self._sudo_needs_password is None:

@@ -160,7 +160,7 @@ def test_first_run_shows_what_it_ran_with_host_and_user(provisioned_twice):
                  "-c fast -d application_name=vm2",
                  "vm3 (root) $ apt-get update && apt-get install pgpool2 -y",
                  "vm3 (labadmin) $ psql -h 10.213.93.134 -p 9999 -U postgres -c \"SHOW pool_nodes;\" -A",
-                 "vm1 (postgres) $ psql -c \"GRANT pg_monitor TO pgpool;\"",
+                 "vm1 (postgres) $ psql -c \"GRANT pg_read_all_stats TO pgpool;\"",
                  "vm3 (root) $ pg_enc -m -k /var/lib/postgresql/.pgpoolkey -f /etc/pgpool2/pgpool.conf -i /dev/stdin",
                  "vm3 (labadmin) $ psql -h 10.213.93.134 -p 9999 -U postgres -d testdb -c \"INSERT INTO employees"):
         assert line in text, line
@@ -216,6 +216,21 @@ def test_no_account_on_the_pgpool_host_gets_in_without_a_password(provisioned_tw
         assert attempt.returncode != 0 and "postgres" not in attempt.stdout, (where, attempt.stdout)
         assert "no password supplied" in attempt.stderr, (where, attempt.stderr)
     assert "trust" not in on("vm3", "sudo grep -v '^ *#' /etc/pgpool2/pool_hba.conf")
+
+
+def test_pgpools_role_reads_replication_status_but_no_setting_that_holds_a_password(provisioned_twice):
+    """Step 22 grants pg_read_all_stats, not the guide's pg_monitor (whose pg_read_all_settings reads
+    primary_conninfo, and the replication password in it), and takes pg_monitor back from a cluster that had it."""
+    password = shlex.quote(SECRETS["PGGUIDE_PGPOOL_PASSWORD"])
+    asks = {"conninfo": ("10.213.93.133", "SHOW primary_conninfo"),
+            "senders": ("10.213.93.132", "SELECT count(replay_lsn) FROM pg_stat_replication")}
+    script = f"export PGPASSWORD={password}\ncd /\n" + "".join(
+        f"echo @@{name}; psql -XAt -h {host} -U pgpool -d postgres -c '{sql}' 2>&1\n" for name, (host, sql) in asks.items())
+    out = sh(REPO / "ci" / "lab", "ssh", "vm3", "bash -s", input=script)
+    said = dict(part.split("\n", 1) for part in out.split("@@")[1:])
+    assert "permission denied to examine \"primary_conninfo\"" in said["conninfo"], said
+    assert SECRETS["PGGUIDE_REPLICATION_PASSWORD"] not in out and "password=" not in out, said
+    assert said["senders"].strip() == "1", said      # the standby's WAL sender, its columns visible
 
 
 def backend_sessions(database):

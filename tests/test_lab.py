@@ -126,6 +126,13 @@ def test_sudo_that_asks_for_a_password(monkeypatch):
         r = Remote(PARAMS, PARAMS.primary)
         assert r.sudo("id -un").stdout.strip() == "root"
         assert r.psql("select 'stdin reached psql'").stdout.strip() == "stdin reached psql"
+        # sudo that would not ask, for postgres only: the password must still not reach psql (it would run
+        # it as SQL, and the server would log the syntax error with the password in it)
+        Remote(PARAMS, PARAMS.primary).sudo("echo 'labadmin ALL=(postgres) NOPASSWD: ALL' >> /etc/sudoers.d/lab-admin")
+        r = Remote(PARAMS, PARAMS.primary)
+        assert r.psql("select 'only the SQL reached psql'").stdout.strip() == "only the SQL reached psql"
+        log = r.sudo(f"cat {PARAMS.postgres['log_file']}").stdout
+        assert "pw-for-test" not in log
     finally:
         monkeypatch.setenv("PGGUIDE_SUDO_PASSWORD", "pw-for-test")
         Remote(PARAMS, PARAMS.primary).sudo(

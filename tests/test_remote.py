@@ -1,3 +1,8 @@
+import os
+import subprocess
+
+import pytest
+
 from lib import params as P
 from lib.remote import Remote, Result
 
@@ -16,11 +21,31 @@ def test_commands_run_with_bash_as_the_right_user():
     assert cmd == "sudo -n -H -u postgres bash -c 'cd ~ 2>/dev/null; pg_lsclusters'" and stdin == "SELECT 1"
 
 
-def test_sudo_password_goes_first_on_stdin(monkeypatch):
+FAKE_SUDO = r"""#!/bin/bash
+# sudo as a host that asks for a password (validates with -v) or does not ($FAKE/asks absent: cached, NOPASSWD)
+if [ "$1" = -S ] && [ -f "$FAKE/asks" ]; then IFS= read -r line; echo "$line" > "$FAKE/validated"; fi
+[ "${@: -1}" = -v ] && exit 0
+while [ "${1#-}" != "$1" ]; do case $1 in -u|-p) shift ;; esac; shift; done   # the options, then the command
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("asks", [True, False])
+def test_the_sudo_password_never_reaches_the_command(monkeypatch, tmp_path, asks):
+    """Where sudo wants a password, the host's shell reads it and hands it to `sudo -v` alone. Where sudo
+    would not have asked (cached credentials, NOPASSWD for the target user), the command still gets
+    only its own input: psql would have run the password as SQL, and the server logged it."""
     monkeypatch.setenv("PGGUIDE_SUDO_PASSWORD", "sudo-pw")
-    r = remote(sudo_needs_password=True)
-    cmd, stdin = r._wrap("true", "root", "data")
-    assert cmd.startswith("sudo -S -p '' -H -u root ") and stdin == "sudo-pw\ndata"
+    (tmp_path / "sudo").write_text(FAKE_SUDO)
+    (tmp_path / "sudo").chmod(0o755)
+    if asks:
+        (tmp_path / "asks").write_text("")
+    cmd, stdin = remote(sudo_needs_password=True)._wrap("cat", "postgres", "SELECT 1;\n")
+    assert stdin.startswith("sudo-pw\n") and "sudo-pw" not in cmd      # on stdin, never in argv
+    out = subprocess.run(["sh", "-c", cmd], input=stdin, capture_output=True, text=True,
+                         env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "FAKE": str(tmp_path), "HOME": str(tmp_path)})
+    assert out.stdout == "SELECT 1;\n", out
+    assert (tmp_path / "validated").exists() == asks
 
 
 def test_failure_message_names_host_command_code_stderr_and_masks_secrets():
