@@ -194,6 +194,10 @@ def load(source: str | os.PathLike | dict[str, Any] | None = None, **injected: A
     return validate(data)
 
 
+#: pool_hba's client line may admit at most this large a network (10.0.0.0/8 is one organisation's)
+MIN_CLIENTS_PREFIX = 8
+
+
 def validate(data: dict[str, Any]) -> Params:
     out = _section("", data, SCHEMA)
     _check_hosts(out)
@@ -203,6 +207,11 @@ def validate(data: dict[str, Any]) -> Params:
             raise ParamsError("missing parameter pgpool.allowed_clients: the network (CIDR) whose clients "
                               "may connect to pgpool, e.g. 192.0.2.0/24 (the guide's 0.0.0.0/0 admits anyone)")
         out["pgpool"]["allowed_clients"] = out["lab"]["subnet"]
+    clients = ipaddress.IPv4Network(out["pgpool"]["allowed_clients"])
+    if clients.prefixlen < MIN_CLIENTS_PREFIX:
+        raise ParamsError(f"pgpool.allowed_clients = {clients} admits {clients.num_addresses:,} addresses, anyone "
+                          "who can reach pgpool, to try the superuser's password (the guide's 0.0.0.0/0): name the "
+                          f"clients' network, at most a /{MIN_CLIENTS_PREFIX}")
     return Params(**out, raw=data)
 
 

@@ -79,6 +79,8 @@ CASES = [
      "postgres.version must be a whole number, not 'fifteen'"),
     ("bad address", lambda t: [params_file(t, set_key("hosts.primary.address", "10.213.93.300"))], EXIT_BAD_INPUT,
      "hosts.primary.address = '10.213.93.300' is not an IPv4 address"),
+    ("pgpool open to the whole internet", lambda t: [params_file(t, set_key("pgpool.allowed_clients", "0.0.0.0/0"))],
+     EXIT_BAD_INPUT, "pgpool.allowed_clients = 0.0.0.0/0 admits 4,294,967,296 addresses, anyone who can reach pgpool"),
     ("duplicate addresses", lambda t: [params_file(t, set_key("hosts.pgpool.address", "10.213.93.133"))],
      EXIT_BAD_INPUT, "two hosts share the address '10.213.93.133' (vm2 and vm3)"),
     ("standby address equal to the primary's",

@@ -151,6 +151,14 @@ def test_host_paths_are_absolute_without_dot_dot():
     assert P.validate(ok).postgres["data_dir"] == "/srv/pg-15/main.d/"
 
 
+def test_pgpool_may_not_admit_the_whole_internet():
+    for anyone in ("0.0.0.0/0", "64.0.0.0/2"):
+        assert "anyone who can reach pgpool" in bad(lambda d: d.setdefault("pgpool", {}).update(allowed_clients=anyone))
+    ok = copy.deepcopy(LAB)
+    ok.setdefault("pgpool", {})["allowed_clients"] = "10.0.0.0/8"
+    assert P.validate(ok).pgpool["allowed_clients"] == "10.0.0.0/8"
+
+
 def test_the_lab_release_is_12_or_13():
     assert P.load().lab["debian"] == 12
     deb13 = P.load(P.REPO / "params" / "lab-debian13.yaml")
