@@ -63,7 +63,13 @@ LIVE = """SELECT (SELECT system_identifier FROM pg_control_system()),
        (SELECT coalesce(string_agg(datname, ' ' ORDER BY datname), '') FROM pg_database
          WHERE datname NOT IN ('postgres', 'template0', 'template1')),
        (SELECT coalesce(string_agg(rolname, ' ' ORDER BY rolname), '') FROM pg_roles
-         WHERE rolname !~ '^pg_' AND oid <> 10)"""
+         WHERE rolname !~ '^pg_' AND oid <> 10),
+       (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname !~ '^pg_toast')"""
+
+#: a cluster just made by initdb has written less WAL than this (about 24 MB with PostgreSQL 15 and 17)
+FRESH_LSN_AT_MOST = "0/4000000"
 
 
 def lsn_bytes(lsn: str | None) -> int | None:
@@ -91,6 +97,7 @@ class Cluster:
     checkpoint: str | None = None   # pg_controldata's latest checkpoint (down)
     databases: list[str] = field(default_factory=list)   # beyond postgres/template0/template1 (online)
     roles: list[str] = field(default_factory=list)       # beyond postgres and pg_* (online)
+    tables: int = 0                 # tables in the database postgres (online)
     marker: dict[str, str] = field(default_factory=dict)
     cluster: str = "VERSION CLUSTER"    # as pg_dropcluster takes it
 
@@ -137,7 +144,7 @@ def read(remote) -> Cluster:
         row = postgres.value(remote, LIVE).split("|")
         c.system_id, c.in_recovery, c.lsn = row[0], row[1] == "t", row[2] or None
         c.timeline = int(row[3]) if row[3] else c.timeline
-        c.databases, c.roles = row[4].split(), row[5].split()
+        c.databases, c.roles, c.tables = row[4].split(), row[5].split(), int(row[6] or 0)
     return c
 
 
@@ -171,13 +178,21 @@ def may_clone(primary: Cluster, standby: Cluster, rebuild: bool) -> tuple[bool, 
                        "that an earlier run of ours left; look at it and empty it yourself if it may go")
     if same and standby.in_recovery and behind and not standby.fenced:
         return True, f"a standby of {primary.host} (same system identifier, in recovery, {standby.position()})"
-    if standby.online and not standby.in_recovery and not standby.databases and not standby.roles:
+    if fresh(standby):
         return True, "a fresh cluster (no databases but postgres/template0/template1, no roles but postgres)"
     ahead = (primary.timeline or 0) >= (standby.timeline or 0) and behind
     if rebuild and same and ahead:
         return True, (f"options.rebuild_standby is set and {primary.host} is ahead of it "
                       f"({primary.position()} vs {standby.position()})")
     return False, describe_refusal(primary, standby, same, ahead, rebuild)
+
+
+def fresh(c: Cluster) -> bool:
+    """What initdb leaves and nothing more: running, not in recovery, on its first timeline, no database, role or
+    table of anyone's, and hardly any WAL. A server that keeps its data in `postgres` as `postgres`, or has been
+    promoted, or has written more, is not fresh (a mistyped address can reach a busy server)."""
+    return (c.online and not c.in_recovery and not c.databases and not c.roles and not c.tables and c.timeline == 1
+            and (lsn_bytes(c.lsn) or 0) <= lsn_bytes(FRESH_LSN_AT_MOST))
 
 
 def former_primary(primary: Cluster, other: Cluster) -> bool:
@@ -204,7 +219,10 @@ def describe_refusal(primary: Cluster, standby: Cluster, same: bool, ahead: bool
                         "(start it, and provisioning examines it)"))
     elif not standby.in_recovery:
         held = ([f"databases {', '.join(standby.databases)}"] if standby.databases else []) + \
-               ([f"roles {', '.join(standby.roles)}"] if standby.roles else [])
+               ([f"roles {', '.join(standby.roles)}"] if standby.roles else []) + \
+               ([f"{standby.tables} tables in postgres"] if standby.tables else []) + \
+               ([f"timeline {standby.timeline}"] if (standby.timeline or 1) != 1 else []) + \
+               ([f"WAL up to {standby.lsn}"] if (lsn_bytes(standby.lsn) or 0) > lsn_bytes(FRESH_LSN_AT_MOST) else [])
         found.append("it is a writable server, not a standby" + (f", holding {' and '.join(held)}" if held else ""))
     found.append(f"its system identifier is {'that of' if same else 'not that of'} {primary.host}"
                  + ("" if same else f" ({standby.system_id} vs {primary.system_id}): another cluster"))

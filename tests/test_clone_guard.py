@@ -30,9 +30,23 @@ def test_a_standby_ahead_of_the_primary_is_refused():
 
 def test_an_empty_directory_and_a_fresh_cluster_may_be_cloned():
     assert may_clone(PRIMARY, standby(state="", entries=0, control=False, system_id=None), False)[0]
-    fresh = standby(state="online", system_id="7399999999999999999", in_recovery=False, timeline=1)
+    fresh = standby(state="online", system_id="7399999999999999999", in_recovery=False, timeline=1, lsn="0/1A3F2B0")
     assert may_clone(PRIMARY, fresh, False) == (
         True, "a fresh cluster (no databases but postgres/template0/template1, no roles but postgres)")
+
+
+@pytest.mark.parametrize("busy, found", [
+    (dict(timeline=4), "timeline 4"),                    # promoted once or more: it had a life of its own
+    (dict(tables=12), "12 tables in postgres"),          # keeps its data in postgres, as postgres
+    (dict(lsn="2/9C000000"), "WAL up to 2/9C000000"),    # has written gigabytes since initdb
+])
+def test_a_busy_server_with_only_postgres_is_not_fresh(busy, found):
+    """A mistyped standby address can reach an unrelated server that uses only the database and role postgres."""
+    server = standby(state="online", system_id="7399999999999999999", in_recovery=False, timeline=1, lsn="0/1A3F2B0")
+    for key, value in busy.items():
+        setattr(server, key, value)
+    allowed, why = may_clone(PRIMARY, server, False)
+    assert not allowed and found in why, why
 
 
 def test_a_torn_down_standby_keeps_its_writes_even_with_rebuild():
