@@ -219,6 +219,8 @@ RESUME = f"psql -Xq -c {_Q}{RESUME_SQL}{_Q} -c 'SELECT pg_reload_conf()'"
 #: how long failover.sh waits for a failed primary whose host still answers to hand its WAL over (a clean
 #: shutdown sends every record up to its shutdown checkpoint to the standbys still connected)
 HANDOVER_S = 10
+#: a standby stops receiving from the failed primary (its WAL receiver ends; follow_primary.sh re-points it)
+UNFOLLOW_SQL = "ALTER SYSTEM SET primary_conninfo = ''"
 #: how long it waits for the failed primary's host to answer SSH at all: past that, promote at once
 ANSWER_S = 2
 #: a standby is attached (follow_primary.sh, rejoin) only once the primary sees it streaming with replay
@@ -370,6 +372,16 @@ if [ "$ended" != silent ] && [ "$ended" != running ]; then
     else
         log "$streaming standby(s) still stream after {HANDOVER_S} s: deciding on what they hold now"
     fi
+fi
+# A primary that did not stop may still send WAL: a silent host once its network is back (its connections
+# outlive a short outage), one still running. A standby that received it after the promotion would have
+# forked off. So every standby stops listening to it first, and its position is read again after that.
+if [ "$ended" = silent ] || [ "$ended" = running ]; then
+    while read -r id host; do
+        on "$host" "psql -XAtqc \\"{UNFOLLOW_SQL}\\" -c 'SELECT pg_reload_conf()'" </dev/null >/dev/null 2>&1 &&
+            log "node $id ($host) stopped receiving from node $failed"
+    done < <(standbys)
+    sleep 0.5; choose
 fi
 if [ -z "$best" ]; then
     log "no standby is left to promote"

@@ -344,6 +344,25 @@ def test_a_host_that_does_not_answer_is_neither_waited_for_nor_fenced(tmp_path):
 SILENT = {B: "t|0/5000000|83886080", C: "t|0/5000000|83886080"}
 
 
+@pytest.mark.parametrize("ended", [None, "running"])
+def test_standbys_stop_receiving_from_a_primary_that_did_not_stop_before_one_is_promoted(tmp_path, ended):
+    """A silent host's connections outlive a short outage, and a running one goes on sending: a standby that
+    received its WAL after the promotion would have forked off (seen on the Debian 13 lab: stuck in startup).
+    The positions are read again after that, and C, which had more by then, is promoted."""
+    rc, log, calls = run_failover(tmp_path, THREE, ended=ended,
+                                  positions={B: "t|0/5000100|83886336", C: ["t|0/5000000|83886080", "t|0/5000200|83886592"]})
+    unfollow = [i for i, c in enumerate(calls) if failover.UNFOLLOW_SQL in c]
+    promote = next(i for i, c in enumerate(calls) if c.endswith("pg_ctlcluster 15 main promote"))
+    assert len(unfollow) == 2 and max(unfollow) < promote, calls
+    assert f"node 1 ({B}) stopped receiving from node 0" in log and f"node 2 ({C}) stopped receiving from node 0" in log
+    assert calls[promote] == f"{C} pg_ctlcluster 15 main promote", log
+
+
+def test_after_a_crash_standbys_keep_their_connection_settings(tmp_path):
+    rc, log, calls = run_failover(tmp_path, THREE, ended="crashed", positions=SILENT)
+    assert rc == 0 and not any(failover.UNFOLLOW_SQL in c for c in calls)
+
+
 @pytest.mark.parametrize("old, new, said, stopped", [
     ("f|1", "f|2", f"node 0 ({A}) answers again, a primary on timeline 1 beside node 1 ({B}) on timeline 2: "
                    "stopped and fenced", True),
