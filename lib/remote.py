@@ -42,11 +42,14 @@ class Result:
 
 
 SUDO_PROMPT = "[pgguide sudo password]"
-#: Where sudo asks for a password, it arrives as stdin's first line. The host's shell reads that line itself and
-#: hands it to `sudo -v` alone; the command then runs with `sudo -n` and the rest of stdin. Had sudo read it in
-#: front of the command, a sudo that does not ask (credentials cached, or NOPASSWD for the target user) would
-#: leave the password to the command: psql would run it as SQL, and the server would log it.
-SUDO_VALIDATE = "IFS= read -r p && printf '%s\\n' \"$p\" | sudo -S -p '' -v && unset p && "
+def sudo_with_password(user: str, inner: str) -> str:
+    """Shell for a host where sudo may ask: the password arrives as stdin's first line and the host's shell
+    reads it itself. Only a sudo that asks gets it (fed before the rest of stdin); where sudo would not ask
+    (cached credentials, NOPASSWD for that user) the command runs with `sudo -n` and its own input alone.
+    Sent straight to `sudo -S`, a sudo that did not ask left the password to the command: psql ran it as SQL,
+    and the server logged it."""
+    return (f"IFS= read -r p; if sudo -n -u {user} true 2>/dev/null; then unset p; sudo -n -H -u {user} {inner}; "
+            f"else {{ printf '%s\\n' \"$p\"; unset p; cat; }} | sudo -S -p '' -H -u {user} {inner}; fi")
 #: echoed by psql after the SQL it was given: its SQL arrived whole, and ran to the end. The ";"
 #: before it sends a last statement left without one (psql runs a backslash command at once, but
 #: sends an unterminated statement only at the end of its input).
@@ -203,7 +206,7 @@ class Remote:
         if not self.sudo_password_needed():
             return f"sudo -n -H -u {user} {inner}", stdin
         password = secrets.secret("sudo", self.params)
-        return f"{SUDO_VALIDATE}sudo -n -H -u {user} {inner}", password + "\n" + (stdin or "")
+        return sudo_with_password(user, inner), password + "\n" + (stdin or "")
 
     def sudo_password_needed(self) -> bool:
         if self._sudo_needs_password is None:

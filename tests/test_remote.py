@@ -22,9 +22,9 @@ def test_commands_run_with_bash_as_the_right_user():
 
 
 FAKE_SUDO = r"""#!/bin/bash
-# sudo as a host that asks for a password (validates with -v) or does not ($FAKE/asks absent: cached, NOPASSWD)
+# sudo on a host that asks for a password ($FAKE/asks) or does not (cached credentials, NOPASSWD)
+if [ "$1" = -n ] && [ "${@: -1}" = true ] && [ -f "$FAKE/asks" ]; then exit 1; fi
 if [ "$1" = -S ] && [ -f "$FAKE/asks" ]; then IFS= read -r line; echo "$line" > "$FAKE/validated"; fi
-[ "${@: -1}" = -v ] && exit 0
 while [ "${1#-}" != "$1" ]; do case $1 in -u|-p) shift ;; esac; shift; done   # the options, then the command
 exec "$@"
 """

@@ -114,14 +114,14 @@ ssh_to() {{
 
 # on HOST USER SCRIPT: run SCRIPT with bash on HOST as USER (through sudo; "-" is the SSH user).
 # Its stdin is the command's stdin. With PGGUIDE_SUDO_PASSWORD set, the host's shell reads it first and hands it
-# to `sudo -v` alone, so that no command ever reads the password as its own input.
+# to sudo only where sudo asks, so that no command ever reads the password as its own input.
 on() {{
   local host=$1 user=$2 script=$3
   if [ "$user" = - ]; then
     ssh_to "$host" "bash -c $(q "$script")"
   elif [ -n "${{PGGUIDE_SUDO_PASSWORD:-}}" ]; then
     {{ printf '%s\n' "$PGGUIDE_SUDO_PASSWORD"; cat; }} |
-      ssh_to "$host" "IFS= read -r p && printf '%s\n' \"\$p\" | sudo -S -p '' -v && unset p && sudo -n -H -u $user bash -c $(q "cd ~ 2>/dev/null; $script")"
+      ssh_to "$host" "IFS= read -r p; if sudo -n -u $user true 2>/dev/null; then unset p; sudo -n -H -u $user bash -c $(q "cd ~ 2>/dev/null; $script"); else {{ printf '%s\n' \"\$p\"; unset p; cat; }} | sudo -S -p '' -H -u $user bash -c $(q "cd ~ 2>/dev/null; $script"); fi"
   else
     ssh_to "$host" "sudo -n -H -u $user bash -c $(q "cd ~ 2>/dev/null; $script")"
   fi
