@@ -14,6 +14,7 @@ from functools import partial
 
 from lib import db, ops, pgconf, pgpoolconf, postgres, system
 from lib.ops import Secret, guide_step
+from lib.part1 import REPLICATION_ROLE
 from lib.postgres import TEST_DB, auth_method, conf_file, patience
 from lib.roles import sql_literal
 from lib.show import expect, table
@@ -113,8 +114,11 @@ def create_pgpool_role(env) -> ops.Step:
 
 
 def hba_pgpool_lines(env) -> list[str]:
+    """The pgpool host's lines. replicator, whose password the standbys keep, has no business there: rejected
+    first (lib.pgconf puts a reject line in front of the others for that address)."""
     method, address, kind = auth_method(env.params), env.pgpool.host.address, postgres.hba_type(env.params)
-    return [f"{kind} all {PGPOOL_ROLE} {address}/32 {method}", f"{kind} all all {address}/32 {method}"]
+    return [f"{kind} all {REPLICATION_ROLE} {address}/32 reject",
+            f"{kind} all {PGPOOL_ROLE} {address}/32 {method}", f"{kind} all all {address}/32 {method}"]
 
 
 def backend_hba(env, text: str) -> tuple[str, list[str]]:

@@ -45,6 +45,9 @@ def add_hba_records(text: str, records: list[str]) -> tuple[str, list[str]]:
     added = []
     for line in records:
         record = str(pghba.HBARecord.parse(line))
+        if record.split()[-1] == "reject":
+            text = _reject_first(text, record)
+            continue
         if record in present:
             continue
         fields = record.split()
@@ -57,6 +60,22 @@ def add_hba_records(text: str, records: list[str]) -> tuple[str, list[str]]:
         present.add(record)
     new = text + ("" if text.endswith("\n") or not text or not added else "\n") + "".join(r + "\n" for r in added)
     return (before, []) if new == before else (new, changed_lines(before, new))
+
+
+def _reject_first(text: str, record: str) -> str:
+    """A `reject` record in front of every other record for its address: pg_hba takes the first line that
+    matches, so appended after `host all all ADDRESS` it would never be reached. Moved there if it is elsewhere."""
+    fields = record.split()
+    lines = text.splitlines(True)
+    ours = lambda l: len(f := _record_fields(l)) >= 5 and f[0].startswith("host") and f[3] == fields[3]
+    same = [i for i, l in enumerate(lines) if ours(l)]
+    if same and _record_fields(lines[same[0]]) == fields:
+        return text
+    kept = [l for l in lines if _record_fields(l) != fields]
+    at = next((i for i, l in enumerate(kept) if ours(l)), None)
+    if at is None:
+        return "".join(kept) + ("" if not kept or kept[-1].endswith("\n") else "\n") + record + "\n"
+    return "".join(kept[:at] + [record + "\n"] + kept[at:])
 
 
 def _record_fields(line: str) -> list[str]:

@@ -233,6 +233,17 @@ def test_pgpools_role_reads_replication_status_but_no_setting_that_holds_a_passw
     assert said["senders"].strip() == "1", said      # the standby's WAL sender, its columns visible
 
 
+def test_replicator_cannot_open_a_database_from_the_pgpool_host(provisioned_twice):
+    """pg_hba's `all all` line for the pgpool host let replicator, whose password every standby keeps, into
+    testdb; a reject line in front of it (Steps 23, 26) turns it away on both servers."""
+    password = shlex.quote(SECRETS["PGGUIDE_REPLICATION_PASSWORD"])
+    script = f"export PGPASSWORD={password}\ncd /\n" + "".join(
+        f"psql -XAt -h {address} -U replicator -d testdb -c 'SELECT 1' 2>&1; echo @@\n"
+        for address in ("10.213.93.132", "10.213.93.133"))
+    out = sh(REPO / "ci" / "lab", "ssh", "vm3", "bash -s", input=script).split("@@")[:2]
+    assert all("pg_hba.conf rejects connection" in o and 'user "replicator"' in o for o in out), out
+
+
 def backend_sessions(database):
     """Sessions the primary has opened to `database` since its start (pg_stat_database)."""
     return int(on("vm1", f"sudo -u postgres psql -XAtc \"SELECT sessions FROM pg_stat_database "

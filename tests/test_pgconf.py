@@ -85,3 +85,19 @@ def test_no_trust_line_is_left_and_nothing_else_changes():
     assert new.count("\n") == DEBIAN_POOL_HBA.count("\n") and "# IPv4 local connections:\n" in new
     assert pgconf.without_trust(new, "scram-sha-256") == (new, [])
     assert pgconf.trust_lines("# host all all 0.0.0.0/0 trust\nlocal all postgres peer\n") == []
+
+
+def test_a_reject_line_goes_in_front_of_the_lines_for_its_address():
+    hba = HBA + "host    all             pgpool          10.0.0.9/32             scram-sha-256\n" \
+                "host    all             all             10.0.0.9/32             scram-sha-256\n"
+    reject = "host all replicator 10.0.0.9/32 reject"
+    new, changed = add_hba_records(hba, [reject])
+    records = [l.split() for l in new.splitlines() if "10.0.0.9/32" in l]
+    assert [r[2] for r in records] == ["replicator", "pgpool", "all"] and records[0][-1] == "reject"
+    assert len(changed) == 1 and changed[0].startswith("+host")
+    assert add_hba_records(new, [reject]) == (new, [])                      # a second run changes nothing
+    misplaced = hba + str(pgconf.pghba.HBARecord.parse(reject)) + "\n"         # appended after `all all`: never reached
+    moved, _ = add_hba_records(misplaced, [reject])
+    assert moved == new
+    fresh, _ = add_hba_records(HBA, [reject, "host all all 10.0.0.9/32 scram-sha-256"])
+    assert [l.split()[2] for l in fresh.splitlines() if "10.0.0.9/32" in l] == ["replicator", "all"]
