@@ -124,14 +124,14 @@ say "proof: same system identifier; $primary promoted past $name's timeline $my_
 history=$(psql "{source}" -XAtc "SELECT convert_from(pg_read_binary_file('pg_wal/' || lpad(upper(to_hex($timeline)), 8, '0') || '.history'), 'UTF8')")
 switch=$(awk -v t="$my_timeline" '$1 == t {{print $2}}' <<< "$history")
 [ -n "$switch" ] || refuse "$primary's timeline history does not say where it left timeline $my_timeline"
-commits=$({bin_dir}/pg_waldump --path={data}/pg_wal --timeline="$my_timeline" --start="$switch" 2>/dev/null | grep -c {shlex.quote(rejoin.COMMIT_RECORD)})
+commits=$({rejoin.count_commits(params, '"$my_timeline"', '"$switch"')})
 say "switch point $switch on timeline $my_timeline: $name holds $commits commits past it that $primary never received"
 if [ "$commits" -gt 0 ]; then
   [ {refuse_diverged} = no ] || refuse "options.refuse_diverged is set"
   segment=$(psql "{source}" -XAtc "SELECT pg_walfile_name('$switch')")
   first=$(printf '%08X' "$my_timeline")${{segment:8}}
   a={diverged}
-  mkdir "$a" && (cd {data}/pg_wal && ls | awk -v f="$first" 'length($0) == 24 && substr($0, 1, 8) == substr(f, 1, 8) && ($0 "") >= (f "")' \\
+  mkdir "$a" && (cd {data}/pg_wal && ls | {rejoin.wal_files_from('"$first"')} \\
     | xargs -r cp -p -t "$a") || refuse "its WAL could not be kept aside in $a"
   say "kept in $a: $(ls "$a" | wc -l) WAL files"
 fi

@@ -65,6 +65,22 @@ COUNTED = "commits only the old primary held"
 COMMIT_RECORD = "desc: COMMIT"
 
 
+def count_commits(params, timeline, start) -> str:
+    """Shell, as postgres on a former primary: how many commits its own WAL holds on `timeline` from `start` on
+    (both may be shell words such as "$switch"). pg_waldump stops with an error at the end of the WAL: its
+    count is what it read up to there; grep exits 1 when it counts none."""
+    p = params.postgres
+    data = shlex.quote(p["data_dir"].rstrip("/"))
+    return (f"/usr/lib/postgresql/{int(p['version'])}/bin/pg_waldump --path={data}/pg_wal --timeline={timeline} "
+            f"--start={start} 2>/dev/null | grep -c {shlex.quote(COMMIT_RECORD)}")
+
+
+def wal_files_from(first: str) -> str:
+    """awk over `ls` of pg_wal: the WAL files of `first`'s timeline from `first` on (a shell word). Compared as
+    strings: awk would take the names for numbers, too long for a float's precision."""
+    return f"awk -v f={first} 'length($0) == 24 && substr($0, 1, 8) == substr(f, 1, 8) && ($0 \"\") >= (f \"\")'"
+
+
 def diverged(remote, primary, timeline: int) -> Diverged:
     """Count, with pg_waldump on the former primary's own WAL, the commits it wrote on `timeline`
     past the point where `primary`'s history left that timeline (read from its .history file)."""
@@ -72,12 +88,7 @@ def diverged(remote, primary, timeline: int) -> Diverged:
     expect(switch is not None, f"{primary.host.name}'s timeline history does not say where it left timeline "
                                f"{timeline}, {remote.host.name}'s: what {remote.host.name} holds past it cannot be told.",
            f"look at pg_wal/*.history on {primary.host.name}; nothing was changed.")
-    p = remote.params.postgres
-    data = shlex.quote(p["data_dir"].rstrip("/"))
-    waldump = (f"/usr/lib/postgresql/{int(p['version'])}/bin/pg_waldump --path={data}/pg_wal "
-               f"--timeline={timeline} --start={switch}")
-    # pg_waldump stops with an error at the end of the WAL: its count is what it read up to there
-    out = remote.run(f"{waldump} 2>/dev/null | grep -c {shlex.quote(COMMIT_RECORD)} || true", user="postgres").stdout
+    out = remote.run(f"{count_commits(remote.params, timeline, switch)} || true", user="postgres").stdout
     segment = postgres.value(primary, f"SELECT pg_walfile_name('{switch}')")
     return Diverged(remote.host.name, primary.host.name, timeline, switch, int(out.strip() or 0),
                     f"{timeline:08X}{segment[8:]}")
@@ -92,9 +103,7 @@ def keep_diverged(remote, found: Diverged) -> ops.Command:
     beside its data directory, before the rewind discards them."""
     data = remote.params.postgres["data_dir"].rstrip("/")
     aside = f"{data}{DIVERGED}$(date -u +%Y%m%dT%H%M%SZ)"
-    # compared as strings: awk would take the names for numbers, too long for a float's precision
-    pick = (f"awk -v f={found.first_segment} "
-            "'length($0) == 24 && substr($0, 1, 8) == substr(f, 1, 8) && ($0 \"\") >= (f \"\")'")
+    pick = wal_files_from(found.first_segment)
     return ops.Command(remote, "postgres", f"a={aside} && mkdir \"$a\" && cd {shlex.quote(data)}/pg_wal && "
                        f"ls | {pick} | xargs -r cp -p -t \"$a\" && echo \"kept in $a: $(ls \"$a\" | wc -l) WAL files\"",
                        shown=f"a={aside} && mkdir \"$a\" && cp -p <its WAL files from the switch point on> \"$a\"",
