@@ -14,9 +14,9 @@ import shlex
 from functools import partial
 
 from lib import clone_guard, ops, part2, pgconf, pgpoolconf, postgres
-from lib.ops import Secret, guide_step
-from lib.part1 import REPLICATION_ROLE
-from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf, secret_file
+from lib.ops import guide_step
+from lib.part1 import PGPASS, REPLICATION_ROLE, pgpass_file
+from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf
 from lib.postgres import auth_method, conf_file, hba_type
 from lib.roles import sql_literal
 from lib.show import expect
@@ -27,8 +27,6 @@ KEY = f"{SSH_DIR}/id_ed25519_pgguide"
 KNOWN_HOSTS = f"{SSH_DIR}/known_hosts"
 KEY_COMMENT = "postgres@{}-pgguide"
 AUTHORIZED_KEYS = f"{SSH_DIR}/authorized_keys"
-#: the replicator's password for pg_rewind and for a standby's primary_conninfo (passfile=)
-PGPASS = f"{HOME}/.pgpass"
 FAILOVER_LOG = f"{LOG_DIR}/failover.log"
 #: what pg_rewind reads on its source server, granted so that replicator need not be a superuser
 #: what failover.sh runs on a server whose commits would wait for a standby that is gone (Step 44),
@@ -74,8 +72,7 @@ def every_server_can_lead(env) -> ops.Step:
             postgres.edit_step(step, r, conf_file(r, "postgresql.conf"), lambda text: pgconf.set_settings(text, wanted))
         postgres.edit_step(step, r, conf_file(r, "pg_hba.conf"),
                            lambda text, r=r: pgconf.add_hba_records(text, peer_hba_lines(env, r)))
-        secret_file(step, r, PGPASS, (f"*:{p.postgres['port']}:*:{REPLICATION_ROLE}:", Secret("replication"), "\n"),
-                    lambda line: line.rsplit(":", 1)[0] + ":" + ops.MASK, "the replicator's password")
+        pgpass_file(step, r)
     missing = [f for f in REWIND_FUNCTIONS if postgres.value(
         env.primary, f"SELECT has_function_privilege({sql_literal(REPLICATION_ROLE)}, {sql_literal(f)}, 'EXECUTE')") != "t"]
     if missing:

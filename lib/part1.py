@@ -10,11 +10,15 @@ from lib import clone_guard, ops, pgconf, postgres
 from lib.ops import guide_step
 from lib.postgres import TEST_DB, GUIDE_ROWS, auth_method, conf_file, patience, psql_read
 from lib.roles import sql_literal
+from lib.secret_files import secret_file
 from lib.show import CheckFailed, expect
 from lib.wait import wait_until
 
 #: Step 2: the settings the guide sets on the primary (wal_keep_size in MB).
 REPLICATION_ROLE = "replicator"
+#: the replicator's password on every server, for pg_basebackup, each standby's primary_conninfo (passfile=)
+#: and pg_rewind: never inside primary_conninfo, which any role with pg_read_all_settings can SHOW
+PGPASS = "/var/lib/postgresql/.pgpass"
 
 
 # --- Steps 1-6: the primary ------------------------------------------------------------------------
@@ -191,16 +195,26 @@ def clear_standbys(env) -> ops.Step:
 PROGRESS = re.compile(r"\d+/\d+ kB")
 
 
+def pgpass_file(step: ops.Step, remote) -> None:
+    """~postgres/.pgpass with the replicator's password (any host, this port)."""
+    secret_file(step, remote, PGPASS, (f"*:{remote.params.postgres['port']}:*:{REPLICATION_ROLE}:",
+                                       ops.Secret("replication"), "\n"),
+                lambda line: line.rsplit(":", 1)[0] + ":" + ops.MASK, "the replicator's password")
+
+
 @guide_step
 def base_backup(env) -> ops.Step:
-    """pg_basebackup -R -X stream -c fast, with the password on stdin (never in argv)."""
+    """pg_basebackup -R -X stream -c fast, the password read from ~postgres/.pgpass (never in argv,
+    and so -R writes passfile= into primary_conninfo, not the password)."""
     step = ops.Step("base backup")
+    for s in env.standbys:
+        pgpass_file(step, s)
     _not_cloning(step, env)
     p, primary = env.params.postgres, env.primary
     for s in to_clone(env):
         port = f" -p {p['port']}" if p["port"] != 5432 else ""
         command = (f"pg_basebackup -h {primary.host.address}{port} -U {REPLICATION_ROLE} "
-                   f"-D {shlex.quote(p['data_dir'] + '/')} -P -Xs -R -c fast -d "
+                   f"-D {shlex.quote(p['data_dir'] + '/')} -P -Xs -R -c fast -w -d "
                    + (f"'application_name={s.host.name} sslmode=require'" if postgres.tls(env.params)
                       else f"application_name={s.host.name}"))
         # Progress (-P) and errors both go to stderr, progress with carriage returns: on success keep
@@ -208,17 +222,16 @@ def base_backup(env) -> ops.Step:
         # a finished clone is neither an interrupted one nor a fenced former primary any more
         marker = (f"{shlex.quote(clone_guard.marker_path(env.params))} "
                   f"{shlex.quote(clone_guard.fence_marker(env.params))}")
-        script = (f"read -r PGPASSWORD; export PGPASSWORD; log=$(mktemp); {command} 2>\"$log\"; rc=$?; "
+        script = (f"log=$(mktemp); {command} 2>\"$log\"; rc=$?; "
                   "tr '\\r' '\\n' <\"$log\" | grep -v '^$' | "
                   "if [ $rc -eq 0 ]; then tail -1; else grep -v ' kB (' >&2; fi; rm -f \"$log\"; "
                   f"[ $rc -eq 0 ] && rm -f {marker}; exit $rc")
-        step.do(ops.Command(s, "postgres", script, input=(ops.Secret("replication"), "\n"),
-                            timeout=env.params.options["step_timeout"],
-                            shown=command + "    # password: PGGUIDE_REPLICATION_PASSWORD, on stdin",
+        step.do(ops.Command(s, "postgres", script, timeout=env.params.options["step_timeout"],
+                            shown=command + f"    # -w: the password comes from {PGPASS}, never a prompt",
                             summary=f"base backup from {primary.host.name} into {p['data_dir']}",
                             normalize=lambda out: PROGRESS.sub("N/N kB", out.splitlines()[-1] if out else out),
                             hint=f"the base backup failed. Likely causes: a wrong replication password "
-                                 f"(PGGUIDE_REPLICATION_PASSWORD), no pg_hba line for {s.host.address} on "
+                                 f"(PGGUIDE_REPLICATION_PASSWORD, in {PGPASS}), no pg_hba line for {s.host.address} on "
                                  f"{primary.host.name} (Step 3), or {primary.host.name} not listening on "
                                  f"{p['port']} (Steps 2 and 5)."))
     return step
@@ -284,36 +297,27 @@ def _conninfo_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def set_conninfo_password(standby, fields: dict[str, str]) -> ops.Sql:
-    """ALTER SYSTEM SET primary_conninfo with the replication secret as its password. The secret
-    is quoted for libpq inside SQL itself, so the statement (and commands.sh) holds it only as
-    one SQL literal."""
-    rest = " ".join(f"{k}={_conninfo_quote(v)}" for k, v in fields.items() if k != "password")
-    secret = ops.Secret("replication", "sql")
-    return ops.Sql(standby, "postgres", summary="primary_conninfo: password set to PGGUIDE_REPLICATION_PASSWORD",
-                   statement=ops.text(
-                       f"SELECT format('ALTER SYSTEM SET primary_conninfo = %L', {sql_literal(rest + ' password=')}"
-                       " || '''' || replace(replace(", secret, ", '\\', '\\\\'), '''', '\\''') || '''')\n\\gexec\n"
-                       "SELECT pg_reload_conf();"))
+def conninfo_with_passfile(standby, fields: dict[str, str]) -> ops.Sql:
+    """ALTER SYSTEM SET primary_conninfo to the same fields with passfile= and without password=
+    (a standby cloned before the password moved to .pgpass, or by hand), then reload: the WAL
+    receiver reconnects with the new value."""
+    fields = {**{k: v for k, v in fields.items() if k != "password"}, "passfile": PGPASS}
+    conninfo = " ".join(f"{k}={_conninfo_quote(v)}" for k, v in fields.items())
+    return ops.Sql(standby, "postgres", summary=f"primary_conninfo: the password now comes from {PGPASS}",
+                   statement=(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(conninfo)};\nSELECT pg_reload_conf();",))
 
 
 @guide_step
 def verify_backup(env) -> ops.Step:
-    """standby.signal and primary_conninfo. A standby that already streams keeps the password it
-    was cloned with: after options.reset_passwords changed the role's password in Step 1 it would
-    fail at its next reconnect, so the password is set with ALTER SYSTEM (allowed on a standby)."""
-    from lib.secrets import secret
+    """standby.signal and primary_conninfo, which names the .pgpass file (Step 9) and holds no
+    password: a standby cloned with the password inside gets it replaced by passfile=."""
     step = ops.Step("backup files")
-    password = secret("replication", env.params)
     for s in env.standbys:
         fields = conninfo_fields(auto_conf(s))
-        if fields and "passfile" in fields and "password" not in fields:
-            # a standby rejoined after a failover (notebook 04): Step 40 keeps that file's password right
-            step.note(s, f"primary_conninfo reads the password from {fields['passfile']}")
-        elif fields and fields.get("password") != password:
-            step.do(set_conninfo_password(s, fields))
+        if fields and ("password" in fields or fields.get("passfile") != PGPASS):
+            step.do(conninfo_with_passfile(s, fields))
         elif fields:
-            step.note(s, "primary_conninfo's password is PGGUIDE_REPLICATION_PASSWORD")
+            step.note(s, f"primary_conninfo reads the password from {PGPASS}")
 
     def files():
         shown = []
@@ -324,8 +328,12 @@ def verify_backup(env) -> ops.Step:
             shown.append(f"{s.host.name} (postgres) $ ls {data}/standby.signal\n"
                          + (f"{data}/standby.signal" if signal else "ls: cannot access: No such file or directory"))
             shown.append(f"{s.host.name} (postgres) $ cat {data}/postgresql.auto.conf   # primary_conninfo's fields:")
-            shown += [f"  {k:<17} {'********' if k == 'password' and k in fields else fields.get(k, '(not set)')}"
-                      for k in ("user", "password", "host", "port", "application_name")]
+            shown += [f"  {k:<17} {'******** (it must not be here)' if k == 'password' and k in fields else fields.get(k, '(not set)')}"
+                      for k in ("user", "password", "passfile", "host", "port", "application_name")]
+            expect("password" not in fields and fields.get("passfile") == PGPASS,
+                   f"primary_conninfo on {s.host.name} " + ("holds the replication password, readable by any role with "
+                   "pg_read_all_settings." if "password" in fields else f"does not name {PGPASS}."),
+                   "provision again: Step 10 replaces it with passfile=.")
             expect(signal, f"{s.host.name} has no standby.signal.", "re-run the base backup with -R (Step 9).")
             expect(fields.get("host") == env.primary.host.address and fields.get("user") == REPLICATION_ROLE,
                    f"primary_conninfo on {s.host.name} points at {fields.get('host')} as {fields.get('user')}.",

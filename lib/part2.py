@@ -13,6 +13,7 @@ import shlex
 from functools import partial
 
 from lib import db, ops, pgconf, pgpoolconf, postgres, system
+from lib.secret_files import SECRET_MODE, SECRET_OWNER, secret_access, secret_file
 from lib.ops import Secret, guide_step
 from lib.part1 import REPLICATION_ROLE
 from lib.postgres import TEST_DB, auth_method, conf_file, patience
@@ -388,39 +389,6 @@ def configure_pool_hba(env) -> ops.Step:
         new, _ = pgconf.add_hba_records(no_trust, [line])
         return new, pgconf.changed_lines(text, new)
     return postgres.edit_step(ops.Step("pool_hba.conf"), env.pgpool, conf(env.params, "pool_hba.conf"), change)
-
-
-#: who may read the files that hold secrets: pgpool runs as postgres, and nobody else reads them
-SECRET_OWNER, SECRET_MODE = "postgres:postgres", "600"
-
-
-def secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str) -> None:
-    """A file that holds a secret: written only when its text differs, its diff masked; its owner
-    and mode are put right on every run. `new`: the pieces of its text, or a function making them
-    from its current text (None: absent)."""
-    f = shlex.quote(path)
-    found = remote.run(f"if test -f {f}; then stat -c '%U:%G %a' {f}; cat {f}; else echo absent; fi",
-                       user="root", mask=False).stdout
-    access, _, old = found.partition("\n")
-    old = None if access == "absent" else old
-    new = new(old) if callable(new) else new
-    if old != ops.resolve(new, remote.params):
-        step.do(ops.FileChange(remote, "root", path=path, old=old, new=new, owner=SECRET_OWNER, mode=SECRET_MODE,
-                               mask_line=mask_line))
-        return
-    step.note(remote, f"{path} already holds {what}")
-    secret_access(step, remote, path, access)
-
-
-def secret_access(step: ops.Step, remote, path: str, access: str | None = None) -> None:
-    """chown/chmod a file that holds a secret when its owner or mode is not SECRET_OWNER/SECRET_MODE
-    (`access`: its `stat -c '%U:%G %a'`, read here when not given)."""
-    f = shlex.quote(path)
-    if access is None:
-        access = remote.run(f"stat -c '%U:%G %a' {f} 2>/dev/null || echo absent", user="root").stdout.strip()
-    if access != f"{SECRET_OWNER} {SECRET_MODE}":
-        step.do(ops.Command(remote, "root", f"chown {SECRET_OWNER} {f} && chmod {SECRET_MODE} {f}",
-                            summary=f"{path}: {access} -> {SECRET_OWNER} {SECRET_MODE}"))
 
 
 def _user_line(line: str) -> str:

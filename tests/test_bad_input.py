@@ -101,6 +101,8 @@ CASES = [
      EXIT_BAD_INPUT, "PGGUIDE_POSTGRES_PASSWORD is a name the records print"),
     ("unreachable host", lambda t: [params_file(t, set_key("hosts.pgpool.address", "10.213.93.200"))], EXIT_FAILED,
      "vm3 (pgpool, 10.213.93.200): cannot reach SSH port 22"),
+    ("unreachable primary, where the lock lives", lambda t: [params_file(t, set_key("hosts.primary.address", "10.213.93.201"))],
+     EXIT_FAILED, "could not take the cluster's lock on vm1 (primary, 10.213.93.201)"),
     ("wrong SSH key", lambda t: [params_file(t, set_key("ssh.key_file", str(new_key(t))))], EXIT_FAILED,
      "SSH as labadmin failed"),
     ("PostgreSQL version not installed on the host", lambda t: [params_file(t, set_key("postgres.version", 16))], EXIT_FAILED,
@@ -120,6 +122,8 @@ def assert_one_clear_error(code, out, expected_code, message, before):
     assert "Traceback" not in out, out
     if expected_code == EXIT_BAD_INPUT:
         assert "Nothing was changed." in out
+    elif "could not take the cluster's lock" in out:     # the primary refused before any notebook ran
+        assert "so nothing was changed" in out and "00-environment" not in out, out
     else:   # stopped in notebook 00, the preflight, before Part 1
         assert "provision FAILED in 00-environment" in out and "[ 4/" not in out, out
     assert host_state() == before, "a host changed"

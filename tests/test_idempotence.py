@@ -157,7 +157,7 @@ def test_first_run_shows_what_it_ran_with_host_and_user(provisioned_twice):
                  "vm1 (root) $ systemctl restart postgresql", "vm2 (root) $ systemctl stop postgresql",
                  "vm2 (postgres) $ rm -rf /var/lib/postgresql/15/main/* && ls /var/lib/postgresql/15/main/",
                  "vm2 (postgres) $ pg_basebackup -h 10.213.93.132 -U replicator -D /var/lib/postgresql/15/main/ -P -Xs -R "
-                 "-c fast -d application_name=vm2",
+                 "-c fast -w -d application_name=vm2",
                  "vm3 (root) $ apt-get update && apt-get install pgpool2 -y",
                  "vm3 (labadmin) $ psql -h 10.213.93.134 -p 9999 -U postgres -c \"SHOW pool_nodes;\" -A",
                  "vm1 (postgres) $ psql -c \"GRANT pg_read_all_stats TO pgpool;\"",
@@ -231,6 +231,30 @@ def test_pgpools_role_reads_replication_status_but_no_setting_that_holds_a_passw
     assert said["conninfo"].startswith("ERROR:") and 'to examine "primary_conninfo"' in said["conninfo"], said
     assert SECRETS["PGGUIDE_REPLICATION_PASSWORD"] not in out and "password=" not in out, said
     assert said["senders"].strip() == "1", said      # the standby's WAL sender, its columns visible
+
+
+def test_primary_conninfo_names_the_passfile_and_a_password_in_it_is_moved_out(provisioned_twice, monkeypatch):
+    """Step 9 clones with the password from ~postgres/.pgpass, so -R writes passfile= and no password. A standby
+    cloned the guide's way (the password inside primary_conninfo, readable with pg_read_all_settings) gets passfile=
+    from Step 10 instead, and streams on."""
+    def conninfo():
+        return part1.parse_conninfo(on("vm2", "sudo -u postgres psql -XAtc 'SHOW primary_conninfo'").strip())
+    assert "password" not in conninfo() and conninfo()["passfile"] == part1.PGPASS, conninfo()
+    guide_way = " ".join(f"{k}={v}" for k, v in conninfo().items() if k != "passfile")
+    guide_way += f" password={SECRETS['PGGUIDE_REPLICATION_PASSWORD']}"
+    sh(REPO / "ci" / "lab", "ssh", "vm2", "sudo -u postgres psql -XAtq -f - -c 'SELECT pg_reload_conf()'",
+       input=f"ALTER SYSTEM SET primary_conninfo = '{guide_way}';\n")
+    assert conninfo()["password"] == SECRETS["PGGUIDE_REPLICATION_PASSWORD"]
+    for variable, value in SECRETS.items():
+        monkeypatch.setenv(variable, value)
+    env = Hosts(PARAMS)
+    try:
+        part1.verify_backup(env).apply()
+        part1.check_streaming(env).apply()
+    finally:
+        env.close()
+    assert "password" not in conninfo() and conninfo()["passfile"] == part1.PGPASS, conninfo()
+    assert SECRETS["PGGUIDE_REPLICATION_PASSWORD"] not in on("vm2", "sudo cat /var/lib/postgresql/15/main/postgresql.auto.conf")
 
 
 def test_replicator_cannot_open_a_database_from_the_pgpool_host(provisioned_twice):

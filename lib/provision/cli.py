@@ -264,8 +264,8 @@ def main(argv: list[str]) -> int:
 
 
 def locked(prm, run) -> int:
-    """Run holding the cluster's lock (lib.lock), which the notebooks' kernels inherit. A primary
-    that cannot be reached is left to notebook 00's preflight, which says why."""
+    """Run holding the cluster's lock (lib.lock), which the notebooks' kernels inherit. No lock, no
+    run: a primary that cannot be reached (or whose sudo refuses) stops it here, before any change."""
     from lib import lock
     from lib.remote import Hosts
 
@@ -276,11 +276,14 @@ def locked(prm, run) -> int:
         env.close()
         print(f"ci/provision: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception:       # unreachable, wrong key, sudo: notebook 00 says which, before any change
-        pass
+    except Exception as e:      # unreachable, wrong key, sudo: going on unlocked could interleave with another run
+        env.close()
+        print(f"ci/provision: could not take the cluster's lock on {prm.primary.label}, so nothing "
+              f"was changed:\n{e}", file=sys.stderr)
+        return EXIT_FAILED
     if env.lock.took_over:
         print(f"ci/provision: took over the lock left by {env.lock.took_over.describe()}, which is gone")
-    if env.lock.holder:
+    if env.lock.holder:         # else a parent run holds it, and its line is already in the environment
         os.environ[lock.ENV_VARIABLE] = env.lock.holder.line()
     try:
         return run()
