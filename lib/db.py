@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import psycopg
 
-from lib import hosts, journal
+from lib import hosts, journal, tls
 from lib.params import Host, Params
 
 APPLICATION_NAME = "pgguide-notebook"
@@ -18,7 +18,15 @@ def conninfo(params: Params, host: Host, *, user: str, port: int | None = None,
             # a server that stops answering mid-query fails the query instead of hanging it
             "tcp_user_timeout": params.ssh["command_timeout"] * 1000,
             "keepalives_idle": 5, "keepalives_interval": 5, "keepalives_count": 3,
-            "sslmode": "require" if params.postgres["tls"] else "prefer"}
+            **verified_tls(params, host)}
+
+
+def verified_tls(params: Params, host: Host) -> dict:
+    """lib.tls's checks, against the notebook's copy of the trusted certificates."""
+    words = tls.client_words(params, to_pgpool=host.address == params.pgpool_host.address)
+    if "sslrootcert" in words:
+        words["sslrootcert"] = str(tls.local_file(params))
+    return words
 
 
 def connect(params: Params, host: Host, *, user: str, password: str, port: int | None = None,

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from lib import clone_guard, failover, part2, postgres
+from lib import clone_guard, db, failover, part2, postgres
 from lib.postgres import TEST_DB
 from lib.remote import StepFailed
 from lib.secrets import secret
@@ -74,7 +74,7 @@ class Traffic:
         return psycopg.connect(host=p.pgpool_host.address, port=p.pgpool["port"], user="postgres",
                                password=secret("postgres", p), dbname=TEST_DB, connect_timeout=2, autocommit=True,
                                application_name="pgguide-drill", options=f"-c statement_timeout={STATEMENT_TIMEOUT_S}s",
-                               sslmode="require" if p.postgres["tls"] else "prefer")
+                               **db.verified_tls(p, p.pgpool_host))
 
     def _loop(self, client: Client) -> None:
         conn = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from functools import partial
 
-from lib import clone_guard, ops, part2, pgconf, pgpoolconf, postgres
+from lib import clone_guard, ops, part2, pgconf, pgpoolconf, postgres, tls
 from lib.ops import guide_step
 from lib.part1 import PGPASS, REPLICATION_ROLE, pgpass_file
 from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf
@@ -52,7 +52,7 @@ def ssh_options() -> str:
 def standby_conninfo(params, primary_address: str, name: str) -> str:
     """primary_conninfo without a password: libpq reads it from ~postgres/.pgpass."""
     return (f"host={primary_address} port={params.postgres['port']} user={REPLICATION_ROLE} "
-            f"application_name={name} passfile={PGPASS} sslmode={'require' if postgres.tls(params) else 'prefer'}")
+            f"application_name={name} passfile={PGPASS} {tls.conninfo_text(params)}")
 
 
 # --- Step 40 ---------------------------------------------------------------------------------------------

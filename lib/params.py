@@ -70,10 +70,12 @@ SCHEMA: dict[str, Any] = {
         "log_file": ("host_path", False, "/var/log/postgresql/postgresql-{version}-{cluster}.log"),
         # scram-sha-256 end to end (default), or md5 exactly as the guide does it
         "auth_method": ("auth_method", False, "scram-sha-256"),
-        # require TLS on every connection between the hosts and from clients to pgpool
+        # require verified TLS on every connection between the hosts and from clients to pgpool (lib.tls)
         "tls": (bool, False, False),
-        "tls_cert_file": ("host_path", False, "/etc/ssl/certs/ssl-cert-snakeoil.pem"),   # Debian's own
-        "tls_key_file": ("host_path", False, "/etc/ssl/private/ssl-cert-snakeoil.key"),
+        # each host's own pair and the certificates every host trusts; by default made by the steps
+        "tls_cert_file": ("host_path", False, "/etc/ssl/pgguide/server.crt"),
+        "tls_key_file": ("host_path", False, "/etc/ssl/pgguide/server.key"),
+        "tls_ca_file": ("host_path", False, "/etc/ssl/pgguide/root.crt"),
         # a commit is acknowledged once a standby has it too (Step 44); the guide's is asynchronous
         "synchronous": (bool, False, False),
     },

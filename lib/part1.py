@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from lib import clone_guard, ops, pgconf, postgres
+from lib import clone_guard, ops, pgconf, postgres, tls
 from lib.ops import guide_step
 from lib.postgres import TEST_DB, GUIDE_ROWS, auth_method, conf_file, patience, psql_read
 from lib.roles import sql_literal
@@ -37,7 +37,11 @@ def create_replication_role(env) -> ops.Step:
 
 @guide_step
 def configure_primary(env) -> ops.Step:
-    return postgres.edit_step(ops.Step("postgresql.conf"), env.primary, conf_file(env.primary, "postgresql.conf"),
+    step = ops.Step("postgresql.conf")
+    if tls.on(env.params):       # every server's own certificate, naming its address, before ssl_cert_file names it
+        for r in [env.primary, *env.standbys]:
+            tls.pair_step(step, r)
+    return postgres.edit_step(step, env.primary, conf_file(env.primary, "postgresql.conf"),
                               lambda text: pgconf.set_settings(text, postgres.primary_settings(env.params)))
 
 
@@ -48,7 +52,9 @@ def hba_replication_lines(env) -> list[str]:
 
 @guide_step
 def allow_replication(env) -> ops.Step:
-    return postgres.primary_hba_step(env, hba_replication_lines)
+    step = postgres.primary_hba_step(env, hba_replication_lines)
+    tls.trust_step_for_servers(step, env)      # and with postgres.tls, whose certificates a connection accepts
+    return step
 
 
 @guide_step
@@ -215,7 +221,7 @@ def base_backup(env) -> ops.Step:
         port = f" -p {p['port']}" if p["port"] != 5432 else ""
         command = (f"pg_basebackup -h {primary.host.address}{port} -U {REPLICATION_ROLE} "
                    f"-D {shlex.quote(p['data_dir'] + '/')} -P -Xs -R -c fast -w -d "
-                   + (f"'application_name={s.host.name} sslmode=require'" if postgres.tls(env.params)
+                   + (f"'application_name={s.host.name} {tls.conninfo_text(env.params)}'" if tls.on(env.params)
                       else f"application_name={s.host.name}"))
         # Progress (-P) and errors both go to stderr, progress with carriage returns: on success keep
         # the last progress line (stdout); on failure pass every other line on (stderr), for the report.
@@ -297,11 +303,16 @@ def _conninfo_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def wanted_conninfo(params) -> dict[str, str]:
+    """What primary_conninfo must say beside where to connect: the password's file, and how TLS is checked."""
+    return {"passfile": PGPASS, **(tls.client_words(params) if tls.on(params) else {})}
+
+
 def conninfo_with_passfile(standby, fields: dict[str, str]) -> ops.Sql:
-    """ALTER SYSTEM SET primary_conninfo to the same fields with passfile= and without password=
-    (a standby cloned before the password moved to .pgpass, or by hand), then reload: the WAL
-    receiver reconnects with the new value."""
-    fields = {**{k: v for k, v in fields.items() if k != "password"}, "passfile": PGPASS}
+    """ALTER SYSTEM SET primary_conninfo to the same fields with passfile= (and with postgres.tls, verified
+    TLS) and without password= (a standby cloned before the password moved to .pgpass, or by hand), then
+    reload: the WAL receiver reconnects with the new value."""
+    fields = {**{k: v for k, v in fields.items() if k != "password"}, **wanted_conninfo(standby.params)}
     conninfo = " ".join(f"{k}={_conninfo_quote(v)}" for k, v in fields.items())
     return ops.Sql(standby, "postgres", summary=f"primary_conninfo: the password now comes from {PGPASS}",
                    statement=(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(conninfo)};\nSELECT pg_reload_conf();",))
@@ -314,7 +325,8 @@ def verify_backup(env) -> ops.Step:
     step = ops.Step("backup files")
     for s in env.standbys:
         fields = conninfo_fields(auto_conf(s))
-        if fields and ("password" in fields or fields.get("passfile") != PGPASS):
+        wanted = wanted_conninfo(env.params)
+        if fields and ("password" in fields or any(fields.get(k) != v for k, v in wanted.items())):
             step.do(conninfo_with_passfile(s, fields))
         elif fields:
             step.note(s, f"primary_conninfo reads the password from {PGPASS}")
@@ -330,6 +342,12 @@ def verify_backup(env) -> ops.Step:
             shown.append(f"{s.host.name} (postgres) $ cat {data}/postgresql.auto.conf   # primary_conninfo's fields:")
             shown += [f"  {k:<17} {'******** (it must not be here)' if k == 'password' and k in fields else fields.get(k, '(not set)')}"
                       for k in ("user", "password", "passfile", "host", "port", "application_name")]
+            if tls.on(env.params):
+                shown += [f"  {k:<17} {fields.get(k, '(not set)')}" for k in ("sslmode", "sslrootcert", "channel_binding")]
+            expect(all(fields.get(k) == v for k, v in wanted_conninfo(env.params).items()),
+                   f"primary_conninfo on {s.host.name} says " + ", ".join(f"{k}={fields.get(k)}" for k in wanted_conninfo(env.params))
+                   + ", not " + ", ".join(f"{k}={v}" for k, v in wanted_conninfo(env.params).items()) + ".",
+                   "provision again: Step 10 sets them.")
             expect("password" not in fields and fields.get("passfile") == PGPASS,
                    f"primary_conninfo on {s.host.name} " + ("holds the replication password, readable by any role with "
                    "pg_read_all_settings." if "password" in fields else f"does not name {PGPASS}."),

@@ -12,7 +12,7 @@ import re
 import shlex
 from functools import partial
 
-from lib import db, ops, pgconf, pgpoolconf, postgres, system
+from lib import db, ops, pgconf, pgpoolconf, postgres, system, tls
 from lib.secret_files import SECRET_MODE, SECRET_OWNER, secret_access, secret_file
 from lib.ops import Secret, guide_step
 from lib.part1 import REPLICATION_ROLE
@@ -62,19 +62,26 @@ def version_line(remote, command: str, user: str | None = None) -> str:
 
 @guide_step
 def install_client(env) -> ops.Step:
-    step = system.packages_step(ops.Step("client"), env.pgpool, ["postgresql-client"])
+    # with postgres.tls, openssl makes the host's own certificate, for pgpool's clients (Step 30)
+    step = system.packages_step(ops.Step("client"), env.pgpool,
+                                ["postgresql-client"] + (["openssl"] if tls.on(env.params) else []))
+    if tls.on(env.params):
+        tls.pair_step(step, env.pgpool)
     return step.verify("psql is installed", lambda: version_line(env.pgpool, "psql --version"))
 
 
 @guide_step
 def install_pgpool(env) -> ops.Step:
     vm3 = env.pgpool
-    tls = postgres.tls(env.params)
-    # with postgres.tls: Debian's snakeoil pair (ssl-cert), which pgpool, running as postgres, reads as a member of ssl-cert
-    step = system.packages_step(ops.Step("pgpool"), vm3, [env.params.pgpool["package"]] + (["ssl-cert"] if tls else []))
-    if tls and "ssl-cert" not in vm3.run("id -nG postgres 2>/dev/null || true").stdout.split():
+    # with postgres.tls and your own pair: as Debian keeps keys, readable by the group ssl-cert, which
+    # postgres (pgpool runs as it) joins; the pair made here is postgres's own
+    own_pair = tls.on(env.params) and not tls.ours(env.params)
+    step = system.packages_step(ops.Step("pgpool"), vm3, [env.params.pgpool["package"]] + (["ssl-cert"] if own_pair else []))
+    if own_pair and "ssl-cert" not in vm3.run("id -nG postgres 2>/dev/null || true").stdout.split():
         step.do(ops.Command(vm3, "root", "adduser postgres ssl-cert", summary="postgres may read the TLS key",
                             show_output=False))
+    tls.key_owner_step(step, vm3)
+    tls.trust_step_for_pgpool(step, env)       # before Step 29's logins from this host to the servers
     return step.verify("pgpool is installed", lambda: version_line(env.pgpool, "pgpool --version", "root"))
 
 
@@ -250,8 +257,9 @@ def as_client(remote, command: str, secret_name: str, *, flags: str = "-X", chec
     """`command` (a psql command line as the guide writes it) run on `remote` as the admin user, a
     client's way: the secret's password on stdin into PGPASSWORD, `flags` added to psql."""
     from lib.secrets import secret
-    tls = "export PGSSLMODE=require; " if postgres.tls(remote.params) else ""
-    return remote.run(f"read -r PGPASSWORD; export PGPASSWORD; {tls}{command.replace('psql', f'psql {flags}', 1)}",
+    to_pgpool = f"-p {remote.params.pgpool['port']} " in command
+    verified = tls.environment(remote.params, to_pgpool=to_pgpool) if tls.on(remote.params) else ""
+    return remote.run(f"read -r PGPASSWORD; export PGPASSWORD; {verified}{command.replace('psql', f'psql {flags}', 1)}",
                       stdin=secret(secret_name, remote.params) + "\n", check=check)
 
 
@@ -336,9 +344,9 @@ def pgpool_settings(params, hosts: list | None = None, conf_text: str = "") -> d
         "logging_collector": True, "log_directory": LOG_DIR,
         "log_filename": "pgpool.log", "log_truncate_on_rotation": False, "log_rotation_age": 0,
     }
-    if postgres.tls(params):    # TLS to clients (with this pair) and to the servers
+    if tls.on(params):      # TLS to clients (with this pair) and to the servers, whose certificates it checks
         settings.update({"ssl": True, "ssl_cert": params.postgres["tls_cert_file"],
-                         "ssl_key": params.postgres["tls_key_file"]})
+                         "ssl_key": params.postgres["tls_key_file"], "ssl_ca_cert": params.postgres["tls_ca_file"]})
     for i, host in enumerate(hosts or params.database_hosts):
         settings.update({f"backend_hostname{i}": host.address, f"backend_port{i}": params.postgres["port"],
                          f"backend_weight{i}": host.lb_weight,

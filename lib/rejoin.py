@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass
 from functools import partial
 
-from lib import clone_guard, failover, ops, part2, postgres
+from lib import clone_guard, failover, ops, part2, postgres, tls
 from lib.cluster import all_up, node_id, the_primary, timeline_history
 from lib.part1 import REPLICATION_ROLE
 from lib.show import expect, positions_named
@@ -133,13 +133,14 @@ def rewind_or_clone(params, primary_address: str) -> tuple[str, str, str]:
     base backup after the old data directory is moved to "$aside"; and the expression for that place."""
     p = params.postgres
     data, bin_dir = shlex.quote(p["data_dir"]), f"/usr/lib/postgresql/{int(p['version'])}/bin"
-    source = f"host={primary_address} port={p['port']} user={REPLICATION_ROLE} dbname=postgres"
+    verified = f" {tls.conninfo_text(params)}" if tls.on(params) else ""      # the same TLS checks as the standby's
+    source = f"host={primary_address} port={p['port']} user={REPLICATION_ROLE} dbname=postgres{verified}"
     # standby.signal (failover.sh's fence) would make pg_rewind's single-user crash recovery refuse to run;
     # the server is down, and the file is written again (standby_of) before it starts
     rewind = (f"rm -f {data}/standby.signal && {bin_dir}/pg_rewind -D {data} --source-server=\"{source}\" "
               f"--config-file={shlex.quote(p['conf_dir'])}/postgresql.conf")
     clone = (f"mv {data} \"$aside\" && install -d -m 700 {data} && {bin_dir}/pg_basebackup -h {primary_address} "
-             f"-p {p['port']} -U {REPLICATION_ROLE} -D {data} -X stream -c fast")
+             f"-p {p['port']} -U {REPLICATION_ROLE} -D {data} -X stream -c fast" + (f" -d '{verified[1:]}'" if verified else ""))
     return rewind, clone, f"{p['data_dir'].rstrip('/')}{SET_ASIDE}$(date -u +%Y%m%dT%H%M%SZ)"
 
 

@@ -1,6 +1,7 @@
 """primary_conninfo as pg_basebackup -R writes it, read and rewritten (Step 10 moves a password out of it)."""
 import pytest
 
+from lib import params as P
 from lib.ops import masked
 from lib.part1 import PGPASS, _conninfo_quote, conninfo_fields, conninfo_with_passfile, parse_conninfo
 
@@ -37,17 +38,35 @@ def test_a_conninfo_as_the_server_shows_it_parses_without_the_files_quoting():
                                      "application_name": "vm 2", "password": "it's"}
 
 
-class FakeStandby:
-    class host:
-        name, label = "vm2", "vm2 (standby, 10.0.0.133)"
+def standby(tls: bool = False):
+    data = P.read_file(P.DEFAULT_FILE)
+    data["postgres"]["tls"] = tls
+
+    class FakeStandby:
+        params = P.validate(data)
+
+        class host:
+            name, label = "vm2", "vm2 (standby, 10.0.0.133)"
+    return FakeStandby
+
+
+def written(sql: str) -> dict[str, str]:
+    literal = sql.split("primary_conninfo = ", 1)[1].split(";\n", 1)[0]
+    assert literal.startswith("'") and literal.endswith("'")
+    return conninfo_fields("primary_conninfo = " + literal + "\n")     # as ALTER SYSTEM writes it
 
 
 def test_step_10_writes_the_same_fields_with_passfile_and_without_the_password():
-    sql = masked(conninfo_with_passfile(FakeStandby, conninfo_fields(AUTO_CONF)).statement)
+    sql = masked(conninfo_with_passfile(standby(), conninfo_fields(AUTO_CONF)).statement)
     assert "replica123" not in sql and "password" not in sql, sql
-    literal = sql.split("primary_conninfo = ", 1)[1].split(";\n", 1)[0]
-    assert literal.startswith("'") and literal.endswith("'")
-    written = conninfo_fields("primary_conninfo = " + literal + "\n")     # as ALTER SYSTEM writes it
     wanted = {k: v for k, v in conninfo_fields(AUTO_CONF).items() if k != "password"}
-    assert written == {**wanted, "passfile": PGPASS}
+    assert written(sql) == {**wanted, "passfile": PGPASS}
     assert sql.rstrip().endswith("SELECT pg_reload_conf();")
+
+
+def test_with_postgres_tls_step_10_also_makes_the_standby_check_the_primarys_certificate():
+    """sslmode=require, as pg_basebackup -R copied it, would send the password to any server that asks."""
+    sql = masked(conninfo_with_passfile(standby(tls=True), conninfo_fields(AUTO_CONF)).statement)
+    fields = written(sql)
+    assert (fields["sslmode"], fields["sslrootcert"], fields["channel_binding"]) == \
+        ("verify-full", "/etc/ssl/pgguide/root.crt", "require"), fields

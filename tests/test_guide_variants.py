@@ -1,14 +1,17 @@
 """Part 2 in its other shapes, each provisioned on the lab: the guide's own md5 way, and
 other load-balancing weights. On the second lab (tests/data/lab-b.yaml), beside the other lab tests."""
+import contextlib
 import json
 import re
 import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from lib import REPO
+from lib import REPO, db
 from lib import params as P
 from labtools import LAB, run_drills, sh, variant
 
@@ -94,6 +97,62 @@ def test_tls_everywhere_with_postgres_tls(hardened):
                             f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=disable' "
                             "-c 'select 1'"], capture_output=True, text=True)
     assert plain.returncode != 0 and "pool_hba.conf" in plain.stderr, plain.stderr
+
+
+@contextlib.contextmanager
+def impostor(prm, host, cert: Path, key: Path, received: Path, port: int = 5433):
+    """tests/impostor.py in `host`'s network namespace, on its address: a lab address, as an attacker who
+    took it over would listen."""
+    proc = subprocess.Popen(["ip", "netns", "exec", f"{prm.lab['name']}-{host.name}", sys.executable,
+                             str(REPO / "tests" / "impostor.py"), str(cert), str(key), host.address, str(port),
+                             str(received)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "listening"
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_an_impostor_on_the_primarys_address_gets_no_password(hardened, tmp_path):
+    """With postgres.tls the standby's own primary_conninfo, and the notebook's connections, check who
+    answers: a server at the primary's address with a certificate of its own (naming that address), or
+    with another host's certificate from the trusted set, gets no password, and the connection fails
+    naming the certificate. With the sslmode=require this project used before, the same server received it."""
+    params, _ = hardened
+    prm = P.load(params)
+    primary, marker = prm.primary, "Marker-impostor-7c1"
+    received = tmp_path / "received"
+
+    def from_standby(conninfo: str) -> str:
+        script = (f"export PGPASSWORD={marker}\n"
+                  f"sudo -u postgres --preserve-env=PGPASSWORD psql -XAt \"{conninfo}\" -c 'select 1' 2>&1 || true\n")
+        return sh(LAB, "ssh", "--params", params, "vm2", "bash -s", input=script)
+
+    standbys_own = sh(LAB, "ssh", "--params", params, "vm2",
+                      "sudo -u postgres psql -XAtc 'SHOW primary_conninfo'").strip()
+    assert "sslmode='verify-full'" in standbys_own and "channel_binding=require" in standbys_own, standbys_own
+    to_impostor = standbys_own.replace(f"port={prm.postgres['port']}", "port=5433") + " dbname=postgres"
+    own_cert, own_key = tmp_path / "impostor.crt", tmp_path / "impostor.key"
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+       "-subj", f"/CN={primary.name}", "-addext", f"subjectAltName=IP:{primary.address},DNS:{primary.name}",
+       "-keyout", own_key, "-out", own_cert)
+    standby_cert, standby_key = tmp_path / "vm2.crt", tmp_path / "vm2.key"      # trusted, but names vm2's address
+    standby_cert.write_text(sh(LAB, "ssh", "--params", params, "vm2", "sudo cat /etc/ssl/pgguide/server.crt"))
+    standby_key.write_text(sh(LAB, "ssh", "--params", params, "vm2", "sudo cat /etc/ssl/pgguide/server.key"))
+    with impostor(prm, primary, own_cert, own_key, received):
+        refused = from_standby(to_impostor)
+        with pytest.raises(ConnectionError, match="certificate verify failed"):
+            db.connect(prm, primary, user="postgres", password=marker, port=5433)
+        assert not received.exists(), received.read_text()
+        assert "certificate verify failed" in refused, refused
+        before = from_standby(f"host={primary.address} port=5433 user=replicator dbname=postgres sslmode=require")
+        assert received.read_text() == marker + "\n", before     # what sslmode=require gave away
+    received.unlink()
+    with impostor(prm, primary, standby_cert, standby_key, received):
+        refused = from_standby(to_impostor)
+        assert "does not match host name" in refused, refused
+        assert not received.exists()
 
 
 def test_synchronous_mode_loses_no_acknowledged_row_in_any_drill(hardened, tmp_path):
