@@ -39,7 +39,8 @@ WRITE_COMPLETE = "#pgguide: end of text\n"
 # --- secrets inside plans ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Secret:
-    """A secret's value in some form: `plain`, `sql` (an SQL string literal), `md5` (md5 of the
+    """A secret's value in some form: `plain`, `sql` (an SQL string literal), `pgpass` (a .pgpass
+    field: \\ and : escaped), `md5` (md5 of the
     value, as pcp.conf holds it), `md5:<user>` (md5 of value+user, as pg_md5 writes it) or
     `verifier:<role>` (an SQL literal of the verifier PostgreSQL stores for the role, SCRAM or md5
     as postgres.auth_method says: the server never sees the password)."""
@@ -54,6 +55,8 @@ class Secret:
         v = secrets.secret(self.name, params)
         if self.form == "sql":
             return "'" + v.replace("'", "''") + "'"
+        if self.form == "pgpass":
+            return v.replace("\\", "\\\\").replace(":", "\\:")
         if self.form == "md5":
             return hashlib.md5(v.encode()).hexdigest()
         if self.form.startswith("md5:"):
@@ -72,6 +75,8 @@ class Secret:
         ref = f'"${{{self.variable}}}"'
         if self.form == "sql":
             return f"$(sql_literal {ref})"
+        if self.form == "pgpass":
+            return f"$(pgpass_field {ref})"
         if self.form == "md5":
             return f"$(md5_of {ref})"
         if self.form.startswith("md5:"):

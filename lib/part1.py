@@ -204,7 +204,7 @@ PROGRESS = re.compile(r"\d+/\d+ kB")
 def pgpass_file(step: ops.Step, remote) -> None:
     """~postgres/.pgpass with the replicator's password (any host, this port)."""
     secret_file(step, remote, PGPASS, (f"*:{remote.params.postgres['port']}:*:{REPLICATION_ROLE}:",
-                                       ops.Secret("replication"), "\n"),
+                                       ops.Secret("replication", "pgpass"), "\n"),
                 lambda line: line.rsplit(":", 1)[0] + ":" + ops.MASK, "the replicator's password")
 
 

@@ -176,6 +176,7 @@ def secret_forms(value: str, role: str | None = None) -> dict[str, str]:
     import shlex
     forms = {"value": value, "SQL literal": value.replace("'", "''"),
              "conninfo": value.replace("\\", "\\\\").replace("'", "\\'"),
+             ".pgpass field": value.replace("\\", "\\\\").replace(":", "\\:"),
              "shell word": shlex.quote(value).strip("'"),
              "md5(password)": hashlib.md5(value.encode()).hexdigest()}
     if role:

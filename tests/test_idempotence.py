@@ -117,7 +117,7 @@ def test_summary_says_what_each_step_changed(provisioned_twice):
     assert {s["step"] for s in steps if s["status"] == "changed"} == CHANGING_STEPS
     by_step = {s["step"]: s for s in steps}
     assert by_step[5]["changes"] == [{"host": "vm1", "what": "systemctl restart postgresql"}]
-    assert by_step[9]["hosts"] == ["vm2"] and by_step[9]["changes"][0]["what"].startswith("base backup from vm1")
+    assert by_step[9]["hosts"] == ["vm2"] and [c["what"] for c in by_step[9]["changes"]][-1].startswith("base backup from vm1")
     assert all(s["seconds"] >= 0 for s in steps) and by_step[38]["seconds"] > 1
     again = summary(second)
     assert again["steps_changed"] == 0 and {s["status"] for s in again["steps"]} == {"in place"}
@@ -423,8 +423,8 @@ def test_reset_passwords_rotates_the_replication_password_and_the_standby_follow
     try:
         record = REPO / sh(REPO / "ci" / "provision", "--secrets", rotated, params).strip().splitlines()[-1].split("Record: ")[1]
         changed = {s["step"]: s["changes"] for s in summary(record)["steps"] if s["status"] == "changed"}
-        assert set(changed) == {1, 10, 40}, changed      # 40: ~postgres/.pgpass
-        assert changed[10] == [{"host": "vm2", "what": "primary_conninfo: password set to PGGUIDE_REPLICATION_PASSWORD"}]
+        assert set(changed) == {1, 9, 40}, changed      # 9: the standby's ~postgres/.pgpass, 40: the primary's
+        assert [c["what"] for c in changed[9]] == ["/var/lib/postgresql/.pgpass: *:5432:*:replicator:********"], changed
         assert "Rot'at" not in (record / "commands.sh").read_text()
         assert streams_after_restart(), "the standby did not reconnect with the new password"
         rotated_check = check(rotated)
@@ -549,7 +549,7 @@ def test_wrong_replication_password_stops_the_base_backup_with_the_reason(provis
         part1.clear_standbys(env).apply()
         monkeypatch.setenv("PGGUIDE_REPLICATION_PASSWORD", "not-the-password")
         with pytest.raises(StepFailed, match=r"(?s)password authentication failed for user \"replicator\".*"
-                                             r"a wrong replication password \(PGGUIDE_REPLICATION_PASSWORD\)"):
+                                             r"a wrong replication password \(PGGUIDE_REPLICATION_PASSWORD, in /var/lib/postgresql/.pgpass\)"):
             part1.base_backup(env).apply()
     finally:
         env.close()                                          # and with it the cluster's lock

@@ -40,10 +40,11 @@ def bash(script, env):
 PREAMBLE_FUNCTIONS = r"""
 sql_literal() { local s=${1//\'/\'\'}; printf "'%s'" "$s"; }
 md5_of() { printf '%s' "$1" | md5sum | cut -c1-32; }
+pgpass_field() { local s=${1//\\/\\\\}; printf '%s' "${s//:/\\:}"; }
 """
 
 
-@pytest.mark.parametrize("form", ["plain", "sql", "md5", "md5:replicator"])
+@pytest.mark.parametrize("form", ["plain", "sql", "pgpass", "md5", "md5:replicator"])
 def test_a_secret_computed_in_bash_equals_the_value_sent(secrets_env, form):
     secret = ops.Secret("replication", form)
     pieces = ("a $literal `x` \\ line\n", secret, "\n")

@@ -13,7 +13,7 @@ from lib.secrets import secret_forms
 def test_secret_forms_are_the_value_its_escaped_forms_and_its_md5_forms():
     forms = secret_forms("it's\\s3cret", "pgpool")
     assert forms == {"value": "it's\\s3cret", "SQL literal": "it''s\\s3cret", "conninfo": "it\\'s\\\\s3cret",
-                     "shell word": "it'\"'\"'s\\s3cret",
+                     ".pgpass field": "it's\\\\s3cret", "shell word": "it'\"'\"'s\\s3cret",
                      "md5(password)": hashlib.md5("it's\\s3cret".encode()).hexdigest(),
                      "md5(password+pgpool)": hashlib.md5("it's\\s3cretpgpool".encode()).hexdigest()}
 

@@ -86,10 +86,10 @@ class Cluster:
     def hosts(self) -> list[ReadOnlyHost]:
         return [*self.servers, self.pgpool]
 
-    def query(self, host: ReadOnlyHost, sql: str) -> list[list[str]] | None:
+    def query(self, host: ReadOnlyHost, sql: str, superuser_only: str = "") -> list[list[str]] | None:
         key = (host.host.name, sql)
         if key not in self._queries:
-            self._queries[key] = host.query(sql)
+            self._queries[key] = host.query(sql, superuser_only=superuser_only)
         return self._queries[key]
 
     def value(self, host: ReadOnlyHost, sql: str) -> str | None:
@@ -126,7 +126,8 @@ class Cluster:
         """pg_hba.conf as the server parses it now (the file on disk, not what it has loaded)."""
         return self.query(host, "SELECT type, array_to_string(database, ','), array_to_string(user_name, ','), "
                                 "coalesce(address, ''), coalesce(netmask, ''), auth_method, coalesce(error, '') "
-                                "FROM pg_hba_file_rules ORDER BY line_number")
+                                "FROM pg_hba_file_rules ORDER BY line_number",
+                          superuser_only="pg_hba_file_rules: superusers only")
 
     def conf_path(self, name: str) -> str:
         """A server's configuration file: the same path on every server (postgres.conf_dir)."""

@@ -3,10 +3,14 @@
 A diagnosis runs on a cluster that misbehaves, often as root, so "the checks only read" must be a
 property of the way they run, not a promise. A ReadOnlyHost runs
 
-- a program from a short list of readers (cat, stat, grep, pg_lsclusters, pg_isready, …), its
-  arguments quoted one by one: no shell, so no redirection, pipe or `;` can sneak a write in;
-- SQL that is one SELECT, SHOW or WITH … SELECT statement, in a read-only transaction, and that
-  calls none of the functions that act (pg_reload_conf, pg_terminate_backend, set_config, …).
+- a program from a short list, each with the whole shape of its arguments (cat -- PATH, tail -n N
+  PATH, pg_isready -h ADDRESS -p PORT -t N, …), quoted one by one: no shell, so no redirection, pipe
+  or `;` can sneak a write in;
+- SQL that is one SELECT, SHOW or WITH … SELECT statement, in a read-only transaction, that calls
+  only functions known to read (count, coalesce, pg_wal_lsn_diff, …), in a session whose role is
+  pg_monitor (pg_read_all_stats and pg_read_all_settings, no superuser): a function that acts
+  would be refused by the server too. One view is superusers' only (pg_hba_file_rules); its fixed
+  query says so and runs as postgres.
 
 Everything else is refused with NotReadOnly before it reaches the host.
 """
@@ -18,68 +22,101 @@ import shlex
 from lib.remote import Remote, Result
 
 
+#: the role a diagnosis's SQL runs as: it reads every statistic and setting, and is no superuser
+MONITOR_ROLE = "pg_monitor"
+
+
 class NotReadOnly(RuntimeError):
     """A diagnosis tried something that could change a host."""
 
 
-#: programs that only read; the pcp tools listed only report
-READERS = frozenset({
-    "cat", "stat", "test", "ls", "grep", "tail", "head", "sha256sum", "id", "hostname",
-    "pg_lsclusters", "pg_isready", "pg_controldata", "psql",
-    "systemctl", "journalctl", "ss", "ufw", "iptables", "nft",
-    "pcp_node_info", "pcp_node_count", "pcp_pool_status", "pcp_proc_count",
-})
-#: subcommands (first argument) that read, for the programs that also act
-READING_SUBCOMMANDS = {
-    "systemctl": {"is-active", "is-enabled", "show", "status", "is-failed"},
-    "ufw": {"status"},
-    "iptables": {"-S", "-L", "--list", "--list-rules"},
-    "nft": {"list"},
+#: each program a diagnosis runs and the whole shape of its arguments, one pattern per argument (matched
+#: whole). Nothing else runs: a reader's acting options (`ss -K`, `journalctl --vacuum-size`,
+#: `hostname NAME`) have no pattern to match.
+_PATH, _NUMBER, _NAME, _ADDRESS = r"/[\w.@/-]*", r"\d+", r"[A-Za-z0-9_.-]+", r"[0-9A-Za-z.:-]+"
+ARGUMENTS = {
+    "hostname": (),
+    "cat": ("--", _PATH),
+    "test": ("-[efd]", _PATH),
+    "stat": ("-c", r"[%\w ]+", _PATH),
+    "tail": ("-n", _NUMBER, _PATH),
+    "pg_lsclusters": ("--no-header", _NUMBER, _NAME),
+    "pg_isready": ("-h", _ADDRESS, "-p", _NUMBER, "-t", _NUMBER),
+    "pcp_node_info": ("-h", "localhost", "-p", _NUMBER, "-U", _NAME, "-w", "-v", "-n", _NUMBER),
 }
-#: options that would make a reader write
-WRITING_OPTIONS = {"grep": set(), "tail": {"-f", "--follow"}, "journalctl": {"--rotate", "--vacuum-size",
-                   "--vacuum-time", "--vacuum-files", "--flush", "--sync"}}
-#: functions that act, callable from a SELECT even in a read-only transaction
-ACTING_FUNCTIONS = re.compile(
-    r"\b(pg_reload_conf|pg_terminate_backend|pg_cancel_backend|set_config|pg_promote|pg_switch_wal|"
-    r"pg_create_\w+|pg_drop_\w+|pg_rotate_logfile|pg_log_backend_memory_contexts|pg_wal_replay_\w+|"
-    r"pg_backup_\w+|pg_start_backup|pg_stop_backup|pg_stat_reset\w*|pg_advisory\w*|pg_file_\w+|"
-    r"lo_\w+|nextval|setval|pg_replication_origin_\w+|pg_logical_emit_message|pg_notify|dblink\w*|"
-    r"pg_read_server_files|pg_sleep\w*|pg_current_xact_id|txid_current)\s*\(", re.I)
+#: what may stand before "(" in a diagnosis's SQL: the functions that only read, and SQL's own words.
+#: Anything else is refused, so an acting function cannot be spelled past the list ("pg_reload_conf"(),
+#: pg_terminate_backend/**/(1), pg_catalog.pg_replication_slot_advance(…)).
+READING_FUNCTIONS = frozenset({
+    "array_to_string", "coalesce", "count", "current_setting", "host", "inet_server_addr", "inet_server_port",
+    "max", "min", "nullif", "pg_control_checkpoint", "pg_control_system", "pg_current_wal_lsn",
+    "pg_is_in_recovery", "pg_last_wal_receive_lsn", "pg_last_wal_replay_lsn", "pg_postmaster_start_time",
+    "pg_wal_lsn_diff", "sum", "version",
+})
+SQL_WORDS = frozenset({"all", "and", "any", "as", "exists", "filter", "from", "in", "join", "not", "on", "or",
+                       "over", "select", "using", "where"})
 READING_STATEMENT = re.compile(r"^\s*(SELECT|SHOW|WITH)\b", re.I)
 ACTING_KEYWORDS = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE|ALTER|CREATE|DROP|GRANT|REVOKE|TRUNCATE|COPY|CALL|DO|"
                              r"VACUUM|ANALYZE|CLUSTER|REINDEX|LOCK|SET|RESET|CHECKPOINT|LISTEN|NOTIFY|INTO)\b", re.I)
 
 
 def check_argv(argv: list[str]) -> None:
-    """Raise NotReadOnly unless `argv` is a reader with reading arguments."""
+    """Raise NotReadOnly unless `argv` is one of the programs in ARGUMENTS, in its shape."""
     if not argv:
         raise NotReadOnly("an empty command")
-    program = argv[0]
-    if program not in READERS:
-        raise NotReadOnly(f"`{program}` is not one of the programs a diagnosis may run ({', '.join(sorted(READERS))})")
-    if program in READING_SUBCOMMANDS and (len(argv) < 2 or argv[1] not in READING_SUBCOMMANDS[program]):
-        raise NotReadOnly(f"`{shlex.join(argv[:2])}` acts; a diagnosis may only run "
-                          f"{', '.join(f'{program} {s}' for s in sorted(READING_SUBCOMMANDS[program]))}")
-    writing = WRITING_OPTIONS.get(program, set()) & set(argv[1:])
-    if writing:
-        raise NotReadOnly(f"`{program} {' '.join(sorted(writing))}` is not a read")
+    program, args = argv[0], argv[1:]
     if program == "psql":
         raise NotReadOnly("psql runs through ReadOnlyHost.query, which checks the SQL")
+    if program not in ARGUMENTS:
+        raise NotReadOnly(f"`{program}` is not one of the programs a diagnosis may run ({', '.join(sorted(ARGUMENTS))})")
+    shape = ARGUMENTS[program]
+    if len(args) != len(shape) or not all(re.fullmatch(p, a) for p, a in zip(shape, args)):
+        raise NotReadOnly(f"`{shlex.join(argv)}` is not how a diagnosis runs {program}: "
+                          f"{shlex.join([program, *shape])}")
+
+
+def _code(sql: str) -> str:
+    """The SQL read left to right as the server reads it, its string literals emptied and its identifier
+    quotes dropped ("pg_reload_conf"() is pg_reload_conf()). Comments are refused: a diagnosis writes
+    none, and they can split a name from its "(" or hide a quote."""
+    if "\\" in sql:
+        raise NotReadOnly(f"no backslash (a meta-command or an escape): {sql!r}")
+    out, i = [], 0
+    while i < len(sql):
+        if sql.startswith(("--", "/*"), i):
+            raise NotReadOnly(f"no comments: {sql!r}")
+        quote = sql[i]
+        if quote in "'\"":
+            end = i + 1
+            while True:
+                end = sql.find(quote, end)
+                if end == -1:
+                    raise NotReadOnly(f"an unterminated quote: {sql!r}")
+                if sql[end + 1:end + 2] != quote:
+                    break
+                end += 2
+            out.append("''" if quote == "'" else sql[i + 1:end])
+            i = end + 1
+        else:
+            out.append(quote)
+            i += 1
+    return "".join(out)
 
 
 def check_sql(sql: str) -> None:
-    """Raise NotReadOnly unless `sql` is one reading statement that calls no acting function."""
+    """Raise NotReadOnly unless `sql` is one reading statement that calls only reading functions."""
     body = sql.strip().rstrip(";")
-    unquoted = re.sub(r"'(?:[^']|'')*'", "''", body)        # a name in a string literal is data
-    if ";" in unquoted or "\\" in unquoted:                  # a second statement, or a psql meta-command
-        raise NotReadOnly(f"one statement at a time: {sql!r}")
-    if not READING_STATEMENT.match(body):
+    code = _code(body)
+    if re.search(r"[;$]", code):                  # a second statement, or a dollar quote
+        raise NotReadOnly(f"one statement at a time, without dollar quotes: {sql!r}")
+    if not READING_STATEMENT.match(code):
         raise NotReadOnly(f"only SELECT, SHOW and WITH … SELECT: {sql!r}")
-    if ACTING_KEYWORDS.search(unquoted):
+    if ACTING_KEYWORDS.search(code):
         raise NotReadOnly(f"a statement that acts: {sql!r}")
-    if ACTING_FUNCTIONS.search(unquoted):
-        raise NotReadOnly(f"a function that acts: {sql!r}")
+    called = {name.lower() for name in re.findall(r"(\w+)\s*\(", code)} - SQL_WORDS
+    unknown = sorted(called - READING_FUNCTIONS)
+    if unknown:
+        raise NotReadOnly(f"{', '.join(unknown)}: not a function a diagnosis may call: {sql!r}")
 
 
 class ReadOnlyHost:
@@ -103,14 +140,17 @@ class ReadOnlyHost:
         out = self.read(["cat", "--", path], user=user)
         return out.stdout if out.ok else None
 
-    def query(self, sql: str, *, database: str = "postgres") -> list[list[str]] | None:
-        """Rows of one reading statement, as postgres over the local socket in a read-only
-        transaction; None when the server does not answer."""
+    def query(self, sql: str, *, database: str = "postgres", superuser_only: str = "") -> list[list[str]] | None:
+        """Rows of one reading statement, over the local socket in a read-only transaction, as
+        pg_monitor (or as postgres, saying why in `superuser_only`); None when the server does not answer."""
         check_sql(sql)
         port = str(self.params.postgres["port"])
-        self.transcript.append(f"{self.host.name} (postgres) $ psql -c \"{' '.join(sql.split())}\"")
+        role = "" if superuser_only else f" -c role={MONITOR_ROLE}"
+        shown = f"PGOPTIONS='-c role={MONITOR_ROLE}' " if role else ""
+        self.transcript.append(f"{self.host.name} (postgres) $ {shown}psql -c \"{' '.join(sql.split())}\""
+                               + (f"   # {superuser_only}" if superuser_only else ""))
         out = self._remote.run(
-            f"PGOPTIONS='-c default_transaction_read_only=on' psql -X -v ON_ERROR_STOP=1 -q -A -t -F '|' "
+            f"PGOPTIONS='-c default_transaction_read_only=on{role}' psql -X -v ON_ERROR_STOP=1 -q -A -t -F '|' "
             f"-p {port} -d {shlex.quote(database)}", user="postgres",
             stdin=f"BEGIN TRANSACTION READ ONLY;\n{sql.strip().rstrip(';')};\nCOMMIT;\n", check=False)
         if not out.ok:

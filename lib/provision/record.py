@@ -89,6 +89,7 @@ declare -A ADDRESS=({addresses})
 q() {{ local s=${{1//\'/\'\\\'\'}}; printf "'%s'" "$s"; }}             # quoted for a shell
 sql_literal() {{ local s=${{1//\'/\'\'}}; printf "'%s'" "$s"; }}          # an SQL string literal
 md5_of() {{ printf '%s' "$1" | md5sum | cut -c1-32; }}
+pgpass_field() {{ local s=${{1//\\/\\\\}}; printf '%s' "${{s//:/\\:}}"; }}     # a .pgpass field: \ and : escaped
 # pg_verifier VARIABLE ROLE: the password verifier PostgreSQL stores ({auth_method}), as an SQL
 # literal, computed here from the variable's value: the password itself never reaches a server.
 pg_verifier() {{
