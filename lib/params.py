@@ -86,6 +86,9 @@ SCHEMA: dict[str, Any] = {
         "conf_dir": ("host_path", False, "/etc/pgpool2"),
         "pcp_port": ("port", False, 9898),
         "allowed_clients": ("cidr", False, None),     # pool_hba.conf; default: the lab's subnet
+        # where the superuser may log in through pgpool from, besides the pgpool host itself: the machine that
+        # runs the notebooks (their checks go through pgpool as postgres); default: the lab's gateway
+        "admin_clients": ("cidr", False, None),
         "num_init_children": (int, False, 32),
         "max_pool": (int, False, 3),
         # at least this many sessions in the Step 38 test (it computes how many it needs: 573 at 1:2)
@@ -209,6 +212,12 @@ def validate(data: dict[str, Any]) -> Params:
             raise ParamsError("missing parameter pgpool.allowed_clients: the network (CIDR) whose clients "
                               "may connect to pgpool, e.g. 192.0.2.0/24 (the guide's 0.0.0.0/0 admits anyone)")
         out["pgpool"]["allowed_clients"] = out["lab"]["subnet"]
+    if out["pgpool"]["admin_clients"] is None:
+        if out["lab"] is None:
+            raise ParamsError("missing parameter pgpool.admin_clients: the address (CIDR, e.g. 192.0.2.10/32) of the "
+                              "machine that runs the notebooks, the only one besides the pgpool host from which the "
+                              "superuser may log in through pgpool")
+        out["pgpool"]["admin_clients"] = f"{out['lab']['gateway']}/32"
     clients = ipaddress.IPv4Network(out["pgpool"]["allowed_clients"])
     if clients.prefixlen < MIN_CLIENTS_PREFIX:
         raise ParamsError(f"pgpool.allowed_clients = {clients} admits {clients.num_addresses:,} addresses, anyone "

@@ -7,6 +7,7 @@ postgres.auth_method: md5 does what the guide does instead.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import shlex
@@ -386,15 +387,30 @@ def configure_pgpool(env) -> ops.Step:
 
 
 # --- Steps 31-32 ---------------------------------------------------------------------------------------------
+def pool_hba_lines(params) -> list[str]:
+    """Who may use pgpool, as one block: the superuser from the pgpool host and from pgpool.admin_clients, then
+    nobody else as the superuser, then the clients' network as any other role."""
+    kind, method, p = postgres.hba_type(params), auth_method(params), params.pgpool
+    admins = dict.fromkeys([f"{params.pgpool_host.address}/32", p["admin_clients"]])
+    return ([f"{kind} all postgres {a} {method}" for a in admins]
+            + [f"host all postgres {p['allowed_clients']} reject", f"{kind} all all {p['allowed_clients']} {method}"])
+
+
+def pgpool_sources(params) -> list[str]:
+    """Who reaches pgpool's port: the clients' network, and the admin machine when it lies outside it."""
+    clients, admins = (ipaddress.ip_network(params.pgpool[k]) for k in ("allowed_clients", "admin_clients"))
+    return [str(clients)] + ([] if admins.subnet_of(clients) else [str(admins)])
+
+
 @guide_step
 def configure_pool_hba(env) -> ops.Step:
-    """The clients' network with a password, and no `trust` line left (Debian ships three)."""
+    """The clients' network with a password, the superuser only from the admin addresses, and no `trust`
+    line left (Debian ships three)."""
     method = auth_method(env.params)
-    line = f"{postgres.hba_type(env.params)} all all {env.params.pgpool['allowed_clients']} {method}"
 
     def change(text):
         no_trust, _ = pgconf.without_trust(text, method)
-        new, _ = pgconf.add_hba_records(no_trust, [line])
+        new, _ = pgconf.hba_block(no_trust, pool_hba_lines(env.params))
         return new, pgconf.changed_lines(text, new)
     return postgres.edit_step(ops.Step("pool_hba.conf"), env.pgpool, conf(env.params, "pool_hba.conf"), change)
 
@@ -533,7 +549,7 @@ def start_pgpool(env) -> ops.Step:
     vm3, p = env.pgpool, env.params.pgpool
     step, service, port = ops.Step("pgpool service"), shlex.quote(p["service"]), p["port"]
     hint = f"read {LOG_DIR}/pgpool.log and `journalctl -u {service}` on {vm3.host.name}"
-    system.firewall_step(step, vm3, port, [p["allowed_clients"]])       # clients connect to pgpool
+    system.firewall_step(step, vm3, port, pgpool_sources(env.params))       # clients connect to pgpool
     dropin = stop_dropin(env.params)
     if postgres.ensure_file(step, vm3, dropin, STOP_DROPIN, owner="root:root", mode="644", make_dir=True):
         step.do(ops.Command(vm3, "root", "systemctl daemon-reload", summary="systemd read the drop-in"))

@@ -120,3 +120,20 @@ def without_trust(text: str, method: str) -> tuple[str, list[str]]:
 def changed_lines(old: str, new: str) -> list[str]:
     return [line.rstrip("\n") for line in difflib.unified_diff(old.splitlines(True), new.splitlines(True), n=0)
             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+
+def hba_block(text: str, records: list[str]) -> tuple[str, list[str]]:
+    """`records` one after the other in this order, where the first of them stood (else at the end). pg_hba
+    takes the first line that matches, so "these may, then these may not, then everyone else may" holds only
+    as one block. A line with the same fields as one of them (or the `host` twin of a `hostssl` one) is taken
+    to be it; the other lines stay as they are."""
+    wanted = [str(pghba.HBARecord.parse(r)) for r in records]
+    same = {tuple(w.split()) for w in wanted} | {tuple(["host", *w.split()[1:]]) for w in wanted if w.startswith("hostssl")}
+    lines = text.splitlines(True)
+    ours = [i for i, l in enumerate(lines) if tuple(_record_fields(l)) in same]
+    at = ours[0] if ours else len(lines)
+    kept = [l for i, l in enumerate(lines) if i not in ours]
+    if kept[:at] and not kept[at - 1].endswith("\n"):
+        kept[at - 1] += "\n"
+    new = "".join(kept[:at] + [w + "\n" for w in wanted] + kept[at:])
+    return (text, []) if new == text else (new, changed_lines(text, new))

@@ -32,7 +32,7 @@ def test_md5_mode_does_what_the_guide_does(tmp_path):
     entries = sh(LAB, "ssh", "--params", params, "vm3", "sudo cat /etc/pgpool2/pool_passwd").split()
     assert sorted(e.split(":")[0] for e in entries) == ["pgpool", "postgres"]
     assert all(e.split(":")[1].startswith("md5") for e in entries)
-    login = sh(LAB, "ssh", "--params", params, "vm1", f"PGPASSWORD=postgres123 psql -XAt -h {P.load(params).pgpool_host.address} -p 9999 -U postgres "
+    login = sh(LAB, "ssh", "--params", params, "vm3", f"PGPASSWORD=postgres123 psql -XAt -h {P.load(params).pgpool_host.address} -p 9999 -U postgres "
                                   "-c 'select current_user'")
     assert login.strip() == "postgres"
 
@@ -82,7 +82,8 @@ def test_tls_everywhere_with_postgres_tls(hardened):
     assert "client (this notebook)" in (record / "02-pgpool.ipynb").read_text()     # Step 34's TLS evidence
     sessions = "sudo -u postgres psql -XAtc \"SELECT replace(backend_type, ' ', '_') || ':' || ssl::text FROM " \
                "pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE client_addr IS NOT NULL\""
-    with subprocess.Popen([str(LAB), "ssh", "--params", str(params), "vm1",       # a session through pgpool, held
+    # from the pgpool host: the superuser through pgpool only from there and pgpool.admin_clients (Step 31)
+    with subprocess.Popen([str(LAB), "ssh", "--params", str(params), "vm3",       # a session through pgpool, held
                            f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=require' "
                            "-c 'select pg_sleep(3)'"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as held:
         time.sleep(1.5)
@@ -91,9 +92,9 @@ def test_tls_everywhere_with_postgres_tls(hardened):
     assert "walsender:true" in primary and "client_backend:true" in primary, primary
     assert set(primary) == {"walsender:true", "client_backend:true"}, primary
     assert standby and set(standby) == {"client_backend:true"}, standby          # pgpool's connections
-    tls = on("vm1", f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=require' -c '\\conninfo'")
+    tls = on("vm3", f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=require' -c '\\conninfo'")
     assert "SSL connection (protocol: TLSv1.3" in tls
-    plain = subprocess.run([str(LAB), "ssh", "--params", str(params), "vm1",
+    plain = subprocess.run([str(LAB), "ssh", "--params", str(params), "vm3",
                             f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=disable' "
                             "-c 'select 1'"], capture_output=True, text=True)
     assert plain.returncode != 0 and "pool_hba.conf" in plain.stderr, plain.stderr

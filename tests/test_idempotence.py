@@ -257,6 +257,20 @@ def test_primary_conninfo_names_the_passfile_and_a_password_in_it_is_moved_out(p
     assert SECRETS["PGGUIDE_REPLICATION_PASSWORD"] not in on("vm2", "sudo cat /var/lib/postgresql/15/main/postgresql.auto.conf")
 
 
+def test_the_superuser_through_pgpool_only_from_the_pgpool_host_and_the_admin_machine(provisioned_twice):
+    """pool_hba.conf (Step 31): postgres through pgpool from vm1, an address of the clients' network, is turned
+    away with the right password, while the pgpool role gets in from there; from vm3 itself postgres gets in, and
+    from this machine (pgpool.admin_clients, the lab's gateway) the notebooks did, every step of them."""
+    passwords = {role: shlex.quote(SECRETS[f"PGGUIDE_{role.upper()}_PASSWORD"]) for role in ("postgres", "pgpool")}
+    attempt = "".join(f"PGPASSWORD={passwords[role]} psql -XAt -h 10.213.93.134 -p 9999 -U {role} -d postgres "
+                      f"-c 'SELECT current_user' 2>&1; echo @@\n" for role in ("postgres", "pgpool"))
+    superuser, pgpool = sh(REPO / "ci" / "lab", "ssh", "vm1", "bash -s", input="cd /\n" + attempt).split("@@")[:2]
+    assert "rejected" in superuser and "postgres" not in superuser.replace('"postgres"', ""), superuser
+    assert pgpool.strip() == "pgpool", pgpool
+    from_pgpool_host = sh(REPO / "ci" / "lab", "ssh", "vm3", "bash -s", input="cd /\n" + attempt.split("\n")[0])
+    assert from_pgpool_host.split("@@")[0].strip() == "postgres", from_pgpool_host
+
+
 def test_replicator_cannot_open_a_database_from_the_pgpool_host(provisioned_twice):
     """pg_hba's `all all` line for the pgpool host let replicator, whose password every standby keeps, into
     testdb; a reject line in front of it (Steps 23, 26) turns it away on both servers."""

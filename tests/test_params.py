@@ -111,6 +111,14 @@ def test_real_environments_must_name_pgpool_clients():
     assert P.load().pgpool["allowed_clients"] == "10.213.93.0/24"
 
 
+def test_real_environments_must_name_the_machine_that_may_be_the_superuser_through_pgpool():
+    vm = P.read_file(P.REPO / "params" / "vmware.yaml")
+    vm["pgpool"].pop("admin_clients")
+    with pytest.raises(P.ParamsError, match="missing parameter pgpool.admin_clients"):
+        P.validate(vm)
+    assert P.load().pgpool["admin_clients"] == "10.213.93.1/32"          # the lab's gateway: this machine
+
+
 def test_auth_method_is_scram_or_md5():
     assert P.load().postgres["auth_method"] == "scram-sha-256"
     assert "choose scram-sha-256" in bad(lambda d: d["postgres"].update(auth_method="trust"))

@@ -101,3 +101,37 @@ def test_a_reject_line_goes_in_front_of_the_lines_for_its_address():
     assert moved == new
     fresh, _ = add_hba_records(HBA, [reject, "host all all 10.0.0.9/32 scram-sha-256"])
     assert [l.split()[2] for l in fresh.splitlines() if "10.0.0.9/32" in l] == ["replicator", "all"]
+
+
+BLOCK = ["host all postgres 10.0.0.5/32 scram-sha-256", "host all postgres 10.0.0.0/24 reject",
+         "host all all 10.0.0.0/24 scram-sha-256"]
+
+
+def test_an_hba_block_stands_in_its_order_where_its_first_line_stood():
+    """pool_hba.conf provisioned before the superuser was limited: its clients line ends up after the lines that
+    let the superuser in from the admin address and turn it away from the rest of the network."""
+    text = "local all all scram-sha-256\nhost all all 10.0.0.0/24 scram-sha-256\n# the end\n"
+    new, changed = pgconf.hba_block(text, BLOCK)
+    assert [l.split() for l in new.splitlines()] == [["local", "all", "all", "scram-sha-256"],
+                                                     *[b.split() for b in BLOCK], ["#", "the", "end"]]
+    assert changed and pgconf.hba_block(new, BLOCK) == (new, [])       # a second run changes nothing
+    appended, _ = pgconf.hba_block("local all all scram-sha-256", BLOCK)
+    assert [l.split() for l in appended.splitlines()][1:] == [b.split() for b in BLOCK]
+
+
+def test_an_hba_block_with_tls_turns_its_host_twins_into_hostssl():
+    tls = [b.replace("host ", "hostssl ", 1) if "reject" not in b else b for b in BLOCK]
+    new, _ = pgconf.hba_block("\n".join(BLOCK) + "\n", tls)
+    assert [l.split()[0] for l in new.splitlines()] == ["hostssl", "host", "hostssl"]
+
+
+def test_pool_hba_lets_the_superuser_in_from_the_pgpool_host_and_the_admin_machine_only():
+    from lib import params as P, part2
+    prm = P.load()
+    assert part2.pool_hba_lines(prm) == [
+        "host all postgres 10.213.93.134/32 scram-sha-256", "host all postgres 10.213.93.1/32 scram-sha-256",
+        "host all postgres 10.213.93.0/24 reject", "host all all 10.213.93.0/24 scram-sha-256"]
+    assert part2.pgpool_sources(prm) == ["10.213.93.0/24"]          # the gateway is in the clients' network
+    data = P.read_file(P.DEFAULT_FILE)
+    data["pgpool"] = {"admin_clients": "192.0.2.10/32"}
+    assert part2.pgpool_sources(P.validate(data)) == ["10.213.93.0/24", "192.0.2.10/32"]
