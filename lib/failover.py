@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from functools import partial
 
-from lib import clone_guard, ops, part2, pgconf, pgpoolconf, postgres, tls
+from lib import clone_guard, ops, part2, pgconf, pgpoolconf, postgres, remote_commands, tls
 from lib.ops import guide_step
 from lib.part1 import PGPASS, REPLICATION_ROLE, pgpass_file
 from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf
@@ -124,8 +124,16 @@ def postgres_key(env) -> ops.Step:
 
 
 def trusted_line(source) -> str:
-    """authorized_keys' options for the pgpool host's key: from its address only, nothing forwarded."""
-    return f'from="{source.host.address}",no-agent-forwarding,no-port-forwarding,no-X11-forwarding'
+    """authorized_keys' options for the pgpool host's key: from its address only, nothing forwarded, and
+    no shell: only the commands the scripts send (lib.remote_commands)."""
+    return f'from="{source.host.address}",restrict,command="{remote_commands.PROGRAM}"'
+
+
+def sent_commands(params) -> list[str]:
+    """Every command postgres of the pgpool host sends to a server: the scripts' (Step 42), the hand-over
+    watch, and the reachability and login checks."""
+    scripts = [failover_script(params), follow_script(params), failback_script(params)]
+    return remote_commands.patterns(scripts, [_handover_watch(params), "true", "hostname"])
 
 
 def _replace_lines(path: str, drop: str, line: str, owner: str, mode: str) -> str:
@@ -174,8 +182,10 @@ def ssh_trust(env) -> ops.Step:
     pgpool host's address only, to servers whose host keys are pinned."""
     vm3, step = env.pgpool, ops.Step("ssh trust")
     pin_host_keys(step, vm3, database_remotes(env))
+    allowed = remote_commands.program(sent_commands(env.params))
     for r in database_remotes(env):
-        authorize(step, r, vm3, trusted_line(vm3), "from its address only")
+        postgres.ensure_file(step, r, remote_commands.PROGRAM, allowed, owner="root:root", mode="755", make_dir=True)
+        authorize(step, r, vm3, trusted_line(vm3), "from its address only, for the failover scripts' commands only")
 
     def logs_in():
         lines = []

@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from lib import REPO, part1, part2
+from lib import REPO, failover, part1, part2
 from lib import params as P
 from lib.remote import Hosts, StepFailed
 from labtools import PARAMS_FILE, lab, on, sh
@@ -180,8 +180,9 @@ def test_independent_check_with_psql_on_the_hosts(provisioned_twice):
 
 
 def through_pgpool(sql, database="postgres"):
-    """Plain psql against pgpool's port, from vm1 (inside pool_hba's client network)."""
-    return sh(REPO / "ci" / "lab", "ssh", "vm1",
+    """Plain psql against pgpool's port as the superuser, from the pgpool host (the superuser is let in
+    from there and from pgpool.admin_clients only)."""
+    return sh(REPO / "ci" / "lab", "ssh", "vm3",
               f"PGPASSWORD={SECRETS['PGGUIDE_POSTGRES_PASSWORD']} psql -XAt -h 10.213.93.134 -p 9999 -U postgres "
               f"-d {database} -c \"{sql}\"")
 
@@ -265,10 +266,20 @@ def test_the_superuser_through_pgpool_only_from_the_pgpool_host_and_the_admin_ma
     attempt = "".join(f"PGPASSWORD={passwords[role]} psql -XAt -h 10.213.93.134 -p 9999 -U {role} -d postgres "
                       f"-c 'SELECT current_user' 2>&1; echo @@\n" for role in ("postgres", "pgpool"))
     superuser, pgpool = sh(REPO / "ci" / "lab", "ssh", "vm1", "bash -s", input="cd /\n" + attempt).split("@@")[:2]
-    assert "rejected" in superuser and "postgres" not in superuser.replace('"postgres"', ""), superuser
+    assert 'no pool_hba.conf entry for host "10.213.93.132", user "postgres"' in superuser, superuser
     assert pgpool.strip() == "pgpool", pgpool
     from_pgpool_host = sh(REPO / "ci" / "lab", "ssh", "vm3", "bash -s", input="cd /\n" + attempt.split("\n")[0])
     assert from_pgpool_host.split("@@")[0].strip() == "postgres", from_pgpool_host
+
+
+def test_the_pgpool_hosts_key_runs_the_failover_scripts_commands_and_no_shell(provisioned_twice):
+    """Step 41's key: postgres of vm3 gets no shell on vm1, only what failover.sh and its siblings send."""
+    ssh = f"sudo -u postgres ssh {failover.ssh_options()} postgres@10.213.93.132"
+    said = {command: lab("ssh", "--params", PARAMS_FILE, "vm3", f"cd / && {ssh} {shlex.quote(command)}", check=False)
+            for command in ("hostname", "pg_lsclusters --no-header 15 main", "id", "psql -c 'SELECT 1'")}
+    assert said["hostname"].stdout.strip() == "vm1" and "online" in said["pg_lsclusters --no-header 15 main"].stdout
+    for refused in ("id", "psql -c 'SELECT 1'"):
+        assert said[refused].returncode == 126 and "refused" in said[refused].stderr, said[refused]
 
 
 def test_replicator_cannot_open_a_database_from_the_pgpool_host(provisioned_twice):
