@@ -23,6 +23,11 @@ from lib.show import expect, table
 from lib.wait import wait_until
 
 PGPOOL_ROLE = "pgpool"
+#: an application's own role through pgpool (Step 31): it reads and adds employees, and nothing more
+APP_ROLE = "app"
+APP_GRANTS = ("GRANT SELECT, INSERT ON employees TO app;", "GRANT USAGE ON SEQUENCE employees_id_seq TO app;")
+#: the roles pgpool logs in to the servers as, for its clients: each has a pool_passwd entry (Step 32)
+POOL_PASSWD_ROLES = ("postgres", PGPOOL_ROLE, APP_ROLE)
 HOME = "/var/lib/postgresql"                  # pgpool runs as postgres and reads its home's files
 KEY_FILE = f"{HOME}/.pgpoolkey"
 PCPPASS = f"{HOME}/.pcppass"
@@ -164,7 +169,7 @@ def _md5_on_primary(env) -> ops.Step:
     """The guide's Step 24: password_encryption = md5, a restart, the passwords set again (as md5)."""
     step = encryption_step(ops.Step("password_encryption"), env.primary)
     if md5_mode(env.params):
-        for secret_name in ("postgres", "pgpool"):
+        for secret_name in ("postgres", "pgpool"):     # app is made in Step 31, already as md5
             postgres.role_step(step, env.primary, secret_name)
         postgres.settle(step, env.primary, {**postgres.primary_settings(env.params), **encryption_settings(env.params)})
     return step
@@ -412,7 +417,24 @@ def configure_pool_hba(env) -> ops.Step:
         no_trust, _ = pgconf.without_trust(text, method)
         new, _ = pgconf.hba_block(no_trust, pool_hba_lines(env.params))
         return new, pgconf.changed_lines(text, new)
-    return postgres.edit_step(ops.Step("pool_hba.conf"), env.pgpool, conf(env.params, "pool_hba.conf"), change)
+    step = postgres.edit_step(ops.Step("pool_hba.conf"), env.pgpool, conf(env.params, "pool_hba.conf"), change)
+    return app_role(step, env)
+
+
+def app_role(step: ops.Step, env) -> ops.Step:
+    """The application's own role: it logs in (through pgpool, from the clients' network), reads and adds
+    employees, and can do nothing else: no other table, no DELETE, no DDL."""
+    primary = env.primary
+    exists = postgres.value(primary, f"SELECT count(*) FROM pg_roles WHERE rolname = {sql_literal(APP_ROLE)}") == "1"
+    postgres.role_step(step, primary, APP_ROLE)
+    may = exists and postgres.value(primary, f"SELECT has_table_privilege({sql_literal(APP_ROLE)}, 'employees', 'SELECT') "
+                                             f"AND has_table_privilege({sql_literal(APP_ROLE)}, 'employees', 'INSERT') AND "
+                                             f"has_sequence_privilege({sql_literal(APP_ROLE)}, 'employees_id_seq', 'USAGE')",
+                                    database=TEST_DB) == "t"
+    if may:
+        return step.note(primary, f"{APP_ROLE} may already read and add employees in {TEST_DB}")
+    return step.do(ops.Sql(primary, "postgres", statement=("\n".join(APP_GRANTS),), database=TEST_DB,
+                           summary=f"{APP_ROLE} may read and add employees in {TEST_DB}"))
 
 
 def _user_line(line: str) -> str:
@@ -430,10 +452,10 @@ def pool_passwd_entries(env) -> dict[str, str]:
     compared with pool_passwd, never shown."""
     from lib.secrets import secret
     vm3 = env.pgpool
-    pairs = "".join(f"{u}:{secret(u, env.params)}\n" for u in ("postgres", PGPOOL_ROLE))
+    pairs = "".join(f"{u}:{secret(u, env.params)}\n" for u in POOL_PASSWD_ROLES)
     out = vm3.run(f"pg_enc -k {KEY_FILE} -i /dev/stdin", user="root", stdin=pairs, mask=False, check=False).stdout
     # pg_enc prints each pair's entry as `pool_passwd string: AES…` (some builds: `user:AES…`).
-    users = ("postgres", PGPOOL_ROLE)
+    users = POOL_PASSWD_ROLES
     found = dict(l.split(":", 1) for l in out.splitlines() if re.match(r"^[^\s:]+:AES\S+$", l))
     strings = re.findall(r"^pool_passwd string: (AES\S+)$", out, re.M)
     return found if found else dict(zip(users, strings)) if len(strings) == len(users) else {}
@@ -447,27 +469,27 @@ def password_file(env) -> ops.Step:
     path = conf(p, "pool_passwd")
     current = vm3.read_file(path)
     if md5_mode(p):
-        entries = {u: (f"{u}:md5", Secret(u, f"md5:{u}")) for u in ("postgres", PGPOOL_ROLE)}
+        entries = {u: (f"{u}:md5", Secret(u, f"md5:{u}")) for u in POOL_PASSWD_ROLES}
         kept = "".join(l + "\n" for l in current.splitlines() if l.split(":", 1)[0] not in entries)
         pieces = (kept,) + tuple(x for u in entries for x in (*entries[u], "\n"))
         if ops.resolve(pieces, p) != current:
             step.do(ops.FileChange(vm3, "root", path=path, old=current, new=pieces, owner=SECRET_OWNER,
                                    mode=SECRET_MODE, mask_line=_user_line))
         else:
-            step.note(vm3, f"{path} already holds md5 entries for postgres and {PGPOOL_ROLE}")
+            step.note(vm3, f"{path} already holds md5 entries for {', '.join(POOL_PASSWD_ROLES)}")
     else:
         secret_file(step, vm3, KEY_FILE, (Secret("pgpool_key"), "\n"), lambda l: ops.MASK, "PGGUIDE_PGPOOL_KEY")
         wanted = pool_passwd_entries(env) if not step.actions else {}
         have = dict(l.split(":", 1) for l in current.splitlines() if ":" in l)
-        if step.actions or any(have.get(u) != e for u, e in wanted.items()) or len(wanted) < 2:
+        if step.actions or any(have.get(u) != e for u, e in wanted.items()) or len(wanted) < len(POOL_PASSWD_ROLES):
             pg_enc = f"pg_enc -m -k {KEY_FILE} -f {shlex.quote(conf(p, 'pgpool.conf'))} -i /dev/stdin"
             step.do(ops.Command(vm3, "root", pg_enc,
-                                input=("postgres:", Secret("postgres"), f"\n{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
-                                shown=f"{pg_enc}    # stdin: postgres:********, pgpool:********",
-                                summary=f"{path}: entries for postgres, {PGPOOL_ROLE} written with pg_enc",
+                                input=tuple(x for u in POOL_PASSWD_ROLES for x in (f"{u}:", Secret(u), "\n")),
+                                shown=f"{pg_enc}    # stdin: " + ", ".join(f"{u}:********" for u in POOL_PASSWD_ROLES),
+                                summary=f"{path}: entries for {', '.join(POOL_PASSWD_ROLES)} written with pg_enc",
                                 show_output=False))
         else:
-            step.note(vm3, f"{path} already holds the AES entries of postgres and {PGPOOL_ROLE}")
+            step.note(vm3, f"{path} already holds the AES entries of {', '.join(POOL_PASSWD_ROLES)}")
     if not any(isinstance(a, ops.FileChange) and a.path == path for a in step.actions):
         secret_access(step, vm3, path)        # pg_enc keeps the mode the file has
     pcp = conf(p, "pcp.conf")
@@ -746,10 +768,25 @@ def check_pool_nodes(env) -> ops.Step:
                             summary=f"node {node_id} attached again",
                             hint="read pgpool's log: pcp refuses a node it cannot reach"))
     step.verify("every node up, with its role and weight", nodes) \
-        .verify("pcp answers", partial(pcp_node_count, env))
+        .verify("pcp answers", partial(pcp_node_count, env)) \
+        .verify("an application gets in with a role of its own, and may only what it needs", partial(app_login, env))
     if postgres.tls(env.params):
         step.verify("every connection between the hosts, and to pgpool, is TLS", partial(tls_in_use, env))
     return step
+
+
+def app_login(env) -> str:
+    """The app role through pgpool, as an application would log in: it may read and add employees, not delete them."""
+    vm3 = env.pgpool
+    sql = ("SELECT current_user, has_table_privilege('employees', 'INSERT') AS may_insert, "
+           "has_table_privilege('employees', 'DELETE') AS may_delete")
+    command = f"psql -h {vm3.host.address} -p {env.params.pgpool['port']} -U {APP_ROLE} -d {TEST_DB} -c \"{sql}\""
+    out = as_client(vm3, command, APP_ROLE, check=False)
+    rows = [[c.strip() for c in line.split("|")] for line in out.stdout.splitlines() if "|" in line]
+    expect(out.ok and rows[1:] == [[APP_ROLE, "t", "f"]],
+           f"{APP_ROLE} through pgpool: {out.stderr.strip() or out.stdout.strip()}",
+           "Step 31 makes the role and its grants, Step 32 its pool_passwd entry; provision again.")
+    return f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}\n{out.stdout.rstrip()}"
 
 
 TLS_SESSIONS = ("SELECT a.backend_type, host(a.client_addr), s.ssl, coalesce(s.version, '') "

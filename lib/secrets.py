@@ -24,15 +24,17 @@ SECRETS: dict[str, tuple[str, str | None, str]] = {
     "replication": ("PGGUIDE_REPLICATION_PASSWORD", "replica123", "the replicator role (Part 1)"),
     "postgres": ("PGGUIDE_POSTGRES_PASSWORD", "postgres123", "the postgres role (Part 2)"),
     "pgpool": ("PGGUIDE_PGPOOL_PASSWORD", "pgpool123", "the pgpool role (Part 2)"),
+    "app": ("PGGUIDE_APP_PASSWORD", "app12345", "the app role, an application's own through pgpool (Part 2)"),
     "pgpool_key": ("PGGUIDE_PGPOOL_KEY", "pgpool-lab-key", "the AES key that encrypts pool_passwd (Part 2)"),
     "sudo": ("PGGUIDE_SUDO_PASSWORD", None, "sudo on the hosts, where sudo asks for one"),
 }
 #: the roles whose passwords the secrets are (steps 1, 21, 22), with the attributes they need
 ROLES: dict[str, tuple[str, str]] = {"replication": ("replicator", "REPLICATION LOGIN"),
-                                     "postgres": ("postgres", "LOGIN"), "pgpool": ("pgpool", "LOGIN")}
+                                     "postgres": ("postgres", "LOGIN"), "pgpool": ("pgpool", "LOGIN"),
+                                     "app": ("app", "LOGIN")}
 FILE_VARIABLE = "PGGUIDE_SECRETS_FILE"
 #: the secrets every run needs; sudo's only where sudo asks for a password
-REQUIRED = ("replication", "postgres", "pgpool", "pgpool_key")
+REQUIRED = ("replication", "postgres", "pgpool", "app", "pgpool_key")
 
 
 #: shorter secrets are refused: they are guessable, and masking them garbles every record

@@ -64,7 +64,8 @@ def provision(*args, env=None):
 
 
 ALL_SECRETS = {"PGGUIDE_REPLICATION_PASSWORD": "Repl-test-1", "PGGUIDE_POSTGRES_PASSWORD": "Pg-test-22",
-               "PGGUIDE_PGPOOL_PASSWORD": "Pool-test-3", "PGGUIDE_PGPOOL_KEY": "Key-test-44"}
+               "PGGUIDE_PGPOOL_PASSWORD": "Pool-test-3", "PGGUIDE_APP_PASSWORD": "App-test-55",
+               "PGGUIDE_PGPOOL_KEY": "Key-test-44"}
 VMWARE = REPO / "params" / "vmware.yaml"
 
 # (case, what to run: tmp_path -> argv, exit status, the one error expected)
@@ -90,7 +91,7 @@ CASES = [
      EXIT_BAD_INPUT, "postgres.password: secrets never go in parameter files"),
     ("missing secret", lambda t: [params_file(t, lambda d: None), "--secrets",
                                   secrets_file(t, PGGUIDE_REPLICATION_PASSWORD="Repl-test-1")], EXIT_BAD_INPUT,
-     "missing secrets PGGUIDE_POSTGRES_PASSWORD, PGGUIDE_PGPOOL_PASSWORD, PGGUIDE_PGPOOL_KEY"),
+     "missing secrets PGGUIDE_POSTGRES_PASSWORD, PGGUIDE_PGPOOL_PASSWORD, PGGUIDE_APP_PASSWORD, PGGUIDE_PGPOOL_KEY"),
     ("secrets file readable by others", lambda t: [params_file(t, lambda d: None), "--secrets",
                                                    secrets_file(t, 0o644, **ALL_SECRETS)], EXIT_BAD_INPUT,
      "can be read by others (mode 644): chmod 600"),

@@ -37,9 +37,10 @@ def psql(host, sql, database="postgres"):
 
 
 def through_pgpool(sql, database="postgres"):
-    """Plain psql against pgpool's port from the primary (inside pool_hba's client network)."""
+    """Plain psql against pgpool's port as the superuser, from the pgpool host (pool_hba lets postgres in from
+    there and from pgpool.admin_clients only)."""
     password = S.secret("postgres", PARAMS)
-    return on(PRIMARY, f"PGPASSWORD={password} psql -XAt -h {POOL.address} -p {PARAMS.pgpool['port']} "
+    return on(POOL, f"PGPASSWORD={password} psql -XAt -h {POOL.address} -p {PARAMS.pgpool['port']} "
                        f"-U postgres -d {database} -c {json.dumps(sql)}").strip()
 
 

@@ -30,7 +30,7 @@ def test_md5_mode_does_what_the_guide_does(tmp_path):
     assert sh(LAB, "ssh", "--params", params, "vm1", "sudo -u postgres psql -XAtc \"select count(*) from pg_authid "
                                  "where rolname in ('postgres','pgpool') and rolpassword like 'md5%'\"").strip() == "2"
     entries = sh(LAB, "ssh", "--params", params, "vm3", "sudo cat /etc/pgpool2/pool_passwd").split()
-    assert sorted(e.split(":")[0] for e in entries) == ["pgpool", "postgres"]
+    assert sorted(e.split(":")[0] for e in entries) == ["app", "pgpool", "postgres"]
     assert all(e.split(":")[1].startswith("md5") for e in entries)
     login = sh(LAB, "ssh", "--params", params, "vm3", f"PGPASSWORD=postgres123 psql -XAt -h {P.load(params).pgpool_host.address} -p 9999 -U postgres "
                                   "-c 'select current_user'")

@@ -27,9 +27,10 @@ WATCHED = ["/etc/postgresql/15/main/postgresql.conf", "/etc/postgresql/15/main/p
            "/var/lib/postgresql/.ssh/authorized_keys"]
 # Not the lab's demo values: the records are searched for these and their hashed forms.
 SECRETS = {"PGGUIDE_REPLICATION_PASSWORD": "Repl-7f3a-secret", "PGGUIDE_POSTGRES_PASSWORD": "Pg-91c2-secret",
-           "PGGUIDE_PGPOOL_PASSWORD": "Pool-5d8e-secret", "PGGUIDE_PGPOOL_KEY": "Key-0b6f-secret"}
+           "PGGUIDE_PGPOOL_PASSWORD": "Pool-5d8e-secret", "PGGUIDE_APP_PASSWORD": "App-2c4b-secret",
+           "PGGUIDE_PGPOOL_KEY": "Key-0b6f-secret"}
 ROLE_OF = {"PGGUIDE_REPLICATION_PASSWORD": "replicator", "PGGUIDE_POSTGRES_PASSWORD": "postgres",
-           "PGGUIDE_PGPOOL_PASSWORD": "pgpool"}
+           "PGGUIDE_PGPOOL_PASSWORD": "pgpool", "PGGUIDE_APP_PASSWORD": "app"}
 #: the steps a first run on a fresh lab must report as changed (the journal's instrumentation)
 CHANGING_STEPS = {1, 2, 3, 5, 7, 8, 9, 11, 14, 17, 19, 20, 21, 22, 23, 25, 26, 28, 30, 31, 32, 33, 35, 39,
                   40, 41, 42, 43, 44, 45}
@@ -260,7 +261,8 @@ def test_primary_conninfo_names_the_passfile_and_a_password_in_it_is_moved_out(p
 
 def test_the_superuser_through_pgpool_only_from_the_pgpool_host_and_the_admin_machine(provisioned_twice):
     """pool_hba.conf (Step 31): postgres through pgpool from vm1, an address of the clients' network, is turned
-    away with the right password, while the pgpool role gets in from there; from vm3 itself postgres gets in, and
+    away with the right password, while the pgpool role and the application's own role (app: it reads employees,
+    may not delete them, nor read the catalog of passwords) get in from there; from vm3 itself postgres gets in, and
     from this machine (pgpool.admin_clients, the lab's gateway) the notebooks did, every step of them."""
     passwords = {role: shlex.quote(SECRETS[f"PGGUIDE_{role.upper()}_PASSWORD"]) for role in ("postgres", "pgpool")}
     attempt = "".join(f"PGPASSWORD={passwords[role]} psql -XAt -h 10.213.93.134 -p 9999 -U {role} -d postgres "
@@ -268,6 +270,14 @@ def test_the_superuser_through_pgpool_only_from_the_pgpool_host_and_the_admin_ma
     superuser, pgpool = sh(REPO / "ci" / "lab", "ssh", "vm1", "bash -s", input="cd /\n" + attempt).split("@@")[:2]
     assert 'no pool_hba.conf entry for host "10.213.93.132", user "postgres"' in superuser, superuser
     assert pgpool.strip() == "pgpool", pgpool
+    app = shlex.quote(SECRETS["PGGUIDE_APP_PASSWORD"])
+    as_app = "".join(f"PGPASSWORD={app} psql -XAt -h 10.213.93.134 -p 9999 -U app -d testdb -c {shlex.quote(sql)} 2>&1; "
+                     "echo @@\n" for sql in ("SELECT current_user, count(*) > 0 FROM employees",
+                                             "DELETE FROM employees WHERE false", "SELECT count(*) FROM pg_authid"))
+    reads, deletes, catalog = sh(REPO / "ci" / "lab", "ssh", "vm1", "bash -s", input="cd /\n" + as_app).split("@@")[:3]
+    assert reads.strip() == "app|t", reads                      # an application's own role: it reads employees
+    assert "permission denied for table employees" in deletes, deletes
+    assert "permission denied for table pg_authid" in catalog, catalog
     from_pgpool_host = sh(REPO / "ci" / "lab", "ssh", "vm3", "bash -s", input="cd /\n" + attempt.split("\n")[0])
     assert from_pgpool_host.split("@@")[0].strip() == "postgres", from_pgpool_host
 

@@ -57,8 +57,8 @@ def test_every_command_the_scripts_send_is_let_through_as_sent(tmp_path, synchro
     "psql -c 'DROP DATABASE testdb'",
     "hostname; id",
     "pg_lsclusters --no-header 15 main; rm -rf /var/lib/postgresql",
-    f"psql -XAtc \"SELECT count(*) > 0 FROM pg_stat_replication WHERE application_name = 'x' OR true; "
-    f"DROP TABLE t; --' AND state IN ('streaming', 'catchup')\"",
+    "psql -XAtc \"SELECT count(*) > 0 FROM pg_stat_replication WHERE application_name = 'x' OR true; "
+    "DROP TABLE t; --' AND state IN ('streaming', 'catchup')\"",
     "pg_ctlcluster 15 main promote\nid",
 ])
 def test_anything_else_is_refused_before_it_runs(tmp_path, sent):

@@ -86,7 +86,8 @@ def test_mask_hides_the_escaped_forms_too(monkeypatch):
 
 def vmware_with(monkeypatch, **values):
     for name, value in {"PGGUIDE_REPLICATION_PASSWORD": "Repl-secret-1", "PGGUIDE_POSTGRES_PASSWORD": "Pg-secret-2",
-                        "PGGUIDE_PGPOOL_PASSWORD": "Pool-secret-3", "PGGUIDE_PGPOOL_KEY": "Key-secret-4",
+                        "PGGUIDE_PGPOOL_PASSWORD": "Pool-secret-3", "PGGUIDE_APP_PASSWORD": "App-secret-5",
+                        "PGGUIDE_PGPOOL_KEY": "Key-secret-4",
                         **values}.items():
         monkeypatch.setenv(name, value)
     return P.load(P.REPO / "params" / "vmware.yaml")

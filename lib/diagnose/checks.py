@@ -16,7 +16,7 @@ from functools import cached_property
 from lib import pgconf, pgpoolconf
 from lib.diagnose.readonly import ReadOnlyHost
 from lib.part1 import REPLICATION_ROLE, parse_conninfo
-from lib.part2 import KEY_FILE, PGPOOL_ROLE, PCPPASS, md5_mode
+from lib.part2 import KEY_FILE, PGPOOL_ROLE, PCPPASS, POOL_PASSWD_ROLES, md5_mode
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 #: replay lag beyond this is reported (bytes of WAL the standby has not replayed)
@@ -453,7 +453,7 @@ def pool_passwd_configured(c: Cluster) -> list[Finding]:
     out = [_ok("pool_passwd configured", c.pgpool.host.name, f"pool_passwd = '{name}'",
                guide_row="valid password not found")]
     prefix = "md5" if md5_mode(c.params) else "AES"
-    for user in ("postgres", PGPOOL_ROLE):
+    for user in POOL_PASSWD_ROLES:
         stored = users.get(user)
         if stored is None:
             out.append(Finding("pool_passwd entry", FAIL, c.pgpool.host.name, f"{user} is missing from {name}",
