@@ -344,9 +344,10 @@ def verify_backup(env) -> ops.Step:
                       for k in ("user", "password", "passfile", "host", "port", "application_name")]
             if tls.on(env.params):
                 shown += [f"  {k:<17} {fields.get(k, '(not set)')}" for k in ("sslmode", "sslrootcert", "channel_binding")]
-            expect(all(fields.get(k) == v for k, v in wanted_conninfo(env.params).items()),
-                   f"primary_conninfo on {s.host.name} says " + ", ".join(f"{k}={fields.get(k)}" for k in wanted_conninfo(env.params))
-                   + ", not " + ", ".join(f"{k}={v}" for k, v in wanted_conninfo(env.params).items()) + ".",
+            wanted = wanted_conninfo(env.params)
+            expect(all(fields.get(k) == v for k, v in wanted.items()),
+                   f"primary_conninfo on {s.host.name} says " + ", ".join(f"{k}={fields.get(k)}" for k in wanted)
+                   + ", not " + ", ".join(f"{k}={v}" for k, v in wanted.items()) + ".",
                    "provision again: Step 10 sets them.")
             expect("password" not in fields and fields.get("passfile") == PGPASS,
                    f"primary_conninfo on {s.host.name} " + ("holds the replication password, readable by any role with "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from lib import ops
+from lib import REPO, ops
 
 from lib.params import SCHEMA
 
@@ -93,28 +93,28 @@ def key_owner_step(step: ops.Step, remote) -> None:
                             summary=f"{OWN_KEY} now belongs to postgres, who runs pgpool"))
 
 
-def certificate(remote) -> str:
-    return remote.read_file(remote.params.postgres["tls_cert_file"]).strip() + "\n"
+def bundle(sources: list) -> str:
+    """The certificates of `sources`, each read once over SSH, one after the other, each named."""
+    return "".join(f"# {s.host.name} {s.host.address}\n"
+                   + s.read_file(s.params.postgres["tls_cert_file"]).strip() + "\n" for s in sources)
 
 
-def trust_step(step: ops.Step, remote, sources: list) -> str:
-    """tls_ca_file on `remote`: the certificates of `sources`, read over SSH (your own CA's file is
-    only read). Returns that text."""
+def trust_step(step: ops.Step, remote, text: str, names: str) -> str:
+    """tls_ca_file on `remote`: `text`, the certificates of `names` (your own CA's file is only read).
+    Returns what the file holds then."""
     if not ours(remote.params):
         return remote.read_file(remote.params.postgres["tls_ca_file"])
-    text = "".join(f"# {s.host.name} {s.host.address}\n{certificate(s)}" for s in sources)
     current = remote.run(f"cat {OWN_CA} 2>/dev/null || true", user="root", mask=False).stdout
     if current != text:
         step.do(ops.FileChange(remote, "root", path=OWN_CA, old=current or None, new=(text,),
                                owner="root:root", mode="644"))
     else:
-        step.note(remote, f"{OWN_CA} already holds the certificates of {', '.join(s.host.name for s in sources)}")
+        step.note(remote, f"{OWN_CA} already holds the certificates of {names}")
     return text
 
 
 def local_file(params) -> Path:
     """The notebook's copy of the trusted certificates (they are public): beside the run records."""
-    from lib import REPO
     return REPO / "runs" / params.environment / "tls-root.crt"
 
 
@@ -130,9 +130,10 @@ def trust_step_for_servers(step: ops.Step, env) -> None:
     if not on(env.params):
         return
     servers = [env.primary, *env.standbys]
+    text, names = bundle(servers) if ours(env.params) else "", ", ".join(s.host.name for s in servers)
     for r in servers:
-        text = trust_step(step, r, servers)
-    keep_locally(env.params, text)
+        held = trust_step(step, r, text, names)
+    keep_locally(env.params, held)
 
 
 def trust_step_for_pgpool(step: ops.Step, env) -> None:
@@ -140,4 +141,6 @@ def trust_step_for_pgpool(step: ops.Step, env) -> None:
     the host); the notebook keeps the same file."""
     if not on(env.params):
         return
-    keep_locally(env.params, trust_step(step, env.pgpool, [env.primary, *env.standbys, env.pgpool]))
+    hosts = [env.primary, *env.standbys, env.pgpool]
+    text = bundle(hosts) if ours(env.params) else ""
+    keep_locally(env.params, trust_step(step, env.pgpool, text, ", ".join(h.host.name for h in hosts)))
