@@ -10,7 +10,7 @@ from lib import clone_guard, ops, pgconf, postgres, tls
 from lib.ops import guide_step
 from lib.postgres import TEST_DB, GUIDE_ROWS, auth_method, conf_file, patience, psql_read
 from lib.roles import sql_literal
-from lib.secret_files import secret_file
+from lib.secret_files import last_field_masked, secret_file
 from lib.show import CheckFailed, expect
 from lib.wait import wait_until
 
@@ -205,7 +205,7 @@ def pgpass_file(step: ops.Step, remote) -> None:
     """~postgres/.pgpass with the replicator's password (any host, this port)."""
     secret_file(step, remote, PGPASS, (f"*:{remote.params.postgres['port']}:*:{REPLICATION_ROLE}:",
                                        ops.Secret("replication", "pgpass"), "\n"),
-                lambda line: line.rsplit(":", 1)[0] + ":" + ops.MASK, "the replicator's password")
+                last_field_masked, "the replicator's password")
 
 
 @guide_step

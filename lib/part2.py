@@ -14,7 +14,7 @@ import shlex
 from functools import partial
 
 from lib import db, ops, pgconf, pgpoolconf, postgres, system, tls
-from lib.secret_files import SECRET_MODE, SECRET_OWNER, secret_access, secret_file
+from lib.secret_files import SECRET_MODE, SECRET_OWNER, last_field_masked, secret_access, secret_file
 from lib.ops import Secret, guide_step
 from lib.part1 import REPLICATION_ROLE
 from lib.postgres import TEST_DB, auth_method, conf_file, patience
@@ -496,7 +496,7 @@ def password_file(env) -> ops.Step:
     secret_file(step, vm3, pcp, lambda old: _replace_line(old, f"{PGPOOL_ROLE}:", (f"{PGPOOL_ROLE}:", Secret("pgpool", "md5"))),
                  _user_line, f"{PGPOOL_ROLE}'s md5 (pg_md5 of PGGUIDE_PGPOOL_PASSWORD)")
     secret_file(step, vm3, PCPPASS, (f"localhost:{p.pgpool['pcp_port']}:{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
-                 lambda l: l.rsplit(":", 1)[0] + ":" + ops.MASK, "PGGUIDE_PGPOOL_PASSWORD")
+                 last_field_masked, "PGGUIDE_PGPOOL_PASSWORD")
 
     def entries():
         kinds = []

@@ -50,8 +50,7 @@ def add_hba_records(text: str, records: list[str]) -> tuple[str, list[str]]:
             continue
         if record in present:
             continue
-        fields = record.split()
-        twin = ["host", *fields[1:]] if fields[0] == "hostssl" else None
+        twin = _host_twin(record.split())
         if twin and any(p.split() == twin for p in present):
             text = "".join(re.sub(r"^host(\s)", r"hostssl\1", l) if _record_fields(l) == twin else l
                            for l in text.splitlines(True))
@@ -60,6 +59,11 @@ def add_hba_records(text: str, records: list[str]) -> tuple[str, list[str]]:
         present.add(record)
     new = text + ("" if text.endswith("\n") or not text or not added else "\n") + "".join(r + "\n" for r in added)
     return (before, []) if new == before else (new, changed_lines(before, new))
+
+
+def _host_twin(fields: list[str]) -> list[str] | None:
+    """The `host` record that lets the same clients in as a `hostssl` one, without TLS."""
+    return ["host", *fields[1:]] if fields[0] == "hostssl" else None
 
 
 def _reject_first(text: str, record: str) -> str:
@@ -128,7 +132,7 @@ def hba_block(text: str, records: list[str]) -> tuple[str, list[str]]:
     as one block. A line with the same fields as one of them (or the `host` twin of a `hostssl` one) is taken
     to be it; the other lines stay as they are."""
     wanted = [str(pghba.HBARecord.parse(r)) for r in records]
-    same = {tuple(w.split()) for w in wanted} | {tuple(["host", *w.split()[1:]]) for w in wanted if w.startswith("hostssl")}
+    same = {tuple(w.split()) for w in wanted} | {tuple(t) for w in wanted if (t := _host_twin(w.split()))}
     lines = text.splitlines(True)
     ours = [i for i, l in enumerate(lines) if tuple(_record_fields(l)) in same]
     at = ours[0] if ours else len(lines)

@@ -10,6 +10,11 @@ from lib import ops
 SECRET_OWNER, SECRET_MODE = "postgres:postgres", "600"
 
 
+def last_field_masked(line: str) -> str:
+    """A `.pgpass`-shaped line (`…:secret`) as a diff may show it."""
+    return line.rsplit(":", 1)[0] + ":" + ops.MASK
+
+
 def secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str) -> None:
     """A file that holds a secret: written only when its text differs, its diff masked; its owner
     and mode are put right on every run. `new`: the pieces of its text, or a function making them
