@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from lib import REPO, failover, part1, part2
+from lib import REPO, diagrams, failover, part1, part2
 from lib import params as P
 from lib.remote import Hosts, StepFailed
 from labtools import PARAMS_FILE, lab, on, sh
@@ -381,16 +381,16 @@ def test_html_record_opens_in_headless_chromium_and_shows_the_steps(provisioned_
     chromium = shutil.which("chromium")
     assert chromium, "chromium is missing: ci/test installs it (apt-get install chromium)"
     page = provisioned_twice[1] / "02-pgpool.html"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage"]
+    flags = diagrams.CHROMIUM_FLAGS
     dom = sh(chromium, *flags, "--dump-dom", f"file://{page}")
     for text in ("Step 34 — Check PgPool Node Status", "Step 39 — Real-Time Sync Test Through PgPool",
                  "10.213.93.133", "streaming"):
         assert text in dom, text
-    # the diagrams are drawn: mermaid (inlined) turns each block into an SVG image, offline
-    drawn = sh(chromium, *flags, "--virtual-time-budget=15000", "--dump-dom",
-               f"file://{provisioned_twice[1] / '00-environment.html'}")
-    assert drawn.count('<figure><img src="data:image/svg+xml') >= 2, "the diagrams were not drawn"
+    # the diagrams are drawn, as inline SVG, and the record is light: no renderer, no theme in every page
+    drawn = sh(chromium, *flags, "--dump-dom", f"file://{provisioned_twice[1] / '00-environment.html'}")
+    assert drawn.count('<figure class="pgguide-diagram"><svg') == 2, "the diagrams were not drawn"
+    pages = list(provisioned_twice[1].glob("*.html"))
+    assert len(pages) == 4 and sum(p.stat().st_size for p in pages) < 500_000
     shot = tmp_path / "page.png"
     sh(chromium, *flags, "--window-size=1200,900", f"--screenshot={shot}", f"file://{page}")
     png = shot.read_bytes()

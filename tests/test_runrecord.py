@@ -4,7 +4,7 @@ import hashlib
 import json
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from lib.provision.record import StepRecord, Summary, external_references, find_in_record, render_html
 from lib.secrets import secret_forms
@@ -40,31 +40,6 @@ def test_html_reads_offline(tmp_path):
     assert external_references('<script type="module">await import("https://cdn.example/m.mjs")</script>') == \
         ["https://cdn.example/m.mjs"]
     assert external_references('<a href="https://example.org/doc">a link is fine</a>') == []
-
-
-def test_a_mermaid_diagram_is_drawn_offline_by_the_inlined_renderer(tmp_path):
-    from lib.provision import record as runrecord
-
-    assert runrecord.RENDERER.is_file(), "ci/bootstrap fetches mermaid (lib/provision/renderer.py)"
-    nb = new_notebook(cells=[new_markdown_cell("```mermaid\nflowchart LR\n  VM1 --> VM2\n```")])
-    nbformat.write(nb, tmp_path / "m.ipynb")
-    html = render_html(tmp_path / "m.ipynb").read_text()
-    assert external_references(html) == []
-    assert '<script data-pgguide-renderer="mermaid 11.12.0">' in html          # inlined, nothing to fetch
-    assert "globalThis.mermaid" in html and "cdnjs" not in html               # the template's loader, rewritten
-    assert "VM1 --&gt; VM2" in html
-
-
-def test_without_the_renderer_a_diagram_shows_its_source(tmp_path, monkeypatch):
-    from lib.provision import record as runrecord
-
-    monkeypatch.setattr(runrecord, "RENDERER", tmp_path / "absent.js")
-    nb = new_notebook(cells=[new_markdown_cell("```mermaid\nflowchart LR\n  VM1 --> VM2\n```")])
-    nbformat.write(nb, tmp_path / "m.ipynb")
-    html = render_html(tmp_path / "m.ipynb").read_text()
-    assert external_references(html) == [] and "VM1 --&gt; VM2" in html
-    assert '<div class="jp-Mermaid">' not in html         # the template's CSS hides that until mermaid runs
-    assert "data-pgguide-renderer" not in html
 
 
 def test_a_fetch_in_a_script_is_an_external_reference():

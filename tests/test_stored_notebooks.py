@@ -70,3 +70,20 @@ def test_exclusions_from_comparison_are_rare_explained_and_seen_by_nbval(path):
             assert len(lines) > 1 and lines[1].startswith("# Not compared: ") and len(lines[1]) > 30, \
                 f"{path.name} cell {c.execution_count}: the line after the marker says '# Not compared: <why>'"
     assert excluded <= max(1, len(cells) // 10), f"{path.name}: {excluded} of {len(cells)} cells are not compared"
+
+
+def is_plumbing(cell) -> bool:
+    """What a reader need not see: the parameters, the session's start, the cells that print measured figures
+    (excluded from comparison)."""
+    return ("parameters" in cell.metadata.get("tags", []) or "notebook.start(" in cell.source
+            or cell.source.startswith("# NBVAL_IGNORE_OUTPUT"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_plumbing_is_hidden_in_the_book_and_in_jupyterlab(path):
+    plumbing = [c for c in code_cells(path) if is_plumbing(c)]
+    assert len(plumbing) >= 2, f"{path.name}: no parameters or start cell found"
+    shown = [c.execution_count for c in plumbing if "remove-input" not in c.metadata.get("tags", [])
+             or not c.metadata.get("jupyter", {}).get("source_hidden")]
+    assert not shown, f"{path.name}: cells {shown} show their plumbing: tag them remove-input, and set " \
+                      "metadata.jupyter.source_hidden"

@@ -4,6 +4,7 @@ provision.log (what ci/provision printed)."""
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -11,19 +12,16 @@ from pathlib import Path
 
 import nbformat
 
-from lib import REPO
+from lib import diagrams
 
-# The lab template loads MathJax, require.js and mermaid from a CDN. A record must read
-# offline and opening it must not send traffic anywhere, so every script that names a
-# network address is dropped (the notebooks use no LaTeX and no widgets). A mermaid diagram
-# then shows as its source text, which reads as a diagram description.
+# A record must read offline and opening it must not send traffic anywhere: its pages carry no
+# script at all (the notebooks use no LaTeX and no widgets), and their diagrams are drawn before,
+# as inline SVG. external_references() is what the tests hold a page to.
 SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>\s*", re.S)
 EXTERNAL_LINK = re.compile(r'<link[^>]*\shref="https?://[^"]*"[^>]*>\s*', re.S)
-URL = re.compile(r"https?://[^\s\"'<>)]+")
 # What in a script would load something: import(), fetch(), workers, sockets.
 FETCH = re.compile(r"""(?:\bimport|\bfetch|\bimportScripts)\s*\(\s*["'`]((?:https?:)?//[^"'`]+)"""
                    r"""|\bnew\s+(?:Worker|SharedWorker|EventSource|WebSocket)\s*\(\s*["'`]([a-z]+://[^"'`]+)""")
-MERMAID_LOADER = ".jp-Mermaid > pre.mermaid"
 
 
 @dataclass
@@ -155,46 +153,43 @@ def commands_sh(summary: "Summary", params) -> str:
     return head + text + ("\n" if text else "\n# nothing was changed\n")
 
 
-RENDERER = REPO / ".venv" / "share" / "pgguide" / "mermaid.min.js"
-CDN_MERMAID = re.compile(r'\(await import\("https://[^"]*/mermaid\.esm\.min\.mjs"\)\)\.default')
-CDN_ELK = re.compile(r'const elkUrl = "https://[^"]*";')
+#: the whole style of a record's page: its text, code and outputs readable, nothing fetched (nbconvert's lab
+#: template inlines 270 KB of JupyterLab's theme into every page)
+PAGE_STYLE = """
+body { font: 16px/1.5 "Liberation Sans", Arial, Helvetica, sans-serif; color: #222; max-width: 62rem;
+       margin: 2rem auto; padding: 0 1rem; }
+h1, h2, h3 { line-height: 1.25; } a.anchor-link { display: none; }
+pre, code { font: 13px/1.4 "DejaVu Sans Mono", "Liberation Mono", Menlo, monospace; }
+pre { background: #f6f8fa; padding: .6rem .8rem; overflow-x: auto; border-radius: 4px; }
+.input_area pre { background: #eef3fb; border-left: 3px solid #4a7bd0; }
+.prompt { display: none; } .output_stderr pre { background: #fdf0f0; }
+table { border-collapse: collapse; margin: 1rem 0; } th, td { border: 1px solid #ccc; padding: .25rem .5rem; }
+figure.pgguide-diagram { margin: 1rem 0; } figure.pgguide-diagram svg { max-width: 100%; height: auto; }
+img { max-width: 100%; }
+"""
 
 
 def render_html(notebook_path: Path) -> Path:
-    """An HTML copy next to the notebook, readable offline: styles inline, no remote scripts.
-    Diagrams: the template's own mermaid loader is kept, pointed at mermaid inlined from
-    RENDERER (fetched and integrity-checked at install time), so they are drawn in the browser
-    with nothing fetched. Without RENDERER, each diagram's source is shown instead."""
+    """An HTML copy next to the notebook that reads offline and stands alone: a small style of its own,
+    no scripts, and each diagram drawn as an inline SVG (lib.diagrams)."""
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     nb = nbformat.read(notebook_path, as_version=4)
-    body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(nb)
-    renderer = RENDERER.read_text() if RENDERER.is_file() and 'class="jp-Mermaid"' in body else None
-    if renderer:
-        body = CDN_ELK.sub('const elkUrl = "";', CDN_MERMAID.sub("globalThis.mermaid", body))
-    def keep(script: str) -> bool:
-        if renderer and MERMAID_LOADER in script:       # rewritten above: it cites specs, loads nothing
-            return not FETCH.search(script)
-        return not URL.search(script)
-    body = EXTERNAL_LINK.sub("", SCRIPT.sub(lambda m: m.group(0) if keep(m.group(0)) else "", body))
-    if renderer:
-        tag = f'<script {RENDERER_MARK}="mermaid {renderer_version()}">{renderer}</script>\n'
-        body = body.replace("</head>", tag + "</head>", 1)
-    else:
-        # The template hides a diagram until mermaid has drawn it; show its source the way
-        # JupyterLab shows a diagram it cannot draw (the "warning" style keeps the <pre> visible).
-        body = body.replace('<div class="jp-Mermaid">', '<div class="jp-Mermaid jp-RenderedMermaid jp-mod-warning">')
+    diagrams.drawn_in([c for c in nb.cells if c.cell_type == "markdown"], notebook_path.name, diagrams.figure)
+    exporter = HTMLExporter(template_name="basic", embed_images=True)
+    # the plumbing the notebooks hide (the parameters, the session's start) is hidden here too
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"remove-input"}), enabled=True)
+    body, _ = exporter.from_notebook_node(nb)
+    body = EXTERNAL_LINK.sub("", SCRIPT.sub("", body))
+    title = next((line.lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown"
+                  for line in c.source.splitlines() if line.startswith("# ")), notebook_path.stem)
     out = notebook_path.with_suffix(".html")
-    out.write_text(body)
+    out.write_text(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                   f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                   f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head>\n"
+                   f"<body>\n{body}\n</body></html>\n")
     return out
-
-
-RENDERER_MARK = "data-pgguide-renderer"
-
-
-def renderer_version() -> str:
-    from lib.provision.renderer import VERSION
-    return VERSION
 
 
 def external_references(html: str) -> list[str]:
@@ -202,10 +197,7 @@ def external_references(html: str) -> list[str]:
     any address inside a script (an import)."""
     found = re.findall(r'\ssrc="(https?://[^"]+)"', html)
     found += [m for tag in re.findall(r"<link\b[^>]*>", html) for m in re.findall(r'href="(https?://[^"]+)"', tag)]
-    # The inlined renderer is checked at install time; its text names addresses (licences, docs)
-    # that it never loads.
-    found += [a or b for script in SCRIPT.findall(html) if RENDERER_MARK not in script.split(">", 1)[0]
-              for a, b in FETCH.findall(script)]
+    found += [a or b for script in SCRIPT.findall(html) for a, b in FETCH.findall(script)]
     return list(dict.fromkeys(found))
 
 

@@ -1,5 +1,5 @@
-"""Fetch the diagram renderer the offline HTML records inline: mermaid's browser build, from the npm
-registry's tarball, checked against its published sha512 integrity before it is kept.
+"""Fetch what draws the diagrams of the run records and the book (lib/diagrams.py): mermaid's browser
+build, from the npm registry's tarball, checked against its published sha512 integrity before it is kept.
 
     python -m lib.provision.renderer DEST      (ci/bootstrap runs it once; a no-op when DEST exists)
 

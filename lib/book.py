@@ -1,0 +1,131 @@
+"""The executed guide as a static site: `python -m lib.book [RECORD]` (ci/book).
+
+It executes nothing: the stored outputs (or a run record's) are the content. Sphinx with MyST-NB turns the
+notebooks into pages with a table of contents, previous/next links and search. Before that, each notebook's
+prose gets what a book needs and a notebook cannot hold:
+- every diagram drawn as inline SVG (lib.diagrams), so pages carry no renderer;
+- a label on every step's heading, and each "Step N" and "notebook 0N" in the prose a link to it; Sphinx
+  fails the build on a link with no target.
+The build runs with warnings as errors."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+from lib import diagrams
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = REPO / "book"                      # the book's own pages (index.md), beside the notebooks
+NOTEBOOKS = REPO / "notebooks"
+BUILD = REPO / "build" / "book"
+
+CONF = '''\
+project = "PostgreSQL streaming replication behind PgPool-II"
+author = "the pgpool-guide authors"
+extensions = ["myst_nb"]
+nb_execution_mode = "off"          # the stored outputs are the content
+nb_merge_streams = True
+myst_heading_anchors = 3
+html_theme = "furo"
+html_title = project
+html_show_sourcelink = False
+html_copy_source = False
+exclude_patterns = ["_build"]
+'''
+
+STEP_HEADING = re.compile(r"^(#{1,6}) Step (\d+) — ", re.M)
+STEP_MENTION = re.compile(r"\b(Steps?) (\d+)(?:([–-])(\d+))?\b")
+NOTEBOOK_MENTION = re.compile(r"\b([Nn]otebook) (0\d)\b")
+FENCE_LINE = re.compile(r"^\s*(```|~~~)")
+
+
+def step_label(n: int | str) -> str:
+    return f"step-{int(n)}"
+
+
+def link_mentions(text: str, notebooks: dict[str, str]) -> str:
+    """Each "Step N" (and "Steps N–M") and "notebook 0N" in prose a MyST reference; code spans, fenced
+    code, headings and links are left as they are."""
+    out, in_fence = [], False
+    for line in text.splitlines(True):
+        if FENCE_LINE.match(line):
+            in_fence = not in_fence
+        if in_fence or FENCE_LINE.match(line) or line.lstrip().startswith("#"):
+            out.append(line)
+            continue
+        parts = re.split(r"(`[^`]*`|\[[^\]]*\]\([^)]*\))", line)
+        out.append("".join(p if i % 2 else _linked(p, notebooks) for i, p in enumerate(parts)))
+    return "".join(out)
+
+
+def _linked(prose: str, notebooks: dict[str, str]) -> str:
+    def step(m):
+        word, first, dash, last = m.groups()
+        if not last:
+            return f"{{ref}}`{word} {first} <{step_label(first)}>`"
+        return f"{word} {{ref}}`{first} <{step_label(first)}>`{dash}{{ref}}`{last} <{step_label(last)}>`"
+
+    def notebook(m):
+        word, number = m.groups()
+        doc = notebooks.get(number)
+        return f"{{doc}}`{word} {number} <{doc}>`" if doc else m.group(0)
+    return NOTEBOOK_MENTION.sub(notebook, STEP_MENTION.sub(step, prose))
+
+
+def labelled_steps(text: str) -> str:
+    return STEP_HEADING.sub(lambda m: f"({step_label(m.group(2))})=\n{m.group(0)}", text)
+
+
+def svg_block(svg: str) -> str:
+    return f"\n````{{raw}} html\n{diagrams.figure(svg)}\n````\n"
+
+
+def prepared(paths: list[Path]) -> dict[str, nbformat.NotebookNode]:
+    """The notebooks as the book shows them, by page name."""
+    notebooks = {p.stem[:2]: p.stem for p in paths}
+    books = {p.stem: nbformat.read(p, as_version=4) for p in paths}
+    for name, nb in books.items():
+        prose = [c for c in nb.cells if c.cell_type == "markdown"]
+        diagrams.drawn_in(prose, f"{name}.ipynb", svg_block)
+        for c in prose:
+            c.source = link_mentions(labelled_steps(c.source), notebooks)
+    return books
+
+
+def build(record: Path | None = None, out: Path = BUILD) -> Path:
+    """The site from the stored notebooks, or from a run record's executed copies; returns its index.html."""
+    paths = sorted((record or NOTEBOOKS).glob("[0-9][0-9]-*.ipynb"))
+    if not paths:
+        raise SystemExit(f"ci/book: no notebooks in {record or NOTEBOOKS}")
+    src = out / "src"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(PAGES, src)
+    (src / "conf.py").write_text(CONF)
+    for name, nb in prepared(paths).items():
+        nbformat.write(nb, src / f"{name}.ipynb")
+    html = out / "html"
+    done = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(src), str(html)],
+                          text=True)
+    if done.returncode:
+        raise SystemExit(f"ci/book: sphinx-build failed ({done.returncode}): the warnings above are errors here")
+    return html / "index.html"
+
+
+def main(argv: list[str]) -> int:
+    record = Path(argv[0]).resolve() if argv else None
+    try:
+        index = build(record)
+    except diagrams.DiagramError as e:
+        print(f"ci/book: {e}", file=sys.stderr)
+        return 1
+    print(index)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
