@@ -39,7 +39,7 @@ exclude_patterns = ["_build"]
 '''
 
 STEP_HEADING = re.compile(r"^(#{1,6}) Step (\d+) — ", re.M)
-STEP_MENTION = re.compile(r"\b(Steps?) (\d+)(?:([–-])(\d+))?\b")
+STEP_MENTION = re.compile(r"\b(Steps?) (\d+(?:(?:[–-]|, | and | or )\d+)*)\b")
 NOTEBOOK_MENTION = re.compile(r"\b([Nn]otebook) (0\d)\b")
 FENCE_LINE = re.compile(r"^\s*(```|~~~)")
 
@@ -65,10 +65,10 @@ def link_mentions(text: str, notebooks: dict[str, str]) -> str:
 
 def _linked(prose: str, notebooks: dict[str, str]) -> str:
     def step(m):
-        word, first, dash, last = m.groups()
-        if not last:
-            return f"{{ref}}`{word} {first} <{step_label(first)}>`"
-        return f"{word} {{ref}}`{first} <{step_label(first)}>`{dash}{{ref}}`{last} <{step_label(last)}>`"
+        word, numbers = m.groups()
+        if word == "Step" and numbers.isdigit():
+            return f"{{ref}}`Step {numbers} <{step_label(numbers)}>`"
+        return f"{word} " + re.sub(r"\d+", lambda n: f"{{ref}}`{n.group(0)} <{step_label(n.group(0))}>`", numbers)
 
     def notebook(m):
         word, number = m.groups()
@@ -93,7 +93,8 @@ def prepared(paths: list[Path]) -> dict[str, nbformat.NotebookNode]:
         prose = [c for c in nb.cells if c.cell_type == "markdown"]
         diagrams.drawn_in(prose, f"{name}.ipynb", svg_block)
         for c in prose:
-            c.source = link_mentions(labelled_steps(c.source), notebooks)
+            # a notebook links a chapter as ../book/NAME.md, which is beside it in the book
+            c.source = link_mentions(labelled_steps(c.source.replace("](../book/", "](")), notebooks)
     return books
 
 
@@ -105,7 +106,11 @@ def build(record: Path | None = None, out: Path = BUILD) -> Path:
     src = out / "src"
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(PAGES, src)
+    shutil.copytree(REPO / "bench", out / "bench", ignore=shutil.ignore_patterns("*.json"))   # the plots ../bench/ names
     (src / "conf.py").write_text(CONF)
+    notebooks = {p.stem[:2]: p.stem for p in paths}
+    for page in src.glob("*.md"):
+        page.write_text(link_mentions(page.read_text(), notebooks))
     for name, nb in prepared(paths).items():
         nbformat.write(nb, src / f"{name}.ipynb")
     html = out / "html"

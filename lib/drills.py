@@ -237,7 +237,7 @@ def failover_log_since(env, since_epoch: float) -> list[tuple[float, str]]:
 
 
 # --- measuring one drill -----------------------------------------------------------------------------------
-#: the goal the README states for a stopped primary: writes resume, and reads are never locked out longer
+#: the goal book/failover.md states for a stopped primary: writes resume, and reads are never locked out longer
 PRIMARY_BOUND_S = 15
 #: a pgpool restart: clients get in again within this: a stop, bounded by Step 33's drop-in, then a start
 PGPOOL_BOUND_S = part2.STOP_TIMEOUT_S + 5

@@ -255,6 +255,47 @@ class Sql(Action):
         return self.summary or " ".join(masked(self.statement).split())[:160]
 
 
+#: a command line longer than this is shown one command a line
+READABLE_WIDTH = 120
+
+
+def readable(line: str) -> str:
+    """A long shell command line as a person would write it: broken after each `&&` and `;` that joins two
+    commands (outside quotes, braces and substitutions), the next command indented. Bash reads it the same
+    way, so it can still be copied and run. A trailing `    # comment` stays on the last line."""
+    if len(line) <= READABLE_WIDTH:
+        return line
+    pieces, start, depth, quote, i = [], 0, 0, "", 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c == "\\":
+            i += 1
+        elif c in "'\"":
+            quote = c
+        elif c in "({":
+            depth += 1
+        elif c in ")}":
+            depth -= 1
+        elif depth == 0 and line.startswith(" && ", i):
+            pieces.append(line[start:i] + " &&")
+            start, i = i + 4, i + 4
+            continue
+        elif depth == 0 and line.startswith("; ", i):
+            pieces.append(line[start:i])
+            start, i = i + 2, i + 2
+            continue
+        elif depth == 0 and line.startswith("    # ", i):
+            break
+        i += 1
+    pieces.append(line[start:])
+    return "\n    ".join(pieces)
+
+
 @dataclass
 class FileChange(Action):
     """Replace a file's text, atomically: a temporary file in the same directory, owner and mode
@@ -267,6 +308,7 @@ class FileChange(Action):
     owner: str | None = None
     mode: str | None = None
     mask_line: Callable[[str], str] | None = None
+    original_kept: bool = False         # the copy of the file before our first change is there already
 
     def script(self) -> str:
         f = shlex.quote(self.path)
@@ -302,10 +344,22 @@ class FileChange(Action):
         return lines
 
     def display(self) -> str:
+        if self.old is None and not self.mask_line:
+            return self._whole()
         access = f" (owner {self.owner or 'root:root'}, mode {self.mode or '644'})" if self.owner or self.old is None else ""
         head = (f"edit {self.path}" if self.old is not None else f"create {self.path}") + access + (
-            f"    # as it was before our first change: {self.original}" if self.old is not None else "")
+            f"    # as it was before our first change: {self.original}" if self.old is not None and not self.original_kept
+            else "")
         return head + "".join("\n  " + line for line in self.diff())
+
+    def _whole(self) -> str:
+        """A new file as a command a person can copy: install(1) writes it from a here-document, with its owner
+        and mode."""
+        text = masked(self.new)
+        end = next(e for e in ("EOF", "END_OF_FILE", "END_OF_FILE_1") if e not in text.splitlines())
+        user, _, group = (self.owner or "root:root").partition(":")
+        return (f"install -m {self.mode or '644'} -o {user} -g {group} /dev/stdin {shlex.quote(self.path)} <<'{end}'\n"
+                + text + ("" if text.endswith("\n") else "\n") + end)
 
     def what(self) -> str:
         added = [l[1:].split("#")[0].strip() for l in self.diff() if l.startswith("+")]
@@ -446,7 +500,8 @@ class Step:
                 verb = "edit" if action.old is not None else "create"
                 return action.remote.mask(f"{action.prompt()}{verb} {action.path}: the same as on {seen[key]} above")
             seen[key] = action.host
-        return action.remote.mask(action.prompt() + action.display())
+        first, *rest = action.display().split("\n")
+        return action.remote.mask(action.prompt() + "\n".join([readable(first), *rest]))
 
     # checking
     def drift(self) -> list[str]:

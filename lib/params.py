@@ -237,7 +237,7 @@ def _section(where: str, value: Any, spec: dict[str, Any]) -> dict[str, Any]:
     if secret_like:
         raise ParamsError(f"{_join(where, secret_like[0])}: secrets never go in parameter files (they end up in "
                           "the executed notebooks); set them as environment variables or in a secrets file, "
-                          "see README.md")
+                          "see book/operate.md, Parameters and secrets")
     if unknown:
         raise ParamsError(f"unknown parameter {_join(where, unknown[0])}; {where or 'the top level'} takes "
                           + ", ".join(spec))

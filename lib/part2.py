@@ -54,16 +54,18 @@ def encryption_settings(params) -> dict:
 
 # --- Steps 19-20 --------------------------------------------------------------------------------------
 def version_line(remote, command: str, user: str | None = None) -> str:
-    """`psql --version` → 'psql (PostgreSQL) 15'; `pgpool --version` → 'pgpool-II version 4.3'
-    (the major version: a point release is not a change in behaviour)."""
+    """`psql --version` → 'psql (PostgreSQL) 15'; `pgpool --version` → 'pgpool-II version 4.3', and a comment
+    saying what was left out: the point release and Debian's revision, which change with every update of the
+    package and change nothing this guide relies on."""
     out = remote.run(f"{command} 2>&1", user=user).stdout.strip().splitlines()[0]
-    words = out.split()
+    words, said = out.split(), ""
     for i, w in enumerate(words):
         if w[:1].isdigit():
             parts = w.split(".")
             out = " ".join(words[:i] + [".".join(parts[:1] if "psql" in command else parts[:2])])
+            said = "    # shortened here to the major version: the rest changes with every update of the package"
             break
-    return f"{remote.host.name} ({user or remote.params.ssh['user']}) $ {command}\n{out}"
+    return f"{remote.host.name} ({user or remote.params.ssh['user']}) $ {command}{said}\n{out}"
 
 
 @guide_step
@@ -389,6 +391,65 @@ def configure_pgpool(env) -> ops.Step:
         if already:
             step.note(vm3, "already set in the shipped file: " + ", ".join(already))
     return step.verify("pgpool's connections fit the servers'", partial(connection_budget, env))
+
+
+#: the settings of Step 30 in the guide's groups, each group with why it is set so; the guide's groups first, ours after
+GUIDE_GROUPS = [
+    ("Listening", r"listen_addresses|port|socket_dir|unix_socket_directories|pcp_listen_addresses|pcp_port",
+     "clients connect to pgpool on port 9999, not 5432; pcp, its admin interface, answers on this host only"),
+    ("Backend {n}: {role}", r"backend_\w+{n}",
+     "one block per server, the primary first; the weights split the sessions' reads, and the application name is "
+     "the one the standby reports, so that pgpool can show its replication state"),
+    ("Load balancing", r"load_balance_mode", "reads are spread over the servers by weight, one draw per session"),
+    ("Clustering mode", r"backend_clustering_mode",
+     "streaming replication: pgpool asks each server whether it is in recovery to find the primary"),
+    ("Connection pooling", r"num_init_children|max_pool|child_life_time|connection_life_time",
+     "32 children, each keeping up to 3 connections to every server: 96, within what each server allows"),
+    ("Health check", r"health_check_\w+",
+     "a check every 2 s as pgpool, its password from pool_passwd; a server gone is noticed within 4 s (13 s if its "
+     "host does not answer)"),
+    ("Streaming replication check", r"sr_check_\w+", "every 5 s pgpool reads which server is the primary and each "
+     "standby's lag"),
+    ("Password file, and who may connect", r"pool_passwd|enable_pool_hba",
+     "pool_passwd (Step 32) holds the passwords pgpool logs in with; pool_hba.conf (Step 31) is read only when "
+     "enabled"),
+    ("Healing (not in the guide)", r"auto_failback|auto_failback_interval|search_primary_node_timeout|detach_false_primary",
+     "a standby that streams again is used again, and a missing primary keeps readers waiting 10 s, not 5 min"),
+    ("Log (not in the guide)", r"logging_collector|log_\w+",
+     "pgpool's own log in /var/log/pgpool2, where the failover scripts of Step 42 write too"),
+    ("TLS (postgres.tls)", r"ssl\w*", "TLS to the clients, and to the servers, whose certificates pgpool checks"),
+]
+
+
+def guide_groups(names: list[str], hosts: list) -> list[tuple[str, str, list[str]]]:
+    """(title, why, settings) in the guide's order; every name falls in exactly one group."""
+    groups = []
+    for title, pattern, why in GUIDE_GROUPS:
+        for n, host in (enumerate(hosts) if "{n}" in pattern else [(None, None)]):
+            role = "the primary" if n == 0 else "a standby"
+            found = [x for x in names if re.fullmatch(pattern.format(n=n), x)]
+            if found:
+                groups.append((title.format(n=n, role=f"{role} ({host.name})" if host else ""), why, found))
+    return groups
+
+
+def settings_as_the_guide_groups(env) -> str:
+    """Step 30's settings read back from pgpool.conf on the host, grouped as the guide groups them, each group
+    with why."""
+    vm3, path = env.pgpool, conf(env.params, "pgpool.conf")
+    text = vm3.run(f"cat {shlex.quote(path)}", user="root", mask=False).stdout
+    active = pgpoolconf.active_settings(text)
+    wanted = pgpool_settings(env.params, backend_hosts(env.params, text), text)
+    lines = [f"{vm3.host.name} (root) $ cat {path}    # its active settings, grouped as the guide groups them"]
+    for title, why, names in guide_groups(list(wanted), backend_hosts(env.params, text)):
+        lines += [f"{title}: {why}"] + [f"  {n} = {pgpoolconf.render(_typed(active[n]))}" if n in active
+                                        else f"  {n} is not set" for n in names]
+    return "\n".join(lines)
+
+
+def _typed(value: str):
+    """A value as active_settings reads it, typed again so that render() quotes only strings."""
+    return int(value) if value.isdigit() else {"on": True, "off": False}.get(value, value)
 
 
 # --- Steps 31-32 ---------------------------------------------------------------------------------------------
@@ -828,14 +889,34 @@ def psql_through_pgpool(env, sql: str, database: str = TEST_DB, times: int = 1) 
     return f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}" + (f"   # × {times}" if times > 1 else "") + "\n" + out
 
 
+#: SHOW pool_nodes' columns that differ on every run: this session's draw of a node for its reads, and a time
+UNSTABLE_POOL_NODES_COLUMNS = {"load_balance_node": "(drawn)", "last_status_change": "YYYY-MM-DD hh:mm:ss"}
+
+
+def masked_columns(table_text: str, masks: dict[str, str]) -> str:
+    """psql's aligned table with the values of the named columns replaced, each cell keeping its width."""
+    lines = table_text.splitlines()
+    if len(lines) < 2:
+        return table_text
+    names = [c.strip() for c in lines[0].split("|")]
+    out = lines[:2]
+    for line in lines[2:]:
+        cells = line.split("|")
+        if len(cells) == len(names):
+            cells = [(" " + masks[n]).ljust(len(c)) if n in masks else c for n, c in zip(names, cells)]
+        out.append("|".join(cells))
+    return "\n".join(out)
+
+
 def show_pool_nodes(env) -> str:
-    """The guide's `SHOW pool_nodes` with psql from the pgpool host; load_balance_node (this
-    session's draw) and last_status_change (a time) are cut, so the output is stable."""
+    """The guide's `SHOW pool_nodes` with psql from the pgpool host, aligned as psql prints it, with the
+    values that differ on every run masked (and the comment saying so)."""
     vm3 = env.pgpool
-    command = (f"psql -h {vm3.host.address} -p {env.params.pgpool['port']} -U postgres -c \"SHOW pool_nodes;\" -A "
-               "| cut -d'|' -f1-9,11,12")
+    command = f"psql -h {vm3.host.address} -p {env.params.pgpool['port']} -U postgres -c \"SHOW pool_nodes;\""
     out = as_client(vm3, command, "postgres").stdout.rstrip()
-    return f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}\n{out}"
+    said = ", ".join(UNSTABLE_POOL_NODES_COLUMNS)
+    return (f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}    # {said}: masked, they differ on every run\n"
+            + masked_columns(out, UNSTABLE_POOL_NODES_COLUMNS))
 
 
 def pgpool_sql_login(env, database: str = TEST_DB) -> dict:

@@ -170,7 +170,10 @@ def edit(remote, path: str, change: Callable[[str], tuple[str, list[str]]]) -> o
     """The file change that `change` makes to the file's current text; None if it makes none."""
     old = remote.read_file(path)
     new, _ = change(old)
-    return None if new == old else ops.FileChange(remote, "root", path=path, old=old, new=(new,))
+    if new == old:
+        return None
+    kept = remote.run(f"test -e {shlex.quote(path + ops.ORIGINAL_SUFFIX)}", user="root", check=False).ok
+    return ops.FileChange(remote, "root", path=path, old=old, new=(new,), original_kept=kept)
 
 
 def ensure_file(step: ops.Step, remote, path: str, text: str, *, owner: str, mode: str,
@@ -252,16 +255,8 @@ def role_step(step: ops.Step, remote, secret_name: str) -> ops.Step:
 
 
 def role_listing(remote) -> str:
-    """psql's \\du (its Member of column left out), from pg_roles."""
-    out = remote.psql("""
-        SELECT rolname, concat_ws(', ',
-            CASE WHEN rolsuper THEN 'Superuser' END, CASE WHEN rolcreaterole THEN 'Create role' END,
-            CASE WHEN rolcreatedb THEN 'Create DB' END, CASE WHEN NOT rolcanlogin THEN 'Cannot login' END,
-            CASE WHEN rolreplication THEN 'Replication' END, CASE WHEN rolbypassrls THEN 'Bypass RLS' END)
-        FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY rolname""").lines
-    from lib.show import table
-    return f"{remote.host.name} (postgres) $ psql -c '\\du'\n" + table(["Role name", "Attributes"],
-                                                                     [l.split("|") for l in out])
+    """psql's own \\du, as the guide runs it."""
+    return psql_read(remote, "\\du")
 
 
 # --- the guide's test data ----------------------------------------------------------------------

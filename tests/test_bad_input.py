@@ -1,4 +1,4 @@
-"""Bad input gets one clear error before any host is changed: the README's table, row by row.
+"""Bad input gets one clear error before any host is changed: book/operate.md's table, row by row.
 
 Each case runs the real `ci/provision` on the lab and checks the exit status, the error it
 prints (once), and that the hosts are exactly as before: the sha256 of the files Part 1

@@ -1,4 +1,4 @@
-"""ci/bench's arithmetic and its report: the README's Performance section is rendered from
+"""ci/bench's arithmetic and its report: book/performance.md's figures are rendered from
 bench/results.json and nothing else."""
 import json
 
@@ -16,18 +16,18 @@ def test_percentiles_pick_the_ranked_values():
     assert percentiles(values) == {"p50": 51, "p95": 95, "p99": 99}
 
 
-def test_the_readme_section_is_the_rendering_of_results_json():
+def test_the_page_section_is_the_rendering_of_results_json():
     if not report.RESULTS.exists():
-        pytest.fail("bench/results.json is missing: run ci/bench (the README's Performance section comes from it)")
+        pytest.fail("bench/results.json is missing: run ci/bench (book/performance.md comes from it)")
     results = json.loads(report.RESULTS.read_text())
-    text = report.README.read_text()
-    assert report.readme_section(results) in text, "README.md's Performance section is stale: run `python -m lib.bench.report`"
+    text = report.PAGE.read_text()
+    assert report.page_section(results) in text, "book/performance.md is stale: run `python -m lib.bench.report`"
 
 
 def test_a_changed_figure_makes_the_section_stale():
     results = json.loads(report.RESULTS.read_text())
     results["provisioning"]["wall"]["lab up"]["median"] += 1.0
-    assert report.readme_section(results) not in report.README.read_text()
+    assert report.page_section(results) not in report.PAGE.read_text()
 
 
 def test_repeatability_counts_figures_within_the_earlier_range_and_names_the_largest_change():

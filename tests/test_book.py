@@ -23,6 +23,11 @@ def test_a_step_and_a_notebook_in_prose_become_links():
         "({doc}`notebook 04 <04-failover-drills>` breaks it).")
 
 
+def test_each_step_of_a_list_is_linked():
+    assert book.link_mentions("Steps 3, 23 and 26", NOTEBOOK_PAGES) == \
+        "Steps {ref}`3 <step-3>`, {ref}`23 <step-23>` and {ref}`26 <step-26>`"
+
+
 def test_code_headings_and_links_are_left_as_they_are():
     text = ("### Step 31 — Configure pool_hba.conf\n`Step 3` in code, [Step 2](x.md) linked\n"
             "```\nStep 9 in a fence\n```\nand notebook 09, which does not exist\n")

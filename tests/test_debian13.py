@@ -203,7 +203,7 @@ def test_switchover_there_and_back_loses_nothing(provisioned_twice, capsys):
         assert "roles now: alpha primary, bravo standby, charlie standby" in back, back
         lost = drills.losses(env, traffic.writer)
         assert lost.primary == "alpha" and not lost.lost, lost
-        with capsys.disabled():     # the figures for the README
+        with capsys.disabled():     # the figures for book/failover.md
             print(f"\nswitchover there and back: {len(traffic.writer.acked)} rows acknowledged, 0 lost; "
                   f"longest write gap {traffic.writer.longest_gap(started, ended):.1f} s, failed writes "
                   f"{traffic.writer.failures_between(started, ended)}")

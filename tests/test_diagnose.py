@@ -64,7 +64,7 @@ def test_a_healthy_cluster_is_all_ok_fast_and_exit_0(healthy):
     out = healthy.stdout
     assert healthy.returncode == 0 and re.search(r"diagnosis in [\d.]+ s: \d+ OK, 0 WARN, 0 FAIL", out), out
     seconds = float(re.search(r"diagnosis in ([\d.]+) s", out).group(1))
-    print(f"diagnosis of the healthy lab took {seconds:.1f} s")          # the README quotes it; not asserted
+    print(f"diagnosis of the healthy lab took {seconds:.1f} s")          # book/operate.md quotes it; not asserted
     names = {name for name, _ in statuses(out)}
     assert {"server running", "standby streams", "pg_hba: pgpool connects", "listen_addresses",
             "pool_passwd configured", "pgpool node status", "client through pgpool"} <= names

@@ -1,6 +1,6 @@
 """How much of the guide the notebooks show (lib/provision/coverage.py has the counting rules). The floor
 is what the stored notebooks reach today, so a change that hides a command from the reader fails;
-the items still missing are the guide's md5 path and other deliberate differences (README)."""
+the items still missing are the guide's md5 path and other deliberate differences (the notebooks' boxes)."""
 from lib.provision import coverage as guide_coverage
 
 FLOOR = 0.88      # 111 of 125 since Step 30 checks health every 2 s, 2 retries (not 10 s, 3), on purpose

@@ -160,7 +160,7 @@ def test_first_run_shows_what_it_ran_with_host_and_user(provisioned_twice):
                  "vm2 (postgres) $ pg_basebackup -h 10.213.93.132 -U replicator -D /var/lib/postgresql/15/main/ -P -Xs -R "
                  "-c fast -w -d application_name=vm2",
                  "vm3 (root) $ apt-get update && apt-get install pgpool2 -y",
-                 "vm3 (labadmin) $ psql -h 10.213.93.134 -p 9999 -U postgres -c \"SHOW pool_nodes;\" -A",
+                 "vm3 (labadmin) $ psql -h 10.213.93.134 -p 9999 -U postgres -c \"SHOW pool_nodes;\"",
                  "vm1 (postgres) $ psql -c \"GRANT pg_read_all_stats TO pgpool;\"",
                  "vm3 (root) $ pg_enc -m -k /var/lib/postgresql/.pgpoolkey -f /etc/pgpool2/pgpool.conf -i /dev/stdin",
                  "vm3 (labadmin) $ psql -h 10.213.93.134 -p 9999 -U postgres -d testdb -c \"INSERT INTO employees"):

@@ -1,7 +1,10 @@
 """The operation model (lib/ops.py): literal actions, masked transcripts, handlers, check mode,
 and the bash forms that commands.sh is made of (run through real bash here)."""
+import grp
 import hashlib
 import json
+import os
+import pwd
 import subprocess
 
 import pytest
@@ -183,9 +186,6 @@ def test_a_session_option_shows_and_runs_before_psql(secrets_env):
 
 
 def test_the_kept_original_of_a_file_that_holds_secrets_is_private_too(tmp_path):
-    import grp
-    import os
-    import pwd
     target = tmp_path / ".pcppass"
     target.write_text("localhost:9898:pgpool:old-secret\n")
     target.chmod(0o644)
@@ -209,9 +209,6 @@ class LocalBash(Remote):
 
 
 def test_ensure_file_writes_a_missing_or_different_file_and_leaves_one_in_place(tmp_path):
-    import grp
-    import os
-    import pwd
     from lib import postgres
     path, text = tmp_path / "unit.conf", "[Service]\nKillMode=mixed\n"
     owner = f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
@@ -221,7 +218,7 @@ def test_ensure_file_writes_a_missing_or_different_file_and_leaves_one_in_place(
         changed = postgres.ensure_file(step, LocalBash(), str(path), text, owner=owner, mode="644", make_dir=True)
         return changed, [a for a in step.actions if isinstance(a, ops.FileChange)]
     changed, writes = planned()
-    assert changed and writes[0].old is None and writes[0].display().startswith(f"create {path}")
+    assert changed and writes[0].old is None and writes[0].display().startswith(f"install -m 644 -o {owner.split(':')[0]}")
     path.write_text(text)
     path.chmod(0o600)
     changed, writes = planned()
@@ -246,6 +243,39 @@ def test_a_file_written_the_same_on_another_host_is_named_not_printed_again():
         ops.FileChange(vm2, "root", path="/etc/x", old=None, new=("line one\nline two\n",)),
         ops.FileChange(vm2, "root", path="/etc/x", old=None, new=("another text\n",)))
     shown = step.preview()
-    assert "+line one" in shown[0]
+    assert "\nline one\n" in shown[0]
     assert shown[1].endswith("create /etc/x: the same as on vm1 above") and "line one" not in shown[1]
-    assert "+another text" in shown[2]
+    assert "\nanother text\n" in shown[2]
+
+
+def test_the_kept_original_is_named_once_per_file():
+    first = ops.FileChange(FakeRemote(), "root", path="/etc/x.conf", old="a = 1\n", new=("a = 2\n",))
+    later = ops.FileChange(FakeRemote(), "root", path="/etc/x.conf", old="a = 2\n", new=("a = 3\n",), original_kept=True)
+    assert KEPT in first.display() and KEPT not in later.display()
+    assert later.record()["original"] == "/etc/x.conf.pgguide-orig"      # the record still names it
+
+
+def test_a_long_command_line_is_shown_one_command_a_line_and_bash_reads_it_the_same():
+    line = ("k=$(cat) && touch /var/lib/postgresql/.ssh/known_hosts && { grep -v -- '^10.0.0.1 ' known_hosts || true; "
+            "echo \"10.0.0.1 $k\"; } > known_hosts.new && chown 'a && b' x; mv known_hosts.new known_hosts"
+            "    # stdin: vm1 (root) $ cat a; cat b")
+    assert ops.readable(line) == (
+        "k=$(cat) &&\n    touch /var/lib/postgresql/.ssh/known_hosts &&\n"
+        "    { grep -v -- '^10.0.0.1 ' known_hosts || true; echo \"10.0.0.1 $k\"; } > known_hosts.new &&\n"
+        "    chown 'a && b' x\n    mv known_hosts.new known_hosts    # stdin: vm1 (root) $ cat a; cat b")
+    assert ops.readable("short && line") == "short && line"
+    script = "a=1 && b=$((a + 1)) && c=\"x && y\"; echo \"$a $b $c\"" + " " * 120
+    said = subprocess.run(["bash", "-c", ops.readable(script)], capture_output=True, text=True).stdout
+    assert said == "1 2 x && y\n"
+
+
+def test_a_new_file_is_shown_as_a_command_that_writes_it(tmp_path):
+    target = tmp_path / "failover.sh"
+    text = "#!/bin/bash\ncat <<'EOF'\nhi\nEOF\n"
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    shown = ops.FileChange(FakeRemote(), "root", path=str(target), old=None, new=(text,), owner=f"{user}:{group}",
+                           mode="750").display()
+    assert shown.startswith(f"install -m 750 -o {user} -g {group} /dev/stdin {target} <<'END_OF_FILE'\n")
+    subprocess.run(["bash", "-c", shown], check=True)           # what a reader copies does what we did
+    assert target.read_text() == text and oct(target.stat().st_mode & 0o777) == "0o750"

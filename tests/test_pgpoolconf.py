@@ -47,3 +47,15 @@ def test_the_socket_directory_setting_takes_the_name_this_pgpool_ships():
     assert part2.socket_setting(shipped_46) == "unix_socket_directories"
     text, _ = set_settings(shipped_46, {part2.socket_setting(shipped_46): part2.SOCKET_DIR})
     assert "unix_socket_directories = '/var/run/postgresql'" in text.splitlines()
+
+
+def test_every_setting_of_step_30_falls_in_one_of_the_guides_groups():
+    from lib import params as P
+    from lib import part2
+    params = P.load()
+    names = list(part2.pgpool_settings(params))
+    groups = part2.guide_groups(names, params.database_hosts)
+    grouped = [n for _, _, found in groups for n in found]
+    assert sorted(grouped) == sorted(names), set(names) ^ set(grouped)
+    assert [t for t, _, _ in groups][:4] == ["Listening", "Backend 0: the primary (vm1)", "Backend 1: a standby (vm2)",
+                                             "Load balancing"]

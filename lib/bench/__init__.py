@@ -1,7 +1,7 @@
 """ci/bench: numbers users can choose by, measured on a fresh lab and written to bench/results.json.
 
 Each module measures one thing and returns plain data; lib.bench.report turns results.json into the
-table, the plots and the README's Performance section. Nothing here is asserted in tests: a
+table, the plots and book/performance.md. Nothing here is asserted in tests: a
 benchmark reports, it does not judge.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ci/bench: bring up a fresh lab, measure, write bench/results.json, the plots and the README's
+"""ci/bench: bring up a fresh lab, measure, write bench/results.json, the plots and book/performance.md's
 Performance section, and take the lab down. Run as root, with no other use of that lab."""
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sessions", type=int, default=1000, help="sessions per weight setting")
     ap.add_argument("--cold-image", action="store_true", help="also build the lab image from nothing")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
-    ap.add_argument("--no-readme", action="store_true", help="write bench/results.json but leave README.md alone")
+    ap.add_argument("--no-page", action="store_true", help="write bench/results.json but leave book/performance.md alone")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("ci/bench: run as root (it starts the lab)", file=sys.stderr)
@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
 
 def finish(results: dict, only: set, a, started: float, say) -> int:
     """Record the results (merged into the earlier ones when only some sections ran), the plots and the
-    README's section."""
+    book/performance.md's section."""
     results["seconds"] = round(time.monotonic() - started, 1)
     report.RESULTS.parent.mkdir(exist_ok=True)
     if only == set(SECTIONS) and report.RESULTS.exists():   # the run before: how far this one's figures are
@@ -129,12 +129,12 @@ def finish(results: dict, only: set, a, started: float, say) -> int:
                    "updated": [*earlier.get("updated", []), remeasured]}
     report.RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     report.plots(results, report.RESULTS.parent)
-    if not a.no_readme:
-        report.update_readme(results)
+    if not a.no_page:
+        report.update_page(results)
     say("")
     say(report.console(results))
     say(f"bench done in {time.monotonic() - started:.0f} s: {report.RESULTS.relative_to(REPO)}"
-        + ("" if a.no_readme else ", README.md's Performance section"))
+        + ("" if a.no_page else ", book/performance.md"))
     return 0
 
 

@@ -35,7 +35,7 @@ def figures(r, path: tuple = ()) -> dict[str, dict]:
     return found
 
 
-#: how far apart two runs' medians may be and still count as the same (the README says why: 20%)
+#: how far apart two runs' medians may be and still count as the same (book/performance.md says why: 20%)
 BAND = 0.20
 
 

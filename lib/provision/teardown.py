@@ -80,5 +80,5 @@ def main(params, say: Callable[[str], None]) -> int:
     say(f"teardown done. Left in place on purpose: {env.primary.host.name} as it is (replicator role, pg_hba "
         f"lines, {postgres.TEST_DB}); the {params.pgpool['package']} package and its configuration on "
         f"{env.pgpool.host.name}. The standbys are standalone servers now: provisioning again will not clone "
-        "over one that may hold writes of its own (README: Before a standby is wiped).")
+        "over one that may hold writes of its own (book/operate.md: Before a standby is wiped).")
     return 0
