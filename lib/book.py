@@ -44,13 +44,39 @@ NOTEBOOK_MENTION = re.compile(r"\b([Nn]otebook) (0\d)\b")
 FENCE_LINE = re.compile(r"^\s*(```|~~~)")
 
 
+POSTGRES_DOCS = "https://www.postgresql.org/docs/15/"
+PGPOOL_DOCS = "https://www.pgpool.net/docs/latest/en/html/"
+#: each setting the prose names, on the page of its documentation (anchors are GUC-<NAME>, as both projects'
+#: DocBook sources make them). A name both servers use (listen_addresses, logging_collector) is left out.
+SETTING_PAGES = {
+    POSTGRES_DOCS + "runtime-config-wal.html": "wal_level wal_log_hints synchronous_commit wal_writer_delay",
+    POSTGRES_DOCS + "runtime-config-replication.html": "max_wal_senders wal_keep_size synchronous_standby_names "
+                                                       "primary_conninfo wal_receiver_timeout wal_retrieve_retry_interval",
+    POSTGRES_DOCS + "runtime-config-connection.html": "max_connections password_encryption tcp_user_timeout",
+    POSTGRES_DOCS + "runtime-config-client.html": "default_transaction_read_only",
+    PGPOOL_DOCS + "runtime-config-connection.html": "num_init_children max_pool",
+    PGPOOL_DOCS + "runtime-config-health-check.html": "health_check_period health_check_timeout health_check_max_retries "
+                                                      "health_check_retry_delay",
+    PGPOOL_DOCS + "runtime-streaming-replication-check.html": "sr_check_period delay_threshold delay_threshold_by_time",
+    PGPOOL_DOCS + "runtime-config-load-balancing.html": "statement_level_load_balance disable_load_balance_on_write "
+                                                        "database_redirect_preference_list app_name_redirect_preference_list "
+                                                        "user_redirect_preference_list",
+    PGPOOL_DOCS + "runtime-config-failover.html": "failover_command failback_command follow_primary_command "
+                                                  "failover_on_backend_error search_primary_node_timeout auto_failback "
+                                                  "auto_failback_interval detach_false_primary",
+}
+SETTING_DOCS = {name: f"{page}#GUC-{name.upper().replace('_', '-')}"
+                for page, names in SETTING_PAGES.items() for name in names.split()}
+SETTING_SPAN = re.compile(r"`([a-z_]+)(?: = [^`]*)?`")
+
+
 def step_label(n: int | str) -> str:
     return f"step-{int(n)}"
 
 
 def link_mentions(text: str, notebooks: dict[str, str]) -> str:
-    """Each "Step N" (and "Steps N–M") and "notebook 0N" in prose a MyST reference; code spans, fenced
-    code, headings and links are left as they are."""
+    """Each "Step N" (and "Steps N–M") and "notebook 0N" in prose a MyST reference, and each setting in a code
+    span a link to its documentation; fenced code, headings and links are left as they are."""
     out, in_fence = [], False
     for line in text.splitlines(True):
         if FENCE_LINE.match(line):
@@ -59,8 +85,14 @@ def link_mentions(text: str, notebooks: dict[str, str]) -> str:
             out.append(line)
             continue
         parts = re.split(r"(`[^`]*`|\[[^\]]*\]\([^)]*\))", line)
-        out.append("".join(p if i % 2 else _linked(p, notebooks) for i, p in enumerate(parts)))
+        out.append("".join(_documented(p) if i % 2 else _linked(p, notebooks) for i, p in enumerate(parts)))
     return "".join(out)
+
+
+def _documented(span: str) -> str:
+    """A code span naming a setting (`wal_level`, `wal_level = replica`) as a link to its documentation."""
+    found = SETTING_SPAN.fullmatch(span)
+    return f"[{span}]({SETTING_DOCS[found.group(1)]})" if found and found.group(1) in SETTING_DOCS else span
 
 
 def _linked(prose: str, notebooks: dict[str, str]) -> str:

@@ -28,8 +28,22 @@ def test_each_step_of_a_list_is_linked():
         "Steps {ref}`3 <step-3>`, {ref}`23 <step-23>` and {ref}`26 <step-26>`"
 
 
+def test_a_setting_links_to_its_documentation():
+    assert book.link_mentions("`wal_level = replica` and `health_check_period`, not `listen_addresses`", {}) == (
+        "[`wal_level = replica`](https://www.postgresql.org/docs/15/runtime-config-wal.html#GUC-WAL-LEVEL) and "
+        "[`health_check_period`](https://www.pgpool.net/docs/latest/en/html/runtime-config-health-check.html"
+        "#GUC-HEALTH-CHECK-PERIOD), not `listen_addresses`")
+
+
+def test_every_documented_setting_is_named_somewhere_in_the_prose():
+    prose = "\n".join([c.source for p in NOTEBOOKS for c in nbformat.read(p, as_version=4).cells]
+                      + [p.read_text() for p in book.PAGES.glob("*.md")])
+    unused = [n for n in book.SETTING_DOCS if f"`{n}" not in prose]
+    assert not unused, f"links kept for settings the prose never names: {unused}"
+
+
 def test_code_headings_and_links_are_left_as_they_are():
-    text = ("### Step 31 — Configure pool_hba.conf\n`Step 3` in code, [Step 2](x.md) linked\n"
+    text = ("### Step 31 — Configure `wal_level`, pool_hba.conf\n`Step 3` in code, [Step 2](x.md) linked\n"
             "```\nStep 9 in a fence\n```\nand notebook 09, which does not exist\n")
     assert book.link_mentions(text, NOTEBOOK_PAGES) == text
 

@@ -38,3 +38,20 @@ def test_notebook_04s_table_lists_the_drills_it_runs():
     table = re.findall(r"^\| (\d+[a-z]?) \|", prose("04-failover-drills.ipynb"), re.M)
     run = re.findall(r'^figures\["(\d+[a-z]?) ', code("04-failover-drills.ipynb"), re.M)
     assert table == run, f"the table lists drills {table}; the notebook runs {run}"
+
+
+def test_each_notebook_says_what_it_teaches_needs_and_takes_and_ends_with_a_recap():
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        first, last = nb.cells[1].source, nb.cells[-1].source
+        assert all(w in first for w in ("**You will learn**", "**You need**", "**It takes**")), path.name
+        assert last.startswith("## Recap"), path.name
+
+
+def test_the_time_a_notebook_says_it_takes_is_what_ci_bench_measured():
+    import json
+    measured = json.loads((REPO / "bench" / "results.json").read_text())["provisioning"]["notebooks, fresh"]
+    for name, figure in measured.items():
+        said = re.search(r"\*\*It takes\*\* about (\d+) s on the lab", prose(f"{name}.ipynb"))
+        assert said and int(said.group(1)) == max(1, round(figure["median"])), \
+            f"{name} says {said and said.group(0)}; ci/bench measured {figure['median']:.1f} s (bench/results.json)"
