@@ -20,6 +20,7 @@ host on stdin, and written into commands.sh as `${PGGUIDE_...}` references.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import shlex
 from dataclasses import dataclass, field
@@ -296,6 +297,27 @@ def readable(line: str) -> str:
     return "\n    ".join(pieces)
 
 
+def text_sum(text: str) -> str:
+    """What edit_lines checks a file against: the start of its SHA-256."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def line_edits(old: str, new: str) -> str:
+    """The edit that turns `old` into `new`, one line each, numbered by `old`'s lines: `N c TEXT` (line N becomes
+    TEXT), `N d` (line N goes), `N i TEXT` (TEXT goes before line N; one past the last line appends)."""
+    a, b = old.splitlines(), new.splitlines()
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op == "equal":
+            continue
+        if op == "replace" and i2 - i1 == j2 - j1:
+            out += [f"{i1 + k + 1} c {b[j1 + k]}" for k in range(i2 - i1)]
+            continue
+        out += [f"{k + 1} d" for k in range(i1, i2)]
+        out += [f"{i2 + 1} i {line}" for line in b[j1:j2]]
+    return "".join(line + "\n" for line in out)
+
+
 @dataclass
 class FileChange(Action):
     """Replace a file's text, atomically: a temporary file in the same directory, owner and mode
@@ -335,6 +357,20 @@ class FileChange(Action):
 
     def stdin(self):
         return (*self.new, WRITE_COMPLETE)
+
+    def bash(self) -> str:
+        """In commands.sh: an edit of a file that is there, without secrets, as its changed lines (edit_lines, defined
+        in the script's preamble, checks that the file is the text it was made from, and the result); anything
+        else written whole."""
+        if self.old is None or has_secret(self.new) or self.mask_line:
+            return super().bash()
+        new = masked(self.new)
+        script = line_edits(self.old, new)
+        if not script or not new.endswith("\n") or not self.old.endswith("\n"):
+            return super().bash()
+        end = delimiter("EDIT", script)
+        call = shlex.quote(f"; edit_lines {self.path} {text_sum(self.old)} {text_sum(new)}")
+        return f'on {self.host} {self.user or "-"} "$EDIT_LINES"{call} <<\'{end}\'\n{script}{end}'
 
     def diff(self) -> list[str]:
         new = masked(self.new)

@@ -85,3 +85,28 @@ def test_commands_sh_is_bash_with_every_applied_action_and_secrets_as_references
     assert "declare -A ADDRESS=([vm1]=10.213.93.132 [vm2]=10.213.93.133 [vm3]=10.213.93.134)" in script
     (tmp_path / "commands.sh").write_text(script)
     assert subprocess.run(["bash", "-n", str(tmp_path / "commands.sh")]).returncode == 0
+
+
+def test_an_edit_in_commands_sh_is_its_changed_lines_and_gives_the_runs_text(tmp_path):
+    import subprocess
+
+    from lib import ops
+    from lib.provision.record import COMMANDS_PREAMBLE
+    from tests.test_ops import FakeRemote
+
+    old = "".join(f"#setting_{i} = {i}\t\t# shipped comment {i}\n" for i in range(200)) + "  indented \\ line\n"
+    new = (old.replace("#setting_7 = 7", "setting_7 = 'seven'").replace("#setting_150 = 150\t\t# shipped comment 150\n", "")
+           .replace("#setting_9 = 9\t\t# shipped comment 9\n", "#setting_9 = 9\t\t# shipped comment 9\nadded = 'x y'\n")
+           + "appended = 1\n")
+    target = tmp_path / "x.conf"
+    target.write_text(old)
+    shown = ops.FileChange(FakeRemote(), "root", path=str(target), old=old, new=(new,)).bash()
+    assert shown.count("\n") <= 8, shown                 # the changed lines, not the file
+    edit_lines = COMMANDS_PREAMBLE.split("EDIT_LINES=", 1)[1].split("\n\nssh_to", 1)[0].replace("{{", "{").replace("}}", "}")
+    script = f'EDIT_LINES={edit_lines}\non() {{ bash -c "$3"; }}\n{shown}\n'
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert target.read_text() == new and (tmp_path / "x.conf.pgguide-orig").read_text() == old
+    again = subprocess.run(["bash", "-c", script], capture_output=True, text=True)      # now it is another text
+    assert again.returncode != 0 and "not the text this edit was made from" in again.stderr
+    assert target.read_text() == new

@@ -106,6 +106,25 @@ else:
 PY
 }}
 
+# edit_lines FILE OLD NEW, its edit on stdin: a file that is there changed line by line, as the run changed it.
+# Each line of the edit is `N c TEXT` (line N becomes TEXT), `N d` (line N goes) or `N i TEXT` (TEXT goes before
+# line N), numbered as the file was. OLD and NEW are the start of the file's SHA-256 before and after: a file that
+# is not the text the edit was made from is left as it is. It runs on the host, so `on` sends it along.
+EDIT_LINES='edit_lines() {{
+  local f=$1 t
+  [ "$(sha256sum < "$f" | cut -c1-16)" = "$2" ] || {{ echo "$f: not the text this edit was made from; left as it is" >&2; return 1; }}
+  t=$(mktemp "$f.XXXXXX")
+  awk '"'"'NR == FNR {{ n = $1 + 0; op = $2; text = substr($0, length($1) + length(op) + 3)
+                    if (op != "i") gone[n] = 1
+                    if (op != "d") before[n] = before[n] text "\n"
+                    next }}
+       {{ if (FNR in before) printf "%s", before[FNR]; if (!(FNR in gone)) print }}
+       END {{ if ((FNR + 1) in before) printf "%s", before[FNR + 1] }}'"'"' /dev/stdin "$f" > "$t"
+  [ "$(sha256sum < "$t" | cut -c1-16)" = "$3" ] || {{ rm -f "$t"; echo "$f: the edit did not give the text the run wrote" >&2; return 1; }}
+  [ -e "$f.pgguide-orig" ] || cp -p "$f" "$f.pgguide-orig"
+  chown --reference="$f" "$t" && chmod --reference="$f" "$t" && mv -f "$t" "$f"
+}}'
+
 ssh_to() {{
   ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes \
       -o UserKnownHostsFile="$KNOWN_HOSTS" -i "$SSH_KEY" -p "$SSH_PORT" "$SSH_USER@${{ADDRESS[$1]}}" "$2"
