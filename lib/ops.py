@@ -359,9 +359,13 @@ class FileChange(Action):
         return (*self.new, WRITE_COMPLETE)
 
     def bash(self) -> str:
-        """In commands.sh: an edit of a file that is there, without secrets, as its changed lines (edit_lines, defined
-        in the script's preamble, checks that the file is the text it was made from, and the result); anything
-        else written whole."""
+        """In commands.sh: a new file from its copy in the record (files/), an edit of a file that is there as its
+        changed lines (edit_lines, defined in the script's preamble, checks that the file is the text it was made
+        from, and the result); a file that holds a secret written whole, the secret a variable."""
+        if self.old is None and not has_secret(self.new) and not self.mask_line:
+            user, _, group = (self.owner or "root:root").partition(":")
+            install = f"install -m {self.mode or '644'} -o {user} -g {group} /dev/stdin {shlex.quote(self.path)}"
+            return f'on {self.host} {self.user or "-"} {shlex.quote(install)} < "$FILES/{self.kept_as()}"'
         if self.old is None or has_secret(self.new) or self.mask_line:
             return super().bash()
         new = masked(self.new)
@@ -406,8 +410,15 @@ class FileChange(Action):
         super().run()
         return ""
 
+    def kept_as(self) -> str:
+        """Where commands.sh finds a new file's text: files/<host><path>, beside it in the run record."""
+        return f"{self.host}{self.path}"
+
     def record(self) -> dict:
-        return super().record() | ({"original": self.original} if self.old is not None else {})
+        new_file = self.old is None and not has_secret(self.new) and not self.mask_line
+        return (super().record() | ({"original": self.original} if self.old is not None else {})
+                | ({"file": {"name": self.kept_as(), "text": masked(self.new)},
+                    "bash_whole": Action.bash(self)} if new_file else {}))
 
 
 @dataclass

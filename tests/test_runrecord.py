@@ -110,3 +110,34 @@ def test_an_edit_in_commands_sh_is_its_changed_lines_and_gives_the_runs_text(tmp
     again = subprocess.run(["bash", "-c", script], capture_output=True, text=True)      # now it is another text
     assert again.returncode != 0 and "not the text this edit was made from" in again.stderr
     assert target.read_text() == new
+
+
+def test_a_new_file_in_commands_sh_is_written_from_its_copy_in_the_record(tmp_path):
+    import subprocess
+
+    from lib import ops
+    from lib import params as P
+    from lib.provision.record import commands_sh, record_files
+    from tests.test_ops import FakeRemote
+
+    target = tmp_path / "etc" / "failover.sh"
+    target.parent.mkdir()
+    text = "#!/bin/bash\necho 'failing over'\n"
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    group = subprocess.run(["id", "-gn"], capture_output=True, text=True).stdout.strip()
+    made = ops.FileChange(FakeRemote(), "root", path=str(target), old=None, new=(text,), owner=f"{user}:{group}", mode="750")
+    other = ops.FileChange(FakeRemote(), "root", path=str(target), old=None, new=("another text\n",))
+    s = Summary("lab", "params/lab.yaml")
+    s.steps = [StepRecord("03-failover", 42, "Failover commands", "changed")]
+    s.steps[0].add_events([{**made.record(), "applied": True}, {**other.record(), "applied": True}])
+    script, files = commands_sh(s, P.load()), record_files(s)
+    assert files == {f"vm1{target}": text}
+    assert f'install -m 750 -o {user} -g {group} /dev/stdin {target}\' < "$FILES/vm1{target}"' in script
+    assert "another text" in script                      # the same name with another text: written whole
+    (tmp_path / "files" / f"vm1{target.parent}").mkdir(parents=True)
+    (tmp_path / "files" / f"vm1{target}").write_text(text)
+    line = next(l for l in script.splitlines() if "$FILES/" in l)
+    done = subprocess.run(["bash", "-c", f'on() {{ bash -c "$3"; }}\nFILES={tmp_path}/files\n{line}'],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert target.read_text() == text and oct(target.stat().st_mode & 0o777) == "0o750"

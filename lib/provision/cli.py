@@ -19,7 +19,7 @@ import nbformat
 from lib import REPO
 from lib.provision import runbook
 from lib.provision.notebooks import NOTEBOOKS, QUIET_KERNEL, guide_notebooks
-from lib.provision.record import StepRecord, Summary, commands_sh, render_html
+from lib.provision.record import StepRecord, Summary, commands_sh, record_files, render_html
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
@@ -195,6 +195,10 @@ def provision(params_file: Path, prm, console: Console) -> int:
     by_hand = record_dir / "commands.sh"
     by_hand.write_text(commands_sh(summary, prm))
     by_hand.chmod(0o700)
+    for name, text in record_files(summary).items():
+        kept = record_dir / "files" / name
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(text)
     (record_dir / "provision.log").write_text("\n".join(console.lines) + "\n")
     return EXIT_FAILED if failure else 0
 

@@ -83,6 +83,8 @@ SSH_KEY=${{SSH_KEY:-{key}}}
 KNOWN_HOSTS=${{KNOWN_HOSTS:-{known_hosts}}}
 SSH_PORT=${{SSH_PORT:-{port}}}
 declare -A ADDRESS=({addresses})
+# the new files the run wrote, as it wrote them: files/HOST/PATH beside this script
+FILES=${{FILES:-$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)/files}}
 
 q() {{ local s=${{1//\'/\'\\\'\'}}; printf "'%s'" "$s"; }}             # quoted for a shell
 sql_literal() {{ local s=${{1//\'/\'\'}}; printf "'%s'" "$s"; }}          # an SQL string literal
@@ -147,18 +149,39 @@ on() {{
 """
 
 
+def record_files(summary: "Summary") -> dict[str, str]:
+    """The new files the run wrote, by their name under files/ (host, then path): commands.sh writes them from there."""
+    files: dict[str, str] = {}
+    for step in summary.steps:
+        for a in step.actions:
+            _kept(a, files)
+    return files
+
+
+def _kept(action: dict, files: dict[str, str]) -> str:
+    """The action's line in commands.sh; a new file's text goes to `files`, unless another text took its name
+    (then it is written whole, in the script)."""
+    kept = action.get("file")
+    if not kept:
+        return action["bash"]
+    if files.setdefault(kept["name"], kept["text"]) != kept["text"]:
+        return action["bash_whole"]
+    return action["bash"]
+
+
 def commands_sh(summary: "Summary", params) -> str:
-    """The run's applied actions as a plain bash script (see COMMANDS_PREAMBLE)."""
+    """The run's applied actions as a plain bash script (see COMMANDS_PREAMBLE); the new files it writes are
+    record_files(summary), kept in files/ beside it."""
     import re as _re
 
     from lib.params import resolve_path
 
-    body = []
+    body, files = [], {}
     for step in summary.steps:
         if step.actions:
             label = f"Step {step.step} — {step.title}" if step.step is not None else step.title
             body.append(f"\n# {step.notebook}: {label}")
-            body += [f"# {a['host']} ({a['user']}): {a['what']}\n{a['bash']}" for a in step.actions]
+            body += [f"# {a['host']} ({a['user']}): {a['what']}\n{_kept(a, files)}" for a in step.actions]
     text = "\n".join(body)
     variables = sorted(set(_re.findall(r"\$\{(PGGUIDE_[A-Z_]+)\}", text)))
     ssh = params.ssh
