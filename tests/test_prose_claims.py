@@ -43,7 +43,7 @@ def test_notebook_04s_table_lists_the_drills_it_runs():
 def test_each_notebook_says_what_it_teaches_needs_and_takes_and_ends_with_a_recap():
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
-        first, last = nb.cells[1].source, nb.cells[-1].source
+        first, last = nb.cells[1].source, nb.cells[-1].source      # right after the title and its first paragraph
         assert all(w in first for w in ("**You will learn**", "**You need**", "**It takes**")), path.name
         assert last.startswith("## Recap"), path.name
 
