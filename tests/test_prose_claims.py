@@ -55,3 +55,12 @@ def test_the_time_a_notebook_says_it_takes_is_what_ci_bench_measured():
         said = re.search(r"\*\*It takes\*\* about (\d+) s on the lab", prose(f"{name}.ipynb"))
         assert said and int(said.group(1)) == max(1, round(figure["median"])), \
             f"{name} says {said and said.group(0)}; ci/bench measured {figure['median']:.1f} s (bench/results.json)"
+
+
+def test_the_tutorial_names_no_test_file_and_nothing_names_an_issue():
+    """The notebooks teach; the chapters for operators and maintainers may cite the tests that prove a claim."""
+    texts = {p.name: prose(p.name) for p in NOTEBOOKS} | {"README.md": README} | \
+        {p.name: re.sub(r"tests/test_\w+", "", p.read_text()) for p in (REPO / "book").glob("*.md")}
+    found = {name: m.group(0) for name, text in texts.items()
+             for m in [re.search(r"tests/test_\w+|\b[Ii]ssues? #?\d+|\(issue", text)] if m}
+    assert not found, f"maintainer detail in the reader's text: {found}"
