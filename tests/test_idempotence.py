@@ -104,11 +104,14 @@ def test_two_runs_leave_two_records(provisioned_twice):
     assert first != second and first.parent == second.parent == REPO / "runs" / "lab"
     for record in (first, second):
         # kernels.log only when a kernel wrote to stderr (ipykernel's shutdown noise, now and then)
-        names = sorted(p.name for p in record.iterdir() if p.name != "kernels.log")
+        names = sorted(p.name for p in record.iterdir() if p.name not in ("kernels.log", "files"))
         assert names == ["00-environment.html", "00-environment.ipynb", "01-streaming-replication.html",
                          "01-streaming-replication.ipynb", "02-pgpool.html", "02-pgpool.ipynb",
                          "03-failover.html", "03-failover.ipynb", "commands.sh", "provision.log", "summary.json"]
         assert summary(record)["result"] == "succeeded"
+    # the new files the first run wrote, which its commands.sh installs from there; the second wrote none
+    assert (first / "files" / "vm3" / "etc" / "pgpool2" / "failover.sh").is_file()
+    assert not (second / "files").exists()
 
 
 def test_summary_says_what_each_step_changed(provisioned_twice):
