@@ -64,3 +64,40 @@ def test_the_tutorial_names_no_test_file_and_nothing_names_an_issue():
     found = {name: m.group(0) for name, text in texts.items()
              for m in [re.search(r"tests/test_\w+|\b[Ii]ssues? #?\d+|\(issue", text)] if m}
     assert not found, f"maintainer detail in the reader's text: {found}"
+
+
+def step_cells(name: str, number: int) -> tuple[str, str]:
+    """A step's prose and its stored output, from its heading to the next heading."""
+    nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
+    prose_, output, inside = [], [], False
+    for c in nb.cells:
+        if c.cell_type == "markdown":
+            if re.search(rf"^#+ Step {number} — ", c.source, re.M):
+                inside = True
+            elif inside and re.search(r"^#+ ", c.source, re.M):
+                break
+            if inside:
+                prose_.append(c.source)
+        elif inside:
+            output.append("".join(o.get("text", "") for o in c.outputs))
+    return "\n".join(prose_), "\n".join(output)
+
+
+def test_step_9s_flag_table_names_the_flags_that_ran():
+    text, output = step_cells("01-streaming-replication.ipynb", 9)
+    command = next(line for line in output.splitlines() if "pg_basebackup " in line)
+    flags = [w for row in re.findall(r"^\| `([^`]+)`", text, re.M) for w in row.split() if w.startswith("-")]
+    assert len(flags) >= 8 and all(f" {f} " in f" {command} " for f in flags), (flags, command)
+
+
+def test_step_8s_prose_says_the_command_that_ran():
+    text, output = step_cells("01-streaming-replication.ipynb", 8)
+    assert "rm -rf" in text and " && ls " in output and "find " not in text
+
+
+def test_step_34_names_every_column_psql_prints():
+    text, output = step_cells("02-pgpool.ipynb", 34)
+    header = next(line for line in output.splitlines() if line.lstrip().startswith("node_id"))
+    columns = [c.strip() for c in header.split("|")]
+    unnamed = [c for c in columns if f"`{c}`" not in text and c not in ("node_id", "hostname", "port")]
+    assert len(columns) == 14 and not unnamed, unnamed
