@@ -19,7 +19,7 @@ from lib.ops import Secret, guide_step
 from lib.part1 import REPLICATION_ROLE
 from lib.postgres import TEST_DB, auth_method, conf_file, patience
 from lib.roles import sql_literal
-from lib.show import expect, table
+from lib.show import expect, masked_columns, table
 from lib.wait import wait_until
 
 PGPOOL_ROLE = "pgpool"
@@ -893,30 +893,15 @@ def psql_through_pgpool(env, sql: str, database: str = TEST_DB, times: int = 1) 
 UNSTABLE_POOL_NODES_COLUMNS = {"load_balance_node": "(drawn)", "last_status_change": "YYYY-MM-DD hh:mm:ss"}
 
 
-def masked_columns(table_text: str, masks: dict[str, str]) -> str:
-    """psql's aligned table with the values of the named columns replaced, each cell keeping its width."""
-    lines = table_text.splitlines()
-    if len(lines) < 2:
-        return table_text
-    names = [c.strip() for c in lines[0].split("|")]
-    out = lines[:2]
-    for line in lines[2:]:
-        cells = line.split("|")
-        if len(cells) == len(names):
-            cells = [(" " + masks[n]).ljust(len(c)) if n in masks else c for n, c in zip(names, cells)]
-        out.append("|".join(cells))
-    return "\n".join(out)
-
-
-def show_pool_nodes(env) -> str:
+def show_pool_nodes(env, also: tuple[str, ...] = ()) -> str:
     """The guide's `SHOW pool_nodes` with psql from the pgpool host, aligned as psql prints it, with the
-    values that differ on every run masked (and the comment saying so)."""
+    values that differ on every run masked (and the comment saying so); `also`: more columns to mask."""
     vm3 = env.pgpool
     command = f"psql -h {vm3.host.address} -p {env.params.pgpool['port']} -U postgres -c \"SHOW pool_nodes;\""
     out = as_client(vm3, command, "postgres").stdout.rstrip()
-    said = ", ".join(UNSTABLE_POOL_NODES_COLUMNS)
-    return (f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}    # {said}: masked, they differ on every run\n"
-            + masked_columns(out, UNSTABLE_POOL_NODES_COLUMNS))
+    masks = {**{c: "…" for c in also}, **UNSTABLE_POOL_NODES_COLUMNS}
+    return (f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}    # {', '.join(masks)}: masked, they differ "
+            "on every run\n" + masked_columns(out, masks))
 
 
 def pgpool_sql_login(env, database: str = TEST_DB) -> dict:
@@ -991,7 +976,7 @@ def verify_load_balancing(env) -> ops.Step:
             ["node_id", "hostname", "role", "select_cnt"],
             [[n["node_id"], n["hostname"], n["role"], int(n["select_cnt"]) - before.get(n["node_id"], 0)] for n in after])
         expect(grew == 3, f"select_cnt grew by {grew} over the guide's 3 queries.", "something else queries pgpool.")
-        return (shown + "\n" + through_pgpool_prompt(env) + "SHOW pool_nodes;   # before and after\n"
+        return (shown + "\n" + show_pool_nodes(env, also=("select_cnt",)) + "\n"
                 "select_cnt grew by 3 in all; which server answered each session is chance (the guide's 1:2 split "
                 f"happens {loadbalance.chance_of_guides_split(hosts):.0%} of the time)")
 

@@ -44,3 +44,18 @@ def positions_named(text: str) -> str:
     """WAL positions and timeline numbers (different on every run) as <lsn> and <n>, for outputs
     that are compared."""
     return re.sub(r"\btimeline \d+", "timeline <n>", re.sub(r"\b[0-9A-F]+/[0-9A-F]+\b", "<lsn>", text))
+
+
+def masked_columns(table_text: str, masks: dict[str, str]) -> str:
+    """psql's aligned table with the values of the named columns replaced, each cell keeping its width."""
+    lines = table_text.splitlines()
+    if len(lines) < 2:
+        return table_text
+    names = [c.strip() for c in lines[0].split("|")]
+    out = lines[:2]
+    for line in lines[2:]:
+        cells = line.split("|")
+        if len(cells) == len(names):
+            cells = [(" " + masks[n]).ljust(len(c)) if n in masks else c for n, c in zip(names, cells)]
+        out.append("|".join(cells))
+    return "\n".join(out)

@@ -24,7 +24,8 @@ def test_fields_align():
 
 
 def test_masked_columns_keep_psqls_alignment():
-    from lib.part2 import UNSTABLE_POOL_NODES_COLUMNS, masked_columns
+    from lib.part2 import UNSTABLE_POOL_NODES_COLUMNS
+    from lib.show import masked_columns
     shown = (" node_id | load_balance_node | last_status_change  \n"
              "---------+-------------------+---------------------\n"
              " 0       | true              | 2026-12-07 04:30:15\n"
