@@ -136,3 +136,10 @@ def test_a_step_with_no_heading_fails_the_build(tmp_path, monkeypatch):
     nbformat.write(nb, broken / NOTEBOOKS[0].name)
     with pytest.raises(SystemExit, match="sphinx-build failed"):
         book.build(broken, out=tmp_path / "book")
+
+
+def test_step_30s_diff_is_folded_and_its_grouped_settings_shown(site):
+    page = (site / "02-pgpool.html").read_text()
+    folded = re.search(r"<details class=\"[^\"]*hide[^\"]*\">(.*?)</details>", page, re.S)
+    assert folded and "edit /etc/pgpool2/pgpool.conf" in folded.group(1)
+    assert "grouped as the guide groups them" in page.replace(folded.group(1), "")

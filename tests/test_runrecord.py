@@ -141,3 +141,20 @@ def test_a_new_file_in_commands_sh_is_written_from_its_copy_in_the_record(tmp_pa
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert target.read_text() == text and oct(target.stat().st_mode & 0o777) == "0o750"
+
+
+def test_a_wrapped_command_is_named_on_a_line_of_its_own_in_commands_sh():
+    from lib import ops
+    from lib import params as P
+    from lib.provision.record import commands_sh
+    from tests.test_ops import FakeRemote
+
+    guarded = ops.Command(FakeRemote(), "postgres", "{ test -d /x; } || exit 1; rm -rf /x/* && ls /x/",
+                          shown="rm -rf /x/* && ls /x/")
+    plain = ops.Command(FakeRemote(), "root", "systemctl reload postgresql")
+    s = Summary("lab", "params/lab.yaml")
+    s.steps = [StepRecord("01-streaming-replication", 8, "Clear Slave Data Directory", "changed")]
+    s.steps[0].add_events([{**guarded.record(), "applied": True}, {**plain.record(), "applied": True}])
+    script = commands_sh(s, P.load())
+    assert "#   $ rm -rf /x/* && ls /x/\non vm1 postgres" in script
+    assert "#   $ systemctl reload postgresql" not in script          # it is the line itself

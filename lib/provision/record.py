@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 
 from lib import diagrams
+from lib.ops import shell_word
 
 # A record must read offline and opening it must not send traffic anywhere: its pages carry no
 # script at all (the notebooks use no LaTeX and no widgets), and their diagrams are drawn before,
@@ -158,6 +159,16 @@ def record_files(summary: "Summary") -> dict[str, str]:
     return files
 
 
+def _typed(action: dict) -> str:
+    """The command as the transcript showed it, when the line below wraps it in guards or waits: a person reads
+    the guide's command on a line of its own."""
+    shown = action.get("shown", "")
+    whole = f" {shell_word(shown)} " in action["bash"]           # the line below is the command itself
+    if "\n" in shown or not shown or whole or action.get("file") or "edit_lines" in action["bash"]:
+        return ""
+    return f"#   $ {shown}\n"
+
+
 def _kept(action: dict, files: dict[str, str]) -> str:
     """The action's line in commands.sh; a new file's text goes to `files`, unless another text took its name
     (then it is written whole, in the script)."""
@@ -181,7 +192,7 @@ def commands_sh(summary: "Summary", params) -> str:
         if step.actions:
             label = f"Step {step.step} — {step.title}" if step.step is not None else step.title
             body.append(f"\n# {step.notebook}: {label}")
-            body += [f"# {a['host']} ({a['user']}): {a['what']}\n{_kept(a, files)}" for a in step.actions]
+            body += [f"# {a['host']} ({a['user']}): {a['what']}\n{_typed(a)}{_kept(a, files)}" for a in step.actions]
     text = "\n".join(body)
     variables = sorted(set(_re.findall(r"\$\{(PGGUIDE_[A-Z_]+)\}", text)))
     ssh = params.ssh
