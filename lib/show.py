@@ -47,15 +47,17 @@ def positions_named(text: str) -> str:
 
 
 def masked_columns(table_text: str, masks: dict[str, str]) -> str:
-    """psql's aligned table with the values of the named columns replaced, each cell keeping its width."""
+    """psql's aligned table with the values of the named columns replaced, and aligned again: a width that
+    followed a changing value (a process id, a time) must not change the table's lines either."""
     lines = table_text.splitlines()
-    if len(lines) < 2:
+    if len(lines) < 2 or not set(lines[1]) <= set("-+"):
         return table_text
     names = [c.strip() for c in lines[0].split("|")]
-    out = lines[:2]
+    rows, rest = [], []
     for line in lines[2:]:
-        cells = line.split("|")
-        if len(cells) == len(names):
-            cells = [(" " + masks[n]).ljust(len(c)) if n in masks else c for n, c in zip(names, cells)]
-        out.append("|".join(cells))
-    return "\n".join(out)
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) == len(names) and not rest:
+            rows.append([masks.get(n, c) for n, c in zip(names, cells)])
+        else:
+            rest.append(line)
+    return "\n".join(table(names, rows).splitlines()[:-1] + rest)

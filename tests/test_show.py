@@ -23,15 +23,16 @@ def test_fields_align():
     assert fields([("a", 1), ("long", 2)]) == "  a     1\n  long  2"
 
 
-def test_masked_columns_keep_psqls_alignment():
+def test_masked_columns_are_aligned_whatever_the_values_were():
     from lib.part2 import UNSTABLE_POOL_NODES_COLUMNS
     from lib.show import masked_columns
-    shown = (" node_id | load_balance_node | last_status_change  \n"
-             "---------+-------------------+---------------------\n"
-             " 0       | true              | 2026-12-07 04:30:15\n"
-             " 1       | false             | 2026-12-07 04:30:16\n"
-             "(2 rows)")
-    assert masked_columns(shown, UNSTABLE_POOL_NODES_COLUMNS).splitlines()[2:] == [
-        " 0       | (drawn)           | YYYY-MM-DD hh:mm:ss",
-        " 1       | (drawn)           | YYYY-MM-DD hh:mm:ss",
-        "(2 rows)"]
+
+    def shown(pid, time):
+        return (f" pid{' ' * (len(pid) - 3)} | load_balance_node | last_status_change\n"
+                f"-{'-' * max(3, len(pid))}-+-------------------+--------------------\n"
+                f" {pid} | true              | {time}\n(1 row)")
+    masks = {"pid": "…", **UNSTABLE_POOL_NODES_COLUMNS}
+    one, other = masked_columns(shown("987", "2026-12-07 04:30:15"), masks), masked_columns(shown("12345", "x"), masks)
+    assert one == other == (" pid | load_balance_node | last_status_change\n"
+                            "-----+-------------------+---------------------\n"
+                            " …   | (drawn)           | YYYY-MM-DD hh:mm:ss\n(1 row)")
