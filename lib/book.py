@@ -1,6 +1,6 @@
 """The executed guide as a static site: `python -m lib.book [RECORD]` (ci/book).
 
-It executes nothing: the stored outputs (or a run record's) are the content. Sphinx with MyST-NB turns the
+It executes nothing: the stored outputs are the content, or a run record's for the notebooks it holds. Sphinx with MyST-NB turns the
 notebooks into pages with a table of contents, previous/next links and search. Before that, each notebook's
 prose gets what a book needs and a notebook cannot hold:
 - every diagram drawn as inline SVG (lib.diagrams), so pages carry no renderer;
@@ -132,12 +132,20 @@ def prepared(paths: list[Path]) -> dict[str, nbformat.NotebookNode]:
 
 def build(record: Path | None = None, out: Path = BUILD) -> Path:
     """The site from the stored notebooks, or from a run record's executed copies; returns its index.html."""
-    paths = sorted((record or NOTEBOOKS).glob("[0-9][0-9]-*.ipynb"))
-    if not paths:
-        raise SystemExit(f"ci/book: no notebooks in {record or NOTEBOOKS}")
+    stored = sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
+    ran = {p.name: p for p in (record.glob("[0-9][0-9]-*.ipynb") if record else [])}
+    if record and not ran:
+        raise SystemExit(f"ci/book: no notebooks in {record}")
+    # a record holds what provisioning ran (the drills and the diagnosis never are): the rest is the stored run
+    paths = [ran.get(p.name, p) for p in stored]
     src = out / "src"
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(PAGES, src)
+    if record:
+        index = src / "index.md"
+        said = ", ".join(sorted(p.stem for p in ran.values()))
+        index.write_text(index.read_text().replace("\n## How to read it", f"\n```{{note}}\nThis book shows the run record "
+                         f"`{record.name}` ({said}); the other chapters are the stored run.\n```\n\n## How to read it", 1))
     shutil.copytree(REPO / "bench", out / "bench", ignore=shutil.ignore_patterns("*.json"))   # the plots ../bench/ names
     (src / "conf.py").write_text(CONF)
     notebooks = {p.stem[:2]: p.stem for p in paths}

@@ -143,3 +143,16 @@ def test_step_30s_diff_is_folded_and_its_grouped_settings_shown(site):
     folded = re.search(r"<details class=\"[^\"]*hide[^\"]*\">(.*?)</details>", page, re.S)
     assert folded and "edit /etc/pgpool2/pgpool.conf" in folded.group(1)
     assert "grouped as the guide groups them" in page.replace(folded.group(1), "")
+
+
+def test_a_run_records_book_shows_its_notebooks_and_the_stored_rest(tmp_path):
+    record = tmp_path / "20261207-000000"
+    record.mkdir()
+    nb = nbformat.read(NOTEBOOKS[1], as_version=4)
+    nb.cells[0].source += "\n\nThis copy ran in the record."
+    nbformat.write(nb, record / NOTEBOOKS[1].name)
+    site = book.build(record, out=tmp_path / "book").parent
+    assert "This copy ran in the record." in (site / f"{NOTEBOOKS[1].stem}.html").read_text()
+    assert f"run record <code class=\"docutils literal notranslate\"><span class=\"pre\">{record.name}</span>" in \
+        (site / "index.html").read_text()
+    assert all((site / f"{p.stem}.html").is_file() for p in NOTEBOOKS)
