@@ -59,3 +59,25 @@ def test_every_setting_of_step_30_falls_in_one_of_the_guides_groups():
     assert sorted(grouped) == sorted(names), set(names) ^ set(grouped)
     assert [t for t, _, _ in groups][:4] == ["Listening", "Backend 0: the primary (vm1)", "Backend 1: a standby (vm2)",
                                              "Load balancing"]
+
+
+def test_a_restart_is_pending_when_the_files_differ_from_what_pgpool_read(tmp_path):
+    import subprocess
+    import time
+
+    from lib.part2 import restart_pending_script
+
+    conf, pid, loaded = tmp_path / "pgpool.conf", tmp_path / "pgpool.pid", tmp_path / "loaded"
+    conf.write_text("backend_weight0 = 1\n")
+    pending = lambda: "newer" in subprocess.run(["bash", "-c", restart_pending_script([str(conf)], str(loaded), str(pid))],
+                                                capture_output=True, text=True).stdout
+    pid.write_text("1\n")
+    assert not pending()                                 # started after the file was written
+    time.sleep(0.01)
+    conf.write_text("backend_weight0 = 2\n")
+    assert pending()                                     # without checksums: the file's time says so
+    subprocess.run(["bash", "-c", f"sha256sum {conf} > {loaded}"], check=True)      # what a (re)start records
+    assert not pending()
+    conf.write_text("backend_weight0 = 1\n")
+    pid.touch()                                          # the pid file's time can no longer hide the change
+    assert pending()
