@@ -136,12 +136,10 @@ def sent_commands(params) -> list[str]:
     return remote_commands.patterns(scripts, [_handover_watch(params), "true", "hostname"])
 
 
-def _replace_lines(path: str, drop: str, line: str, owner: str, mode: str) -> str:
-    """Shell: in `path`, lines matching the grep pattern `drop` replaced by `line` (a shell word
-    using $k, the text on stdin), written whole, with owner and mode."""
-    f = shlex.quote(path)
-    return (f"k=$(cat) && touch {f} && {{ grep -v -- {shlex.quote(drop)} {f} || true; echo {line}; }} > {f}.new && "
-            f"chown {owner} {f}.new && chmod {mode} {f}.new && mv {f}.new {f}")
+def _replace_lines(path: str, drop: str, prefix: str, owner: str, mode: str) -> str:
+    """Shell: in `path`, lines matching the grep pattern `drop` replaced by `prefix` and the text on stdin,
+    written whole, with owner and mode (replace_line, lib.host_functions)."""
+    return " ".join(["replace_line", *map(shlex.quote, (path, drop, owner, mode, prefix))])
 
 
 def pin_host_keys(step: ops.Step, on, remotes) -> None:
@@ -154,7 +152,7 @@ def pin_host_keys(step: ops.Step, on, remotes) -> None:
             step.note(on, f"{KNOWN_HOSTS} pins {r.host.name}'s host key")
             continue
         step.do(ops.Relay(on, "root", source=r, read="cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub",
-                          write=_replace_lines(KNOWN_HOSTS, f"^{r.host.address} ", f'"{r.host.address} $k"',
+                          write=_replace_lines(KNOWN_HOSTS, f"^{r.host.address} ", f"{r.host.address} ",
                                                "postgres:postgres", "644"),
                           summary=f"{KNOWN_HOSTS}: {r.host.name}'s host key pinned"))
 
@@ -172,7 +170,7 @@ def authorize(step: ops.Step, target, source, options: str, said: str) -> None:
     step.do(ops.Relay(target, "root", source=source, source_user="root", read=f"cat {KEY}.pub",
                       write=f"install -d -o postgres -g postgres -m 700 {SSH_DIR} && " + _replace_lines(
                           AUTHORIZED_KEYS, f"{KEY_COMMENT.format(source.host.name)}$",
-                          shlex.quote(options) + '" $k"', "postgres:postgres", "600"),
+                          options + " ", "postgres:postgres", "600"),
                       summary=f"{AUTHORIZED_KEYS}: postgres of {source.host.name} may log in, {said}"))
 
 

@@ -34,6 +34,11 @@ def applied(action: dict) -> None:
     _append({**action, "applied": True})
 
 
+def verified(describe: str, evidence: str) -> None:
+    """A step's verification passed, showing `evidence` (as the notebook prints it)."""
+    _append({"verified": describe, "evidence": evidence})
+
+
 def read(path: str, offset: int = 0) -> tuple[list[dict], int]:
     """Events written since `offset` (a byte position), and the new offset."""
     try:

@@ -26,7 +26,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Union
 
-from lib import journal, roles, secrets
+from lib import host_functions, journal, roles, secrets
+from lib.by_hand import conf_settings, for_people, readable
 from lib.pgconf import changed_lines
 from lib.show import CheckFailed
 
@@ -174,19 +175,33 @@ class Action:
 
     def run(self) -> str:
         """Apply it; return the output to show under the command."""
-        r = self.remote.run(self.script(), user=self.user, stdin=resolve(self.stdin(), self.remote.params) or None,
+        r = self.remote.run(host_functions.defined(self.script(), self.remote.params), user=self.user, stdin=resolve(self.stdin(), self.remote.params) or None,
                             timeout=self.timeout, hint=self.hint)
         return (r.stdout + r.stderr).rstrip()
 
     def bash(self) -> str:
-        """This action in commands.sh (`on HOST USER SCRIPT`, defined in its preamble)."""
-        user = self.user or "-"
-        redirect = heredoc(self.stdin()) if self.stdin() else "</dev/null"
-        return f"on {self.host} {user} {shell_word(self.script())} {redirect}"
+        """This action in commands.sh (`on HOST USER SCRIPT`, defined in its preamble, which also defines the
+        host functions the script calls)."""
+        on = f"on {self.host} {self.user or '-'}"
+        script = for_people(self.script(), self.remote.params)
+        if self.stdin():
+            return f"{on} {shell_word(script)} {heredoc(self.stdin())}"
+        if "\n" in script or "'" in script:     # a script of several lines is on on's stdin, as typed
+            end = delimiter("SH", script)
+            return f"{on} <<'{end}'\n{script}\n{end}"
+        return f"{on} {shell_word(script)} </dev/null"
+
+    def typed(self) -> str | None:
+        """What a person would type, in commands.sh above the script, when the script is not that: the
+        command on one line, without the guards and waits around it."""
+        shown = self.display()
+        return shown if "\n" not in shown and shown != self.script() else None
 
     def record(self) -> dict:
+        typed = self.typed()
         return {"host": self.host, "user": self.who(), "what": self.remote.mask(self.what()),
-                "shown": self.remote.mask(self.display()), "bash": self.bash()}
+                "shown": self.remote.mask(self.display()), "bash": self.bash()} | (
+            {"typed": self.remote.mask(typed)} if typed else {})
 
 
 @dataclass
@@ -255,46 +270,20 @@ class Sql(Action):
     def what(self) -> str:
         return self.summary or " ".join(masked(self.statement).split())[:160]
 
+    def _one_line(self) -> str | None:
+        """The statement, when commands.sh can give it to psql -c as the transcript shows it."""
+        sql = masked(self.statement).strip()
+        plain = not (self.password or has_secret(self.statement) or "\n" in sql or set(sql) & set("\"'\\$`"))
+        return sql if plain else None
 
-#: a command line longer than this is shown one command a line
-READABLE_WIDTH = 120
+    def bash(self) -> str:
+        sql = self._one_line()
+        if sql is None:
+            return super().bash()
+        return f"on {self.host} {self.user or '-'} {shell_word(self.script() + f' -c {chr(34)}{sql}{chr(34)}')} </dev/null"
 
-
-def readable(line: str) -> str:
-    """A long shell command line as a person would write it: broken after each `&&` and `;` that joins two
-    commands (outside quotes, braces and substitutions), the next command indented. Bash reads it the same
-    way, so it can still be copied and run. A trailing `    # comment` stays on the last line."""
-    if len(line) <= READABLE_WIDTH:
-        return line
-    pieces, start, depth, quote, i = [], 0, 0, "", 0
-    while i < len(line):
-        c = line[i]
-        if quote:
-            if c == "\\" and quote == '"':
-                i += 1
-            elif c == quote:
-                quote = ""
-        elif c == "\\":
-            i += 1
-        elif c in "'\"":
-            quote = c
-        elif c in "({":
-            depth += 1
-        elif c in ")}":
-            depth -= 1
-        elif depth == 0 and line.startswith(" && ", i):
-            pieces.append(line[start:i] + " &&")
-            start, i = i + 4, i + 4
-            continue
-        elif depth == 0 and line.startswith("; ", i):
-            pieces.append(line[start:i])
-            start, i = i + 2, i + 2
-            continue
-        elif depth == 0 and line.startswith("    # ", i):
-            break
-        i += 1
-    pieces.append(line[start:])
-    return "\n    ".join(pieces)
+    def typed(self) -> str | None:
+        return None if self._one_line() is not None else super().typed()
 
 
 def text_sum(text: str) -> str:
@@ -333,22 +322,14 @@ class FileChange(Action):
     original_kept: bool = False         # the copy of the file before our first change is there already
 
     def script(self) -> str:
-        f = shlex.quote(self.path)
+        """write_file (lib.host_functions): only a text that arrived whole, its end mark included, replaces the
+        file; the file as it was before our first change is kept once beside it, as private as the file is made."""
         if self.owner is None and self.old is not None:
-            keep = f'chown --reference={f} "$t" && chmod --reference={f} "$t"'
+            owner, mode = "same", "same"
         else:
-            keep = f'chown {self.owner or "root:root"} "$t" && chmod {self.mode or "644"} "$t"'
-        # A connection lost mid-write ends stdin early, and cat takes that for the end: only a text
-        # that arrived whole, its end mark included, replaces the file.
-        n = len(WRITE_COMPLETE)
-        whole = f'[ "$(tail -c {n} "$t")" = {shlex.quote(WRITE_COMPLETE.strip())} ] && truncate -s -{n} "$t"'
-        # the file as it was before our first change, kept once beside it (never overwritten)
-        kept = shlex.quote(self.original)
-        # a file that holds secrets: its copy is as private as the file is made now
-        private = f" && chown {self.owner} {kept} && chmod {self.mode} {kept}" if self.owner and self.mode else ""
-        original = f"{{ [ -e {kept} ] || {{ cp -p {f} {kept}{private}; }}; }} && " if self.old is not None else ""
-        return (f't=$(mktemp {f}.XXXXXX) && cat > "$t" && {whole} && {keep} && {original}mv -f "$t" {f} '
-                f'|| {{ rm -f "$t"; echo {shlex.quote(f"{self.path}: not written (its text did not arrive whole)")} >&2; exit 1; }}')
+            owner, mode = self.owner or "root:root", self.mode or "644"
+        original = "none" if self.old is None else "private" if self.owner and self.mode else "keep"
+        return f"write_file {shlex.quote(self.path)} {shlex.quote(owner)} {shlex.quote(mode)} {original}"
 
     @property
     def original(self) -> str:
@@ -359,22 +340,30 @@ class FileChange(Action):
         return (*self.new, WRITE_COMPLETE)
 
     def bash(self) -> str:
-        """In commands.sh: a new file from its copy in the record (files/), an edit of a file that is there as its
-        changed lines (edit_lines, defined in the script's preamble, checks that the file is the text it was made
-        from, and the result); a file that holds a secret written whole, the secret a variable."""
+        """In commands.sh: a new file from its copy in the record (files/); a change of settings as set_conf
+        and the settings; another edit of a file that is there as its changed lines (edit_lines checks that the
+        file is the text it was made from, and the result); a file that holds a secret written whole, the secret
+        a variable. lib.host_functions defines set_conf and edit_lines."""
+        people = lambda script: shell_word(for_people(script, self.remote.params))
+        on = f"on {self.host} {self.user or '-'}"
         if self.old is None and not has_secret(self.new) and not self.mask_line:
             user, _, group = (self.owner or "root:root").partition(":")
             install = f"install -m {self.mode or '644'} -o {user} -g {group} /dev/stdin {shlex.quote(self.path)}"
-            return f'on {self.host} {self.user or "-"} {shlex.quote(install)} < "$FILES/{self.kept_as()}"'
+            return f'{on} {people(install)} < "$FILES/{self.kept_as()}"'
         if self.old is None or has_secret(self.new) or self.mask_line:
             return super().bash()
         new = masked(self.new)
+        settings = conf_settings(self.old, new)
+        if settings:
+            end = delimiter("CONF", "\n".join(settings))
+            return f"{on} {people('set_conf ' + shlex.quote(self.path))} <<'{end}'\n" + "".join(
+                line + "\n" for line in settings) + end
         script = line_edits(self.old, new)
         if not script or not new.endswith("\n") or not self.old.endswith("\n"):
             return super().bash()
         end = delimiter("EDIT", script)
-        call = shlex.quote(f"; edit_lines {self.path} {text_sum(self.old)} {text_sum(new)}")
-        return f'on {self.host} {self.user or "-"} "$EDIT_LINES"{call} <<\'{end}\'\n{script}{end}'
+        call = f"edit_lines {shlex.quote(self.path)} {text_sum(self.old)} {text_sum(new)}"
+        return f"{on} {people(call)} <<'{end}'\n{script}{end}"
 
     def diff(self) -> list[str]:
         new = masked(self.new)
@@ -402,7 +391,7 @@ class FileChange(Action):
                 + text + ("" if text.endswith("\n") else "\n") + end)
 
     def what(self) -> str:
-        added = [l[1:].split("#")[0].strip() for l in self.diff() if l.startswith("+")]
+        added = [text for l in self.diff() if l.startswith("+") and (text := l[1:].split("#")[0].strip())]
         return f"{self.path}: " + ("; ".join(added[:8]) + (f"; … {len(added) - 8} more" if len(added) > 8 else "")
                                    if added else "lines removed")
 
@@ -410,13 +399,16 @@ class FileChange(Action):
         super().run()
         return ""
 
+    def typed(self) -> None:        # the lines below show the change itself
+        return None
+
     def kept_as(self) -> str:
         """Where commands.sh finds a new file's text: files/<host><path>, beside it in the run record."""
         return f"{self.host}{self.path}"
 
     def record(self) -> dict:
         new_file = self.old is None and not has_secret(self.new) and not self.mask_line
-        return (super().record() | ({"original": self.original} if self.old is not None else {})
+        return (super().record() | {"path": self.path} | ({"original": self.original} if self.old is not None else {})
                 | ({"file": {"name": self.kept_as(), "text": masked(self.new)},
                     "bash_whole": Action.bash(self)} if new_file else {}))
 
@@ -443,13 +435,17 @@ class Relay(Action):
         return self.summary or self.display().splitlines()[0]
 
     def run(self) -> str:
-        text = self.source.run(self.read, user=self.source_user).stdout
-        self.remote.run(self.write, user=self.user, stdin=text, timeout=self.timeout, hint=self.hint)
+        text = self.source.run(host_functions.defined(self.read, self.remote.params), user=self.source_user).stdout
+        self.remote.run(host_functions.defined(self.write, self.remote.params), user=self.user, stdin=text, timeout=self.timeout, hint=self.hint)
         return ""
 
+    def typed(self) -> None:        # the two commands are below, joined by a pipe
+        return None
+
     def bash(self) -> str:
-        return (f"on {self.source.host.name} {self.source_user or '-'} {shell_word(self.read)} </dev/null | "
-                f"on {self.host} {self.user or '-'} {shell_word(self.write)}")
+        people = lambda script: shell_word(for_people(script, self.remote.params))
+        return (f"on {self.source.host.name} {self.source_user or '-'} {people(self.read)} </dev/null | "
+                f"on {self.host} {self.user or '-'} {people(self.write)}")
 
 
 def service(remote, verb: str, unit: str, *, then: str = "", hint: str | None = None) -> Command:
@@ -459,10 +455,7 @@ def service(remote, verb: str, unit: str, *, then: str = "", hint: str | None = 
     return Command(remote, "root", command, shown=f"systemctl {verb} {unit}", handler=True, hint=hint)
 
 
-def wait_for(test: str, seconds: int, what: str) -> str:
-    """A bounded shell loop: up to `seconds` for `test` to succeed, else fail naming `what`."""
-    return (f"{{ for _ in $(seq {seconds * 10}); do {{ {test}; }} && break; sleep 0.1; done; {{ {test}; }} "
-            f"|| {{ echo {shlex.quote(f'{what} after {seconds} s')} >&2; exit 1; }}; }}")
+wait_for = host_functions.wait_for
 
 
 # --- a step ------------------------------------------------------------------------------------------
@@ -531,6 +524,7 @@ class Step:
             evidence = v.run()
             if evidence:
                 print(evidence)
+            journal.verified(v.describe, evidence or "")
 
     def preview(self) -> list[str]:
         """The plan as it would run, without running it."""

@@ -7,6 +7,7 @@ import re
 import shlex
 
 from lib import clone_guard, ops, pgconf, postgres, tls
+from lib.host_functions import cluster_is
 from lib.ops import guide_step
 from lib.postgres import TEST_DB, GUIDE_ROWS, auth_method, conf_file, patience, psql_read
 from lib.roles import sql_literal
@@ -116,10 +117,6 @@ def _not_cloning(step: ops.Step, env) -> None:
                          "(options.rebuild_standby: true would)")
 
 
-def _cluster_is(state: str, p: dict) -> str:
-    return f"pg_lsclusters --no-header {postgres.cluster_words(p)} | awk '{{print $4}}' | grep -qx {shlex.quote(state)}"
-
-
 @guide_step
 def stop_standbys(env) -> ops.Step:
     for key in ("to_clone", "clone_refused"):
@@ -132,8 +129,8 @@ def stop_standbys(env) -> ops.Step:
         # systemctl can return while the cluster is still stopping: wait until pg_lsclusters says down
         marker = clone_guard.marker_path(env.params)
         step.do(ops.Command(s, "root", f"systemctl stop {shlex.quote(p['service'])} && "
-                            + ops.wait_for(_cluster_is("down", p) + " || " + _cluster_is("down,recovery", p), 30,
-                                           "the cluster is not down") + " && " + _mark_cloning(s),
+                            + ops.wait_for(cluster_is("down", "down,recovery"), 30, "the cluster is not down")
+                            + " && " + _mark_cloning(s),
                             shown=f"systemctl stop {shlex.quote(p['service'])}"
                                   f"    # then the stopped checkpoint goes in {marker}",
                             summary="PostgreSQL stopped"))
@@ -146,11 +143,8 @@ def _mark_cloning(standby) -> str:
     with the stopped cluster's identity and checkpoint, so that a run killed before the clone
     finishes can be resumed: the next run sees the cluster has not run since (lib.clone_guard)."""
     p = standby.params.postgres
-    d, marker = shlex.quote(p["data_dir"].rstrip("/")), shlex.quote(clone_guard.marker_path(standby.params))
-    control = f"LC_ALL=C runuser -u postgres -- /usr/lib/postgresql/{int(p['version'])}/bin/pg_controldata -D {d}"
-    return (f"cd / && {{ echo \"system_id=$({control} | sed -n 's/^Database system identifier: *//p')\"; "
-            f"echo \"checkpoint=$({control} | sed -n 's/^Latest checkpoint location: *//p')\"; "
-            f"echo \"started=$(date -u +%FT%TZ)\"; }} > {marker}.tmp && mv -f {marker}.tmp {marker}")
+    bindir, d = f"/usr/lib/postgresql/{int(p['version'])}/bin", p["data_dir"].rstrip("/")
+    return " ".join(["mark_cloning", *map(shlex.quote, (bindir, d, clone_guard.marker_path(standby.params)))])
 
 
 def _refusals(standby, primary) -> list[str]:
@@ -176,16 +170,11 @@ def clear_data_directory(standby, primary) -> ops.Command:
            "check the parameters (hosts, postgres.data_dir) and stop the standby first (Step 7).")
     p = standby.params.postgres
     d = shlex.quote(p["data_dir"])
-    down = f"{_cluster_is('down', p)} || {_cluster_is('down,recovery', p)}"
     guide = f"rm -rf {d}/* && ls {d}/"
     # a base backup left running by a killed run would go on writing into the directory
-    # anchored on the program's name, so that it matches no shell whose script holds the pattern
-    running = shlex.quote(f"^([^ ]*/)?pg_basebackup .* -D {p['data_dir'].rstrip('/')}/ ")
-    orphan = f"pkill -u postgres -f -- {running}; " + ops.wait_for(
-        f"! pgrep -u postgres -f -- {running} >/dev/null", 10, "pg_basebackup still runs")
     return ops.Command(standby, "postgres",
-                       f"{{ {down}; }} || {{ echo 'refusing: the cluster is not down' >&2; exit 1; }}; "
-                       f"{orphan} && {guide}",
+                       f"{cluster_is('down', 'down,recovery')} || {{ echo 'refusing: the cluster is not down' >&2; exit 1; }}; "
+                       f"stop_basebackup_into {d} && {guide}",
                        shown=guide, summary=f"{p['data_dir']} cleared")
 
 
@@ -368,7 +357,7 @@ def start_standbys(env) -> ops.Step:
     p = env.params.postgres
     for s in to_clone(env):
         step.do(ops.Command(s, "root", f"systemctl start {shlex.quote(p['service'])} && "
-                            + ops.wait_for(_cluster_is("online,recovery", p), 30, "the cluster is not online,recovery"),
+                            + ops.wait_for(cluster_is("online,recovery"), 30, "the cluster is not online,recovery"),
                             shown=f"systemctl start {shlex.quote(p['service'])}", summary="PostgreSQL started",
                             hint=f"read {p['log_file']}; a missing standby.signal gives 'online' without recovery."))
 

@@ -636,8 +636,7 @@ def pgpool_service(env, verb: str) -> ops.Command:
     pgpool.conf changed: Step 43 restarts pgpool whenever the file is newer than the running pgpool."""
     vm3, p = env.pgpool, env.params.pgpool
     service, port = shlex.quote(p["service"]), p["port"]
-    listening = ops.wait_for(f"timeout 1 bash -c '</dev/tcp/127.0.0.1/{port}' 2>/dev/null", 30,
-                             f"pgpool does not listen on {port}")
+    listening = ops.wait_for(f"listens {int(port)}", 30, f"pgpool does not listen on {port}")
     files = " ".join(shlex.quote(f) for f in config_files(env.params))
     loaded = f"sha256sum {files} > {LOADED}"       # what this pgpool read, for restart_pending
     return ops.Command(vm3, "root", f"systemctl {verb} {service} && {listening} && {loaded}", handler=True,

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from lib import ops
+from lib import host_functions, ops
 from lib import params as P
 from lib.show import CheckFailed
 from lib.remote import Remote, Result
@@ -84,14 +84,6 @@ def test_a_text_holding_our_end_word_still_arrives_whole(secrets_env):
     assert bash(f"printf %s {ops.shell_word(script)}", {}) == script
 
 
-def test_wait_for_is_bounded_and_names_what_it_waited_for():
-    ok = subprocess.run(["bash", "-c", ops.wait_for("true", 1, "never")], capture_output=True, text=True)
-    assert ok.returncode == 0
-    late = subprocess.run(["bash", "-c", ops.wait_for("false", 1, "the cluster is not down")],
-                          capture_output=True, text=True)
-    assert late.returncode == 1 and late.stderr.strip() == "the cluster is not down after 1 s"
-
-
 def test_apply_prints_the_transcript_masks_secrets_and_runs_handlers_once(secrets_env, capsys, monkeypatch, tmp_path):
     journal = tmp_path / "journal.jsonl"
     monkeypatch.setenv("PGGUIDE_JOURNAL", str(journal))
@@ -161,17 +153,17 @@ def test_file_changes_are_atomic_and_keep_owner_and_mode(tmp_path):
     change = ops.FileChange(FakeRemote(), "root", path=str(target), old="old\n", new=("new\n",))
     sent = ops.resolve(change.stdin(), None)
     # a connection lost mid-write: the text arrives cut short, and the file is left as it was
-    cut = subprocess.run(["bash", "-c", change.script()], input=sent[:-5], text=True, capture_output=True)
+    cut = subprocess.run(["bash", "-c", host_functions.defined(change.script())], input=sent[:-5], text=True, capture_output=True)
     assert cut.returncode == 1 and "not written (its text did not arrive whole)" in cut.stderr
     assert target.read_text() == "old\n"
-    subprocess.run(["bash", "-c", change.script()], input=sent, text=True, check=True)
+    subprocess.run(["bash", "-c", host_functions.defined(change.script())], input=sent, text=True, check=True)
     assert target.read_text() == "new\n" and oct(target.stat().st_mode & 0o777) == "0o640"
     # no temporary file left; the file as it was before the first change kept beside it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.conf", "f.conf.pgguide-orig"]
     assert (tmp_path / "f.conf.pgguide-orig").read_text() == "old\n"
     assert change.record()["original"] == f"{target}.pgguide-orig"
     without_newline = ops.FileChange(FakeRemote(), "root", path=str(target), old="new\n", new=("last",))
-    subprocess.run(["bash", "-c", without_newline.script()], input=ops.resolve(without_newline.stdin(), None),
+    subprocess.run(["bash", "-c", host_functions.defined(without_newline.script())], input=ops.resolve(without_newline.stdin(), None),
                    text=True, check=True)
     assert target.read_text() == "last"
     assert (tmp_path / "f.conf.pgguide-orig").read_text() == "old\n"          # kept once, never overwritten
@@ -192,7 +184,7 @@ def test_the_kept_original_of_a_file_that_holds_secrets_is_private_too(tmp_path)
     me = f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
     change = ops.FileChange(FakeRemote(), "root", path=str(target), old=target.read_text(),
                             new=("localhost:9898:pgpool:new-secret\n",), owner=me, mode="600")
-    subprocess.run(["bash", "-c", change.script()], input=ops.resolve(change.stdin(), None), text=True, check=True)
+    subprocess.run(["bash", "-c", host_functions.defined(change.script())], input=ops.resolve(change.stdin(), None), text=True, check=True)
     for path in (target, tmp_path / ".pcppass.pgguide-orig"):
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
 

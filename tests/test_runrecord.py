@@ -88,10 +88,10 @@ def test_commands_sh_is_bash_with_every_applied_action_and_secrets_as_references
 
 
 def test_an_edit_in_commands_sh_is_its_changed_lines_and_gives_the_runs_text(tmp_path):
+    import os
     import subprocess
 
-    from lib import ops
-    from lib.provision.record import COMMANDS_PREAMBLE
+    from lib import host_functions, ops
     from tests.test_ops import FakeRemote
 
     old = "".join(f"#setting_{i} = {i}\t\t# shipped comment {i}\n" for i in range(200)) + "  indented \\ line\n"
@@ -102,12 +102,12 @@ def test_an_edit_in_commands_sh_is_its_changed_lines_and_gives_the_runs_text(tmp
     target.write_text(old)
     shown = ops.FileChange(FakeRemote(), "root", path=str(target), old=old, new=(new,)).bash()
     assert shown.count("\n") <= 8, shown                 # the changed lines, not the file
-    edit_lines = COMMANDS_PREAMBLE.split("EDIT_LINES=", 1)[1].split("\n\nssh_to", 1)[0].replace("{{", "{").replace("}}", "}")
-    script = f'EDIT_LINES={edit_lines}\non() {{ bash -c "$3"; }}\n{shown}\n'
-    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    script = f'on() {{ bash -c "$HOST_FUNCTIONS\n$3"; }}\n{shown}\n'
+    functions = {**os.environ, "HOST_FUNCTIONS": host_functions.ALL}
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=functions)
     assert done.returncode == 0, done.stderr
     assert target.read_text() == new and (tmp_path / "x.conf.pgguide-orig").read_text() == old
-    again = subprocess.run(["bash", "-c", script], capture_output=True, text=True)      # now it is another text
+    again = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=functions)   # another text now
     assert again.returncode != 0 and "not the text this edit was made from" in again.stderr
     assert target.read_text() == new
 
@@ -156,5 +156,65 @@ def test_a_wrapped_command_is_named_on_a_line_of_its_own_in_commands_sh():
     s.steps = [StepRecord("01-streaming-replication", 8, "Clear Slave Data Directory", "changed")]
     s.steps[0].add_events([{**guarded.record(), "applied": True}, {**plain.record(), "applied": True}])
     script = commands_sh(s, P.load())
-    assert "#   $ rm -rf /x/* && ls /x/\non vm1 postgres" in script
-    assert "#   $ systemctl reload postgresql" not in script          # it is the line itself
+    assert "# vm1 (postgres) $ rm -rf /x/* && ls /x/\non vm1 postgres" in script
+    assert "# vm1 (root)" not in script          # the line itself says what it does
+
+
+def test_a_change_of_settings_in_commands_sh_is_set_conf_and_sets_what_the_run_set(tmp_path):
+    import os
+    import subprocess
+
+    from lib import host_functions, ops, pgpoolconf
+    from tests.test_ops import FakeRemote
+
+    shipped = ("#listen_addresses = 'localhost'\t\t# what IP address(es) to listen on;\n"
+               "port = 5432\t\t\t\t# (change requires restart)\n#wal_level = replica\n")
+    wanted = {"listen_addresses": "*", "wal_level": "replica", "max_wal_senders": 5}
+    new, _ = pgpoolconf.set_settings(shipped, wanted)
+    target = tmp_path / "postgresql.conf"
+    target.write_text(shipped)
+    shown = ops.FileChange(FakeRemote(), "root", path=str(target), old=shipped, new=(new,)).bash()
+    assert shown == (f"on vm1 root 'set_conf {target}' <<'CONF'\n"
+                     "listen_addresses = '*'\nwal_level = 'replica'\nmax_wal_senders = 5\nCONF")
+    functions = {**os.environ, "HOST_FUNCTIONS": host_functions.ALL}
+    done = subprocess.run(["bash", "-c", f'on() {{ bash -c "$HOST_FUNCTIONS\n$3"; }}\n{shown}\n'],
+                          capture_output=True, text=True, env=functions)
+    assert done.returncode == 0, done.stderr
+    assert pgpoolconf.active_settings(target.read_text()) == pgpoolconf.active_settings(new)
+    # a line that set_conf would leave as it is: the change is shown line by line
+    dropped = new.replace("port = 5432\t\t\t\t# (change requires restart)\n", "")
+    assert "edit_lines" in ops.FileChange(FakeRemote(), "root", path=str(target), old=shipped, new=(dropped,)).bash()
+
+
+def test_commands_sh_names_the_clusters_paths_where_the_host_expands_them():
+    from lib import ops
+    from lib import params as P
+    from lib.by_hand import for_people
+
+    prm = P.load()
+    script = ("rm -rf /var/lib/postgresql/15/main/* && mv /var/lib/postgresql/15/main.cloning /tmp/x && "
+              "echo '/var/lib/postgresql/15/main' \"/etc/postgresql/15/main/pg_hba.conf\" /var/lib/postgresql/15/main2")
+    assert for_people(script, prm) == (
+        "rm -rf $PG_DATA/* &&\n    mv $PG_DATA.cloning /tmp/x &&\n"
+        "    echo '/var/lib/postgresql/15/main' \"$PG_ETC/pg_hba.conf\" /var/lib/postgresql/15/main2")
+    # quoted for `on`: the host's shell expands the variable, which commands.sh's preamble sets
+    said = ops.shell_word(for_people("echo $HOME /usr/lib/postgresql/15/bin/pg_ctl", prm))
+    assert said == "'echo $HOME $PG_BIN/pg_ctl'"
+
+
+def test_a_steps_checks_follow_its_actions_in_commands_sh_as_comments():
+    from lib import ops
+    from lib import params as P
+    from lib.provision.record import EXPECTED_LINES, commands_sh
+    from tests.test_ops import FakeRemote
+
+    restart = ops.Command(FakeRemote(), "root", "systemctl restart postgresql")
+    s = Summary("lab", "params/lab.yaml")
+    s.steps = [StepRecord("01-streaming-replication", 5, "Restart Master PostgreSQL", "changed")]
+    evidence = "vm1 (root) $ pg_lsclusters\n" + "\n".join(f"line {i}" for i in range(20))
+    s.steps[0].add_events([{**restart.record(), "applied": True}, {"verified": "the cluster is online", "evidence": evidence}])
+    script = commands_sh(s, P.load())
+    assert "on vm1 root 'systemctl restart postgresql' </dev/null\n# check: the cluster is online\n" \
+           "#   vm1 (root) $ pg_lsclusters\n#   line 0\n" in script
+    assert f"#   … {21 - EXPECTED_LINES} more lines in the notebook\n" in script and "line 19" not in script
+    assert s.steps[0].changes == [{"host": "vm1", "what": "systemctl restart postgresql"}]

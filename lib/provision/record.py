@@ -7,13 +7,13 @@ import datetime as dt
 import html
 import json
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
 
-from lib import diagrams
-from lib.ops import shell_word
+from lib import by_hand, diagrams, host_functions
 
 # A record must read offline and opening it must not send traffic anywhere: its pages carry no
 # script at all (the notebooks use no LaTeX and no widgets), and their diagrams are drawn before,
@@ -35,9 +35,13 @@ class StepRecord:
     changes: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     actions: list[dict] = field(default_factory=list, repr=False)    # the applied actions, for commands.sh
+    checks: list[dict] = field(default_factory=list, repr=False)     # the verifications that passed, ditto
 
     def add_events(self, events: list[dict]) -> None:
         for e in events:
+            if "verified" in e:
+                self.checks.append(e)
+                continue
             if e["host"] not in self.hosts:
                 self.hosts.append(e["host"])
             if e.get("applied"):
@@ -68,7 +72,7 @@ class Summary:
         data = asdict(self)
         for s in data["steps"]:
             s["seconds"] = round(s["seconds"], 2)
-            del s["actions"]
+            del s["actions"], s["checks"]
         (directory / "summary.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -109,35 +113,36 @@ else:
 PY
 }}
 
-# edit_lines FILE OLD NEW, its edit on stdin: a file that is there changed line by line, as the run changed it.
-# Each line of the edit is `N c TEXT` (line N becomes TEXT), `N d` (line N goes) or `N i TEXT` (TEXT goes before
-# line N), numbered as the file was. OLD and NEW are the start of the file's SHA-256 before and after: a file that
-# is not the text the edit was made from is left as it is. It runs on the host, so `on` sends it along.
-EDIT_LINES='edit_lines() {{
-  local f=$1 t
-  [ "$(sha256sum < "$f" | cut -c1-16)" = "$2" ] || {{ echo "$f: not the text this edit was made from; left as it is" >&2; return 1; }}
-  t=$(mktemp "$f.XXXXXX")
-  awk '"'"'NR == FNR {{ n = $1 + 0; op = $2; text = substr($0, length($1) + length(op) + 3)
-                    if (op != "i") gone[n] = 1
-                    if (op != "d") before[n] = before[n] text "\n"
-                    next }}
-       {{ if (FNR in before) printf "%s", before[FNR]; if (!(FNR in gone)) print }}
-       END {{ if ((FNR + 1) in before) printf "%s", before[FNR + 1] }}'"'"' /dev/stdin "$f" > "$t"
-  [ "$(sha256sum < "$t" | cut -c1-16)" = "$3" ] || {{ rm -f "$t"; echo "$f: the edit did not give the text the run wrote" >&2; return 1; }}
-  [ -e "$f.pgguide-orig" ] || cp -p "$f" "$f.pgguide-orig"
-  chown --reference="$f" "$t" && chmod --reference="$f" "$t" && mv -f "$t" "$f"
-}}'
+# The PostgreSQL version, cluster and directories on the hosts: every script below gets them (see `on`).
+PG_VERSION={pg_version}
+PG_CLUSTER={pg_cluster}
+{pg_paths}
+
+# The functions the scripts below call on the hosts (lib/host_functions.py): `on` sends them along.
+HOST_FUNCTIONS=$(cat <<'FUNCTIONS'
+{host_functions}FUNCTIONS
+)
+
+host_setup() {{    # what every script gets first: the variables and the functions above
+  local v
+  for v in PG_VERSION PG_CLUSTER PG_BIN PG_ETC PG_DATA; do printf '%s=%s\n' "$v" "$(q "${{!v}}")"; done
+  printf '%s\n' "$HOST_FUNCTIONS"
+}}
 
 ssh_to() {{
   ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes \
       -o UserKnownHostsFile="$KNOWN_HOSTS" -i "$SSH_KEY" -p "$SSH_PORT" "$SSH_USER@${{ADDRESS[$1]}}" "$2"
 }}
 
-# on HOST USER SCRIPT: run SCRIPT with bash on HOST as USER (through sudo; "-" is the SSH user).
+# on HOST USER [SCRIPT]: run SCRIPT (else the script on stdin) with bash on HOST as USER (through sudo; "-" is
+# the SSH user).
 # Its stdin is the command's stdin. With PGGUIDE_SUDO_PASSWORD set, the host's shell reads it first and hands it
 # to sudo only where sudo asks, so that no command ever reads the password as its own input.
 on() {{
-  local host=$1 user=$2 script=$3
+  if [ $# -lt 3 ]; then on "$1" "$2" "$(cat)" </dev/null; return; fi     # the script on stdin
+  local host=$1 user=$2 script
+  script="$(host_setup)
+$3"
   if [ "$user" = - ]; then
     ssh_to "$host" "bash -c $(q "$script")"
   elif [ -n "${{PGGUIDE_SUDO_PASSWORD:-}}" ]; then
@@ -159,16 +164,6 @@ def record_files(summary: "Summary") -> dict[str, str]:
     return files
 
 
-def _typed(action: dict) -> str:
-    """The command as the transcript showed it, when the line below wraps it in guards or waits: a person reads
-    the guide's command on a line of its own."""
-    shown = action.get("shown", "")
-    whole = f" {shell_word(shown)} " in action["bash"]           # the line below is the command itself
-    if "\n" in shown or not shown or whole or action.get("file") or "edit_lines" in action["bash"]:
-        return ""
-    return f"#   $ {shown}\n"
-
-
 def _kept(action: dict, files: dict[str, str]) -> str:
     """The action's line in commands.sh; a new file's text goes to `files`, unless another text took its name
     (then it is written whole, in the script)."""
@@ -178,6 +173,43 @@ def _kept(action: dict, files: dict[str, str]) -> str:
     if files.setdefault(kept["name"], kept["text"]) != kept["text"]:
         return action["bash_whole"]
     return action["bash"]
+
+
+def _path_variables(params) -> dict[str, str]:
+    """The preamble's PG_VERSION, PG_CLUSTER and paths, each path in terms of the two where it follows Debian's
+    layout."""
+    values = dict(by_hand.variables(params))
+    version, cluster = values["PG_VERSION"], values["PG_CLUSTER"]
+    def layout(path: str) -> str:
+        if shlex.quote(path) != path:
+            return shlex.quote(path)
+        return path.replace(f"/{version}/{cluster}", "/$PG_VERSION/$PG_CLUSTER").replace(f"/{version}/bin", "/$PG_VERSION/bin")
+    paths = [f"{name}={layout(values[name])}" for name in ("PG_BIN", "PG_ETC", "PG_DATA")]
+    return {"pg_version": version, "pg_cluster": shlex.quote(cluster), "pg_paths": "\n".join(paths)}
+
+
+def _heading(action: dict) -> str:
+    """The comment above an action: the command as the transcript showed it, where the script below wraps it in
+    guards or waits (a person reads the guide's command on a line of its own); else what the action did, unless
+    the line below says it in as many words."""
+    who = f"{action['host']} ({action['user']})"
+    if action.get("typed"):
+        return f"# {who} $ {action['typed']}\n"
+    if "path" in action:              # a file: the lines below show the settings, lines or text
+        return f"# {who}: {'edit' if 'original' in action else 'create'} {action['path']}\n"
+    return "" if action["what"] in action["bash"] else f"# {who}: {action['what']}\n"
+
+
+#: the lines of a verification's evidence that commands.sh quotes; the notebook has them all
+EXPECTED_LINES = 5
+
+
+def _expected(check: dict) -> str:
+    """A verification as a comment: what it checks, and its evidence as the run saw it."""
+    lines = check["evidence"].splitlines()
+    shown = lines[:EXPECTED_LINES] + ([f"… {len(lines) - EXPECTED_LINES} more lines in the notebook"]
+                                      if len(lines) > EXPECTED_LINES else [])
+    return f"# check: {check['verified']}" + "".join(f"\n#   {line}".rstrip() for line in shown)
 
 
 def commands_sh(summary: "Summary", params) -> str:
@@ -192,7 +224,8 @@ def commands_sh(summary: "Summary", params) -> str:
         if step.actions:
             label = f"Step {step.step} — {step.title}" if step.step is not None else step.title
             body.append(f"\n# {step.notebook}: {label}")
-            body += [f"# {a['host']} ({a['user']}): {a['what']}\n{_typed(a)}{_kept(a, files)}" for a in step.actions]
+            body += [f"{_heading(a)}{_kept(a, files)}" for a in step.actions]
+            body += [_expected(check) for check in step.checks]
     text = "\n".join(body)
     variables = sorted(set(_re.findall(r"\$\{(PGGUIDE_[A-Z_]+)\}", text)))
     ssh = params.ssh
@@ -202,7 +235,7 @@ def commands_sh(summary: "Summary", params) -> str:
         required="\n".join(f': "${{{v}:?export {v} first}}"' for v in variables),
         user=ssh["user"], key=resolve_path(ssh["key_file"]), known_hosts=resolve_path(ssh["known_hosts"]),
         port=ssh["port"], addresses=" ".join(f"[{h.name}]={h.address}" for h in params.all_hosts),
-        auth_method=params.postgres["auth_method"])
+        auth_method=params.postgres["auth_method"], host_functions=host_functions.ALL, **_path_variables(params))
     return head + text + ("\n" if text else "\n# nothing was changed\n")
 
 
