@@ -15,6 +15,9 @@ from lib.secret_files import last_field_masked, secret_file
 from lib.show import CheckFailed, expect, masked_columns
 from lib.wait import wait_until
 
+#: the notebook's closing appendix: the guide's md5 way, as this notebook's steps planned it
+md5_appendix = postgres.md5_appendix
+
 #: Step 2: the settings the guide sets on the primary (wal_keep_size in MB).
 REPLICATION_ROLE = "replicator"
 #: the replicator's password on every server, for pg_basebackup, each standby's primary_conninfo (passfile=)
@@ -53,7 +56,7 @@ def hba_replication_lines(env) -> list[str]:
 
 @guide_step
 def allow_replication(env) -> ops.Step:
-    step = postgres.primary_hba_step(env, hba_replication_lines)
+    step = postgres.primary_hba_step(env, hba_replication_lines, 3)
     tls.trust_step_for_servers(step, env)      # and with postgres.tls, whose certificates a connection accepts
     return step
 

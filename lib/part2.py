@@ -22,6 +22,9 @@ from lib.roles import sql_literal
 from lib.show import expect, masked_columns, table
 from lib.wait import wait_until
 
+#: the notebook's closing appendix: the guide's md5 way, as this notebook's steps planned it
+md5_appendix = postgres.md5_appendix
+
 PGPOOL_ROLE = "pgpool"
 #: an application's own role through pgpool (Step 31): it reads and adds employees, and nothing more
 APP_ROLE = "app"
@@ -147,7 +150,7 @@ def backend_hba(env, text: str) -> tuple[str, list[str]]:
 
 @guide_step
 def allow_pgpool_on_primary(env) -> ops.Step:
-    return postgres.primary_hba_step(env, hba_pgpool_lines)
+    return postgres.primary_hba_step(env, hba_pgpool_lines, 23)
 
 
 def encryption_step(step: ops.Step, remote) -> ops.Step:
@@ -180,7 +183,7 @@ def _md5_on_primary(env) -> ops.Step:
 @guide_step
 def md5_on_primary(env) -> ops.Step:
     primary = env.primary
-    step = postgres.guides_md5_way(encryption_step(ops.Step("password_encryption"), primary), env, _md5_on_primary)
+    step = postgres.guides_md5_way(encryption_step(ops.Step("password_encryption"), primary), env, _md5_on_primary, 24)
 
     def formats():
         found = stored_formats(primary, ["postgres", PGPOOL_ROLE])
@@ -200,14 +203,14 @@ def _md5_hba(env) -> ops.Step:
 @guide_step
 def md5_hba_on_primary(env) -> ops.Step:
     primary = env.primary
-    step = _md5_hba(env) if md5_mode(env.params) else postgres.guides_md5_way(ops.Step("methods"), env, _md5_hba)
+    step = _md5_hba(env) if md5_mode(env.params) else postgres.guides_md5_way(ops.Step("methods"), env, _md5_hba, 25)
     postgres.settle(step, primary, {**postgres.primary_settings(env.params), **encryption_settings(env.params)})
     return step.verify("password_encryption in effect", lambda: postgres.psql_read(primary, "SHOW password_encryption;"))
 
 
 @guide_step
 def allow_pgpool_on_standbys(env) -> ops.Step:
-    return postgres.guides_md5_way(_pgpool_hba_on_standbys(env), env, _pgpool_hba_on_standbys)
+    return postgres.guides_md5_way(_pgpool_hba_on_standbys(env), env, _pgpool_hba_on_standbys, 26)
 
 
 def _pgpool_hba_on_standbys(env) -> ops.Step:
@@ -237,7 +240,7 @@ def md5_on_standbys(env) -> ops.Step:
     step = ops.Step("standby password_encryption")
     for s in env.standbys:
         encryption_step(step, s)
-    return postgres.guides_md5_way(step, env, _md5_on_standbys)
+    return postgres.guides_md5_way(step, env, _md5_on_standbys, 27)
 
 
 @guide_step

@@ -62,10 +62,15 @@ def patience(remote, seconds: float) -> float:
     return min(seconds, 2) if remote.read_only else seconds
 
 
-def guides_md5_way(step: ops.Step, env, build) -> ops.Step:
-    """In the default scram mode, note what the guide's md5 way (postgres.auth_method: md5) would
-    run at this step, planned by `build` on read-only connections against the hosts as they are,
-    and not applied: so a reader following the guide sees its commands, and what we do instead."""
+#: where a step that plans the guide's md5 way keeps its plan, for md5_appendix
+MD5_PREVIEWS = "md5 previews"
+
+
+def guides_md5_way(step: ops.Step, env, build, number: int) -> ops.Step:
+    """In the default scram mode, keep what the guide's md5 way (postgres.auth_method: md5) would run at
+    guide step `number`, planned by `build` on read-only connections against the hosts as they are, and not
+    applied: md5_appendix shows it at the end of the notebook, so a reader following the guide sees its
+    commands, and the step itself what we do instead."""
     import dataclasses
 
     from lib.remote import Hosts
@@ -76,20 +81,31 @@ def guides_md5_way(step: ops.Step, env, build) -> ops.Step:
         env.memo["md5 way"] = Hosts(variant, read_only=True)
     plan = build(env.memo["md5 way"]).preview()
     if plan:
-        step.notes.append("The guide's md5 way (postgres.auth_method: md5) would run here; planned on the hosts "
-                          "as they are, not applied:\n" + "\n".join("    " + line.replace("\n", "\n    ")
-                                                                    for line in plan))
+        env.memo.setdefault(MD5_PREVIEWS, {})[number] = plan
+        step.notes.append("The guide's md5 way differs here: the appendix at the end of this notebook shows it.")
     return step
 
 
-def primary_hba_step(env, lines_of) -> ops.Step:
-    """Add `lines_of(env)` to the primary's pg_hba.conf (Steps 3 and 23), showing the guide's md5 way."""
+def md5_appendix(env) -> str:
+    """Each step's plan of the guide's md5 way, kept by guides_md5_way as the step ran."""
+    if auth_method(env.params) == "md5":
+        return "postgres.auth_method is md5 here: the steps above ran the guide's md5 way itself."
+    kept = env.memo.get(MD5_PREVIEWS, {})
+    if not kept:
+        return "No step of this session planned the guide's md5 way: run the notebook's steps first."
+    return "\n".join(f"Step {n}, planned on the hosts as they were then, not applied:\n"
+                     + "\n".join("    " + line.replace("\n", "\n    ") for line in plan) for n, plan in sorted(kept.items()))
+
+
+def primary_hba_step(env, lines_of, number: int) -> ops.Step:
+    """Add `lines_of(env)` to the primary's pg_hba.conf (guide step `number`: 3 or 23), keeping the guide's md5
+    way for the appendix."""
     from lib import pgconf
 
     def build(e):
         return edit_step(ops.Step("pg_hba.conf"), e.primary, conf_file(e.primary, "pg_hba.conf"),
                          lambda text: pgconf.add_hba_records(text, lines_of(e)))
-    return guides_md5_way(build(env), env, build)
+    return guides_md5_way(build(env), env, build, number)
 
 
 # --- reads, shown as a person would type them ------------------------------------------------

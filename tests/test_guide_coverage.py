@@ -18,3 +18,12 @@ def test_each_part_of_the_guide_is_counted():
     assert "CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD 'replica123';" in items["Step 1"]
     assert "edit /etc/postgresql/16/main/postgresql.conf" in items["Step 2"] and "wal_level = replica" in items["Step 2"]
     assert "SHOW pool_processes;" in items["Quick Reference"]
+
+
+def test_an_appendix_section_counts_for_the_step_it_names():
+    out = ("Step 3, planned on the hosts as they were then, not applied:\n"
+           "    vm1 (root) $ edit /etc/postgresql/15/main/pg_hba.conf\n      +host replication replicator x md5\n"
+           "Step 25, planned on the hosts as they were then, not applied:\n    vm1 (root) $ systemctl reload postgresql")
+    sections = dict(guide_coverage.APPENDIX_SECTION.findall(out))
+    assert sections.keys() == {"3", "25"}
+    assert "md5" in sections["3"] and "reload" not in sections["3"] and "reload" in sections["25"]

@@ -145,10 +145,11 @@ def test_second_run_reports_everything_in_place(provisioned_twice):
                    "pgpool2 is running with the configuration on disk", "Frank is already in testdb.employees"):
         assert phrase in part2, phrase
     # no action ran: the only INSERT shown is Steps 16/37's, which must fail on the standby, and the
-    # indented lines are the guide's md5 way, planned and not applied
+    # indented lines are the guide's md5 way in the appendix, planned and not applied
     ran = "\n".join(line for line in (text + part2).splitlines()
                     if "'Hacker'" not in line and not line.startswith("    "))
-    assert "The guide's md5 way (postgres.auth_method: md5) would run here" in part2
+    assert "The guide's md5 way differs here: the appendix at the end of this notebook shows it." in part2
+    assert "Step 25, planned on the hosts as they were then, not applied:\n    vm1 (root) $ edit" in part2
     for prompt in ("(root) $ edit ", "(root) $ systemctl restart", "(root) $ systemctl reload", " $ pg_enc -m",
                    "INSERT INTO employees (name, department) VALUES", "CREATE ROLE", "ALTER ROLE"):
         assert prompt not in ran, prompt

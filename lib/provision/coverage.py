@@ -12,7 +12,8 @@ Counting rules (what is an item, and what counts as seen):
   (its result is shown), `ip a`. `sudo nano FILE` is the item `edit FILE`. The Quick Reference
   table's commands count for notebook 02 as a whole.
 - Seen: the item, normalised, is a substring of the step's notebook text (its cells' code and
-  stored outputs), normalised the same way. Normalising: the guide's addresses become the lab's,
+  stored outputs, and in an appendix the indented lines under a line that starts `Step N`),
+  normalised the same way. Normalising: the guide's addresses become the lab's,
   PostgreSQL 16 paths 15, secrets `********`; `sudo ` prefixes, quotes, `;` and case are dropped;
   `apt-get` reads as `apt`, `ALTER USER` as `ALTER ROLE` (the same statement); whitespace squeezed.
 - Nothing else is mapped: where the notebooks do something else on purpose (scram instead of
@@ -34,6 +35,8 @@ NOTEBOOKS = ["01-streaming-replication.ipynb", "02-pgpool.ipynb"]
 ADDRESSES = {"172.16.93.132": "10.213.93.132", "172.16.93.133": "10.213.93.133", "172.16.93.134": "10.213.93.134"}
 PLUMBING = re.compile(r"^(sudo -i -u postgres|psql|exit|\\q|\\c \w+|\\du|ip a)$")
 SECRETS = ("replica123", "postgres123", "pgpool123")
+#: in an appendix's output, a line that names a step and the indented lines under it (the guide's md5 way)
+APPENDIX_SECTION = re.compile(r"^Step (\d+)\b.*\n((?:    .*(?:\n|$))*)", re.M)
 
 
 def normalise(text: str) -> str:
@@ -95,7 +98,10 @@ def notebook_text() -> dict[str, str]:
                     parts.append(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"]))
             whole += parts
             if unit.number is not None:
-                texts[f"Step {unit.number}"] = normalise("\n".join(parts))
+                texts[f"Step {unit.number}"] = texts.get(f"Step {unit.number}", "") + " " + normalise("\n".join(parts))
+            else:
+                for number, section in APPENDIX_SECTION.findall("\n".join(parts)):
+                    texts[f"Step {number}"] = texts.get(f"Step {number}", "") + " " + normalise(section)
         if name.startswith("02"):
             texts["Quick Reference"] = normalise("\n".join(whole))
     return texts
