@@ -5,7 +5,9 @@ notebooks into pages with a table of contents, previous/next links and search. B
 prose gets what a book needs and a notebook cannot hold:
 - every diagram drawn as inline SVG (lib.diagrams), so pages carry no renderer;
 - a label on every step's heading, and each "Step N" and "notebook 0N" in the prose a link to it; Sphinx
-  fails the build on a link with no target.
+  fails the build on a link with no target;
+- the outputs' commands highlighted as shell, and files' diff lines as insertions and deletions
+  (lib.transcript_lexer).
 The build runs with warnings as errors."""
 from __future__ import annotations
 
@@ -36,7 +38,25 @@ html_title = project
 html_show_sourcelink = False
 html_copy_source = False
 exclude_patterns = ["_build"]
+nb_render_text_lexer = "pgguide-transcript"    # a step's output: its commands highlighted (lib/transcript_lexer.py)
+html_static_path = ["_static"]
+html_css_files = ["transcript.css"]
+
+
+def setup(app):
+    import sys
+    sys.path.insert(0, {repo!r})
+    from lib.transcript_lexer import TranscriptLexer
+    app.add_lexer("pgguide-transcript", TranscriptLexer)
 '''
+
+#: the transcript's marks, in light and dark mode alike: the prompt bold, a file's lines added and removed as a diff
+TRANSCRIPT_CSS = """\
+.highlight .gp { font-weight: bold; }
+.highlight .gi { color: #2da44e; background: rgba(46, 160, 67, .12); }
+.highlight .gd { color: #e5534b; background: rgba(229, 83, 75, .12); }
+.highlight .go { color: inherit; }
+"""
 
 STEP_HEADING = re.compile(r"^(#{1,6}) Step (\d+) — ", re.M)
 STEP_MENTION = re.compile(r"\b(Steps?) (\d+(?:(?:[–-]|, | and | or )\d+)*)\b")
@@ -147,7 +167,9 @@ def build(record: Path | None = None, out: Path = BUILD) -> Path:
         index.write_text(index.read_text().replace("\n## How to read it", f"\n```{{note}}\nThis book shows the run record "
                          f"`{record.name}` ({said}); the other chapters are the stored run.\n```\n\n## How to read it", 1))
     shutil.copytree(REPO / "bench", out / "bench", ignore=shutil.ignore_patterns("*.json"))   # the plots ../bench/ names
-    (src / "conf.py").write_text(CONF)
+    (src / "conf.py").write_text(CONF.replace("{repo!r}", repr(str(REPO))))
+    (src / "_static").mkdir(exist_ok=True)
+    (src / "_static" / "transcript.css").write_text(TRANSCRIPT_CSS)
     notebooks = {p.stem[:2]: p.stem for p in paths}
     for page in src.glob("*.md"):
         page.write_text(link_mentions(page.read_text(), notebooks))

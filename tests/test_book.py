@@ -156,3 +156,12 @@ def test_a_run_records_book_shows_its_notebooks_and_the_stored_rest(tmp_path):
     assert f"run record <code class=\"docutils literal notranslate\"><span class=\"pre\">{record.name}</span>" in \
         (site / "index.html").read_text()
     assert all((site / f"{p.stem}.html").is_file() for p in NOTEBOOKS)
+
+
+def test_outputs_show_their_commands_highlighted_and_diffs_as_insertions_and_deletions(site):
+    page = (site / "01-streaming-replication.html").read_text()
+    # Sphinx's pygments classes: gp a prompt, gi/gd inserted/deleted lines, go plain output
+    assert '<span class="gp">vm1 (postgres) $ </span>' in page
+    assert '<span class="gi">+wal_level = \'replica\'' in page
+    assert '<span class="gd">-#wal_level = replica' in page
+    assert '<span class="go">' in page
