@@ -104,3 +104,13 @@ def test_step_34_names_every_column_psql_prints():
     columns = [c.strip() for c in header.split("|")]
     unnamed = [c for c in columns if f"`{c}`" not in text and c not in ("node_id", "hostname", "port")]
     assert len(columns) == 14 and not unnamed, unnamed
+
+
+def test_each_troubleshooting_row_names_the_step_that_sets_it_right():
+    rows = [r for r in re.findall(r"^\| (.+) \|$", prose("05-troubleshooting.ipynb"), re.M) if not r.startswith("---")]
+    headers = [r for r in rows if r.startswith(("The guide's", "Check |"))]
+    assert len(headers) == 3 and all("Set " in h for h in headers), headers
+    body = [r.split(" | ") for r in rows if r not in headers]
+    # the guide's rows end with the step; the settings table has it second
+    steps = [cells[-1] if len(cells) == 4 else cells[1] for cells in body]
+    assert all(re.fullmatch(r"(Steps? \d+.*|notebook 0\d)", s) for s in steps), steps
