@@ -137,10 +137,12 @@ def heredoc(pieces: Iterable[Piece]) -> str:
 
 
 def shell_word(script: str) -> str:
-    """`script` as one bash word that reads as typed: '…' when it has no single quote, else a
-    literal here-document inside $(…)."""
+    """`script` as one bash word that reads as typed: '…' when it has no single quote, "…" when it is one line
+    that bash would not change inside double quotes, else a literal here-document inside $(…)."""
     if "'" not in script:
         return shlex.quote(script)
+    if "\n" not in script and not set(script) & set('$`"\\!'):
+        return f'"{script}"'
     end = delimiter("SH", script)
     return f"\"$(cat <<'{end}'\n{script}\n{end}\n)\""
 
@@ -320,6 +322,8 @@ class FileChange(Action):
     mode: str | None = None
     mask_line: Callable[[str], str] | None = None
     original_kept: bool = False         # the copy of the file before our first change is there already
+    by_hand: tuple[str, tuple[Piece, ...]] | None = None   # commands.sh's way, when the file is a host's own:
+                                                          # a script and its stdin, instead of the whole text
 
     def script(self) -> str:
         """write_file (lib.host_functions): only a text that arrived whole, its end mark included, replaces the
@@ -350,6 +354,9 @@ class FileChange(Action):
             user, _, group = (self.owner or "root:root").partition(":")
             install = f"install -m {self.mode or '644'} -o {user} -g {group} /dev/stdin {shlex.quote(self.path)}"
             return f'{on} {people(install)} < "$FILES/{self.kept_as()}"'
+        if self.by_hand:
+            script, stdin = self.by_hand
+            return f"{on} {people(script)} {heredoc(stdin)}"
         if self.old is None or has_secret(self.new) or self.mask_line:
             return super().bash()
         new = masked(self.new)

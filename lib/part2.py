@@ -507,6 +507,7 @@ def _user_line(line: str) -> str:
 
 
 def _replace_line(text: str | None, prefix: str, line: tuple) -> tuple:
+    """`text` without its lines that start with `prefix`, and `line` after them (replace_line by hand)."""
     kept = "".join(l + "\n" for l in (text or "").splitlines() if not l.startswith(prefix))
     return (kept, *line, "\n")
 
@@ -557,8 +558,11 @@ def password_file(env) -> ops.Step:
     if not any(isinstance(a, ops.FileChange) and a.path == path for a in step.actions):
         secret_access(step, vm3, path)        # pg_enc keeps the mode the file has
     pcp = conf(p, "pcp.conf")
+    # by hand, the package's pcp.conf keeps its own text: only pgpool's line is replaced
+    by_hand = (f"replace_line {shlex.quote(pcp)} '^{PGPOOL_ROLE}:' {SECRET_OWNER} {SECRET_MODE} '{PGPOOL_ROLE}:'",
+               (Secret("pgpool", "md5"), "\n"))
     secret_file(step, vm3, pcp, lambda old: _replace_line(old, f"{PGPOOL_ROLE}:", (f"{PGPOOL_ROLE}:", Secret("pgpool", "md5"))),
-                 _user_line, f"{PGPOOL_ROLE}'s md5 (pg_md5 of PGGUIDE_PGPOOL_PASSWORD)")
+                _user_line, f"{PGPOOL_ROLE}'s md5 (pg_md5 of PGGUIDE_PGPOOL_PASSWORD)", by_hand=by_hand)
     secret_file(step, vm3, PCPPASS, (f"localhost:{p.pgpool['pcp_port']}:{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
                  last_field_masked, "PGGUIDE_PGPOOL_PASSWORD")
 

@@ -15,10 +15,10 @@ def last_field_masked(line: str) -> str:
     return line.rsplit(":", 1)[0] + ":" + ops.MASK
 
 
-def secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str) -> None:
+def secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str, by_hand=None) -> None:
     """A file that holds a secret: written only when its text differs, its diff masked; its owner
     and mode are put right on every run. `new`: the pieces of its text, or a function making them
-    from its current text (None: absent)."""
+    from its current text (None: absent). `by_hand`: how commands.sh changes it (ops.FileChange)."""
     f = shlex.quote(path)
     found = remote.run(f"if test -f {f}; then stat -c '%U:%G %a' {f}; cat {f}; else echo absent; fi",
                        user="root", mask=False).stdout
@@ -27,7 +27,7 @@ def secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str) ->
     new = new(old) if callable(new) else new
     if old != ops.resolve(new, remote.params):
         step.do(ops.FileChange(remote, "root", path=path, old=old, new=new, owner=SECRET_OWNER, mode=SECRET_MODE,
-                               mask_line=mask_line))
+                               mask_line=mask_line, by_hand=by_hand if old is not None else None))
         return
     step.note(remote, f"{path} already holds {what}")
     secret_access(step, remote, path, access)

@@ -606,7 +606,7 @@ def test_commands_sh_replayed_on_a_fresh_lab_builds_the_same_cluster(provisioned
     """What the transcript shows is complete and true: the first run's commands.sh, run with bash
     alone (no Python) on a fresh lab, builds a cluster that --check finds as the guide wants it."""
     script = provisioned_twice[0] / "commands.sh"
-    # a person can read it: each edit its changed lines, each new file in files/ (about 790 lines on the lab, checks included)
+    # a person can read it: each edit its changed lines, each new file in files/ (about 765 lines on the lab, checks included)
     assert script.read_text().count("\n") < 800
     sh(REPO / "ci" / "lab", "up")
     replay = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600,

@@ -73,6 +73,9 @@ def test_scripts_with_quotes_become_literal_heredocs():
     script = "awk '{print $4}' <<< 'a b c d'"
     assert bash(f"eval echo {ops.shell_word('plain')}; bash -c {ops.shell_word(script)}", {}) == "plain\nd\n"
     assert "SH" in ops.shell_word(script) and script in ops.shell_word(script)
+    one_line = "replace_line /x '^pgpool:' postgres:postgres 600 'pgpool:'"
+    assert ops.shell_word(one_line) == f'"{one_line}"' and bash(f"printf %s {ops.shell_word(one_line)}", {}) == one_line
+    assert "SH" in ops.shell_word("echo '$HOME'")              # bash would expand it inside double quotes
 
 
 def test_a_text_holding_our_end_word_still_arrives_whole(secrets_env):

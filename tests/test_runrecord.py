@@ -218,3 +218,31 @@ def test_a_steps_checks_follow_its_actions_in_commands_sh_as_comments():
            "#   vm1 (root) $ pg_lsclusters\n#   line 0\n" in script
     assert f"#   … {21 - EXPECTED_LINES} more lines in the notebook\n" in script and "line 19" not in script
     assert s.steps[0].changes == [{"host": "vm1", "what": "systemctl restart postgresql"}]
+
+
+def test_a_hosts_own_file_that_holds_a_secret_is_changed_by_hand_line_by_line(tmp_path, monkeypatch):
+    import os
+    import subprocess
+
+    from lib import host_functions, ops
+    from lib.part2 import _replace_line
+    from tests.test_ops import PREAMBLE_FUNCTIONS, FakeRemote
+
+    monkeypatch.setenv("PGGUIDE_PGPOOL_PASSWORD", "pgpool-secret-1")
+    shipped = "# PCP Client Authentication Configuration File\n# postgres:e8a48653851e28c69d0506508fb27fc5\n"
+    target = tmp_path / "pcp.conf"
+    target.write_text(shipped)
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    group = subprocess.run(["id", "-gn"], capture_output=True, text=True).stdout.strip()
+    new = _replace_line(shipped, "pgpool:", ("pgpool:", ops.Secret("pgpool", "md5")))
+    change = ops.FileChange(FakeRemote(), "root", path=str(target), old=shipped, new=new, owner=f"{user}:{group}",
+                            mode="600", mask_line=lambda l: l, by_hand=(
+                                f"replace_line {target} '^pgpool:' {user}:{group} 600 'pgpool:'",
+                                (ops.Secret("pgpool", "md5"), "\n")))
+    shown = change.bash()
+    assert "pgpool-secret-1" not in shown and "# PCP Client" not in shown        # the file's own text stays
+    assert shown.endswith('<<PGGUIDE_EOF\n$(md5_of "${PGGUIDE_PGPOOL_PASSWORD}")\nPGGUIDE_EOF')
+    done = subprocess.run(["bash", "-c", f'{PREAMBLE_FUNCTIONS}\non() {{ bash -c "$HOST_FUNCTIONS\n$3"; }}\n{shown}\n'],
+                          capture_output=True, text=True, env={**os.environ, "HOST_FUNCTIONS": host_functions.ALL})
+    assert done.returncode == 0, done.stderr
+    assert target.read_text() == ops.resolve(new, None) and oct(target.stat().st_mode)[-3:] == "600"
