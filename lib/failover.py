@@ -311,6 +311,7 @@ def failover_script(params) -> str:
 # %d: the node detached, %h: its host, %P: the primary before, %m: the new main node, %H: its host,
 # %N: the primary's host before
 set -u
+# shellcheck disable=SC2034  # every argument pgpool passes is named here, the ones this script needs or not
 failed=$1 failed_host=$2 old_primary=$3 new_main=$4 new_host=$5 primary_host=$6
 {_functions()}
 if [ "$failed" != "$old_primary" ]; then
@@ -341,7 +342,7 @@ standbys() {{
 # a planned switchover's target (lib.switchover), while it has not expired: preferred among the most advanced
 read -r wanted until < {SWITCHOVER_TO} 2>/dev/null && [ "${{until:-0}}" -ge "$(date +%s)" ] || wanted=
 choose() {{
-    best= best_host= best_bytes=-1 held= streaming=0
+    best='' best_host='' best_bytes=-1 held='' streaming=0
     while read -r id host; do
         row=$(on "$host" "psql -XAtc \\"{position}\\"" </dev/null 2>/dev/null) || continue
         IFS='|' read -r recovery lsn at receiver <<< "$row"

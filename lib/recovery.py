@@ -81,6 +81,7 @@ def rejoin_program(params) -> str:
 # The one program another database server's postgres may run here over SSH (authorized_keys command=),
 # for pgpool's online recovery (pcp_recovery_node). Written by pgguide.
 set -uo pipefail
+refuse_diverged={refuse_diverged}    # options.refuse_diverged: yes keeps a server that holds commits the primary lacks out
 name=
 for address in $(ip -o addr show | awk '{{split($4, a, "/"); print a[1]}}'); do
   case $address in   # this server's name: its application_name as a standby
@@ -127,7 +128,7 @@ switch=$(awk -v t="$my_timeline" '$1 == t {{print $2}}' <<< "$history")
 commits=$({rejoin.count_commits(params, '"$my_timeline"', '"$switch"')})
 say "switch point $switch on timeline $my_timeline: $name holds $commits commits past it that $primary never received"
 if [ "$commits" -gt 0 ]; then
-  [ {refuse_diverged} = no ] || refuse "options.refuse_diverged is set"
+  [ "$refuse_diverged" = no ] || refuse "options.refuse_diverged is set"
   segment=$(psql "{source}" -XAtc "SELECT pg_walfile_name('$switch')")
   first=$(printf '%08X' "$my_timeline")${{segment:8}}
   a={diverged}

@@ -126,7 +126,7 @@ def test_summary_says_what_each_step_changed(provisioned_twice):
     again = summary(second)
     assert again["steps_changed"] == 0 and {s["status"] for s in again["steps"]} == {"in place"}
     log = (second / "provision.log").read_text()
-    assert "0 steps changed, 53 already in place" in log and "[53/53] 03" in log
+    assert "0 steps changed, 55 already in place" in log and "[55/55] 03" in log
     assert "# nothing was changed" in (second / "commands.sh").read_text()
 
 
@@ -578,10 +578,11 @@ def test_a_standby_address_that_reaches_the_primary_is_refused(provisioned_twice
 
 
 def test_wrong_replication_password_stops_the_base_backup_with_the_reason(provisioned_twice, monkeypatch):
-    from lib import ops
+    from lib import host_functions
 
-    on("vm2", "sudo systemctl stop postgresql && sudo bash -c " + shlex.quote(ops.wait_for(
-        "pg_lsclusters --no-header 15 main | grep -q down", 30, "vm2 is not down")))
+    # a script that calls a host function carries its definition (lib.host_functions.defined)
+    on("vm2", "sudo systemctl stop postgresql && sudo bash -c " + shlex.quote(host_functions.defined(
+        host_functions.wait_for("pg_lsclusters --no-header 15 main | grep -q down", 30, "vm2 is not down"))))
     env = Hosts(PARAMS)
     try:
         env.memo["to_clone"] = [env.standby]                 # what Step 7 decides for a standby it stopped
@@ -606,7 +607,7 @@ def test_commands_sh_replayed_on_a_fresh_lab_builds_the_same_cluster(provisioned
     """What the transcript shows is complete and true: the first run's commands.sh, run with bash
     alone (no Python) on a fresh lab, builds a cluster that --check finds as the guide wants it."""
     script = provisioned_twice[0] / "commands.sh"
-    # a person can read it: each edit its changed lines, each new file in files/ (about 765 lines on the lab, checks included)
+    # a person can read it: each edit its changed lines, each new file in files/ (about 740 lines on the lab, checks included)
     assert script.read_text().count("\n") < 800
     sh(REPO / "ci" / "lab", "up")
     replay = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600,

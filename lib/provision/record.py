@@ -114,9 +114,12 @@ PY
 }}
 
 # The PostgreSQL version, cluster and directories on the hosts: every script below gets them (see `on`).
-PG_VERSION={pg_version}
-PG_CLUSTER={pg_cluster}
-{pg_paths}
+# shellcheck disable=SC2034  # host_setup reads them by name
+{{
+  PG_VERSION={pg_version}
+  PG_CLUSTER={pg_cluster}
+  {pg_paths}
+}}
 
 # The functions the scripts below call on the hosts (lib/host_functions.py): `on` sends them along.
 HOST_FUNCTIONS=$(cat <<'FUNCTIONS'
@@ -185,7 +188,7 @@ def _path_variables(params) -> dict[str, str]:
             return shlex.quote(path)
         return path.replace(f"/{version}/{cluster}", "/$PG_VERSION/$PG_CLUSTER").replace(f"/{version}/bin", "/$PG_VERSION/bin")
     paths = [f"{name}={layout(values[name])}" for name in ("PG_BIN", "PG_ETC", "PG_DATA")]
-    return {"pg_version": version, "pg_cluster": shlex.quote(cluster), "pg_paths": "\n".join(paths)}
+    return {"pg_version": version, "pg_cluster": shlex.quote(cluster), "pg_paths": "\n  ".join(paths)}
 
 
 def _heading(action: dict) -> str:
