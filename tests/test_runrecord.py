@@ -217,6 +217,8 @@ def test_a_steps_checks_follow_its_actions_in_commands_sh_as_comments():
     assert "on vm1 root 'systemctl restart postgresql' </dev/null\n# check: the cluster is online\n" \
            "#   vm1 (root) $ pg_lsclusters\n#   line 0\n" in script
     assert f"#   … {21 - EXPECTED_LINES} more lines in the notebook\n" in script and "line 19" not in script
+    s.steps[0].checks = [{"verified": "short", "evidence": "\n".join(f"row {i}" for i in range(EXPECTED_LINES + 1))}]
+    assert f"#   row {EXPECTED_LINES}" in commands_sh(s, P.load())      # one line more is shown, not announced
     assert s.steps[0].changes == [{"host": "vm1", "what": "systemctl restart postgresql"}]
 
 

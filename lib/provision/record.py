@@ -210,8 +210,8 @@ EXPECTED_LINES = 5
 def _expected(check: dict) -> str:
     """A verification as a comment: what it checks, and its evidence as the run saw it."""
     lines = check["evidence"].splitlines()
-    shown = lines[:EXPECTED_LINES] + ([f"… {len(lines) - EXPECTED_LINES} more lines in the notebook"]
-                                      if len(lines) > EXPECTED_LINES else [])
+    cut = len(lines) > EXPECTED_LINES + 1            # a line saying one more line is there would take as much room
+    shown = lines[:EXPECTED_LINES] + [f"… {len(lines) - EXPECTED_LINES} more lines in the notebook"] if cut else lines
     return f"# check: {check['verified']}" + "".join(f"\n#   {line}".rstrip() for line in shown)
 
 
