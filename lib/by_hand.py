@@ -4,11 +4,18 @@
   (`variables`), wherever the host's shell expands them: on another host, change them there.
 - A line of several commands is broken after each `&&` and `;` (`readable`).
 - A change of settings in a configuration file is `set_conf FILE` with the settings on its stdin, one
-  `name = value` a line (`conf_settings`); lib.host_functions defines set_conf.
+  `name = value` a line (`conf_settings`); lib.host_functions defines set_conf. Another edit of a file that
+  is there is its changed lines (`line_edits`, for edit_lines).
+- A script is one bash word (`shell_word`), a text on stdin a here-document (`heredoc`), in which a secret is
+  its `${PGGUIDE_…}` reference.
 """
 from __future__ import annotations
 
+import difflib
+import hashlib
 import re
+import shlex
+from typing import Iterable
 
 from lib import pgpoolconf
 from lib.pgconf import changed_lines
@@ -154,3 +161,65 @@ def readable(line: str) -> str:
         i += 1
     pieces.append(line[start:])
     return "\n    ".join(pieces)
+
+
+# --- bash words, here-documents and line edits -------------------------------------------------------
+HEREDOC_END = "PGGUIDE_EOF"
+
+
+def delimiter(base: str, text: str) -> str:
+    """A here-document's end word that is no line of `text` (a file may hold our own word): `base`,
+    else `base_1`, `base_2`, …, so that the same text always gets the same word."""
+    lines, word, n = set(text.splitlines()), base, 0
+    while word in lines:
+        n += 1
+        word = f"{base}_{n}"
+    return word
+
+
+def heredoc(pieces: Iterable) -> str:
+    """`<<…` redirection with `pieces` as its body. Without secrets the body is quoted and taken
+    literally; with secrets it is unquoted, so literal text escapes \\, $ and `."""
+    pieces = tuple(pieces)
+    body = "".join(p if isinstance(p, str) else "" for p in pieces)
+    end = delimiter(HEREDOC_END, body)
+    if all(isinstance(p, str) for p in pieces):      # no secret (lib.ops.Secret) among them
+        out = body
+        mark = f"<<'{end}'"
+    else:
+        esc = lambda s: s.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+        out = "".join(esc(p) if isinstance(p, str) else p.bash() for p in pieces)
+        mark = f"<<{end}"
+    return f"{mark}\n{out}{'' if out.endswith(chr(10)) else chr(10)}{end}"
+
+
+def shell_word(script: str) -> str:
+    """`script` as one bash word that reads as typed: '…' when it has no single quote, "…" when it is one line
+    that bash would not change inside double quotes, else a literal here-document inside $(…)."""
+    if "'" not in script:
+        return shlex.quote(script)
+    if "\n" not in script and not set(script) & set('$`"\\!'):
+        return f'"{script}"'
+    end = delimiter("SH", script)
+    return f"\"$(cat <<'{end}'\n{script}\n{end}\n)\""
+
+
+def text_sum(text: str) -> str:
+    """What edit_lines checks a file against: the start of its SHA-256."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def line_edits(old: str, new: str) -> str:
+    """The edit that turns `old` into `new`, one line each, numbered by `old`'s lines: `N c TEXT` (line N becomes
+    TEXT), `N d` (line N goes), `N i TEXT` (TEXT goes before line N; one past the last line appends)."""
+    a, b = old.splitlines(), new.splitlines()
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op == "equal":
+            continue
+        if op == "replace" and i2 - i1 == j2 - j1:
+            out += [f"{i1 + k + 1} c {b[j1 + k]}" for k in range(i2 - i1)]
+            continue
+        out += [f"{k + 1} d" for k in range(i1, i2)]
+        out += [f"{i2 + 1} i {line}" for line in b[j1:j2]]
+    return "".join(line + "\n" for line in out)

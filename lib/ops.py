@@ -20,14 +20,13 @@ host on stdin, and written into commands.sh as `${PGGUIDE_...}` references.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import shlex
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Union
 
 from lib import host_functions, journal, roles, secrets
-from lib.by_hand import conf_settings, for_people, readable
+from lib.by_hand import conf_settings, delimiter, for_people, heredoc, line_edits, readable, shell_word, text_sum
 from lib.pgconf import changed_lines
 from lib.show import CheckFailed
 
@@ -105,46 +104,6 @@ def masked(pieces: Iterable[Piece]) -> str:
 
 def has_secret(pieces: Iterable[Piece]) -> bool:
     return any(isinstance(p, Secret) for p in pieces)
-
-
-HEREDOC_END = "PGGUIDE_EOF"
-
-
-def delimiter(base: str, text: str) -> str:
-    """A here-document's end word that is no line of `text` (a file may hold our own word): `base`,
-    else `base_1`, `base_2`, …, so that the same text always gets the same word."""
-    lines, word, n = set(text.splitlines()), base, 0
-    while word in lines:
-        n += 1
-        word = f"{base}_{n}"
-    return word
-
-
-def heredoc(pieces: Iterable[Piece]) -> str:
-    """`<<…` redirection with `pieces` as its body. Without secrets the body is quoted and taken
-    literally; with secrets it is unquoted, so literal text escapes \\, $ and `."""
-    pieces = tuple(pieces)
-    body = "".join(p if isinstance(p, str) else "" for p in pieces)
-    end = delimiter(HEREDOC_END, body)
-    if not has_secret(pieces):
-        out = body
-        mark = f"<<'{end}'"
-    else:
-        esc = lambda s: s.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
-        out = "".join(p.bash() if isinstance(p, Secret) else esc(p) for p in pieces)
-        mark = f"<<{end}"
-    return f"{mark}\n{out}{'' if out.endswith(chr(10)) else chr(10)}{end}"
-
-
-def shell_word(script: str) -> str:
-    """`script` as one bash word that reads as typed: '…' when it has no single quote, "…" when it is one line
-    that bash would not change inside double quotes, else a literal here-document inside $(…)."""
-    if "'" not in script:
-        return shlex.quote(script)
-    if "\n" not in script and not set(script) & set('$`"\\!'):
-        return f'"{script}"'
-    end = delimiter("SH", script)
-    return f"\"$(cat <<'{end}'\n{script}\n{end}\n)\""
 
 
 # --- actions ----------------------------------------------------------------------------------------
@@ -286,27 +245,6 @@ class Sql(Action):
 
     def typed(self) -> str | None:
         return None if self._one_line() is not None else super().typed()
-
-
-def text_sum(text: str) -> str:
-    """What edit_lines checks a file against: the start of its SHA-256."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def line_edits(old: str, new: str) -> str:
-    """The edit that turns `old` into `new`, one line each, numbered by `old`'s lines: `N c TEXT` (line N becomes
-    TEXT), `N d` (line N goes), `N i TEXT` (TEXT goes before line N; one past the last line appends)."""
-    a, b = old.splitlines(), new.splitlines()
-    out = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if op == "equal":
-            continue
-        if op == "replace" and i2 - i1 == j2 - j1:
-            out += [f"{i1 + k + 1} c {b[j1 + k]}" for k in range(i2 - i1)]
-            continue
-        out += [f"{k + 1} d" for k in range(i1, i2)]
-        out += [f"{i2 + 1} i {line}" for line in b[j1:j2]]
-    return "".join(line + "\n" for line in out)
 
 
 @dataclass

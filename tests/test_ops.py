@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from lib import host_functions, ops
+from lib import by_hand, host_functions, ops
 from lib import params as P
 from lib.show import CheckFailed
 from lib.remote import Remote, Result
@@ -51,7 +51,7 @@ pgpass_field() { local s=${1//\\/\\\\}; printf '%s' "${s//:/\\:}"; }
 def test_a_secret_computed_in_bash_equals_the_value_sent(secrets_env, form):
     secret = ops.Secret("replication", form)
     pieces = ("a $literal `x` \\ line\n", secret, "\n")
-    script = PREAMBLE_FUNCTIONS + "cat " + ops.heredoc(pieces)
+    script = PREAMBLE_FUNCTIONS + "cat " + by_hand.heredoc(pieces)
     assert bash(script, {"PGGUIDE_REPLICATION_PASSWORD": NASTY, "PATH": "/usr/bin:/bin"}) == ops.resolve(pieces, PARAMS)
 
 
@@ -64,27 +64,27 @@ def test_secret_forms_and_how_they_are_shown(secrets_env):
 
 def test_a_heredoc_without_secrets_is_quoted_and_literal():
     text = "x = '$HOME' `id` \\\n"
-    doc = ops.heredoc((text,))
+    doc = by_hand.heredoc((text,))
     assert doc.startswith("<<'PGGUIDE_EOF'\n")
     assert bash("cat " + doc, {}) == text
 
 
 def test_scripts_with_quotes_become_literal_heredocs():
     script = "awk '{print $4}' <<< 'a b c d'"
-    assert bash(f"eval echo {ops.shell_word('plain')}; bash -c {ops.shell_word(script)}", {}) == "plain\nd\n"
-    assert "SH" in ops.shell_word(script) and script in ops.shell_word(script)
+    assert bash(f"eval echo {by_hand.shell_word('plain')}; bash -c {by_hand.shell_word(script)}", {}) == "plain\nd\n"
+    assert "SH" in by_hand.shell_word(script) and script in by_hand.shell_word(script)
     one_line = "replace_line /x '^pgpool:' postgres:postgres 600 'pgpool:'"
-    assert ops.shell_word(one_line) == f'"{one_line}"' and bash(f"printf %s {ops.shell_word(one_line)}", {}) == one_line
-    assert "SH" in ops.shell_word("echo '$HOME'")              # bash would expand it inside double quotes
+    assert by_hand.shell_word(one_line) == f'"{one_line}"' and bash(f"printf %s {by_hand.shell_word(one_line)}", {}) == one_line
+    assert "SH" in by_hand.shell_word("echo '$HOME'")              # bash would expand it inside double quotes
 
 
 def test_a_text_holding_our_end_word_still_arrives_whole(secrets_env):
     text = "a\nPGGUIDE_EOF\nPGGUIDE_EOF_1\nb $x\n"
-    assert bash("cat " + ops.heredoc((text,)), {}) == text
+    assert bash("cat " + by_hand.heredoc((text,)), {}) == text
     with_secret = (text, ops.Secret("postgres"), "\n")
-    assert bash("cat " + ops.heredoc(with_secret), {"PGGUIDE_POSTGRES_PASSWORD": "pg-secret-1"}) == text + "pg-secret-1\n"
+    assert bash("cat " + by_hand.heredoc(with_secret), {"PGGUIDE_POSTGRES_PASSWORD": "pg-secret-1"}) == text + "pg-secret-1\n"
     script = "echo 'x'\nSH\necho 'y'"
-    assert bash(f"printf %s {ops.shell_word(script)}", {}) == script
+    assert bash(f"printf %s {by_hand.shell_word(script)}", {}) == script
 
 
 def test_apply_prints_the_transcript_masks_secrets_and_runs_handlers_once(secrets_env, capsys, monkeypatch, tmp_path):

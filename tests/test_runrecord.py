@@ -187,7 +187,7 @@ def test_a_change_of_settings_in_commands_sh_is_set_conf_and_sets_what_the_run_s
 
 
 def test_commands_sh_names_the_clusters_paths_where_the_host_expands_them():
-    from lib import ops
+    from lib import by_hand
     from lib import params as P
     from lib.by_hand import for_people
 
@@ -198,7 +198,7 @@ def test_commands_sh_names_the_clusters_paths_where_the_host_expands_them():
         "rm -rf $PG_DATA/* &&\n    mv $PG_DATA.cloning /tmp/x &&\n"
         "    echo '/var/lib/postgresql/15/main' \"$PG_ETC/pg_hba.conf\" /var/lib/postgresql/15/main2")
     # quoted for `on`: the host's shell expands the variable, which commands.sh's preamble sets
-    said = ops.shell_word(for_people("echo $HOME /usr/lib/postgresql/15/bin/pg_ctl", prm))
+    said = by_hand.shell_word(for_people("echo $HOME /usr/lib/postgresql/15/bin/pg_ctl", prm))
     assert said == "'echo $HOME $PG_BIN/pg_ctl'"
 
 
