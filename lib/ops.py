@@ -241,7 +241,8 @@ class Sql(Action):
         sql = self._one_line()
         if sql is None:
             return super().bash()
-        return f"on {self.host} {self.user or '-'} {shell_word(self.script() + f' -c {chr(34)}{sql}{chr(34)}')} </dev/null"
+        command = f'{self.script()} -c "{sql}"'
+        return f"on {self.host} {self.user or '-'} {shell_word(command)} </dev/null"
 
     def typed(self) -> str | None:
         return None if self._one_line() is not None else super().typed()

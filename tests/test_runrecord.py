@@ -248,3 +248,15 @@ def test_a_hosts_own_file_that_holds_a_secret_is_changed_by_hand_line_by_line(tm
                           capture_output=True, text=True, env={**os.environ, "HOST_FUNCTIONS": host_functions.ALL})
     assert done.returncode == 0, done.stderr
     assert target.read_text() == ops.resolve(new, None) and oct(target.stat().st_mode)[-3:] == "600"
+
+
+def test_a_one_line_statement_is_psql_dash_c_in_commands_sh_and_a_longer_one_a_here_document():
+    from lib import ops
+    from tests.test_ops import FakeRemote
+
+    create = ops.Sql(FakeRemote(), "postgres", statement=("CREATE DATABASE testdb;",))
+    assert create.bash() == "on vm1 postgres 'psql -X -v ON_ERROR_STOP=1 -c \"CREATE DATABASE testdb;\"' </dev/null"
+    assert "typed" not in create.record()                    # the line itself is what a person types
+    insert = ops.Sql(FakeRemote(), "postgres", statement=("INSERT INTO t VALUES ('x');",), database="testdb")
+    assert "<<'PGGUIDE_EOF'\nINSERT INTO t VALUES ('x');\nPGGUIDE_EOF" in insert.bash()
+    assert insert.record()["typed"] == "psql -d testdb -c \"INSERT INTO t VALUES ('x');\""
