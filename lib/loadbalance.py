@@ -100,9 +100,18 @@ def plan(weights: list[float], at_least: int = 0) -> Plan:
 
 
 def sample(connect: Callable, sessions: int, concurrent: int = 1) -> Counter:
-    """Open `sessions` sessions, `concurrent` at a time; in each, ask which backend answered."""
+    """Open `sessions` sessions, `concurrent` at a time; in each, ask which backend answered.
+    The first session that fails fails the sample."""
+    seen, _ = sample_despite(connect, sessions, concurrent, survivable=())
+    return seen
+
+
+def sample_despite(connect: Callable, sessions: int, concurrent: int,
+                   survivable: tuple[type[Exception], ...]) -> tuple[Counter, list[Exception]]:
+    """`sample`, going on past sessions that fail with a `survivable` error: the answers, and
+    those errors. Any other error fails the sample."""
     seen: Counter = Counter()
-    lock, errors = threading.Lock(), []
+    lock, survived, errors = threading.Lock(), [], []
     todo = iter(range(sessions))
 
     def worker():
@@ -117,7 +126,9 @@ def sample(connect: Callable, sessions: int, concurrent: int = 1) -> Counter:
             # the first failure is re-raised below, and the other threads stop
             except Exception as e:
                 with lock:
-                    errors.append(e)
+                    (survived if isinstance(e, survivable) else errors).append(e)
+                if isinstance(e, survivable):
+                    continue
                 return
             with lock:
                 seen[address] += 1
@@ -128,7 +139,7 @@ def sample(connect: Callable, sessions: int, concurrent: int = 1) -> Counter:
         t.join()
     if errors:
         raise errors[0]
-    return seen
+    return seen, survived
 
 
 def expected_shares(hosts) -> dict[str, float]:

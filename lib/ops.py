@@ -136,14 +136,15 @@ class Action:
 
     def run(self) -> str:
         """Apply it; return the output to show under the command."""
-        r = self.remote.run(host_functions.defined(self.script(), self.remote.params), user=self.user, stdin=resolve(self.stdin(), self.remote.params) or None,
+        script = host_functions.defined(self.script(), self.remote.params)     # with the functions it calls
+        r = self.remote.run(script, user=self.user, stdin=resolve(self.stdin(), self.remote.params) or None,
                             timeout=self.timeout, hint=self.hint)
         return (r.stdout + r.stderr).rstrip()
 
     def bash(self) -> str:
         """This action in commands.sh (`on HOST USER SCRIPT`, defined in its preamble, which also defines the
         host functions the script calls)."""
-        on = f"on {self.host} {self.user or '-'}"
+        on = self.on()
         script = for_people(self.script(), self.remote.params)
         if self.stdin():
             return f"{on} {shell_word(script)} {heredoc(self.stdin())}"
@@ -151,6 +152,10 @@ class Action:
             end = delimiter("SH", script)
             return f"{on} <<'{end}'\n{script}\n{end}"
         return f"{on} {shell_word(script)} </dev/null"
+
+    def on(self) -> str:
+        """commands.sh's `on HOST USER` for this action ("-": the SSH user)."""
+        return f"on {self.host} {self.user or '-'}"
 
     def typed(self) -> str | None:
         """What a person would type, in commands.sh above the script, when the script is not that: the
@@ -242,7 +247,7 @@ class Sql(Action):
         if sql is None:
             return super().bash()
         command = f'{self.script()} -c "{sql}"'
-        return f"on {self.host} {self.user or '-'} {shell_word(command)} </dev/null"
+        return f"{self.on()} {shell_word(command)} </dev/null"
 
     def typed(self) -> str | None:
         return None if self._one_line() is not None else super().typed()
@@ -288,7 +293,7 @@ class FileChange(Action):
         file is the text it was made from, and the result); a file that holds a secret written whole, the secret
         a variable. lib.host_functions defines set_conf and edit_lines."""
         people = lambda script: shell_word(for_people(script, self.remote.params))
-        on = f"on {self.host} {self.user or '-'}"
+        on = self.on()
         if self.old is None and not has_secret(self.new) and not self.mask_line:
             user, _, group = (self.owner or "root:root").partition(":")
             install = f"install -m {self.mode or '644'} -o {user} -g {group} /dev/stdin {shlex.quote(self.path)}"
@@ -391,7 +396,7 @@ class Relay(Action):
     def bash(self) -> str:
         people = lambda script: shell_word(for_people(script, self.remote.params))
         return (f"on {self.source.host.name} {self.source_user or '-'} {people(self.read)} </dev/null | "
-                f"on {self.host} {self.user or '-'} {people(self.write)}")
+                f"{self.on()} {people(self.write)}")
 
 
 def service(remote, verb: str, unit: str, *, then: str = "", hint: str | None = None) -> Command:

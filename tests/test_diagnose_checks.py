@@ -100,3 +100,55 @@ def test_a_trust_line_anywhere_fails_the_diagnosis():
     assert shipped[0].status == FAIL and len(shipped[0].evidence) == 2 and shipped[0].step == "Step 31"
     server = checks.no_trust(_TrustCluster("", peer + [["host", "all", "all", "0.0.0.0", "0.0.0.0", "trust", ""]]))
     assert server[0].status == FAIL and server[0].evidence == ["vm1: pg_hba.conf: host all all 0.0.0.0 0.0.0.0 trust"]
+
+
+class _PgpoolCluster:
+    """What reads_spread reads: pgpool.conf's weights, pcp's nodes, the servers' addresses."""
+    class params:
+        pgpool_host = type("H", (), {"address": "10.0.0.134"})()
+        pgpool = {"port": 9999}
+    pgpool_conf = {"load_balance_mode": "on", "backend_weight0": "1", "backend_weight1": "2"}
+    pcp_nodes = ([{"node_id": 0, "hostname": "10.0.0.132", "status": "up", "role": "primary"},
+                  {"node_id": 1, "hostname": "10.0.0.133", "status": "up", "role": "standby"}], None)
+    servers = [_Named("vm1"), _Named("vm2")]
+    servers[0].host.address, servers[1].host.address = "10.0.0.132", "10.0.0.133"
+
+    def __init__(self):
+        self.pgpool = _Named("vm3")
+        self.pgpool.transcript = []
+
+
+def test_a_session_pgpool_closes_is_a_finding_not_a_failed_check(monkeypatch):
+    import psycopg
+    from collections import Counter
+    from lib import loadbalance
+    closed = psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+
+    def sampled(connect, sessions, concurrent, survivable):
+        assert psycopg.OperationalError in survivable
+        return Counter({"10.0.0.132": sessions // 3, "10.0.0.133": sessions - sessions // 3 - 1}), [closed]
+    monkeypatch.setattr(loadbalance, "sample_despite", sampled)
+    nodes, _ = _PgpoolCluster.pcp_nodes
+    detached = [nodes[0], {**nodes[1], "status": "down"}]
+    monkeypatch.setattr(checks, "_nodes_by_pcp", lambda c: (detached, ""))
+    found = checks.reads_spread(_PgpoolCluster())
+    assert [(f.check, f.status) for f in found] == [("sessions through pgpool", WARN), ("reads spread", OK)]
+    assert "pgpool closed 1 of 35 read sessions" in found[0].summary
+    assert "server closed the connection unexpectedly" in found[0].evidence[0]
+    assert found[0].evidence[1] == "pcp_node_info -n 1 (vm2): up standby before, down standby after"
+    assert "pgpool detached a node while the check ran" in found[0].cause
+    monkeypatch.setattr(checks, "_nodes_by_pcp", lambda c: (nodes, ""))
+    unchanged = checks.reads_spread(_PgpoolCluster())[0]
+    assert unchanged.evidence[1] == "pcp_node_info: no node changed" and "no change of node status" in unchanged.cause
+
+
+def test_too_few_answered_sessions_judge_no_spread(monkeypatch):
+    import psycopg
+    from collections import Counter
+    from lib import loadbalance
+    closed = psycopg.OperationalError("server closed the connection unexpectedly")
+    monkeypatch.setattr(loadbalance, "sample_despite",
+                        lambda *a, **k: (Counter({"10.0.0.133": 5}), [closed] * 30))
+    monkeypatch.setattr(checks, "_nodes_by_pcp", lambda c: _PgpoolCluster.pcp_nodes)
+    found = checks.reads_spread(_PgpoolCluster())
+    assert [f.check for f in found] == ["sessions through pgpool"]      # 5 sessions cannot tell chance from a cause

@@ -92,3 +92,36 @@ def test_the_guides_three_queries_split_1_to_2_by_chance_44_percent():
 
 def test_default_weights_are_the_guides():
     assert [h.lb_weight for h in hosts(None, None)] == [1, 2]
+
+
+class _Answers:
+    """A session that answers with an address, or fails as a closed connection does."""
+    def __init__(self, answer):
+        self.answer = answer
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def execute(self, sql):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self
+
+    def fetchone(self):
+        return (self.answer,)
+
+
+def test_sessions_closed_by_the_server_are_counted_and_the_sample_goes_on():
+    closed = OSError("server closed the connection unexpectedly")
+    answers = iter([closed, "10.0.0.1", "10.0.0.2", closed] + ["10.0.0.2"] * 100)
+    seen, survived = lb.sample_despite(lambda: _Answers(next(answers)), 40, concurrent=4, survivable=(OSError,))
+    assert survived == [closed, closed] and sum(seen.values()) == 38
+
+
+def test_an_error_that_is_not_survivable_still_fails_the_sample():
+    answers = iter(["10.0.0.1", ValueError("bad answer")] + ["10.0.0.1"] * 100)
+    with pytest.raises(ValueError, match="bad answer"):
+        lb.sample_despite(lambda: _Answers(next(answers)), 40, concurrent=1, survivable=(OSError,))

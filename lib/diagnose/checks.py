@@ -13,10 +13,12 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import psycopg
+
 from lib import pgconf, pgpoolconf
 from lib.diagnose.readonly import ReadOnlyHost
 from lib.part1 import REPLICATION_ROLE, parse_conninfo
-from lib.part2 import KEY_FILE, PGPOOL_ROLE, PCPPASS, POOL_PASSWD_ROLES, md5_mode
+from lib.part2 import KEY_FILE, LOG_DIR, PGPOOL_ROLE, PCPPASS, POOL_PASSWD_ROLES, md5_mode
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 #: replay lag beyond this is reported (bytes of WAL the standby has not replayed)
@@ -709,26 +711,56 @@ def reads_spread(c: Cluster) -> list[Finding]:
         conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         return conn
     try:
-        counts = loadbalance.sample(connect, sessions, concurrent=loadbalance.CONCURRENT)
+        counts, closed = loadbalance.sample_despite(connect, sessions, loadbalance.CONCURRENT,
+                                                    survivable=(psycopg.OperationalError,))
     except ConnectionError:
         return []                       # clients_get_in reports a login that fails
+    found = [_sessions_closed(c, closed, sessions)] if closed else []
     names = {h.host.address: h.host.name for h in c.servers}
     seen = ", ".join(f"{names.get(a, a)} {counts.get(a, 0)}" for a in shares)
+    answered = sessions - len(closed)
     idle = [a for a, share in shares.items() if share > 0 and counts.get(a, 0) == 0]
     if not idle:
-        return [_ok("reads spread", host, f"{sql} × {sessions} sessions: every server with a weight served some")]
+        return found + [_ok("reads spread", host, f"{sql} × {answered} sessions: every server with a weight served some")]
+    if any((1 - shares[a]) ** answered > SPREAD_FALSE_ALARM for a in idle):
+        return found                    # too few sessions answered to tell chance from a cause
     set_here = [f"pgpool.conf: {k} = {conf[k]}" for k, harmless in SPREAD_SETTINGS.items() if conf.get(k, harmless) != harmless]
-    return [Finding("reads spread", WARN, host, f"{', '.join(names.get(a, a) for a in idle)} served none of "
-                    f"{sessions} read sessions", symptom="load balancing does nothing: the reads all land elsewhere",
-                    evidence=[f"{sql} × {sessions} sessions: {seen}",
+    return found + [Finding("reads spread", WARN, host, f"{', '.join(names.get(a, a) for a in idle)} served none of "
+                    f"{answered} read sessions", symptom="load balancing does nothing: the reads all land elsewhere",
+                    evidence=[f"{sql} × {answered} sessions: {seen}",
                               *[f"{names.get(a, a)}: backend_weight {weights[a]:g} (a share of {shares[a]:.2f}; none of "
-                                f"{sessions} by chance: p = {(1 - shares[a]) ** sessions:.0e})" for a in idle],
+                                f"{answered} by chance: p = {(1 - shares[a]) ** answered:.0e})" for a in idle],
                               *set_here],
                     cause=("pgpool sends these reads elsewhere: the settings above" if set_here else
                            "no setting in pgpool.conf sends them elsewhere now: pgpool may still act on an earlier "
                            "configuration (seen after a change was undone with only a reload)"),
                     fix=([f"edit {c.conf_dir()}/pgpool.conf (compare with Step 30)"] if set_here else [])
                         + ["sudo systemctl restart pgpool2"], step="Step 38")]
+
+
+def _sessions_closed(c: Cluster, closed: list[Exception], sessions: int) -> Finding:
+    """pgpool closed sessions that had logged in. Read the nodes again: a node pgpool detached while
+    the check ran is the usual cause (its sr_check or health check found the node wrong or gone)."""
+    errors = sorted({str(e).strip().splitlines()[0] for e in closed})
+    before, _ = c.pcp_nodes
+    after, error = _nodes_by_pcp(c)
+    names = {h.host.address: h.host.name for h in c.servers}
+    changed = [f"pcp_node_info -n {b['node_id']} ({names.get(b['hostname'], b['hostname'])}): "
+               f"{b['status']} {b['role']} before, {a['status']} {a['role']} after"
+               for b, a in zip(before, after) if (b["status"], b["role"]) != (a["status"], a["role"])]
+    return Finding("sessions through pgpool", WARN, c.pgpool.host.name,
+                   f"pgpool closed {len(closed)} of {sessions} read sessions after login",
+                   symptom="statements fail with `server closed the connection unexpectedly`; a new session works",
+                   evidence=[f"psycopg: {e}" for e in errors] + (changed or [f"pcp_node_info: {error}" if error else
+                                                                         "pcp_node_info: no node changed"]),
+                   cause=("pgpool detached a node while the check ran, and restarted the children that used it "
+                          "(the findings above, read before, say what was wrong with the node)" if changed else
+                          "pgpool restarted children while the check ran, with no change of node status"),
+                   fix=["run the diagnosis again: it reads the nodes as pgpool now has them",
+                        f"sudo grep -E 'degenerate|failover' {LOG_DIR}/pgpool.log | tail   "
+                        f"# on {c.pgpool.host.name}"] if changed else
+                       [f"sudo tail -50 {LOG_DIR}/pgpool.log   # on {c.pgpool.host.name}"],
+                   step="Step 34")
 
 
 def _pool_hba_path(c: Cluster) -> str:
