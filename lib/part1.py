@@ -50,8 +50,12 @@ def configure_primary(env) -> ops.Step:
 
 
 def hba_replication_lines(env) -> list[str]:
-    kind = postgres.hba_type(env.params)
-    return [f"{kind} replication {REPLICATION_ROLE} {s.host.address}/32 {auth_method(env.params)}" for s in env.standbys]
+    return [hba_replication_line(env.params, s.host.address) for s in env.standbys]
+
+
+def hba_replication_line(params, address: str) -> str:
+    """Step 3's line for one standby: `hostssl` with postgres.tls, else the guide's `host`."""
+    return f"{postgres.hba_type(params)} replication {REPLICATION_ROLE} {address}/32 {auth_method(params)}"
 
 
 @guide_step

@@ -133,9 +133,14 @@ def create_pgpool_role(env) -> ops.Step:
 
 
 def hba_pgpool_lines(env) -> list[str]:
-    """The pgpool host's lines. replicator, whose password the standbys keep, has no business there: rejected
-    first (lib.pgconf puts a reject line in front of the others for that address)."""
-    method, address, kind = auth_method(env.params), env.pgpool.host.address, postgres.hba_type(env.params)
+    return pgpool_hba_records(env.params)
+
+
+def pgpool_hba_records(params) -> list[str]:
+    """The pgpool host's lines in a server's pg_hba.conf (Steps 23, 26). replicator, whose password the standbys
+    keep, has no business there: rejected first (lib.pgconf puts a reject line in front of the others for that
+    address)."""
+    method, address, kind = auth_method(params), params.pgpool_host.address, postgres.hba_type(params)
     return [f"{kind} all {REPLICATION_ROLE} {address}/32 reject",
             f"{kind} all {PGPOOL_ROLE} {address}/32 {method}", f"{kind} all all {address}/32 {method}"]
 

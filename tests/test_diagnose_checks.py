@@ -3,6 +3,7 @@ that they reach the hosts through the read-only gateway only."""
 import ast
 import inspect
 
+from lib import params as P
 from lib.diagnose import checks, exit_status, report
 from lib.diagnose.checks import FAIL, OK, WARN, Finding, allows
 
@@ -80,6 +81,7 @@ class _FileHost(_Named):
 
 class _TrustCluster:
     def __init__(self, pool_hba, server_rules):
+        self.params = P.load("params/lab.yaml")
         self.pgpool = _FileHost("vm3", {"/etc/pgpool2/pool_hba.conf": pool_hba})
         self.servers = [_Named("vm1")]
         self.pgpool_conf = {}
@@ -90,6 +92,8 @@ class _TrustCluster:
 
     def hba_rules(self, host):
         return self.rules
+
+    service = checks.Cluster.service
 
 
 def test_a_trust_line_anywhere_fails_the_diagnosis():
@@ -152,3 +156,71 @@ def test_too_few_answered_sessions_judge_no_spread(monkeypatch):
     monkeypatch.setattr(checks, "_nodes_by_pcp", lambda c: _PgpoolCluster.pcp_nodes)
     found = checks.reads_spread(_PgpoolCluster())
     assert [f.check for f in found] == ["sessions through pgpool"]      # 5 sessions cannot tell chance from a cause
+
+
+def _careful_params():
+    """The lab's parameters with TLS and units named otherwise than Debian's."""
+    data = P.read_file("params/lab.yaml")
+    data["postgres"] = {**data.get("postgres", {}), "tls": True, "service": "postgresql-15"}
+    data["pgpool"] = {**data.get("pgpool", {}), "service": "pgpool-ii"}
+    return P.validate(data)
+
+
+class _Server(_FileHost):
+    def __init__(self, host):
+        super().__init__(host.name, {})
+        self.host = host
+
+
+class _DesiredCluster(checks.Cluster):
+    """A Cluster over fake hosts: no pg_hba line lets anyone in, and pgpool.conf names vm2 as node 0
+    (the roles were swapped by a failover; pgpool keeps its node numbers)."""
+    def __init__(self, params):
+        self.params = params
+        self.primary = _Server(params.primary)
+        self.standbys = [_Server(h) for h in params.standbys]
+        self.servers = [self.primary, *self.standbys]
+        vm1, vm2 = params.primary, params.standbys[0]
+        conf = (f"backend_hostname0 = '{vm2.address}'\nbackend_weight0 = 0\n"
+                f"backend_hostname1 = '{vm1.address}'\nbackend_weight1 = 1\n"
+                "health_check_period = 0\nload_balance_mode = off\nenable_pool_hba = on\n")
+        self.pgpool = _FileHost("vm3", {"/etc/pgpool2/pgpool.conf": conf, "/etc/pgpool2/pool_hba.conf": ""})
+        self._queries, self.reached = {}, {}
+
+    def hba_rules(self, host):
+        return [["local", "all", "postgres", "", "", "peer", ""]]
+
+    @property
+    def pgpool_conf(self):
+        from lib import pgpoolconf
+        return pgpoolconf.active_settings(self.pgpool.files["/etc/pgpool2/pgpool.conf"])
+
+
+def test_the_diagnosis_fixes_are_what_the_steps_write_with_tls_and_swapped_nodes():
+    from lib import part1, part2
+    p = _careful_params()
+    c = _DesiredCluster(p)
+    fixes = [line for check in (checks.replication_allowed, checks.pgpool_allowed, checks.pool_hba, checks.pgpool_settings)
+             for f in check(c) if f.status != OK for line in f.fix]
+    text = "\n".join(fixes)
+    for line in [part1.hba_replication_line(p, p.standbys[0].address), *part2.pgpool_hba_records(p),
+                 part2.pool_hba_lines(p)[-1]]:
+        assert line.startswith("hostssl ") and f"echo '{line}' | sudo tee -a" in text, line
+    assert not [l for l in fixes if l.startswith("echo 'host ")], "a fix writes a host line where the steps write hostssl"
+    assert "sudo systemctl reload postgresql-15" in fixes and "sudo systemctl restart pgpool-ii" in fixes
+    assert not [l for l in fixes if l.split()[:2] == ["sudo", "systemctl"] and l.split()[3] in ("postgresql", "pgpool2")]
+    weights = {f.check: f for f in checks.pgpool_settings(c) if f.check.startswith("backend_weight")}
+    vm2 = p.standbys[0]
+    assert weights["backend_weight0"].summary == f"backend_weight0 = 0: node 0 ({vm2.name}) gets no reads"
+    assert f"backend_weight0 = {vm2.lb_weight:g}/" in weights["backend_weight0"].fix[0].replace(".0/", "/")
+    assert weights["backend_weight1"].status == OK
+    wanted = part2.pgpool_settings(p, part2.backend_hosts(p, c.pgpool.files["/etc/pgpool2/pgpool.conf"]))
+    assert f"health_check_period = {wanted['health_check_period']}/" in text
+
+
+def test_no_fix_names_a_unit_or_an_hba_line_of_its_own():
+    """Units come from the parameters (Cluster.service), pg_hba and pool_hba lines from the steps' functions."""
+    import re
+    source = inspect.getsource(checks)
+    assert not re.findall(r"systemctl (?:start|stop|restart|reload|status) (?:postgresql|pgpool2)\b", source)
+    assert not re.findall(r"echo '(?:host|hostssl) ", source)

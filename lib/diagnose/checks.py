@@ -15,7 +15,7 @@ from functools import cached_property
 
 import psycopg
 
-from lib import pgconf, pgpoolconf
+from lib import part1, part2, pgconf, pgpoolconf
 from lib.diagnose.readonly import ReadOnlyHost
 from lib.part1 import REPLICATION_ROLE, parse_conninfo
 from lib.part2 import KEY_FILE, LOG_DIR, PGPOOL_ROLE, PCPPASS, POOL_PASSWD_ROLES, md5_mode
@@ -115,6 +115,16 @@ class Cluster:
     def conf_dir(self) -> str:
         return self.params.pgpool["conf_dir"]
 
+    def service(self, action: str, of: str) -> str:
+        """`sudo systemctl ACTION UNIT` for the servers' (of="postgres") or pgpool's unit, as the parameters name it."""
+        return f"sudo systemctl {action} {self.params.postgres['service'] if of == 'postgres' else self.params.pgpool['service']}"
+
+    @cached_property
+    def pgpool_wanted(self) -> dict:
+        """pgpool.conf's settings as Step 30 writes them, for the nodes in the order pgpool has them."""
+        text = self.pgpool.file(f"{self.conf_dir()}/pgpool.conf") or ""
+        return part2.pgpool_settings(self.params, part2.backend_hosts(self.params, text), text)
+
     @cached_property
     def pcp_nodes(self) -> tuple[list[dict], str]:
         return _nodes_by_pcp(self)
@@ -187,7 +197,7 @@ def servers_running(c: Cluster) -> list[Finding]:
                            symptom="clients and standbys cannot connect; systemctl may still say `active (exited)`",
                            evidence=[f"pg_lsclusters: {state}", *c.log_tail(h, 3)],
                            cause="PostgreSQL is stopped or failed to start (its log says why)",
-                           fix=[f"sudo tail -30 {p['log_file']}", f"sudo systemctl start {p['service']}"],
+                           fix=[f"sudo tail -30 {p['log_file']}", c.service("start", "postgres")],
                            step="Step 5 (primary) / Step 11 (standby)", guide_row="active (exited)"))
     return out
 
@@ -225,7 +235,7 @@ def standbys_in_recovery(c: Cluster) -> list[Finding]:
                                      f"{data}/standby.signal: {'present' if signal else 'missing'}"],
                            cause="standby.signal missing" if not signal else "it was promoted",
                            fix=[f"sudo -u postgres touch {data}/standby.signal",
-                                f"sudo systemctl restart {c.params.postgres['service']}",
+                                c.service("restart", "postgres"),
                                 "(if it took writes of its own: re-clone it, Steps 7-11)"],
                            step="Step 10", guide_row="not in recovery"))
     return out
@@ -252,7 +262,7 @@ def standby_points_at_primary(c: Cluster) -> list[Finding]:
                            fix=[f"sudo -u postgres psql -c \"ALTER SYSTEM SET primary_conninfo = 'host="
                                 f"{c.params.primary.address} port={c.params.postgres['port']} user={REPLICATION_ROLE} "
                                 f"application_name={h.host.name} passfile=/var/lib/postgresql/.pgpass'\"",
-                                f"sudo systemctl restart {c.params.postgres['service']}"],
+                                c.service("restart", "postgres")],
                            step="Steps 9-10", guide_row="wrong master ip"))
     return out
 
@@ -341,9 +351,8 @@ def replication_allowed(c: Cluster) -> list[Finding]:
                            evidence=[f"{c.conf_path('pg_hba.conf')}: no host line for replication "
                                      f"{REPLICATION_ROLE} {h.host.address}"],
                            cause="the standby's address is missing or wrong in the primary's pg_hba.conf",
-                           fix=[f"echo 'host replication {REPLICATION_ROLE} {h.host.address}/32 "
-                                f"{c.params.postgres['auth_method']}' | sudo tee -a "
-                                f"{c.conf_path('pg_hba.conf')}", "sudo systemctl reload postgresql"],
+                           fix=[f"echo '{part1.hba_replication_line(c.params, h.host.address)}' | sudo tee -a "
+                                f"{c.conf_path('pg_hba.conf')}", c.service("reload", "postgres")],
                            step="Step 3", guide_row="wrong ip in pg_hba"))
     return out
 
@@ -366,8 +375,8 @@ def pgpool_allowed(c: Cluster) -> list[Finding]:
                            symptom="pgpool's log: FATAL: no pg_hba.conf entry for host",
                            evidence=[f"{c.conf_path('pg_hba.conf')}: no host line for {PGPOOL_ROLE} from {address}"],
                            cause="the pgpool host's address is missing from this server's pg_hba.conf",
-                           fix=[f"echo 'host all all {address}/32 {c.params.postgres['auth_method']}' | sudo tee -a "
-                                f"{c.conf_path('pg_hba.conf')}", "sudo systemctl reload postgresql"],
+                           fix=[*(f"echo '{line}' | sudo tee -a {c.conf_path('pg_hba.conf')}"
+                                  for line in part2.pgpool_hba_records(c.params)), c.service("reload", "postgres")],
                            step="Step 23 (primary) / Step 26 (standby)", guide_row="no pg_hba.conf entry"))
     return out
 
@@ -388,7 +397,7 @@ def listen_addresses(c: Cluster) -> list[Finding]:
         fix = (["sudo -u postgres psql -c \"ALTER SYSTEM RESET listen_addresses\"   # it was set there"]
                if source.endswith("postgresql.auto.conf") else [])
         fix += [f"sudo sed -i \"s/^#\\?listen_addresses.*/listen_addresses = '*'/\" {c.conf_path('postgresql.conf')}",
-                "sudo systemctl restart postgresql"]
+                c.service("restart", "postgres")]
         out.append(Finding("listen_addresses", FAIL, h.host.name, f"listen_addresses = '{value}'",
                            symptom=f"`Connection refused` on port {c.params.postgres['port']} from the other hosts",
                            evidence=[f"SHOW listen_addresses → {value}" + (f"   (set in {source})" if source else "")],
@@ -448,7 +457,7 @@ def pool_passwd_configured(c: Cluster) -> list[Finding]:
                         evidence=[f"{path}: no uncommented `pool_passwd = …` line"],
                         cause="the pool_passwd setting is commented out (or empty)",
                         fix=[f"sudo sed -i \"s/^#\\?pool_passwd.*/pool_passwd = 'pool_passwd'/\" {path}",
-                             "sudo systemctl restart pgpool2"],
+                             c.service("restart", "pgpool")],
                         step="Step 30 / Step 32", guide_row="valid password not found")]
     entries = (c.pgpool.file(f"{c.conf_dir()}/{name}") or "").splitlines()
     users = {e.split(":", 1)[0]: e.split(":", 1)[1] if ":" in e else "" for e in entries if e.strip()}
@@ -520,7 +529,7 @@ def pgpool_nodes(c: Cluster) -> list[Finding]:
                         cause=("the pcp password in ~postgres/.pcppass does not match pcp.conf" if auth
                                else "pgpool is not running, or pcp listens elsewhere"),
                         fix=[f"check {c.conf_dir()}/pcp.conf (user:md5 of the password) and {PCPPASS} "
-                             "(host:port:user:password, mode 600)" if auth else "sudo systemctl status pgpool2"],
+                             "(host:port:user:password, mode 600)" if auth else c.service("status", "pgpool")],
                         step="Step 32" if auth else "Step 33", guide_row="" if auth else "SHOW pool_nodes error")]
     out = []
     by_address = {h.host.address: h for h in c.servers}
@@ -554,7 +563,7 @@ def pgpool_nodes(c: Cluster) -> list[Finding]:
                                f"pgpool takes node {n['node_id']} ({name}) for the {n['role']}; it is the {actual}",
                                evidence=[f"pcp_node_info -n {n['node_id']}: role {n['role']}", f"{name}: {state}"],
                                cause="pgpool has not found the primary again after a change of roles",
-                               fix=["sudo systemctl restart pgpool2"], step="Step 33"))
+                               fix=[c.service("restart", "pgpool")], step="Step 33"))
         else:
             status = "up" if n["status"] == "waiting" else n["status"]       # waiting: up, no session used it yet
             out.append(_ok("pgpool node status", c.pgpool.host.name,
@@ -564,8 +573,13 @@ def pgpool_nodes(c: Cluster) -> list[Finding]:
 
 @check
 def pgpool_settings(c: Cluster) -> list[Finding]:
+    """The settings without which pgpool fails its job, against the values Step 30 writes."""
     conf, path, out = c.pgpool_conf, f"{c.conf_dir()}/pgpool.conf", []
-    host = c.pgpool.host.name
+    host, wanted = c.pgpool.host.name, c.pgpool_wanted
+
+    def as_step_30(name) -> list[str]:
+        return [f"sudo sed -i \"s/^#\\?{name}\\s*=.*/{name} = {pgpoolconf.render(wanted[name])}/\" {path}",
+                c.service("restart", "pgpool")]
 
     def setting(name, ok, summary_bad, cause, fix, step, status=FAIL):
         value = conf.get(name, "")
@@ -577,19 +591,19 @@ def pgpool_settings(c: Cluster) -> list[Finding]:
     setting("health_check_period", lambda v: v.isdigit() and int(v) > 0,
             "health_check_period = {value}: no health check",
             "a server that stops while no client uses it is never noticed, so no failover happens",
-            [f"sudo sed -i 's/^health_check_period.*/health_check_period = 2/' {path}", "sudo systemctl restart pgpool2"],
-            "Step 30")
+            as_step_30("health_check_period"), "Step 30")
     setting("failover_command", bool, "no failover_command: a stopped primary is never replaced",
             "pgpool detaches the primary and promotes nothing; every client is refused",
             ["provision again (notebook 03, Steps 40-43)"], "Step 42")
     setting("load_balance_mode", lambda v: v == "on", "load_balance_mode = {value}: every read goes to the primary",
-            "load balancing is off", [f"sudo sed -i 's/^load_balance_mode.*/load_balance_mode = on/' {path}",
-                                      "sudo systemctl restart pgpool2"], "Step 30", status=WARN)
-    for i, h in enumerate(c.standbys, start=1):
-        setting(f"backend_weight{i}", lambda v: v not in ("0", "0.0"), "backend_weight" + str(i) +
-                " = {value}: this standby gets no reads", "its weight is 0",
-                [f"sudo sed -i 's/^backend_weight{i}.*/backend_weight{i} = {h.host.lb_weight}/' {path}",
-                 "sudo systemctl restart pgpool2"], "Step 30", status=WARN)
+            "load balancing is off", as_step_30("load_balance_mode"), "Step 30", status=WARN)
+    # node i is the server pgpool.conf names as node i, whichever role it has now
+    for i, server in enumerate(part2.backend_hosts(c.params, c.pgpool.file(path) or "")):
+        name = f"backend_weight{i}"
+        if not wanted[name]:
+            continue                    # the parameters give it no reads
+        setting(name, lambda v: v not in ("0", "0.0"), f"{name} = {{value}}: node {i} ({server.name}) gets no reads",
+                "its weight is 0", as_step_30(name), "Step 30", status=WARN)
     return out
 
 
@@ -735,7 +749,7 @@ def reads_spread(c: Cluster) -> list[Finding]:
                            "no setting in pgpool.conf sends them elsewhere now: pgpool may still act on an earlier "
                            "configuration (seen after a change was undone with only a reload)"),
                     fix=([f"edit {c.conf_dir()}/pgpool.conf (compare with Step 30)"] if set_here else [])
-                        + ["sudo systemctl restart pgpool2"], step="Step 38")]
+                        + [c.service("restart", "pgpool")], step="Step 38")]
 
 
 def _sessions_closed(c: Cluster, closed: list[Exception], sessions: int) -> Finding:
@@ -785,7 +799,7 @@ def no_trust(c: Cluster) -> list[Finding]:
                     symptom="anyone who can reach that socket or address logs in as any role, the superuser included",
                     cause="the line's method is trust (Debian's pgpool package ships three)",
                     fix=["provision again (Step 31 turns pool_hba.conf's trust into a password), or edit the line's "
-                         "method to scram-sha-256", "sudo systemctl reload pgpool2   # or postgresql, on a server"],
+                         "method to scram-sha-256", f"{c.service('reload', 'pgpool')}   # or {c.service('reload', 'postgres')}, on a server"],
                     step="Step 31")]
 
 
@@ -808,8 +822,8 @@ def pool_hba(c: Cluster) -> list[Finding]:
                     symptom="clients get: pool_hba.conf: no pool_hba.conf entry for host",
                     evidence=[f"{path}: {len(lines)} lines, none for {clients}"],
                     cause="enable_pool_hba is on, and pool_hba.conf lacks a line for the clients' network",
-                    fix=[f"echo 'host all all {clients} {c.params.postgres['auth_method']}' | sudo tee -a {path}",
-                         "sudo systemctl reload pgpool2"], step="Step 31")]
+                    fix=[f"echo '{part2.pool_hba_lines(c.params)[-1]}' | sudo tee -a {path}",
+                         c.service("reload", "pgpool")], step="Step 31")]
 
 
 @check
