@@ -71,10 +71,16 @@ replace_line() {
     "set_conf": r'''# set_conf FILE, `name = value` lines on stdin: each setting set in FILE as postgres and pgpool read it.
 # The last line that sets the name is changed, else the first commented one is uncommented, else the
 # setting goes at the end. The file as it was before our first change is kept beside it (.pgguide-orig).
+# Settings that did not arrive whole (a cut connection leaves a last line without its newline) change nothing.
 set_conf() {
-  local f=$1 t
+  local f=$1 t settings
+  settings=$(cat; echo .) && settings=${settings%.}
+  case $settings in
+    *$'\n') ;;
+    *) echo "$f: left as it is: the settings did not arrive whole (no newline after the last)" >&2; return 1 ;;
+  esac
   t=$(mktemp "$f.XXXXXX")
-  awk 'function name_of(line) {
+  printf '%s' "$settings" | awk 'function name_of(line) {
          if (!match(line, /^[ \t]*#?[ \t]*[A-Za-z_][A-Za-z0-9_.]*[ \t]*=/)) return ""
          line = substr(line, 1, RLENGTH - 1); gsub(/[ \t#]/, "", line); return line }
        NR == FNR { n = name_of($0); if (n == "") next; sub(/^[ \t]+/, ""); want[n] = $0; order[++count] = n; next }

@@ -75,7 +75,7 @@ class Remote:
         self.params = params
         self.host = host
         # read_only: checking, not provisioning (ci/provision --check). Edits are planned and
-        # not written; write_file refuses, so a step that would change the host fails loudly.
+        # not written (lib.ops refuses to apply a plan on a read-only host), and psql sessions are read-only.
         self.read_only = read_only
         self._conn: Connection | None = None
         self._unreachable: Exception | None = None
@@ -144,12 +144,6 @@ class Remote:
     def read_file(self, path: str, *, user: str = "root") -> str:
         """A file's exact text (secrets not masked: do not print it)."""
         return self.run(f"cat -- {shlex.quote(path)}", user=user, mask=False).stdout
-
-    def write_file(self, path: str, text: str, *, user: str = "root") -> None:
-        """Replace an existing file's text in place, keeping its owner and mode."""
-        if self.read_only:
-            raise StepFailed(f"{self.host.label}: refusing to write {path}: this is a read-only check")
-        self.run(f"test -f {shlex.quote(path)} && cat > {shlex.quote(path)}", user=user, stdin=text)
 
     def mask(self, text: str) -> str:
         return secrets.mask(text, self._masked)

@@ -109,3 +109,13 @@ def test_an_action_that_calls_a_function_is_sent_with_its_definition_and_the_clu
     assert sent.endswith("systemctl start postgresql && wait_for 30 'not online' 'cluster_is online'")
     assert plain == "systemctl reload postgresql"
     assert subprocess.run(["bash", "-n", "-c", sent]).returncode == 0
+
+
+def test_set_conf_changes_nothing_when_its_settings_are_cut_off(tmp_path):
+    """A connection cut mid-send leaves the last setting without its newline (`ssl_cert = '/etc/ss`):
+    written, it would be a line pgpool cannot parse."""
+    conf = tmp_path / "x.conf"
+    conf.write_text(SHIPPED)
+    cut = bash(f"set_conf {conf}", "port = 9999\nssl_cert = '/etc/ss")
+    assert cut.returncode == 1 and "did not arrive whole" in cut.stderr
+    assert conf.read_text() == SHIPPED and not list(tmp_path.glob("x.conf.*"))
