@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from lib import clone_guard, failover, part2, postgres
+from lib import clone_guard, failover, pgpool_client, pgpool_host, postgres
 from lib.show import expect, table
 
 
@@ -42,16 +42,16 @@ def the_primary(env, roles: dict | None = None):
 
 def node_id(env, remote) -> int:
     """pgpool's node id of the server: its place in pgpool.conf, which a parameter file with the roles
-    swapped does not renumber (lib.part2.backend_hosts)."""
-    text = env.pgpool.run(f"cat {shlex.quote(part2.conf(env.params, 'pgpool.conf'))}", user="root").stdout
-    return [h.address for h in part2.backend_hosts(env.params, text)].index(remote.host.address)
+    swapped does not renumber (lib.pgpool_host.backend_hosts)."""
+    text = env.pgpool.run(f"cat {shlex.quote(pgpool_host.conf(env.params, 'pgpool.conf'))}", user="root").stdout
+    return [h.address for h in pgpool_host.backend_hosts(env.params, text)].index(remote.host.address)
 
 
 def node_status(env, remote, node: int | None = None) -> str:
     """pgpool's status of the node: up, waiting, down. A caller that polls passes the node id it read
     once (node_id reads pgpool.conf)."""
     node = node_id(env, remote) if node is None else node
-    out = env.pgpool.run(part2.pcp(env, "pcp_node_info", f"-n {node}"), user="postgres").stdout.split()
+    out = env.pgpool.run(pgpool_host.pcp(env, "pcp_node_info", f"-n {node}"), user="postgres").stdout.split()
     return out[4] if len(out) > 4 else "unknown"
 
 
@@ -65,10 +65,10 @@ def timeline_history(primary) -> list[tuple[int, str]]:
 
 def all_up(env, timeout: float = 60) -> str:
     """Every node up (or waiting for its first client) in pgpool, one primary, standbys streaming."""
-    nodes = part2.wait_for_nodes(part2.via_pgpool(env), env.params, timeout=timeout, also_waiting=True)
+    nodes = pgpool_client.wait_for_nodes(pgpool_client.via_pgpool(env), env.params, timeout=timeout, also_waiting=True)
     seen = "; ".join(f"node {n['node_id']} {n['hostname']}: {n['status']}/{n['pg_status']}, {n['role']}, "
                      f"{n['replication_state'] or 'no replication state'}" for n in nodes)
-    expect(part2.nodes_ready(nodes, also_waiting=True), "not every node is up in pgpool with one primary and "
+    expect(pgpool_client.nodes_ready(nodes, also_waiting=True), "not every node is up in pgpool with one primary and "
            f"streaming standbys ({seen}).", f"read {failover.FAILOVER_LOG} and pgpool's log; a node left down: rejoin it (above).")
     return nodes_now(env)
 
@@ -79,10 +79,10 @@ NODE_COLUMNS = ("node_id", "hostname", "status", "pg_status", "role", "pg_role",
 def nodes_now(env) -> str:
     """SHOW pool_nodes, the columns that do not change from run to run. "waiting" (attached, not
     used by a session yet) reads as up: which node a session happened to use first varies."""
-    with part2.via_pgpool(env)() as conn:
-        nodes = part2.pool_nodes(conn)
+    with pgpool_client.via_pgpool(env)() as conn:
+        nodes = pgpool_client.pool_nodes(conn)
     rows = [[("up" if c == "status" and n[c] == "waiting" else n[c] or "") for c in NODE_COLUMNS] for n in nodes]
-    return f"{part2.through_pgpool_prompt(env)}SHOW pool_nodes;\n" + table(list(NODE_COLUMNS), rows)
+    return f"{pgpool_client.through_pgpool_prompt(env)}SHOW pool_nodes;\n" + table(list(NODE_COLUMNS), rows)
 
 
 def roles_line_now(env, roles: dict | None = None) -> str:

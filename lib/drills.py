@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from lib import clone_guard, db, failover, part2, postgres
+from lib import clone_guard, db, failover, pgpool_client, pgpool_host, postgres
 from lib.postgres import TEST_DB
 from lib.remote import StepFailed
 from lib.secrets import secret
@@ -136,16 +136,16 @@ class Traffic:
 
 def prepare(env) -> str:
     """The drills' table, empty, on the primary (through pgpool)."""
-    with part2.via_pgpool(env, TEST_DB)() as conn:
+    with pgpool_client.via_pgpool(env, TEST_DB)() as conn:
         conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
         conn.execute(f"CREATE TABLE {TABLE} (id integer PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
-    return f"{part2.through_pgpool_prompt(env, TEST_DB)}CREATE TABLE {TABLE} (id integer PRIMARY KEY, at timestamptz …)"
+    return f"{pgpool_client.through_pgpool_prompt(env, TEST_DB)}CREATE TABLE {TABLE} (id integer PRIMARY KEY, at timestamptz …)"
 
 
 def clean_up(env) -> str:
-    with part2.via_pgpool(env, TEST_DB)() as conn:
+    with pgpool_client.via_pgpool(env, TEST_DB)() as conn:
         conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-    return f"{part2.through_pgpool_prompt(env, TEST_DB)}DROP TABLE {TABLE}"
+    return f"{pgpool_client.through_pgpool_prompt(env, TEST_DB)}DROP TABLE {TABLE}"
 
 
 @dataclass
@@ -240,7 +240,7 @@ def failover_log_since(env, since_epoch: float) -> list[tuple[float, str]]:
 #: the goal book/failover.md states for a stopped primary: writes resume, and reads are never locked out longer
 PRIMARY_BOUND_S = 15
 #: a pgpool restart: clients get in again within this: a stop, bounded by Step 33's drop-in, then a start
-PGPOOL_BOUND_S = part2.STOP_TIMEOUT_S + 5
+PGPOOL_BOUND_S = pgpool_host.STOP_TIMEOUT_S + 5
 
 
 @dataclass
@@ -496,7 +496,7 @@ def a_standby(env):
 def back_bound() -> float:
     """How soon a standby that answers again must be back in pgpool by itself: pgpool's re-attach
     bound (Step 30) plus the time its WAL receiver takes to reconnect."""
-    return part2.reattach_bound() + clone_guard.RECONNECT_S
+    return pgpool_host.reattach_bound() + clone_guard.RECONNECT_S
 
 
 def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
@@ -533,7 +533,7 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
         first = f"pgpool detached {name}: yes"
         last = ["writes and reads went on; the sessions that were using it were cut (counted below)"]
     else:
-        promised = part2.detection_bounds()["refused"]
+        promised = pgpool_host.detection_bounds()["refused"]
         expect(outcome.measured["detached after"] <= promised + POLL_SLACK_S,
                f"pgpool's health check took {outcome.measured['detached after']:.1f} s to detach {name}; the "
                f"settings promise {promised} s.", "compare health_check_* in pgpool.conf with Step 30.")
@@ -547,7 +547,7 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
 #: a silent primary: pgpool's verdict (the 'silent' bound), failover.sh's try to reach the host, then up to 8 s
 #: for the rest: reading the standbys (pcp answers slowly while a node is silent: 1.2-2.3 s measured), the
 #: promotion, and pgpool's search for the new primary before it takes sessions again (about 2 s)
-SILENT_PRIMARY_BOUND_S = part2.detection_bounds()["silent"] + failover.ANSWER_S + 8
+SILENT_PRIMARY_BOUND_S = pgpool_host.detection_bounds()["silent"] + failover.ANSWER_S + 8
 #: from the promotion to follow_primary.sh's word on the failed node: pgpool's search for the new primary,
 #: then one SSH try (its ConnectTimeout is 5 s)
 FOLLOWED_WITHIN_S = 15
@@ -603,7 +603,7 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     standby = a_standby(env)
     name, n, silence = standby.host.name, node_id(env, standby), Silence(standby, silent_for)
     outcome = Outcome(f"{name} (root) $ {silence.command}    # a standby's network, with no client connected")
-    promised, bound = part2.detection_bounds()["silent"], back_bound()
+    promised, bound = pgpool_host.detection_bounds()["silent"], back_bound()
     pattern = re.compile(rf"node {n} \({re.escape(standby.host.address)}\) (detached|attached)")
 
     def logged(event: str, after: float) -> float | None:

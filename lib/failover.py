@@ -1,6 +1,6 @@
 """Notebook 03, Steps 40-43: what the guide leaves out, so that the cluster survives its primary.
 
-pgpool detects a failed server (its health check, lib.part2.HEALTH_CHECK) and detaches it. For a
+pgpool detects a failed server (its health check, lib.pgpool_host.HEALTH_CHECK) and detaches it. For a
 standby that is all. For the primary, pgpool runs `failover_command`: our failover.sh, as postgres
 on the pgpool host, waits for a clean stop's hand-over, promotes the most advanced standby over SSH
 and fences the old primary. Afterwards `follow_primary_command` (follow_primary.sh) points every
@@ -13,10 +13,10 @@ from __future__ import annotations
 import shlex
 from functools import partial
 
-from lib import clone_guard, ops, part2, pgconf, pgpoolconf, postgres, remote_commands, tls
+from lib import clone_guard, ops, part2, pgconf, pgpool_client, pgpoolconf, postgres, remote_commands, tls
 from lib.ops import guide_step
 from lib.part1 import PGPASS, REPLICATION_ROLE, pgpass_file
-from lib.part2 import HOME, LOG_DIR, PGPOOL_ROLE, conf
+from lib.pgpool_host import HOME, LOG_DIR, PGPOOL_ROLE, conf
 from lib.postgres import auth_method, conf_file, hba_type
 from lib.roles import sql_literal
 from lib.show import expect
@@ -551,7 +551,7 @@ def failover_commands(env) -> ops.Step:
 def running_commands(env) -> str:
     """pgpool runs with our commands (PGPOOL SHOW, through pgpool)."""
     lines = []
-    with part2.via_pgpool(env)() as conn:
+    with pgpool_client.via_pgpool(env)() as conn:
         for name, wanted in failover_settings(env.params).items():
             res = conn.pgconn.exec_(f"PGPOOL SHOW {name}".encode())
             value = res.get_value(0, 0).decode() if res.ntuples else ""

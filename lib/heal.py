@@ -4,7 +4,7 @@ The parameter file names the cluster's members and its *preferred* primary; whic
 primary is a fact of the cluster. When a failover has promoted a standby, provisioning keeps it as
 the primary, rejoins the former primary as its standby (lib.rejoin: it counts and keeps aside
 what the former primary alone held, or refuses with options.refuse_diverged), and then runs the
-notebooks with the roles as they are. pgpool keeps its node numbers (lib.part2.backend_hosts).
+notebooks with the roles as they are. pgpool keeps its node numbers (lib.pgpool_host.backend_hosts).
 """
 from __future__ import annotations
 

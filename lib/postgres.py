@@ -22,6 +22,11 @@ def auth_method(params) -> str:
     return params.postgres["auth_method"]
 
 
+def md5_mode(params) -> bool:
+    return auth_method(params) == "md5"
+
+
+
 #: the guide's Step 2, on the primary (Part 2 keeps them when it restarts it)
 PRIMARY_SETTINGS = {"listen_addresses": "*", "wal_level": "replica", "max_wal_senders": 5, "wal_keep_size": 64,
                     # not the guide's: pg_rewind needs it to turn a failed primary into a standby (notebook 03)

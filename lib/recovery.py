@@ -15,7 +15,8 @@ import shlex
 from datetime import datetime
 from functools import partial
 
-from lib import clone_guard, cluster, failover, ops, part2, pgpoolconf, postgres, rejoin, system
+from lib import (clone_guard, cluster, failover, ops, pgpool_client, pgpool_host, pgpoolconf, postgres, rejoin,
+                 system)
 from lib.ops import guide_step
 from lib.part1 import REPLICATION_ROLE
 from lib.show import expect, positions_named
@@ -214,10 +215,10 @@ def online_recovery(env) -> ops.Step:
                             summary=f"pgpool_recovery in {database}"))
         else:
             step.note(env.primary, f"pgpool_recovery is in {database}")
-    vm3, path = env.pgpool, part2.conf(p, "pgpool.conf")
+    vm3, path = env.pgpool, pgpool_host.conf(p, "pgpool.conf")
     change = postgres.edit(vm3, path, lambda text: pgpoolconf.set_settings(text, recovery_settings(p)))
     if change:
-        step.do(change).notify(part2.pgpool_service(env, "restart"))
+        step.do(change).notify(pgpool_host.pgpool_service(env, "restart"))
     else:
         step.note(vm3, f"{path} already names the recovery commands")
     return step.verify("each server may ask each other to rejoin, and pgpool knows how", partial(ready, env))
@@ -235,7 +236,7 @@ def ready(env) -> str:
                    f"{out.stderr.strip() or out.stdout.strip()}", "provision again (Step 45): keys, known_hosts and "
                    f"{REJOIN_PROGRAM} on every server.")
             lines.append(f"{r.host.name} (postgres) $ ssh … postgres@{other.host.address} ready\n{out.stdout.strip()}")
-    with part2.via_pgpool(env)() as conn:
+    with pgpool_client.via_pgpool(env)() as conn:
         res = conn.pgconn.exec_(b"PGPOOL SHOW recovery_1st_stage_command")
         value = res.get_value(0, 0).decode() if res.ntuples else ""
     expect(value == FIRST_STAGE, f"pgpool runs with recovery_1st_stage_command = {value!r}.",
@@ -255,7 +256,7 @@ def recover_node(env, remote, outcome=None) -> ops.Step:
     (with the drill's `outcome`, the count of commits only it held among the figures), then every node up."""
     step, name = ops.Step("pcp_recovery_node"), remote.host.name
     n, before = cluster.node_id(env, remote), log_lines(remote)
-    command = part2.pcp(env, "pcp_recovery_node", f"-n {n}")
+    command = pgpool_host.pcp(env, "pcp_recovery_node", f"-n {n}")
     step.do(ops.Command(env.pgpool, "postgres", command, summary=f"node {n} ({name}) recovered by pgpool",
                         timeout=env.params.options["step_timeout"],
                         hint=f"read {REJOIN_LOG} on {name} and the primary's PostgreSQL log"))

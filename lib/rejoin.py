@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass
 from functools import partial
 
-from lib import clone_guard, failover, ops, part2, postgres, tls
+from lib import clone_guard, failover, ops, pgpool_host, postgres, tls
 from lib.cluster import all_up, node_id, the_primary, timeline_history
 from lib.part1 import REPLICATION_ROLE
 from lib.show import expect, positions_named
@@ -215,9 +215,9 @@ def former_primary(env, remote, outcome=None) -> ops.Step:
                         summary=f"{primary.host.name} sees {name} streaming and caught up",
                         hint=f"read {p['log_file']} on {name}: a standby that forked off cannot stream"))
     n = node_id(env, remote)
-    attach = part2.pcp(env, "pcp_attach_node", f"-n {n}")
+    attach = pgpool_host.pcp(env, "pcp_attach_node", f"-n {n}")
     step.do(ops.Command(env.pgpool, "postgres",
-                        f"[ \"$({part2.pcp(env, 'pcp_node_info', f'-n {n}')} | cut -d' ' -f5)\" != down ] || {attach}",
+                        f"[ \"$({pgpool_host.pcp(env, 'pcp_node_info', f'-n {n}')} | cut -d' ' -f5)\" != down ] || {attach}",
                         shown=f"{attach}    # unless auto_failback has attached it already", show_output=False,
                         summary=f"node {n} ({name}) attached"))
     return step.verify("every node up in pgpool", partial(all_up, env))

@@ -3,7 +3,7 @@ that they reach the hosts through the read-only gateway only."""
 import ast
 import inspect
 
-from lib import params as P
+from lib import params as P, pgpool_host
 from lib.diagnose import checks, exit_status, report
 from lib.diagnose.checks import FAIL, OK, WARN, Finding, allows
 
@@ -214,7 +214,7 @@ def test_the_diagnosis_fixes_are_what_the_steps_write_with_tls_and_swapped_nodes
     assert weights["backend_weight0"].summary == f"backend_weight0 = 0: node 0 ({vm2.name}) gets no reads"
     assert f"backend_weight0 = {vm2.lb_weight:g}/" in weights["backend_weight0"].fix[0].replace(".0/", "/")
     assert weights["backend_weight1"].status == OK
-    wanted = part2.pgpool_settings(p, part2.backend_hosts(p, c.pgpool.files["/etc/pgpool2/pgpool.conf"]))
+    wanted = pgpool_host.pgpool_settings(p, pgpool_host.backend_hosts(p, c.pgpool.files["/etc/pgpool2/pgpool.conf"]))
     assert f"health_check_period = {wanted['health_check_period']}/" in text
 
 

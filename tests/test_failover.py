@@ -10,7 +10,7 @@ import time
 import nbformat
 import pytest
 
-from lib import REPO, drills, failover, part2, rejoin
+from lib import drills, failover, pgpool_client, pgpool_host, rejoin, REPO
 from lib import params as P
 from lib.wait import wait_until
 
@@ -18,26 +18,26 @@ PARAMS = P.load()
 
 
 def test_detection_and_reattach_bounds_follow_from_the_settings():
-    assert part2.detection_bounds() == {"refused": 2 + 2 * 1, "silent": 2 + 3 * 3 + 2 * 1}
-    assert part2.detection_bounds({"health_check_period": 10, "health_check_timeout": 20,
+    assert pgpool_host.detection_bounds() == {"refused": 2 + 2 * 1, "silent": 2 + 3 * 3 + 2 * 1}
+    assert pgpool_host.detection_bounds({"health_check_period": 10, "health_check_timeout": 20,
                                    "health_check_max_retries": 3, "health_check_retry_delay": 1}) == \
         {"refused": 13, "silent": 10 + 4 * 20 + 3}
-    assert part2.reattach_bound() == 5 + 10
+    assert pgpool_host.reattach_bound() == 5 + 10
 
 
 def test_pgpool_conf_carries_the_healing_settings():
-    settings = part2.pgpool_settings(PARAMS)
-    assert {**part2.HEALTH_CHECK, **part2.HEALING}.items() <= settings.items()
+    settings = pgpool_host.pgpool_settings(PARAMS)
+    assert {**pgpool_host.HEALTH_CHECK, **pgpool_host.HEALING}.items() <= settings.items()
     assert settings["auto_failback"] is True and settings["search_primary_node_timeout"] < 300
 
 
 def test_the_prose_states_the_bounds_the_settings_give():
     nb = nbformat.read(REPO / "notebooks" / "02-pgpool.ipynb", as_version=4)
     step30 = next(c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("### Step 30 "))
-    bounds = part2.detection_bounds()
+    bounds = pgpool_host.detection_bounds()
     assert f"**{bounds['refused']} s**" in step30 and f"**{bounds['silent']} s**" in step30
-    assert f"**{part2.HEALING['sr_check_period']} s**" in step30 and f"up to {part2.reattach_bound()} s" in step30
-    for name, value in {**part2.HEALTH_CHECK, **part2.HEALING}.items():
+    assert f"**{pgpool_host.HEALING['sr_check_period']} s**" in step30 and f"up to {pgpool_host.reattach_bound()} s" in step30
+    for name, value in {**pgpool_host.HEALTH_CHECK, **pgpool_host.HEALING}.items():
         if not isinstance(value, bool):
             assert re.search(rf"`{name}`[^\n]*\| {value} \|", step30), name
 
@@ -61,7 +61,7 @@ class Env:
     ([node(0, "up", "up", "primary", hostname="10.213.93.132"), node(1, "waiting", "up", "standby", "streaming")], []),
 ])
 def test_only_a_healthy_node_in_its_role_is_attached_again(nodes, attached):
-    assert [n for n, _ in part2.healthy_but_detached(Env, nodes)] == attached
+    assert [n for n, _ in pgpool_client.healthy_but_detached(Env, nodes)] == attached
 
 
 @pytest.mark.parametrize("make", [failover.failover_script, failover.follow_script, failover.failback_script])
@@ -194,12 +194,12 @@ def test_pgpool_keeps_its_node_order_when_the_roles_are_swapped_in_the_parameter
     data["hosts"]["primary"], data["hosts"]["standbys"] = data["hosts"]["standbys"][0], [data["hosts"]["primary"]]
     swapped = P.load(data)
     assert [h.name for h in swapped.database_hosts] == ["vm2", "vm1"]
-    assert [h.name for h in part2.backend_hosts(swapped, conf)] == ["vm1", "vm2"]
-    settings = part2.pgpool_settings(swapped, part2.backend_hosts(swapped, conf))
+    assert [h.name for h in pgpool_host.backend_hosts(swapped, conf)] == ["vm1", "vm2"]
+    settings = pgpool_host.pgpool_settings(swapped, pgpool_host.backend_hosts(swapped, conf))
     assert settings["backend_hostname0"] == "10.213.93.132" and settings["backend_weight0"] == 2   # now a standby
-    assert [h.name for h in part2.backend_hosts(swapped, "")] == ["vm2", "vm1"]       # a new pgpool.conf: primary first
+    assert [h.name for h in pgpool_host.backend_hosts(swapped, "")] == ["vm2", "vm1"]       # a new pgpool.conf: primary first
     other = "backend_hostname0 = '10.0.0.9'\nbackend_hostname1 = '10.213.93.133'\n"
-    assert [h.name for h in part2.backend_hosts(swapped, other)] == ["vm2", "vm1"]
+    assert [h.name for h in pgpool_host.backend_hosts(swapped, other)] == ["vm2", "vm1"]
 
 
 def test_pgpool_nodes_are_matched_to_the_parameters_by_address():
@@ -207,10 +207,10 @@ def test_pgpool_nodes_are_matched_to_the_parameters_by_address():
               "lb_weight": "0.333333", "replication_state": ""},
              {"node_id": "1", "hostname": "10.213.93.133", "status": "up", "pg_status": "up", "role": "standby",
               "lb_weight": "0.666667", "replication_state": "streaming"}]
-    part2.check_nodes(nodes, PARAMS)
+    pgpool_client.check_nodes(nodes, PARAMS)
     nodes[0]["role"], nodes[1]["role"] = "standby", "primary"
     with pytest.raises(Exception, match="has role standby, expected primary"):
-        part2.check_nodes(nodes, PARAMS)
+        pgpool_client.check_nodes(nodes, PARAMS)
 
 
 # --- failover.sh run for real in bash, with ssh and pcp_node_info standing in for the hosts ----------------

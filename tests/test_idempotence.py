@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from lib import REPO, diagrams, failover, part1, part2
+from lib import diagrams, failover, part1, part2, pgpool_client, REPO
 from lib import params as P
 from lib.remote import Hosts, StepFailed
 from labtools import PARAMS_FILE, lab, on, sh
@@ -324,7 +324,7 @@ def test_pgpool_reuses_backend_connections_for_testdb_and_never_for_postgres(pro
         grew = {}
         for database in ("testdb", "postgres"):
             before = backend_sessions(database)
-            loadbalance.sample(part2.via_pgpool(env, database), sessions, concurrent=loadbalance.CONCURRENT)
+            loadbalance.sample(pgpool_client.via_pgpool(env, database), sessions, concurrent=loadbalance.CONCURRENT)
             time.sleep(1.5)             # a backend's statistics reach pg_stat_database within a second
             grew[database] = backend_sessions(database) - before - (database == "postgres")   # minus our own count
     finally:
@@ -484,7 +484,7 @@ def test_wrong_pool_passwd_entry_stops_with_the_reason(provisioned_twice, monkey
         monkeypatch.setenv("PGGUIDE_POSTGRES_PASSWORD", SECRETS["PGGUIDE_POSTGRES_PASSWORD"])
         with pytest.raises(AssertionError, match=r"(?s)pgpool refused the login.*pool_passwd.*"
                                                  r"auth_method scram-sha-256 must hold AES entries"):
-            part2.wait_for_nodes(part2.via_pgpool(env), PARAMS, timeout=20)
+            pgpool_client.wait_for_nodes(pgpool_client.via_pgpool(env), PARAMS, timeout=20)
     finally:
         monkeypatch.setenv("PGGUIDE_POSTGRES_PASSWORD", SECRETS["PGGUIDE_POSTGRES_PASSWORD"])
         part2.password_file(env).apply()

@@ -40,20 +40,20 @@ def test_values_with_quotes_and_hashes():
 
 
 def test_the_socket_directory_setting_takes_the_name_this_pgpool_ships():
-    from lib import part2
+    from lib import pgpool_host
     shipped_43 = "listen_addresses = 'localhost'\n#socket_dir = '/var/run/postgresql'\n"
     shipped_46 = "#listen_addresses = 'localhost'\n#unix_socket_directories = '/var/run/postgresql'\n"
-    assert part2.socket_setting(shipped_43) == "socket_dir"
-    assert part2.socket_setting(shipped_46) == "unix_socket_directories"
-    text, _ = set_settings(shipped_46, {part2.socket_setting(shipped_46): part2.SOCKET_DIR})
+    assert pgpool_host.socket_setting(shipped_43) == "socket_dir"
+    assert pgpool_host.socket_setting(shipped_46) == "unix_socket_directories"
+    text, _ = set_settings(shipped_46, {pgpool_host.socket_setting(shipped_46): pgpool_host.SOCKET_DIR})
     assert "unix_socket_directories = '/var/run/postgresql'" in text.splitlines()
 
 
 def test_every_setting_of_step_30_falls_in_one_of_the_guides_groups():
     from lib import params as P
-    from lib import part2
+    from lib import part2, pgpool_host
     params = P.load()
-    names = list(part2.pgpool_settings(params))
+    names = list(pgpool_host.pgpool_settings(params))
     groups = part2.guide_groups(names, params.database_hosts)
     grouped = [n for _, _, found in groups for n in found]
     assert sorted(grouped) == sorted(names), set(names) ^ set(grouped)
@@ -65,7 +65,7 @@ def test_a_restart_is_pending_when_the_files_differ_from_what_pgpool_read(tmp_pa
     import subprocess
     import time
 
-    from lib.part2 import restart_pending_script
+    from lib.pgpool_host import restart_pending_script
 
     conf, pid, loaded = tmp_path / "pgpool.conf", tmp_path / "pgpool.pid", tmp_path / "loaded"
     conf.write_text("backend_weight0 = 1\n")

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from lib import REPO, part2
+from lib import pgpool_host, REPO
 from lib import params as P
 from lib.lock import LOCK_DIR
 from lib.remote import Remote, StepFailed
@@ -150,11 +150,11 @@ def test_pgpool_restarts_a_hundred_times_under_sessions_each_within_the_stop_bou
     bound plus 5 s, or fails, or leaves pgpool not serving, fails this; at the packaged unit's rate,
     100 restarts catch it 4 times in 5."""
     assert sorted(on("vm3", "systemctl show -p KillMode -p TimeoutStopUSec pgpool2").split()) == \
-        ["KillMode=mixed", f"TimeoutStopUSec={part2.STOP_TIMEOUT_S}s"]
+        ["KillMode=mixed", f"TimeoutStopUSec={pgpool_host.STOP_TIMEOUT_S}s"]
     # pgpool's local socket asks for a password like any other line (Step 31): on stdin, not in argv
     password = shlex.quote(secret("postgres", P.load(PARAMS_FILE)))
     out = sh(REPO / "ci" / "lab", "ssh", "--params", PARAMS_FILE, "vm3", "sudo bash -s 100",
              input=f"export PGPASSWORD={password}\n" + RESTARTS)
     slow = re.findall(r"^restart \d+: (\d+) ms, exit (\d+)$", out, re.M)
-    assert all(int(ms) <= (part2.STOP_TIMEOUT_S + 5) * 1000 and rc == "0" for ms, rc in slow), out
+    assert all(int(ms) <= (pgpool_host.STOP_TIMEOUT_S + 5) * 1000 and rc == "0" for ms, rc in slow), out
     assert out.strip().splitlines()[-1].startswith("slow: "), out

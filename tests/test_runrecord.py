@@ -227,7 +227,7 @@ def test_a_hosts_own_file_that_holds_a_secret_is_changed_by_hand_line_by_line(tm
     import subprocess
 
     from lib import host_functions, ops
-    from lib.part2 import _replace_line
+    from lib.part2.pgpool_setup import _replace_line
     from tests.test_ops import PREAMBLE_FUNCTIONS, FakeRemote
 
     monkeypatch.setenv("PGGUIDE_PGPOOL_PASSWORD", "pgpool-secret-1")

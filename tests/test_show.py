@@ -24,7 +24,7 @@ def test_fields_align():
 
 
 def test_masked_columns_are_aligned_whatever_the_values_were():
-    from lib.part2 import UNSTABLE_POOL_NODES_COLUMNS
+    from lib.part2.through_pgpool import UNSTABLE_POOL_NODES_COLUMNS
     from lib.show import masked_columns
 
     def shown(pid, time):

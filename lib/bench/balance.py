@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from lib import loadbalance, part2
+from lib import loadbalance, pgpool_client
 from lib import params as P
 from lib.bench.provisioning import PROVISION, timed
 from lib.postgres import TEST_DB
@@ -30,7 +30,7 @@ def measure(params_file: Path, sessions: int, say) -> dict:
             env = Hosts(P.load(path))
             try:
                 hosts = env.params.database_hosts
-                counts = loadbalance.sample(part2.via_pgpool(env, TEST_DB), sessions, concurrent=loadbalance.CONCURRENT)
+                counts = loadbalance.sample(pgpool_client.via_pgpool(env, TEST_DB), sessions, concurrent=loadbalance.CONCURRENT)
                 plan = loadbalance.plan(list(weights))
             finally:
                 env.close()

@@ -9,7 +9,7 @@ import re
 import shlex
 import statistics
 
-from lib import part2
+from lib import pgpool_client
 from lib.bench import spread
 from lib.roles import sql_literal
 from lib.secrets import secret
@@ -140,7 +140,7 @@ def logins(env, seconds: int, repeats: int, say) -> list[dict]:
 def pool_reuse(env) -> list[dict]:
     """SHOW pool_pools after the runs: which pgpool children keep a backend connection for the
     bench user (what a new client connection can reuse instead of logging in to the servers)."""
-    with part2.via_pgpool(env)() as conn:
-        rows = part2.pool_show(conn, "pool_pools")
+    with pgpool_client.via_pgpool(env)() as conn:
+        rows = pgpool_client.pool_show(conn, "pool_pools")
     kept = [r for r in rows if r.get("username") == USER and r.get("database") == DATABASE]
     return [{"children with a cached backend connection for pgpool@bench": len({r["pool_pid"] for r in kept})}]

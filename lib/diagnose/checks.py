@@ -15,10 +15,11 @@ from functools import cached_property
 
 import psycopg
 
-from lib import part1, part2, pgconf, pgpoolconf
+from lib import part1, part2, pgconf, pgpool_host, pgpoolconf
 from lib.diagnose.readonly import ReadOnlyHost
 from lib.part1 import REPLICATION_ROLE, parse_conninfo
-from lib.part2 import KEY_FILE, LOG_DIR, PGPOOL_ROLE, PCPPASS, POOL_PASSWD_ROLES, md5_mode
+from lib.pgpool_host import KEY_FILE, LOG_DIR, PCPPASS, PGPOOL_ROLE, POOL_PASSWD_ROLES
+from lib.postgres import md5_mode
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 #: replay lag beyond this is reported (bytes of WAL the standby has not replayed)
@@ -123,7 +124,7 @@ class Cluster:
     def pgpool_wanted(self) -> dict:
         """pgpool.conf's settings as Step 30 writes them, for the nodes in the order pgpool has them."""
         text = self.pgpool.file(f"{self.conf_dir()}/pgpool.conf") or ""
-        return part2.pgpool_settings(self.params, part2.backend_hosts(self.params, text), text)
+        return pgpool_host.pgpool_settings(self.params, pgpool_host.backend_hosts(self.params, text), text)
 
     @cached_property
     def pcp_nodes(self) -> tuple[list[dict], str]:
@@ -598,7 +599,7 @@ def pgpool_settings(c: Cluster) -> list[Finding]:
     setting("load_balance_mode", lambda v: v == "on", "load_balance_mode = {value}: every read goes to the primary",
             "load balancing is off", as_step_30("load_balance_mode"), "Step 30", status=WARN)
     # node i is the server pgpool.conf names as node i, whichever role it has now
-    for i, server in enumerate(part2.backend_hosts(c.params, c.pgpool.file(path) or "")):
+    for i, server in enumerate(pgpool_host.backend_hosts(c.params, c.pgpool.file(path) or "")):
         name = f"backend_weight{i}"
         if not wanted[name]:
             continue                    # the parameters give it no reads
@@ -639,7 +640,7 @@ def clients_get_in(c: Cluster) -> list[Finding]:
     """What a client sees: a login through pgpool and `SHOW pool_nodes`, the guide's first command."""
     from lib import db
     from lib.diagnose.readonly import check_sql
-    from lib.part2 import pool_nodes, pool_show
+    from lib.pgpool_client import pool_nodes, pool_show
     from lib.secrets import secret
     p, sql = c.params, "SHOW pool_nodes"
     check_sql(sql)

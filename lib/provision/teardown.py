@@ -20,7 +20,7 @@ from typing import Callable
 import shlex
 
 from lib import ops, postgres
-from lib.part2 import service_state
+from lib.pgpool_host import service_state
 from lib.remote import Hosts
 
 
