@@ -190,10 +190,6 @@ class _DesiredCluster(checks.Cluster):
     def hba_rules(self, host):
         return [["local", "all", "postgres", "", "", "peer", ""]]
 
-    @property
-    def pgpool_conf(self):
-        from lib import pgpoolconf
-        return pgpoolconf.active_settings(self.pgpool.files["/etc/pgpool2/pgpool.conf"])
 
 
 def test_the_diagnosis_fixes_are_what_the_steps_write_with_tls_and_swapped_nodes():

@@ -123,7 +123,7 @@ class Cluster:
     @cached_property
     def pgpool_wanted(self) -> dict:
         """pgpool.conf's settings as Step 30 writes them, for the nodes in the order pgpool has them."""
-        text = self.pgpool.file(f"{self.conf_dir()}/pgpool.conf") or ""
+        text = self.pgpool_conf_text
         return pgpool_host.pgpool_settings(self.params, pgpool_host.backend_hosts(self.params, text), text)
 
     @cached_property
@@ -131,9 +131,12 @@ class Cluster:
         return _nodes_by_pcp(self)
 
     @cached_property
+    def pgpool_conf_text(self) -> str:
+        return self.pgpool.file(f"{self.conf_dir()}/pgpool.conf") or ""
+
+    @cached_property
     def pgpool_conf(self) -> dict[str, str]:
-        text = self.pgpool.file(f"{self.conf_dir()}/pgpool.conf") or ""
-        return pgpoolconf.active_settings(text)
+        return pgpoolconf.active_settings(self.pgpool_conf_text)
 
     def hba_rules(self, host: ReadOnlyHost) -> list[list[str]] | None:
         """pg_hba.conf as the server parses it now (the file on disk, not what it has loaded)."""
@@ -599,7 +602,7 @@ def pgpool_settings(c: Cluster) -> list[Finding]:
     setting("load_balance_mode", lambda v: v == "on", "load_balance_mode = {value}: every read goes to the primary",
             "load balancing is off", as_step_30("load_balance_mode"), "Step 30", status=WARN)
     # node i is the server pgpool.conf names as node i, whichever role it has now
-    for i, server in enumerate(pgpool_host.backend_hosts(c.params, c.pgpool.file(path) or "")):
+    for i, server in enumerate(pgpool_host.backend_hosts(c.params, c.pgpool_conf_text)):
         name = f"backend_weight{i}"
         if not wanted[name]:
             continue                    # the parameters give it no reads
