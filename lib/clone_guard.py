@@ -265,6 +265,15 @@ def streaming_from_primary(standby, primary) -> str:
     return "streaming" if row == wanted else f"recovery ({row or 'no WAL receiver'})"
 
 
+@dataclass
+class CloneDecision:
+    """Step 7's decision, which Steps 8-11 follow: the standbys to clone, each with the hosts' proof that it may
+    be cloned, or the refusal."""
+    standbys: list = field(default_factory=list)
+    proofs: dict[str, str] = field(default_factory=dict)
+    refused: str = ""
+
+
 class CloneRefused(CheckFailed):
     def __init__(self, hosts: list[str], message: str):
         super().__init__(message)

@@ -105,16 +105,16 @@ def to_clone(env) -> list:
     """The standbys Steps 7-11 clone: those not already streaming from the primary (or all, with
     options.rebuild_standby), each proven clonable by the hosts themselves (lib.clone_guard).
     Decided once, at Step 7, before it stops them."""
-    if "clone_refused" in env.memo:
-        raise CheckFailed(f"Step 7 refused to clone: {env.memo['clone_refused']}")
-    if "to_clone" not in env.memo:
+    if env.clone_decision is None:
         try:
-            env.memo["clone_proofs"] = dict((s.host.name, why) for s, why in clone_guard.proven(env))
+            proofs = dict((s.host.name, why) for s, why in clone_guard.proven(env))
         except clone_guard.CloneRefused as e:
-            env.memo["clone_refused"] = ", ".join(e.hosts)
+            env.clone_decision = clone_guard.CloneDecision(refused=", ".join(e.hosts))
             raise
-        env.memo["to_clone"] = [s for s in env.standbys if s.host.name in env.memo["clone_proofs"]]
-    return env.memo["to_clone"]
+        env.clone_decision = clone_guard.CloneDecision([s for s in env.standbys if s.host.name in proofs], proofs)
+    if env.clone_decision.refused:
+        raise CheckFailed(f"Step 7 refused to clone: {env.clone_decision.refused}")
+    return env.clone_decision.standbys
 
 
 def _not_cloning(step: ops.Step, env) -> None:
@@ -126,13 +126,12 @@ def _not_cloning(step: ops.Step, env) -> None:
 
 @guide_step
 def stop_standbys(env) -> ops.Step:
-    for key in ("to_clone", "clone_refused"):
-        env.memo.pop(key, None)
+    env.clone_decision = None                   # decided afresh, from the hosts as they are now
     step = ops.Step("stop the standby")
     _not_cloning(step, env)
     p = env.params.postgres
     for s in to_clone(env):
-        step.note(s, f"{env.memo['clone_proofs'][s.host.name]}: it may be cloned from {env.primary.host.name}")
+        step.note(s, f"{env.clone_decision.proofs[s.host.name]}: it may be cloned from {env.primary.host.name}")
         # systemctl can return while the cluster is still stopping: wait until pg_lsclusters says down
         marker = clone_guard.marker_path(env.params)
         step.do(ops.Command(s, "root", f"systemctl stop {shlex.quote(p['service'])} && "

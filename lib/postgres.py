@@ -67,9 +67,6 @@ def patience(remote, seconds: float) -> float:
     return min(seconds, 2) if remote.read_only else seconds
 
 
-#: where a step that plans the guide's md5 way keeps its plan, for md5_appendix
-MD5_PREVIEWS = "md5 previews"
-
 
 def guides_md5_way(step: ops.Step, env, build, number: int) -> ops.Step:
     """In the default scram mode, keep what the guide's md5 way (postgres.auth_method: md5) would run at
@@ -81,12 +78,12 @@ def guides_md5_way(step: ops.Step, env, build, number: int) -> ops.Step:
     from lib.remote import Hosts
     if auth_method(env.params) == "md5" or env.read_only:
         return step
-    if "md5 way" not in env.memo:
+    if env.md5_way is None:
         variant = dataclasses.replace(env.params, postgres={**env.params.postgres, "auth_method": "md5"})
-        env.memo["md5 way"] = Hosts(variant, read_only=True)
-    plan = build(env.memo["md5 way"]).preview()
+        env.md5_way = Hosts(variant, read_only=True)
+    plan = build(env.md5_way).preview()
     if plan:
-        env.memo.setdefault(MD5_PREVIEWS, {})[number] = plan
+        env.md5_previews[number] = plan
         step.notes.append("The guide's md5 way differs here: the appendix at the end of this notebook shows it.")
     return step
 
@@ -95,7 +92,7 @@ def md5_appendix(env) -> str:
     """Each step's plan of the guide's md5 way, kept by guides_md5_way as the step ran."""
     if auth_method(env.params) == "md5":
         return "postgres.auth_method is md5 here: the steps above ran the guide's md5 way itself."
-    kept = env.memo.get(MD5_PREVIEWS, {})
+    kept = env.md5_previews
     if not kept:
         return "No step of this session planned the guide's md5 way: run the notebook's steps first."
     return "\n".join(f"Step {n}, planned on the hosts as they were then, not applied:\n"

@@ -9,12 +9,16 @@ from __future__ import annotations
 import shlex
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import paramiko
 from fabric import Connection
 
 from lib import hosts, journal, secrets
 from lib.params import Host, Params
+
+if TYPE_CHECKING:
+    from lib.clone_guard import CloneDecision
 
 
 #: after a command's exit status, how long to wait for the end of its output (the channel's EOF)
@@ -242,8 +246,12 @@ class Hosts:
         self.lock = ClusterLock(self.primary, purpose, per_step=not whole_run)
         for r in self.all:
             r.cluster_lock = self.lock
-        # Decisions one step makes for the next ones (Step 7 decides which standbys Steps 8-11 clone).
-        self.memo: dict = {}
+        #: Step 7's decision, which Steps 8-11 follow (lib.part1.to_clone)
+        self.clone_decision: CloneDecision | None = None
+        #: the guide's md5 way, planned on read-only connections beside the default way, and its plans by step
+        #: number, which the notebook's appendix shows (lib.postgres.guides_md5_way)
+        self.md5_way: Hosts | None = None
+        self.md5_previews: dict[int, list[str]] = {}
 
     @property
     def standby(self) -> Remote:
@@ -258,6 +266,5 @@ class Hosts:
         self.lock.release()
         for r in self.all:
             r.close()
-        for other in self.memo.values():
-            if isinstance(other, Hosts):
-                other.close()
+        if self.md5_way is not None:
+            self.md5_way.close()

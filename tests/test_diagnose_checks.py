@@ -5,7 +5,12 @@ import inspect
 
 from lib import params as P, pgpool_host
 from lib.diagnose import checks, exit_status, report
+from lib.diagnose.checks import access, model
+from lib.diagnose.checks import pgpool as pgpool_checks
 from lib.diagnose.checks import FAIL, OK, WARN, Finding, allows
+
+#: every check's source, and what they share
+SOURCE = "".join(inspect.getsource(m) for m in (model, *checks.MODULES))
 
 RULES = [["local", "all", "postgres", "", "", "peer", ""],
          ["host", "replication", "replicator", "10.0.0.133", "255.255.255.255", "scram-sha-256", ""],
@@ -41,16 +46,15 @@ def test_exit_status_and_the_summary_line():
 
 def test_the_checks_reach_hosts_only_through_the_read_only_gateway():
     """No check calls a Remote (run, sudo, psql) or reaches behind ReadOnlyHost."""
-    tree = ast.parse(inspect.getsource(checks))
+    tree = ast.parse(SOURCE)
     called = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
     assert not called & {"run", "sudo", "postgres", "psql", "write_file", "read_file", "execute_many"}, called
-    assert "_remote" not in inspect.getsource(checks)
+    assert "_remote" not in SOURCE
 
 
 def test_every_guide_troubleshooting_row_is_checked():
-    source = inspect.getsource(checks)
     for key in checks.GUIDE_ROWS:
-        assert source.count(f'"{key}"') >= 2, key          # defined once, used by a check at least once
+        assert SOURCE.count(f'"{key}"') >= 2, key          # defined once, used by a check at least once
 
 
 class _Named:
@@ -64,10 +68,10 @@ class _Cluster:
 
 def test_all_pgpool_children_busy_is_a_warning():
     rows = [{"status": "Execute command"}] * 31 + [{"status": "Wait for connection"}]
-    assert checks.children_free(_Cluster, rows).status == OK
-    busy = checks.children_free(_Cluster, [{"status": "Execute command"}] * 32)
+    assert pgpool_checks.children_free(_Cluster, rows).status == OK
+    busy = pgpool_checks.children_free(_Cluster, [{"status": "Execute command"}] * 32)
     assert busy.status == WARN and "all 32 children are busy" in busy.summary
-    assert checks.children_free(_Cluster, [{"database": "x"}]).status == OK      # an older pgpool: no status column
+    assert pgpool_checks.children_free(_Cluster, [{"database": "x"}]).status == OK      # an older pgpool: no status column
 
 
 class _FileHost(_Named):
@@ -98,11 +102,11 @@ class _TrustCluster:
 
 def test_a_trust_line_anywhere_fails_the_diagnosis():
     peer = [["local", "all", "postgres", "", "", "peer", ""]]
-    clean = checks.no_trust(_TrustCluster("host all all 10.0.0.0/24 scram-sha-256\n", peer))
+    clean = access.no_trust(_TrustCluster("host all all 10.0.0.0/24 scram-sha-256\n", peer))
     assert [f.status for f in clean] == [OK]
-    shipped = checks.no_trust(_TrustCluster("local all all trust\nhost all all 127.0.0.1/32 trust\n", peer))
+    shipped = access.no_trust(_TrustCluster("local all all trust\nhost all all 127.0.0.1/32 trust\n", peer))
     assert shipped[0].status == FAIL and len(shipped[0].evidence) == 2 and shipped[0].step == "Step 31"
-    server = checks.no_trust(_TrustCluster("", peer + [["host", "all", "all", "0.0.0.0", "0.0.0.0", "trust", ""]]))
+    server = access.no_trust(_TrustCluster("", peer + [["host", "all", "all", "0.0.0.0", "0.0.0.0", "trust", ""]]))
     assert server[0].status == FAIL and server[0].evidence == ["vm1: pg_hba.conf: host all all 0.0.0.0 0.0.0.0 trust"]
 
 
@@ -134,15 +138,15 @@ def test_a_session_pgpool_closes_is_a_finding_not_a_failed_check(monkeypatch):
     monkeypatch.setattr(loadbalance, "sample_despite", sampled)
     nodes, _ = _PgpoolCluster.pcp_nodes
     detached = [nodes[0], {**nodes[1], "status": "down"}]
-    monkeypatch.setattr(checks, "_nodes_by_pcp", lambda c: (detached, ""))
-    found = checks.reads_spread(_PgpoolCluster())
+    monkeypatch.setattr(pgpool_checks, "nodes_by_pcp", lambda c: (detached, ""))
+    found = pgpool_checks.reads_spread(_PgpoolCluster())
     assert [(f.check, f.status) for f in found] == [("sessions through pgpool", WARN), ("reads spread", OK)]
     assert "pgpool closed 1 of 35 read sessions" in found[0].summary
     assert "server closed the connection unexpectedly" in found[0].evidence[0]
     assert found[0].evidence[1] == "pcp_node_info -n 1 (vm2): up standby before, down standby after"
     assert "pgpool detached a node while the check ran" in found[0].cause
-    monkeypatch.setattr(checks, "_nodes_by_pcp", lambda c: (nodes, ""))
-    unchanged = checks.reads_spread(_PgpoolCluster())[0]
+    monkeypatch.setattr(pgpool_checks, "nodes_by_pcp", lambda c: (nodes, ""))
+    unchanged = pgpool_checks.reads_spread(_PgpoolCluster())[0]
     assert unchanged.evidence[1] == "pcp_node_info: no node changed" and "no change of node status" in unchanged.cause
 
 
@@ -153,8 +157,8 @@ def test_too_few_answered_sessions_judge_no_spread(monkeypatch):
     closed = psycopg.OperationalError("server closed the connection unexpectedly")
     monkeypatch.setattr(loadbalance, "sample_despite",
                         lambda *a, **k: (Counter({"10.0.0.133": 5}), [closed] * 30))
-    monkeypatch.setattr(checks, "_nodes_by_pcp", lambda c: _PgpoolCluster.pcp_nodes)
-    found = checks.reads_spread(_PgpoolCluster())
+    monkeypatch.setattr(pgpool_checks, "nodes_by_pcp", lambda c: _PgpoolCluster.pcp_nodes)
+    found = pgpool_checks.reads_spread(_PgpoolCluster())
     assert [f.check for f in found] == ["sessions through pgpool"]      # 5 sessions cannot tell chance from a cause
 
 
@@ -196,7 +200,7 @@ def test_the_diagnosis_fixes_are_what_the_steps_write_with_tls_and_swapped_nodes
     from lib import part1, part2
     p = _careful_params()
     c = _DesiredCluster(p)
-    fixes = [line for check in (checks.replication_allowed, checks.pgpool_allowed, checks.pool_hba, checks.pgpool_settings)
+    fixes = [line for check in (access.replication_allowed, access.pgpool_allowed, access.pool_hba, pgpool_checks.pgpool_settings)
              for f in check(c) if f.status != OK for line in f.fix]
     text = "\n".join(fixes)
     for line in [part1.hba_replication_line(p, p.standbys[0].address), *part2.pgpool_hba_records(p),
@@ -205,7 +209,7 @@ def test_the_diagnosis_fixes_are_what_the_steps_write_with_tls_and_swapped_nodes
     assert not [l for l in fixes if l.startswith("echo 'host ")], "a fix writes a host line where the steps write hostssl"
     assert "sudo systemctl reload postgresql-15" in fixes and "sudo systemctl restart pgpool-ii" in fixes
     assert not [l for l in fixes if l.split()[:2] == ["sudo", "systemctl"] and l.split()[3] in ("postgresql", "pgpool2")]
-    weights = {f.check: f for f in checks.pgpool_settings(c) if f.check.startswith("backend_weight")}
+    weights = {f.check: f for f in pgpool_checks.pgpool_settings(c) if f.check.startswith("backend_weight")}
     vm2 = p.standbys[0]
     assert weights["backend_weight0"].summary == f"backend_weight0 = 0: node 0 ({vm2.name}) gets no reads"
     assert f"backend_weight0 = {vm2.lb_weight:g}/" in weights["backend_weight0"].fix[0].replace(".0/", "/")
@@ -217,6 +221,16 @@ def test_the_diagnosis_fixes_are_what_the_steps_write_with_tls_and_swapped_nodes
 def test_no_fix_names_a_unit_or_an_hba_line_of_its_own():
     """Units come from the parameters (Cluster.service), pg_hba and pool_hba lines from the steps' functions."""
     import re
-    source = inspect.getsource(checks)
+    source = SOURCE
     assert not re.findall(r"systemctl (?:start|stop|restart|reload|status) (?:postgresql|pgpool2)\b", source)
     assert not re.findall(r"echo '(?:host|hostssl) ", source)
+
+
+def test_every_check_in_the_modules_runs_in_the_diagnosis_once():
+    """CHECKS is written out in order; a check added to a module and not to the list would never run."""
+    defined = [fn for m in checks.MODULES for name, fn in vars(m).items()
+               if inspect.isfunction(fn) and fn.__module__ == m.__name__ and not name.startswith("_")
+               and list(inspect.signature(fn).parameters) == ["c"]
+               and inspect.signature(fn).return_annotation == "list[Finding]"]
+    assert len(defined) == 18 and sorted(f.__name__ for f in defined) == sorted(f.__name__ for f in checks.CHECKS)
+    assert len(set(checks.CHECKS)) == len(checks.CHECKS)

@@ -72,7 +72,7 @@ def test_acting_sql_is_refused(sql, said):
         check_sql(sql)
 
 
-@pytest.mark.parametrize("sql", [       # every query a diagnosis makes (lib/diagnose/checks.py)
+@pytest.mark.parametrize("sql", [       # every query a diagnosis makes (lib/diagnose/checks/)
     "SELECT type, array_to_string(database, ','), array_to_string(user_name, ','), coalesce(address, ''), "
     "coalesce(netmask, ''), auth_method, coalesce(error, '') FROM pg_hba_file_rules ORDER BY line_number",
     "SELECT host(client_addr), application_name, state, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)"

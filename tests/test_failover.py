@@ -10,7 +10,7 @@ import time
 import nbformat
 import pytest
 
-from lib import drills, failover, pgpool_client, pgpool_host, rejoin, REPO
+from lib import REPO, drills, failover, pgpool_client, pgpool_host, rejoin
 from lib import params as P
 from lib.wait import wait_until
 

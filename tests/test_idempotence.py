@@ -13,8 +13,9 @@ import time
 import pytest
 import yaml
 
-from lib import diagrams, failover, part1, part2, pgpool_client, REPO
+from lib import REPO, diagrams, failover, part1, part2, pgpool_client
 from lib import params as P
+from lib.clone_guard import CloneDecision
 from lib.remote import Hosts, StepFailed
 from labtools import PARAMS_FILE, lab, on, sh
 from lib.provision.record import find_in_record
@@ -585,7 +586,7 @@ def test_wrong_replication_password_stops_the_base_backup_with_the_reason(provis
         host_functions.wait_for("pg_lsclusters --no-header 15 main | grep -q down", 30, "vm2 is not down"))))
     env = Hosts(PARAMS)
     try:
-        env.memo["to_clone"] = [env.standby]                 # what Step 7 decides for a standby it stopped
+        env.clone_decision = CloneDecision([env.standby])  # what Step 7 decides for a standby it stopped
         part1.clear_standbys(env).apply()
         monkeypatch.setenv("PGGUIDE_REPLICATION_PASSWORD", "not-the-password")
         with pytest.raises(StepFailed, match=r"(?s)password authentication failed for user \"replicator\".*"

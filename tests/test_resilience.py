@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from lib import pgpool_host, REPO
+from lib import REPO, pgpool_host
 from lib import params as P
 from lib.lock import LOCK_DIR
 from lib.remote import Remote, StepFailed
