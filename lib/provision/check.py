@@ -1,71 +1,32 @@
 """`ci/provision --check`: is the live cluster still what the guide builds? Changes nothing.
 
-There is no list of checks here. The notebooks are the list: under each `### Step N — Title`
-heading, the cells call functions marked @guide_step (lib.part1, lib.part2). The check
-finds those calls and builds the same steps on read-only hosts (file writes refused, SQL
-sessions read-only). A step whose plan is not empty has drifted: its plan, as it would run,
-is the drift. Its verifications of live state run too (those that would write, or take
-long, run only when provisioning).
+The steps are lib.guide.STEPS, the list the notebooks are held to (tests/test_guide_registry.py).
+The check builds each step's plan on read-only hosts (file writes refused, SQL sessions read-only).
+A step whose plan is not empty has drifted: its plan, as it would run, is the drift. Its
+verifications of live state run too (those that would write, or take long, run only when
+provisioning).
 """
 from __future__ import annotations
 
-import ast
-import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-import nbformat
-
-from lib import REPO
-from lib.provision import runbook
+from lib.guide import STEPS, GuideStep
 from lib.remote import Hosts
-
-NOTEBOOKS = REPO / "notebooks"
-STEP_MODULES = ("part1", "part2", "failover")
 
 
 @dataclass
 class Checked:
-    unit: runbook.Unit
+    step: GuideStep
     hosts: list[str] = field(default_factory=list)
     drifts: list[str] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return f"Step {self.unit.number:>2}" if self.unit.number is not None else self.unit.title
-
-
-def step_functions(source: str) -> list[Callable]:
-    """The @guide_step functions a cell calls, in order (`part1.configure_primary(env)`)."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Name) and node.func.value.id in STEP_MODULES):
-            fn = getattr(importlib.import_module(f"lib.{node.func.value.id}"), node.func.attr, None)
-            if getattr(fn, "guide_step", False) and fn not in found:
-                found.append(fn)
-    return found
-
-
-def guide_steps(notebooks: list[Path] | None = None) -> list[tuple[runbook.Unit, list[Callable]]]:
-    """(step, its functions) for every step whose cells call one, in the notebooks' order."""
-    out = []
-    for path in notebooks or sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        sources = {c.get("id"): c.source for c in nb.cells if c.cell_type == "code"}
-        for unit in runbook.units(nb, path.stem):
-            fns = [fn for cid in unit.cell_ids for fn in step_functions(sources[cid])]
-            if fns:
-                out.append((unit, fns))
-    return out
 
 
 def run(env: Hosts) -> list[Checked]:
     results = []
-    for unit, fns in guide_steps():
-        checked = Checked(unit)
-        for fn in fns:
+    for guide_step in STEPS:
+        checked = Checked(guide_step)
+        for fn in guide_step.planners:
             try:
                 step = fn(env)
                 for action in step.plan:
@@ -106,7 +67,7 @@ def main(params, say: Callable[[str], None]) -> int:
         env.close()
     for r in results:
         mark = "ok   " if not r.drifts else "DRIFT"
-        say(f"  {mark} {r.label:<8} {', '.join(r.hosts) or '':<10} {r.unit.title}")
+        say(f"  {mark} {r.step.label:<8} {', '.join(r.hosts) or '':<10} {r.step.title}")
         for d in r.drifts:
             for i, line in enumerate(d.splitlines()):
                 say(f"        {'' if i == 0 else '  '}{line}")
@@ -114,7 +75,7 @@ def main(params, say: Callable[[str], None]) -> int:
     if not drifted:
         say(f"check passed: all {len(results)} steps match the guide.")
         return 0
-    steps = ", ".join(r.label.replace("Step  ", "Step ") for r in drifted)
+    steps = ", ".join(f"Step {r.step.number}" for r in drifted)
     say(f"check FAILED: {len(drifted)} of {len(results)} steps differ from the guide: {steps}. "
         "Provisioning again runs them and changes only what differs.")
     return 1
