@@ -9,12 +9,12 @@ from lib.params import Host, Params
 APPLICATION_NAME = "pgguide-notebook"
 
 
-def conninfo(params: Params, host: Host, *, user: str, port: int | None = None,
-             dbname: str = "postgres") -> dict:
+def conninfo(params: Params, host: Host, *, user: str, port: int | None = None, dbname: str = "postgres",
+             connect_timeout: int | None = None, application_name: str = APPLICATION_NAME) -> dict:
     """Connection keywords, without the password (it is passed separately)."""
     return {"host": host.address, "port": port or params.postgres["port"], "user": user,
-            "dbname": dbname, "connect_timeout": params.ssh["connect_timeout"],
-            "application_name": APPLICATION_NAME,
+            "dbname": dbname, "connect_timeout": connect_timeout or params.ssh["connect_timeout"],
+            "application_name": application_name,
             # a server that stops answering mid-query fails the query instead of hanging it
             "tcp_user_timeout": params.ssh["command_timeout"] * 1000,
             "keepalives_idle": 5, "keepalives_interval": 5, "keepalives_count": 3,
@@ -30,11 +30,16 @@ def verified_tls(params: Params, host: Host) -> dict:
 
 
 def connect(params: Params, host: Host, *, user: str, password: str, port: int | None = None,
-            dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
-    """An open connection. In the lab the address must be behind the lab's bridge."""
+            dbname: str = "postgres", autocommit: bool = True, connect_timeout: int | None = None,
+            application_name: str = APPLICATION_NAME, statement_timeout_s: int | None = None) -> psycopg.Connection:
+    """An open connection. In the lab the address must be behind the lab's bridge. A client that must
+    notice a failure fast (the drills) sets a short connect_timeout, and a statement_timeout."""
     if params.is_lab:
         hosts.require_lab_route(params, host)
-    kw = conninfo(params, host, user=user, port=port, dbname=dbname)
+    kw = conninfo(params, host, user=user, port=port, dbname=dbname, connect_timeout=connect_timeout,
+                  application_name=application_name)
+    if statement_timeout_s:
+        kw["options"] = f"-c statement_timeout={int(statement_timeout_s)}s"
     journal.contacted(host.name)
     try:
         return psycopg.connect(**kw, password=password, autocommit=autocommit)

@@ -71,10 +71,9 @@ class Traffic:
 
     def _connect(self):
         p = self.env.params
-        return psycopg.connect(host=p.pgpool_host.address, port=p.pgpool["port"], user="postgres",
-                               password=secret("postgres", p), dbname=TEST_DB, connect_timeout=2, autocommit=True,
-                               application_name="pgguide-drill", options=f"-c statement_timeout={STATEMENT_TIMEOUT_S}s",
-                               **db.verified_tls(p, p.pgpool_host))
+        return db.connect(p, p.pgpool_host, user="postgres", password=secret("postgres", p), port=p.pgpool["port"],
+                          dbname=TEST_DB, connect_timeout=2, application_name="pgguide-drill",
+                          statement_timeout_s=STATEMENT_TIMEOUT_S)
 
     def _loop(self, client: Client) -> None:
         conn = None
@@ -97,7 +96,7 @@ class Traffic:
                 if self.session_each:
                     conn.close()
                     conn = None
-            except psycopg.Error as e:
+            except (psycopg.Error, ConnectionError) as e:      # ConnectionError: db.connect refused
                 client.failed.append(time.monotonic())
                 client.last_error = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 if conn is not None:
@@ -112,7 +111,7 @@ class Traffic:
         try:
             with self._connect() as conn:
                 return conn.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {TABLE}").fetchone()[0]
-        except psycopg.OperationalError:
+        except (psycopg.OperationalError, ConnectionError):
             return None
 
     def __enter__(self):
