@@ -23,7 +23,7 @@ from lib.postgres import TEST_DB
 from lib.remote import StepFailed
 from lib.secrets import secret
 from lib.cluster import node_id, node_status, remote_named, roles_line_now, roles_now, the_primary, timeline_history
-from lib.show import expect, positions_named
+from lib.show import expect, positions_named, prompt
 from lib.wait import wait_until
 
 TABLE = "drill_rows"
@@ -218,7 +218,7 @@ def commit_mode(env) -> str:
     expect(names == wanted, f"{primary.host.name} runs with synchronous_standby_names = '{names}', the parameters "
                             f"want '{wanted}'.", "provision again (notebook 03, Step 44), then run the drills.")
     mode = ("once a standby has it too (synchronous)" if names else "by the primary alone (asynchronous, as the guide)")
-    return (f"{primary.host.name} (postgres) $ psql -c \"SHOW synchronous_standby_names\"  →  '{names}'\n"
+    return (f"{prompt(primary, 'postgres')}psql -c \"SHOW synchronous_standby_names\"  →  '{names}'\n"
             f"commits are acknowledged {mode}")
 
 
@@ -380,12 +380,12 @@ def primary_stops(env, how: str, lagging_s: float = 0, session_each: bool = Fals
                "silent": silence and silence.command}[how]
     clients = "a writer and a reader use pgpool, a new session for each statement" if session_each \
         else "a writer and a reader use pgpool"
-    shown = f"{old.host.name} (root) $ {command}    # the primary, while {clients}"
+    shown = f"{prompt(old, 'root')}{command}    # the primary, while {clients}"
     before = None
     if lagging_s:
         lagging = a_standby(env)
         stall = stall_sender(old, lagging, lagging_s)
-        shown = (f"{old.host.name} (root) $ {stall}    # {lagging.host.name} falls behind: the WAL sender serving "
+        shown = (f"{prompt(old, 'root')}{stall}    # {lagging.host.name} falls behind: the WAL sender serving "
                  f"it paused for {lagging_s:g} s\n{shown}")
         before = partial(old.run, stall, user="root")
     outcome = Outcome(shown, stopped=old)
@@ -474,10 +474,10 @@ def started_again(env, old) -> str:
     expect(node_status(env, old) == "down", f"pgpool uses {name} (node {n}) again.",
            "a former primary must be rejoined before pgpool uses it: check auto_failback and detach_false_primary.")
     error = next(l for l in refused.stderr.splitlines() if "ERROR" in l).split(":  ", 1)[-1]
-    return "\n".join([f"{name} (root) $ systemctl start {service}    # the old primary, fenced, started again",
+    return "\n".join([f"{prompt(name, 'root')}systemctl start {service}    # the old primary, fenced, started again",
                        roles_line_now(env, roles),
-                       f"{name} (postgres) $ psql -c \"{sql}\"", f"ERROR:  {error}",
-                       f"{name} (postgres) $ psql -c \"SHOW primary_conninfo\"  →  '' (it follows nobody)",
+                       f"{prompt(name, 'postgres')}psql -c \"{sql}\"", f"ERROR:  {error}",
+                       f"{prompt(name, 'postgres')}psql -c \"SHOW primary_conninfo\"  →  '' (it follows nobody)",
                        f"pgpool keeps node {n} ({name}) detached: yes"])
 
 
@@ -504,7 +504,7 @@ def standby_stops(env, down_for: float = 8, clients: bool = True) -> Outcome:
     only its health check can notice: that measures the detection the settings promise."""
     standby = a_standby(env)
     service, name, n = shlex.quote(env.params.postgres["service"]), standby.host.name, node_id(env, standby)
-    outcome = Outcome(f"{name} (root) $ systemctl stop {service}; sleep {down_for:.0f}; systemctl start {service}    "
+    outcome = Outcome(f"{prompt(name, 'root')}systemctl stop {service}; sleep {down_for:.0f}; systemctl start {service}    "
                       + ("# a standby, while a writer and a reader use pgpool" if clients else
                          "# a standby, with no client connected"))
     traffic = Traffic(env) if clients else None
@@ -601,7 +601,7 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     polling pcp while pgpool handles a failover would add delays of its own."""
     standby = a_standby(env)
     name, n, silence = standby.host.name, node_id(env, standby), Silence(standby, silent_for)
-    outcome = Outcome(f"{name} (root) $ {silence.command}    # a standby's network, with no client connected")
+    outcome = Outcome(f"{prompt(name, 'root')}{silence.command}    # a standby's network, with no client connected")
     promised, bound = pgpool_host.detection_bounds()["silent"], back_bound()
     pattern = re.compile(rf"node {n} \({re.escape(standby.host.address)}\) (detached|attached)")
 
@@ -668,7 +668,7 @@ def replays_again_within(env, standby, seconds: float) -> bool:
 
 def pgpool_restarts(env) -> Outcome:
     service = shlex.quote(env.params.pgpool["service"])
-    outcome = Outcome(f"{env.pgpool.host.name} (root) $ systemctl restart {service}    # while a writer and a reader use it")
+    outcome = Outcome(f"{prompt(env.pgpool, 'root')}systemctl restart {service}    # while a writer and a reader use it")
     with Traffic(env) as traffic:
         _run(traffic, env.pgpool, f"systemctl restart {service}", "root", outcome,
              lambda: traffic.writer.first_ok_after(outcome.start + 0.5) and traffic.reader.first_ok_after(outcome.start + 0.5))

@@ -19,7 +19,7 @@ from lib.part1 import PGPASS, REPLICATION_ROLE, pgpass_file
 from lib.pgpool_host import HOME, LOG_DIR, PGPOOL_ROLE, conf
 from lib.postgres import auth_method, conf_file, hba_type
 from lib.roles import sql_literal
-from lib.show import expect
+from lib.show import expect, prompt
 
 #: postgres's own key on the pgpool host: failover.sh logs in with it to promote a server
 SSH_DIR = f"{HOME}/.ssh"
@@ -95,7 +95,7 @@ def every_server_can_lead(env) -> ops.Step:
             found = {n: postgres.value(r, f"SHOW {n}") for n in ("wal_log_hints", "max_wal_senders", "listen_addresses")}
             expect(found["wal_log_hints"] == "on", f"{r.host.name} runs with wal_log_hints = {found['wal_log_hints']}.",
                    "pg_rewind cannot rewind a server without it: provision again (Step 2, Step 40), which restarts it.")
-            rows.append(f"{r.host.name} (postgres) $ psql -c \"SHOW wal_log_hints\"  →  {found['wal_log_hints']}")
+            rows.append(f"{prompt(r, 'postgres')}psql -c \"SHOW wal_log_hints\"  →  {found['wal_log_hints']}")
         return "\n".join(rows)
     return step.verify("every server logs hint bits for pg_rewind", shown)
 
@@ -193,7 +193,7 @@ def ssh_trust(env) -> ops.Step:
             expect(out.ok, f"postgres on {vm3.host.name} cannot log in to {r.host.name}: "
                            f"{out.stderr.strip() or out.stdout.strip()}",
                    f"check {AUTHORIZED_KEYS} on {r.host.name} and {KNOWN_HOSTS} on {vm3.host.name} (provision again).")
-            lines.append(f"{vm3.host.name} (postgres) $ {command}\n{out.stdout.strip()}")
+            lines.append(f"{prompt(vm3, 'postgres')}{command}\n{out.stdout.strip()}")
         return "\n".join(lines)
     return step.verify("postgres on the pgpool host logs in to each server", logs_in)
 
@@ -558,7 +558,7 @@ def running_commands(env) -> str:
             expect(value == wanted, f"pgpool runs with {name} = {value!r}.",
                    "restart pgpool (Step 43) so that it reads pgpool.conf again.")
             lines.append(f"{name} = '{value}'")
-    return f"notebook → {env.pgpool.host.name}:{env.params.pgpool['port']} (postgres) $ PGPOOL SHOW …\n" + "\n".join(lines)
+    return f"{pgpool_client.through_pgpool_prompt(env)}PGPOOL SHOW …\n" + "\n".join(lines)
 
 
 @guide_step
@@ -619,6 +619,6 @@ def commit_acknowledgement(env) -> ops.Step:
         want = "quorum" if p.postgres["synchronous"] else "async"
         expect(states and all(s == want for s in states), f"the standbys' sync_state is {states}, not {want}.",
                "check that each standby's application_name (primary_conninfo) is its host name.")
-        return (f"{primary.host.name} (postgres) $ psql -c \"SHOW synchronous_standby_names\"  →  '{names}'\n{rows}")
+        return (f"{prompt(primary, 'postgres')}psql -c \"SHOW synchronous_standby_names\"  →  '{names}'\n{rows}")
     return step.verify("commits wait for a standby" if p.postgres["synchronous"] else
                        "commits are acknowledged by the primary alone", shown)

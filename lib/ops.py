@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Union
 from lib import host_functions, journal, roles, secrets
 from lib.by_hand import conf_settings, delimiter, for_people, heredoc, line_edits, readable, shell_word, text_sum
 from lib.pgconf import changed_lines
-from lib.show import CheckFailed
+from lib.show import CheckFailed, prompt
 
 MASK = "********"
 #: beside a file we edit: the file as it was before our first change
@@ -126,7 +126,7 @@ class Action:
         return self.user or self.remote.params.ssh["user"]
 
     def prompt(self) -> str:
-        return f"{self.host} ({self.who()}) $ "
+        return prompt(self.host, self.who())
 
     # What each kind fills in:
     def script(self) -> str: raise NotImplementedError          # what bash runs on the host
@@ -380,7 +380,7 @@ class Relay(Action):
 
     def display(self) -> str:
         who = self.source_user or self.source.params.ssh["user"]
-        return f"{self.write}    # stdin: {self.source.host.name} ({who}) $ {self.read}"
+        return f"{self.write}    # stdin: {prompt(self.source, who)}{self.read}"
 
     def what(self) -> str:
         return self.summary or self.display().splitlines()[0]

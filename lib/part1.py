@@ -12,7 +12,7 @@ from lib.ops import guide_step
 from lib.postgres import TEST_DB, GUIDE_ROWS, auth_method, conf_file, patience, psql_read
 from lib.roles import sql_literal
 from lib.secret_files import last_field_masked, secret_file
-from lib.show import CheckFailed, expect, masked_columns
+from lib.show import CheckFailed, expect, masked_columns, prompt
 from lib.wait import wait_until
 
 #: the notebook's closing appendix: the guide's md5 way, as this notebook's steps planned it
@@ -96,7 +96,7 @@ def verify_primary(env) -> ops.Step:
         found = {n: postgres.value(primary, f"SHOW {n}") for n in wanted}
         expect(found == wanted, f"the primary runs with {found}.",
                "check Step 2's edits and that Step 5 restarted the server.")
-        return "\n".join(f"{primary.host.name} (postgres) $ psql -c \"SHOW {n};\"  →  {v}" for n, v in found.items())
+        return "\n".join(f"{prompt(primary, 'postgres')}psql -c \"SHOW {n};\"  →  {v}" for n, v in found.items())
     return ops.Step("settings").verify("the running settings", shown)
 
 
@@ -332,9 +332,9 @@ def verify_backup(env) -> ops.Step:
             data = env.params.postgres["data_dir"]
             signal = s.run(f"test -f {shlex.quote(data + '/standby.signal')}", user="postgres", check=False).ok
             fields = conninfo_fields(auto_conf(s))
-            shown.append(f"{s.host.name} (postgres) $ ls {data}/standby.signal\n"
+            shown.append(f"{prompt(s, 'postgres')}ls {data}/standby.signal\n"
                          + (f"{data}/standby.signal" if signal else "ls: cannot access: No such file or directory"))
-            shown.append(f"{s.host.name} (postgres) $ cat {data}/postgresql.auto.conf   # primary_conninfo's fields:")
+            shown.append(f"{prompt(s, 'postgres')}cat {data}/postgresql.auto.conf   # primary_conninfo's fields:")
             shown += [f"  {k:<17} {'******** (it must not be here)' if k == 'password' and k in fields else fields.get(k, '(not set)')}"
                       for k in ("user", "password", "passfile", "host", "port", "application_name")]
             if tls.on(env.params):

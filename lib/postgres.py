@@ -9,7 +9,7 @@ from typing import Callable
 
 from lib import ops
 from lib.roles import sql_literal, verifier_matches
-from lib.show import expect
+from lib.show import expect, prompt
 
 TEST_DB = "testdb"
 GUIDE_ROWS = [("Alice", "Engineering"), ("Bob", "Marketing"), ("Charlie", "Finance")]
@@ -115,14 +115,14 @@ def read(remote, command: str, *, user: str | None = "root", shown: str | None =
     """Run a read-only command; return the transcript: the command line and its output."""
     out = remote.run(command, user=user).stdout.rstrip()
     who = user or remote.params.ssh["user"]
-    return f"{remote.host.name} ({who}) $ {shown or command}" + (f"\n{out}" if out else "")
+    return f"{prompt(remote, who)}{shown or command}" + (f"\n{out}" if out else "")
 
 
 def psql_read(remote, sql: str, *, database: str = "postgres") -> str:
     """A query as postgres over the local socket, shown with psql's own table."""
     db = f" -d {database}" if database != "postgres" else ""
     out = remote.psql(sql, database=database, tuples=False).stdout.rstrip()
-    return f"{remote.host.name} (postgres) $ psql{db} -c \"{sql}\"\n{out}"
+    return f"{prompt(remote, 'postgres')}psql{db} -c \"{sql}\"\n{out}"
 
 
 def value(remote, sql: str, *, database: str = "postgres") -> str:
@@ -346,4 +346,4 @@ def write_refused(standby, department: str) -> str:
            f"the INSERT on {standby.host.name} did not fail with SQLSTATE 25006 (exit {r.exit_code}: {error!r}).",
            "the host is not in recovery: standby.signal is missing (pg_is_in_recovery() = f); "
            "touch it in the data directory and restart (troubleshooting table).")
-    return f"{standby.host.name} (postgres) $ psql -d {TEST_DB} -c \"{sql}\"\n{error}\n(psql exited {r.exit_code})"
+    return f"{prompt(standby, 'postgres')}psql -d {TEST_DB} -c \"{sql}\"\n{error}\n(psql exited {r.exit_code})"

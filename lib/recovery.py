@@ -19,7 +19,7 @@ from lib import (clone_guard, cluster, failover, ops, pgpool_client, pgpool_host
                  system)
 from lib.ops import guide_step
 from lib.part1 import REPLICATION_ROLE
-from lib.show import expect, positions_named
+from lib.show import expect, positions_named, prompt
 
 #: the one program a peer's key may run on a database server
 REJOIN_PROGRAM = "/usr/local/lib/pgguide/rejoin-standby"
@@ -235,13 +235,13 @@ def ready(env) -> str:
             expect(out.ok and "ready" in out.stdout, f"postgres on {r.host.name} cannot ask {other.host.name}: "
                    f"{out.stderr.strip() or out.stdout.strip()}", "provision again (Step 45): keys, known_hosts and "
                    f"{REJOIN_PROGRAM} on every server.")
-            lines.append(f"{r.host.name} (postgres) $ ssh … postgres@{other.host.address} ready\n{out.stdout.strip()}")
+            lines.append(f"{prompt(r, 'postgres')}ssh … postgres@{other.host.address} ready\n{out.stdout.strip()}")
     with pgpool_client.via_pgpool(env)() as conn:
         res = conn.pgconn.exec_(b"PGPOOL SHOW recovery_1st_stage_command")
         value = res.get_value(0, 0).decode() if res.ntuples else ""
     expect(value == FIRST_STAGE, f"pgpool runs with recovery_1st_stage_command = {value!r}.",
            "restart pgpool (systemctl restart pgpool2) so that it reads pgpool.conf again.")
-    lines.append(f"notebook → {env.pgpool.host.name}:{env.params.pgpool['port']} (postgres) $ PGPOOL SHOW "
+    lines.append(f"{pgpool_client.through_pgpool_prompt(env)}PGPOOL SHOW "
                  f"recovery_1st_stage_command\n{value}")
     return "\n".join(lines)
 

@@ -18,6 +18,13 @@ def expect(condition: bool, problem: str, fix: str) -> None:
         raise CheckFailed(f"{problem}\nLikely fix: {fix}")
 
 
+def prompt(where, who: str) -> str:
+    """The transcript's prompt, `vm1 (postgres) $ `: on which host (a Remote, a host's read-only view, or a
+    name), as which user."""
+    name = where if isinstance(where, str) else where.host.name
+    return f"{name} ({who}) $ "
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """A psql-style table: the guide's "Expected" blocks look like this."""
     rows = [["" if v is None else str(v) for v in row] for row in rows]

@@ -20,6 +20,7 @@ import re
 import shlex
 
 from lib.remote import Remote, Result
+from lib.show import prompt
 
 
 #: the role a diagnosis's SQL runs as: it reads every statistic and setting, and is no superuser
@@ -132,7 +133,7 @@ class ReadOnlyHost:
     def read(self, argv: list[str], *, user: str = "root", check: bool = False) -> Result:
         check_argv(argv)
         command = shlex.join(argv)
-        self.transcript.append(f"{self.host.name} ({user}) $ {command}")
+        self.transcript.append(f"{prompt(self, user)}{command}")
         return self._remote.run(command, user=user, check=check)
 
     def file(self, path: str, *, user: str = "root") -> str | None:
@@ -147,7 +148,7 @@ class ReadOnlyHost:
         port = str(self.params.postgres["port"])
         role = "" if superuser_only else f" -c role={MONITOR_ROLE}"
         shown = f"PGOPTIONS='-c role={MONITOR_ROLE}' " if role else ""
-        self.transcript.append(f"{self.host.name} (postgres) $ {shown}psql -c \"{' '.join(sql.split())}\""
+        self.transcript.append(f"{prompt(self, 'postgres')}{shown}psql -c \"{' '.join(sql.split())}\""
                                + (f"   # {superuser_only}" if superuser_only else ""))
         out = self._remote.run(
             f"PGOPTIONS='-c default_transaction_read_only=on{role}' psql -X -v ON_ERROR_STOP=1 -q -A -t -F '|' "

@@ -11,7 +11,7 @@ from lib.part1 import REPLICATION_ROLE
 from lib.pgpool_host import PGPOOL_ROLE
 from lib.postgres import auth_method, conf_file, md5_mode
 from lib.roles import sql_literal
-from lib.show import expect
+from lib.show import expect, prompt
 
 
 STANDBY_SETTINGS = {"listen_addresses": "*"}
@@ -39,7 +39,7 @@ def version_line(remote, command: str, user: str | None = None) -> str:
             out = " ".join(words[:i] + [".".join(parts[:1] if "psql" in command else parts[:2])])
             said = "    # shortened here to the major version: the rest changes with every update of the package"
             break
-    return f"{remote.host.name} ({user or remote.params.ssh['user']}) $ {command}{said}\n{out}"
+    return f"{prompt(remote, user or remote.params.ssh['user'])}{command}{said}\n{out}"
 
 
 @guide_step
@@ -259,7 +259,7 @@ def login_from(remote, target, user: str, secret_name: str, port: int, database:
            "no pg_hba.conf entry → add the pgpool host's /32 (Steps 23, 26) and reload; connection refused → "
            "listen_addresses = '*' and restart (Step 28); password authentication failed → re-set the "
            "password (Steps 21-22) or pool_passwd (Step 32).")
-    return f"{remote.host.name} ({remote.params.ssh['user']}) $ {command}\n{r.stdout.strip()}"
+    return f"{prompt(remote, remote.params.ssh['user'])}{command}\n{r.stdout.strip()}"
 
 
 @guide_step

@@ -14,7 +14,7 @@ from lib.pgpool_host import (APP_ROLE, KEY_FILE, LOG_DIR, PCPPASS, PGPOOL_ROLE, 
                              stop_dropin)
 from lib.postgres import TEST_DB, auth_method, md5_mode
 from lib.roles import sql_literal
-from lib.show import expect
+from lib.show import expect, prompt
 
 
 APP_GRANTS = ("GRANT SELECT, INSERT ON employees TO app;", "GRANT USAGE ON SEQUENCE employees_id_seq TO app;")
@@ -100,7 +100,7 @@ def settings_as_the_guide_groups(env) -> str:
     text = vm3.run(f"cat {shlex.quote(path)}", user="root", mask=False).stdout
     active = pgpoolconf.active_settings(text)
     wanted = pgpool_settings(env.params, backend_hosts(env.params, text), text)
-    lines = [f"{vm3.host.name} (root) $ cat {path}    # its active settings, grouped as the guide groups them"]
+    lines = [f"{prompt(vm3, 'root')}cat {path}    # its active settings, grouped as the guide groups them"]
     for title, why, names in guide_groups(list(wanted), backend_hosts(env.params, text)):
         lines += [f"{title}: {why}"] + [f"  {n} = {pgpoolconf.render(_typed(active[n]))}" if n in active
                                         else f"  {n} is not set" for n in names]
@@ -229,7 +229,7 @@ def password_file(env) -> ops.Step:
             if line.strip():
                 user, _, value = line.partition(":")
                 kinds.append(f"{user}:{'AES' if value.startswith('AES') else value[:3]}…")
-        return f"{vm3.host.name} (root) $ cat {path}   # entries, their secret part cut\n" + "\n".join(kinds)
+        return f"{prompt(vm3, 'root')}cat {path}   # entries, their secret part cut\n" + "\n".join(kinds)
 
     def private():
         files = [path, pcp, PCPPASS] + ([] if md5_mode(p) else [KEY_FILE])
@@ -237,7 +237,7 @@ def password_file(env) -> ops.Step:
         loose = [l for l in out if not l.startswith(f"{SECRET_OWNER} {SECRET_MODE} ")]
         expect(not loose, f"files that hold secrets can be read by others: {'; '.join(loose)}.",
                f"provision again: it sets them to {SECRET_OWNER}, mode {SECRET_MODE}")
-        return f"{vm3.host.name} (root) $ stat -c '%U:%G %a %n' {' '.join(files)}\n" + "\n".join(out)
+        return f"{prompt(vm3, 'root')}stat -c '%U:%G %a %n' {' '.join(files)}\n" + "\n".join(out)
     step.verify("pool_passwd has an entry per role", entries)
     return step.verify("only postgres can read the files that hold secrets", private)
 

@@ -11,7 +11,7 @@ from lib.pgpool_client import (check_nodes, current_nodes, healthy_but_detached,
                                through_pgpool_prompt, via_pgpool, wait_for_nodes)
 from lib.pgpool_host import APP_ROLE, PCPPASS, pcp
 from lib.postgres import TEST_DB, patience
-from lib.show import expect, masked_columns, table
+from lib.show import expect, masked_columns, prompt, table
 from lib.wait import wait_until
 
 
@@ -27,7 +27,7 @@ def pcp_node_count(env) -> str:
            f"check pcp.conf (user:md5 of the password) and {PCPPASS} (host:port:user:password, mode 600) (Step 32).")
     expect(int(r.stdout.strip()) == len(env.params.database_hosts), f"pcp reports {r.stdout.strip()} nodes.",
            "check pgpool.conf's backends.")
-    return f"{vm3.host.name} (postgres) $ {command}\n{r.stdout.strip()}"
+    return f"{prompt(vm3, 'postgres')}{command}\n{r.stdout.strip()}"
 
 
 def nodes_as_wanted(env) -> str:
@@ -65,7 +65,7 @@ def app_login(env) -> str:
     expect(out.ok and rows[1:] == [[APP_ROLE, "t", "f"]],
            f"{APP_ROLE} through pgpool: {out.stderr.strip() or out.stdout.strip()}",
            "Step 31 makes the role and its grants, Step 32 its pool_passwd entry; provision again.")
-    return f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}\n{out.stdout.rstrip()}"
+    return f"{prompt(vm3, env.params.ssh['user'])}{command}\n{out.stdout.rstrip()}"
 
 
 TLS_SESSIONS = ("SELECT a.backend_type, host(a.client_addr), s.ssl, coalesce(s.version, '') "
@@ -104,7 +104,7 @@ def psql_through_pgpool(env, sql: str, database: str = TEST_DB, times: int = 1) 
     command = f"psql -h {vm3.host.address} -p {env.params.pgpool['port']} -U postgres -d {database} -c \"{sql}\""
     for _ in range(times):
         out = as_client(vm3, command, "postgres").stdout.rstrip()
-    return f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}" + (f"   # × {times}" if times > 1 else "") + "\n" + out
+    return f"{prompt(vm3, env.params.ssh['user'])}{command}" + (f"   # × {times}" if times > 1 else "") + "\n" + out
 
 
 #: SHOW pool_nodes' columns that differ on every run: this session's draw of a node for its reads, and a time
@@ -118,7 +118,7 @@ def show_pool_nodes(env, also: tuple[str, ...] = ()) -> str:
     command = f"psql -h {vm3.host.address} -p {env.params.pgpool['port']} -U postgres -c \"SHOW pool_nodes;\""
     out = as_client(vm3, command, "postgres").stdout.rstrip()
     masks = {**{c: "…" for c in also}, **UNSTABLE_POOL_NODES_COLUMNS}
-    return (f"{vm3.host.name} ({env.params.ssh['user']}) $ {command}    # {', '.join(masks)}: masked, they differ "
+    return (f"{prompt(vm3, env.params.ssh['user'])}{command}    # {', '.join(masks)}: masked, they differ "
             "on every run\n" + masked_columns(out, masks))
 
 

@@ -15,6 +15,7 @@ from lib.pgpool_client import pool_nodes, pool_show
 from lib.pgpool_host import KEY_FILE, LOG_DIR, PCPPASS, PGPOOL_ROLE, POOL_PASSWD_ROLES
 from lib.postgres import md5_mode
 from lib.secrets import secret
+from lib.show import prompt
 
 
 def pool_passwd_configured(c: Cluster) -> list[Finding]:
@@ -189,13 +190,13 @@ def clients_get_in(c: Cluster) -> list[Finding]:
     p, sql = c.params, "SHOW pool_nodes"
     check_sql(sql)
     shown = f"psql -h {p.pgpool_host.address} -p {p.pgpool['port']} -U postgres -c \"{sql}\""
-    c.pgpool.transcript.append(f"this machine (a client) $ {shown}")
+    c.pgpool.transcript.append(f"{prompt('this machine', 'a client')}{shown}")
     try:
         with db.connect(p, p.pgpool_host, user="postgres", password=secret("postgres", p), port=p.pgpool["port"]) as conn:
             conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             nodes = pool_nodes(conn)
             check_sql("SHOW pool_processes")
-            c.pgpool.transcript.append(f"this machine (a client) $ {shown.replace(sql, 'SHOW pool_processes')}")
+            c.pgpool.transcript.append(f"{prompt('this machine', 'a client')}{shown.replace(sql, 'SHOW pool_processes')}")
             processes = pool_show(conn, "pool_processes")
     except ConnectionError as e:
         said = str(e)
@@ -260,7 +261,7 @@ def reads_spread(c: Cluster) -> list[Finding]:
     shares = {address: w / total for address, w in weights.items()}
     sessions, sql = spread_sessions(shares), "SELECT inet_server_addr()"
     check_sql(sql)
-    c.pgpool.transcript.append(f"this machine (a client) $ psql -h {p.pgpool_host.address} -p {p.pgpool['port']} "
+    c.pgpool.transcript.append(f"{prompt('this machine', 'a client')}psql -h {p.pgpool_host.address} -p {p.pgpool['port']} "
                                f"-U postgres -c \"{sql}\"   # × {sessions} sessions")
 
     def connect():
