@@ -408,37 +408,63 @@ def test_check_passes_on_the_provisioned_cluster(provisioned_twice, secrets_file
     assert f"check passed: all {len(guide.STEPS)} steps match the guide." in result.stdout
 
 
-@pytest.mark.parametrize("host, path, edit, steps, drift", [
+#: drifts, each on a file of its own: (host, file, the edit, {each step that would set it right: lines of its plan})
+DRIFTS = [
     # the edit itself (Step 26), and the reload it would need (Step 28 settles the standby)
-    ("vm2", "/etc/postgresql/15/main/pg_hba.conf", "sed -i '/pgpool .*10.213.93.134/d'", ["Step 26", "Step 28", "Step 40"],
-     ["vm2 (root) $ edit /etc/postgresql/15/main/pg_hba.conf", "+host all pgpool 10.213.93.134/32 scram-sha-256",
-      "vm2 (root) $ systemctl reload postgresql"]),
+    ("vm2", "/etc/postgresql/15/main/pg_hba.conf", "sed -i '/pgpool .*10.213.93.134/d'",
+     {"Step 26": ["vm2 (root) $ edit /etc/postgresql/15/main/pg_hba.conf", "+host all pgpool 10.213.93.134/32 scram-sha-256"],
+      "Step 28": ["vm2 (root) $ systemctl reload postgresql"], "Step 40": []}),
     # the edit (Step 30), and the restart of pgpool it would need (Step 33)
-    ("vm3", "/etc/pgpool2/pgpool.conf", "sed -i 's/^backend_weight1 = 2/backend_weight1 = 0/'", ["Step 30", "Step 33", "Step 43"],
-     ["-backend_weight1 = 0", "+backend_weight1 = 2", "vm3 (root) $ systemctl restart pgpool2"]),
+    ("vm3", "/etc/pgpool2/pgpool.conf", "sed -i 's/^backend_weight1 = 2/backend_weight1 = 0/'",
+     {"Step 30": ["-backend_weight1 = 0", "+backend_weight1 = 2"], "Step 33": ["vm3 (root) $ systemctl restart pgpool2"],
+      "Step 43": []}),
     # a suspension of synchronous commit that failover.sh would leave, left behind: Step 44 lifts it
     ("vm1", "/var/lib/postgresql/15/main/postgresql.auto.conf", "sed -i \"\\$a synchronous_standby_names = ''\"",
-     ["Step 44"], ["vm1 (postgres) $ psql <<'SQL'", "ALTER SYSTEM RESET synchronous_standby_names;"]),
+     {"Step 44": ["vm1 (postgres) $ psql <<'SQL'", "ALTER SYSTEM RESET synchronous_standby_names;"]}),
     # pgpool's unit back to signalling every process at once: Step 33 writes its drop-in again
     ("vm3", "/etc/systemd/system/pgpool2.service.d/pgguide-stop.conf", "sed -i 's/^KillMode=mixed/KillMode=control-group/'",
-     ["Step 33", "Step 43"], ["-KillMode=control-group", "+KillMode=mixed", "vm3 (root) $ systemctl daemon-reload"]),
-], ids=["pgpool line removed from the standby's pg_hba", "backend_weight1 set to 0", "synchronous commit left suspended",
-        "pgpool's stop drop-in changed"])
-def test_check_names_a_drift_and_the_step_that_fixes_it(provisioned_twice, secrets_file, host, path, edit, steps, drift):
-    on(host, f"sudo cp -p {path} /tmp/drift.bak && sudo {edit} {path}")
+     {"Step 33": ["-KillMode=control-group", "+KillMode=mixed", "vm3 (root) $ systemctl daemon-reload"], "Step 43": []}),
+]
+
+
+def drift_blocks(output: str) -> dict[str, str]:
+    """--check's output cut into each drifted step's lines (whitespace squeezed), by step."""
+    blocks, current = {}, None
+    for line in output.splitlines():
+        words = line.split()
+        if words[:1] == ["DRIFT"]:
+            current = " ".join(words[1:3])
+            blocks[current] = ""
+        elif words[:1] == ["ok"] or line.startswith("check "):
+            current = None
+        elif current:
+            blocks[current] += " ".join(words) + "\n"
+    return blocks
+
+
+def test_check_names_each_drift_under_the_step_that_fixes_it(provisioned_twice, secrets_file):
+    """Four drifts at once, one --check: each step that would set one right is listed, with that fix."""
+    for i, (host, path, edit, _) in enumerate(DRIFTS):
+        on(host, f"sudo cp -p {path} /tmp/drift{i}.bak && sudo {edit} {path}")
     try:
-        edited = on(host, f"sudo sha256sum {path}")
+        edited = [on(host, f"sudo sha256sum {path}") for host, path, _, _ in DRIFTS]
         result = check(secrets_file)
-        assert on(host, f"sudo sha256sum {path}") == edited, "--check changed the file"
+        assert [on(host, f"sudo sha256sum {path}") for host, path, _, _ in DRIFTS] == edited, "--check changed a file"
     finally:
-        on(host, f"sudo cp -p /tmp/drift.bak {path}")
+        for i, (host, path, _, _) in enumerate(DRIFTS):
+            on(host, f"sudo cp -p /tmp/drift{i}.bak {path}")
     assert result.returncode == 1, result.stdout
-    drifted = [line.split()[1:3] for line in result.stdout.splitlines() if line.lstrip().startswith("DRIFT")]
-    assert [" ".join(d) for d in drifted] == steps, result.stdout
-    squeezed = "\n".join(" ".join(line.split()) for line in result.stdout.splitlines())
-    for line in drift:
-        assert " ".join(line.split()) in squeezed, line
-    assert f"steps differ from the guide: {', '.join(steps)}." in result.stdout
+    blocks = drift_blocks(result.stdout)
+    wanted: dict[str, list[str]] = {}
+    for _, _, _, steps in DRIFTS:
+        for step, lines in steps.items():
+            wanted.setdefault(step, []).extend(lines)
+    order = sorted(wanted, key=lambda s: int(s.split()[1]))
+    assert list(blocks) == order, result.stdout
+    for step, lines in wanted.items():
+        for line in lines:
+            assert " ".join(line.split()) in blocks[step], f"{step} lacks {line!r}:\n{result.stdout}"
+    assert f"steps differ from the guide: {', '.join(order)}." in result.stdout
     assert check(secrets_file).returncode == 0
 
 
