@@ -18,11 +18,11 @@ from typing import Any
 
 import psycopg
 
-from lib import clone_guard, db, failover, pgpool_client, pgpool_host, postgres
+from lib import clone_guard, db, failover, pgpool_client, pgpool_host, postgres, switchover
+from lib.cluster import node_id, node_status, remote_named, roles_line_now, roles_now, the_primary, timeline_history
 from lib.postgres import TEST_DB
 from lib.remote import StepFailed
 from lib.secrets import secret
-from lib.cluster import node_id, node_status, remote_named, roles_line_now, roles_now, the_primary, timeline_history
 from lib.show import expect, positions_named, prompt
 from lib.wait import wait_until
 
@@ -682,7 +682,6 @@ def back_to_preferred(env) -> str:
     """When a drill left another server the primary (a silent primary's failover promotes the most
     advanced standby, which with two standbys is chance), a planned switchover back to the parameters'
     primary (lib.switchover): its transcript, or '' when nothing was needed."""
-    from lib import switchover
     preferred = env.params.primary.name
     if roles_now(env).get(preferred) == "primary":
         return ""

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 import shlex
 
-from lib import clone_guard, ops, pgconf, postgres, tls
+from lib import clone_guard, ops, pgconf, postgres, system, tls
 from lib.host_functions import cluster_is
 from lib.ops import guide_step
-from lib.postgres import TEST_DB, GUIDE_ROWS, auth_method, conf_file, patience, psql_read
+from lib.postgres import GUIDE_ROWS, TEST_DB, auth_method, conf_file, patience, psql_read
 from lib.roles import sql_literal
 from lib.secret_files import last_field_masked, secret_file
 from lib.show import CheckFailed, expect, masked_columns, prompt
@@ -67,7 +67,6 @@ def allow_replication(env) -> ops.Step:
 
 @guide_step
 def open_firewall(env) -> ops.Step:
-    from lib import system
     # the standbys stream from it; the pgpool host (Part 2) connects to it
     sources = [s.host.address for s in env.standbys] + [env.pgpool.host.address]
     return system.firewall_step(ops.Step("firewall"), env.primary, env.params.postgres["port"], sources)

@@ -8,6 +8,7 @@ from functools import partial
 from lib import db
 from lib.pgpool_host import KEY_FILE, conf
 from lib.postgres import auth_method, md5_mode
+from lib.secrets import secret
 from lib.show import expect
 from lib.wait import wait_until
 
@@ -21,7 +22,6 @@ def via_pgpool(env, database: str = "postgres"):
     Sessions that come and go should use TEST_DB: pgpool never keeps its backend connections
     for the databases postgres, template0, template1 and regression (child.c), so there every
     session costs a new login on every server."""
-    from lib.secrets import secret
     connect = partial(db.connect, env.params, env.pgpool.host, user="postgres", password=secret("postgres", env.params),
                       port=env.params.pgpool["port"], dbname=database)
 

@@ -3,13 +3,16 @@ settings, roles), reads shown the way a person runs them, and plans for roles, c
 and restarts."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 from typing import Callable
 
-from lib import ops
+from lib import ops, pgconf, secrets
+from lib.remote import Hosts
 from lib.roles import sql_literal, verifier_matches
 from lib.show import expect, prompt
+from lib.wait import wait_until
 
 TEST_DB = "testdb"
 GUIDE_ROWS = [("Alice", "Engineering"), ("Bob", "Marketing"), ("Charlie", "Finance")]
@@ -73,9 +76,6 @@ def guides_md5_way(step: ops.Step, env, build, number: int) -> ops.Step:
     guide step `number`, planned by `build` on read-only connections against the hosts as they are, and not
     applied: md5_appendix shows it at the end of the notebook, so a reader following the guide sees its
     commands, and the step itself what we do instead."""
-    import dataclasses
-
-    from lib.remote import Hosts
     if auth_method(env.params) == "md5" or env.read_only:
         return step
     if env.md5_way is None:
@@ -102,8 +102,6 @@ def md5_appendix(env) -> str:
 def primary_hba_step(env, lines_of, number: int) -> ops.Step:
     """Add `lines_of(env)` to the primary's pg_hba.conf (guide step `number`: 3 or 23), keeping the guide's md5
     way for the appendix."""
-    from lib import pgconf
-
     def build(e):
         return edit_step(ops.Step("pg_hba.conf"), e.primary, conf_file(e.primary, "pg_hba.conf"),
                          lambda text: pgconf.add_hba_records(text, lines_of(e)))
@@ -249,8 +247,6 @@ def role_differences(remote, role: str, password: str, attributes: str) -> list[
 def role_step(step: ops.Step, remote, secret_name: str) -> ops.Step:
     """Create the role, or bring its attributes and password in line; nothing if both match.
     The password is stored the way postgres.auth_method says (SCRAM or md5)."""
-    from lib import secrets
-
     role, attributes = secrets.ROLES[secret_name]
     differences = role_differences(remote, role, secrets.secret(secret_name, remote.params), attributes)
     if differences == []:
@@ -289,7 +285,6 @@ def employees(remote) -> str:
 
 def rows_visible(remote, names: list[str], timeout: float = 10) -> str:
     """Wait until `remote` shows every name; the evidence is the table."""
-    from lib.wait import wait_until
     found, _ = wait_until(lambda: set(names) <= set(employee_names(remote)), timeout=patience(remote, timeout),
                           interval=0.01)
     expect(found, f"{remote.host.name} does not show {', '.join(names)} after {timeout:.0f} s.",
@@ -303,7 +298,6 @@ SYNC_BOUND_S = 5
 def arrives_on_standbys(step: ops.Step, standbys, name: str, fix: str) -> ops.Step:
     """Verify that the row `name` reaches every standby within SYNC_BOUND_S. The compared output
     states the bound; the measured times go to step.measured, for a cell that is not compared."""
-    from lib.wait import wait_until
     step.measured = {}
 
     def arrived():

@@ -8,10 +8,10 @@ import socket
 import shlex
 from dataclasses import dataclass
 
+from lib import clone_guard, postgres, secrets, system
 from lib import hosts as hostmod
-from lib import postgres, secrets, system
-from lib.show import expect, fields
 from lib.remote import Hosts, Remote
+from lib.show import expect, fields
 
 # One round trip per host: facts as key=value lines.
 SURVEY = r"""
@@ -152,7 +152,6 @@ def check_paths(env: Hosts) -> list[tuple[str, str, str, str]]:
 def check_clones(env: Hosts) -> list[tuple[str, str, str]]:
     """Per standby: will Part 1 clone it, and the proof read from the hosts (lib.clone_guard).
     A standby that may not be cloned stops the run here, before Part 1 changes anything."""
-    from lib import clone_guard
     rows = clone_guard.choose(env)
     for s, allowed, why in rows:
         expect(allowed is not False, f"Part 1 would clear and clone {s.host.name}, but: {why}.", clone_guard.FIX)

@@ -15,6 +15,7 @@ import paramiko
 from fabric import Connection
 
 from lib import hosts, journal, secrets
+from lib.lock import ClusterLock
 from lib.params import Host, Params
 
 if TYPE_CHECKING:
@@ -237,7 +238,6 @@ class Hosts:
 
     def __init__(self, params: Params, *, read_only: bool = False, purpose: str = "a notebook run",
                  whole_run: bool = False):
-        from lib.lock import ClusterLock
         self.params = params
         self.primary = Remote(params, params.primary, read_only=read_only)
         self.standbys = [Remote(params, h, read_only=read_only) for h in params.standbys]

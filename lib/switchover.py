@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 from lib import cluster, failover, ops, postgres, rejoin
-from lib.remote import Hosts
+from lib.remote import Hosts, StepFailed
 from lib.show import CheckFailed, expect
 
 #: how long the old primary's stop, the hand-over and the promotion may take together
@@ -85,7 +85,6 @@ def run(env, name: str) -> str:
 
 
 def main(params, name: str, say: Callable[[str], None]) -> int:
-    from lib.remote import StepFailed
     env = Hosts(params)
     say(f"switchover {params.environment}: make {name} the primary, losing nothing")
     started = time.monotonic()

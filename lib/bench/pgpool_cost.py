@@ -10,7 +10,7 @@ import shlex
 import statistics
 
 from lib import pgpool_client
-from lib.bench import spread
+from lib.bench import memory, spread
 from lib.roles import sql_literal
 from lib.secrets import secret
 
@@ -102,7 +102,6 @@ def prepare_md5_login(env) -> None:
 def login_run(env, target: str, user: str, database: str, clients: int, seconds: int) -> dict:
     """pgbench -C with a transaction of `SELECT 1`: the cost of a connection and little else; TPS,
     latency, and the CPU time each host spent per connection (its container's cgroup)."""
-    from lib.bench import memory
     p, client = env.params, env.standbys[0]
     host, port = (p.primary.address, p.postgres["port"]) if target == "direct" else (p.pgpool_host.address, p.pgpool["port"])
     # a thread per client: pgbench connects synchronously, so a thread serving several clients stops them

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 
-from lib.diagnose.checks import CHECKS, FAIL, OK, WARN, Cluster, Finding
+from lib.diagnose.checks import CHECKS, Cluster, FAIL, Finding, OK, WARN
+from lib.remote import Hosts
+from lib.show import expect
 
 __all__ = ["diagnose", "report", "exit_status", "show", "healthy", "transcript", "Finding", "OK", "WARN", "FAIL"]
 
@@ -59,7 +61,6 @@ def exit_status(found: list[Finding]) -> int:
 
 
 def main(prm, out=print) -> int:
-    from lib.remote import Hosts
     env = Hosts(prm, read_only=True, purpose="ci/provision --diagnose")
     start = time.monotonic()
     try:
@@ -83,7 +84,6 @@ def show(found: list[Finding], *checks: str) -> str:
 
 def healthy(found: list[Finding]) -> str:
     """The summary, failing (with every finding's details) unless every check is OK."""
-    from lib.show import expect
     bad = [f for f in found if f.status != OK]
     expect(not bad, "the diagnosis found:\n" + "\n".join(f.details() for f in bad),
            "each finding names its fix and the guide step that sets it right.")

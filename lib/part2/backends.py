@@ -11,6 +11,7 @@ from lib.part1 import REPLICATION_ROLE
 from lib.pgpool_host import PGPOOL_ROLE
 from lib.postgres import auth_method, conf_file, md5_mode
 from lib.roles import sql_literal
+from lib.secrets import secret
 from lib.show import expect, prompt
 
 
@@ -243,7 +244,6 @@ def listen_on_standbys(env) -> ops.Step:
 def as_client(remote, command: str, secret_name: str, *, flags: str = "-X", check: bool = True):
     """`command` (a psql command line as the guide writes it) run on `remote` as the admin user, a
     client's way: the secret's password on stdin into PGPASSWORD, `flags` added to psql."""
-    from lib.secrets import secret
     to_pgpool = f"-p {remote.params.pgpool['port']} " in command
     verified = tls.environment(remote.params, to_pgpool=to_pgpool) if tls.on(remote.params) else ""
     return remote.run(f"read -r PGPASSWORD; export PGPASSWORD; {verified}{command.replace('psql', f'psql {flags}', 1)}",

@@ -7,13 +7,14 @@ import shlex
 from functools import partial
 
 from lib import ops, pgconf, pgpoolconf, postgres, system
-from lib.secret_files import SECRET_MODE, SECRET_OWNER, last_field_masked, secret_access, secret_file
 from lib.ops import Secret, guide_step
 from lib.pgpool_host import (APP_ROLE, KEY_FILE, LOG_DIR, PCPPASS, PGPOOL_ROLE, POOL_PASSWD_ROLES, STOP_DROPIN,
                              backend_hosts, conf, pgpool_service, pgpool_settings, restart_pending, service_state,
                              stop_dropin)
 from lib.postgres import TEST_DB, auth_method, md5_mode
 from lib.roles import sql_literal
+from lib.secret_files import SECRET_MODE, SECRET_OWNER, last_field_masked, secret_access, secret_file
+from lib.secrets import secret
 from lib.show import expect, prompt
 
 
@@ -172,7 +173,6 @@ def _replace_line(text: str | None, prefix: str, line: tuple) -> tuple:
 def pool_passwd_entries(env) -> dict[str, str]:
     """What pg_enc makes of each password with the key (its output is deterministic for a key):
     compared with pool_passwd, never shown."""
-    from lib.secrets import secret
     vm3 = env.pgpool
     pairs = "".join(f"{u}:{secret(u, env.params)}\n" for u in POOL_PASSWD_ROLES)
     out = vm3.run(f"pg_enc -k {KEY_FILE} -i /dev/stdin", user="root", stdin=pairs, mask=False, check=False).stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from lib import db, ops, postgres
+from lib import db, loadbalance, ops, postgres
 from lib.ops import Secret, guide_step
 from lib.part2.backends import as_client
 from lib.pgpool_client import (check_nodes, current_nodes, healthy_but_detached, pool_nodes, pool_show,
@@ -176,7 +176,6 @@ def verify_load_balancing(env) -> ops.Step:
     """Load balancing is per session: open many sessions through pgpool, ask each which server
     answered, and compare the shares with the weights (lib/loadbalance.py has the arithmetic).
     Not run by --check: hundreds of sessions are a test, not an observation."""
-    from lib import loadbalance
     step = ops.Step("load balancing")
     step.measured = {}
     hosts, connect = env.params.database_hosts, via_pgpool(env)

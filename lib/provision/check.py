@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lib.guide import STEPS, GuideStep
+from lib import heal
+from lib import params as P
+from lib.clone_guard import roles_swapped
+from lib.guide import GuideStep, STEPS
 from lib.remote import Hosts
 
 
@@ -46,14 +49,11 @@ def main(params, say: Callable[[str], None]) -> int:
     env = Hosts(params, read_only=True)
     say(f"check {params.environment}: does the live cluster still match the guide? (nothing is changed)")
     try:
-        from lib.clone_guard import roles_swapped
         try:
             swapped = roles_swapped(env)
         except Exception:               # a host that does not answer: the steps below say which and why
             swapped = None
         if swapped:
-            from lib import heal
-            from lib import params as P
             as_they_are = heal.roles_as_they_are(env)
             if as_they_are is None:
                 say(f"check FAILED: {swapped[0]}\n  Likely fix: {swapped[1]}")

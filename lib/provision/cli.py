@@ -16,10 +16,12 @@ from pathlib import Path
 
 import nbformat
 
-from lib import REPO
-from lib.provision import runbook
+from lib import REPO, diagnose, heal, journal, lock, secrets, switchover
+from lib import params as P
+from lib.provision import check, runbook, teardown
 from lib.provision.notebooks import NOTEBOOKS, QUIET_KERNEL, guide_notebooks
 from lib.provision.record import StepRecord, Summary, commands_sh, record_files, render_html
+from lib.remote import Hosts
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
@@ -73,7 +75,6 @@ class Progress:
         self.cell_started = time.monotonic()
 
     def after(self, cell, cell_index, execute_reply, **_):
-        from lib import journal
 
         unit = self.current
         if unit is None:            # a cell before any unit: nothing to report
@@ -209,8 +210,6 @@ HEALING = object()
 
 def heal_after_failover(prm, parameters: dict, console: Console) -> dict:
     """After a failover: the former primary rejoined, and the parameters with the roles as they are."""
-    from lib import heal
-    from lib.remote import Hosts
     env = Hosts(prm)
     try:
         return heal.heal(env, parameters, console.line) or parameters
@@ -237,8 +236,6 @@ def main(argv: list[str]) -> int:
                     help="a file of VARIABLE=value secrets outside the repository (mode 600)")
     args = ap.parse_args(argv)
 
-    from lib import params as P
-    from lib import secrets
 
     console = Console()
     try:
@@ -251,16 +248,12 @@ def main(argv: list[str]) -> int:
         print(f"ci/provision: {e}\nNothing was changed.", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.check:
-        from lib.provision import check
         return check.main(prm, console.line)
     if args.diagnose:
-        from lib import diagnose
         return diagnose.main(prm, console.line)
     if args.teardown:
-        from lib.provision import teardown
         return teardown.main(prm, console.line)
     if args.switchover:
-        from lib import switchover
         return locked(prm, lambda: switchover.main(prm, args.switchover, console.line))
     if prm.is_lab:
         start_lab_if_down(args.params.resolve())
@@ -270,8 +263,6 @@ def main(argv: list[str]) -> int:
 def locked(prm, run) -> int:
     """Run holding the cluster's lock (lib.lock), which the notebooks' kernels inherit. No lock, no
     run: a primary that cannot be reached (or whose sudo refuses) stops it here, before any change."""
-    from lib import lock
-    from lib.remote import Hosts
 
     env = Hosts(prm, purpose=f"ci/provision {prm.environment}", whole_run=True)
     try:

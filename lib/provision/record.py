@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 
 from lib import by_hand, diagrams, host_functions
+from lib.params import resolve_path
 
 # A record must read offline and opening it must not send traffic anywhere: its pages carry no
 # script at all (the notebooks use no LaTeX and no widgets), and their diagrams are drawn before,
@@ -218,10 +219,6 @@ def _expected(check: dict) -> str:
 def commands_sh(summary: "Summary", params) -> str:
     """The run's applied actions as a plain bash script (see COMMANDS_PREAMBLE); the new files it writes are
     record_files(summary), kept in files/ beside it."""
-    import re as _re
-
-    from lib.params import resolve_path
-
     body, files = [], {}
     for step in summary.steps:
         if step.actions:
@@ -230,7 +227,7 @@ def commands_sh(summary: "Summary", params) -> str:
             body += [f"{_heading(a)}{_kept(a, files)}" for a in step.actions]
             body += [_expected(check) for check in step.checks]
     text = "\n".join(body)
-    variables = sorted(set(_re.findall(r"\$\{(PGGUIDE_[A-Z_]+)\}", text)))
+    variables = sorted(set(re.findall(r"\$\{(PGGUIDE_[A-Z_]+)\}", text)))
     ssh = params.ssh
     head = COMMANDS_PREAMBLE.format(
         title=f"ci/provision on {summary.environment} ({summary.parameters}), {summary.started}",

@@ -20,6 +20,7 @@ from typing import Callable
 import shlex
 
 from lib import ops, postgres
+from lib.lock import LockHeld
 from lib.pgpool_host import service_state
 from lib.remote import Hosts
 
@@ -61,8 +62,6 @@ def main(params, say: Callable[[str], None]) -> int:
     import io
 
     env = Hosts(params, purpose="ci/provision --teardown", whole_run=True)
-    from lib.lock import LockHeld
-
     say(f"teardown {params.environment}: stop pgpool, make the standbys standalone")
     try:
         env.lock.hold()
