@@ -89,7 +89,7 @@ class Cluster:
     entries: int = 0                # files and directories in the data directory
     control: bool = False           # global/pg_control is there
     standby_signal: bool = False
-    fenced: bool = False            # failover.sh fenced it when it failed as the primary (lib.failover.fence_marker)
+    fenced: bool = False            # failover.sh fenced it when it failed as the primary (fence_marker below)
     system_id: str | None = None
     in_recovery: bool | None = None
     lsn: str | None = None          # WAL position: current (primary), received/replayed (standby), checkpoint (down)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from lib import clone_guard, failover, pgpool_client, pgpool_host, postgres
+from lib import clone_guard, failover, failover_scripts, pgpool_client, pgpool_host, postgres
 from lib.show import expect, table
 
 
@@ -69,7 +69,7 @@ def all_up(env, timeout: float = 60) -> str:
     seen = "; ".join(f"node {n['node_id']} {n['hostname']}: {n['status']}/{n['pg_status']}, {n['role']}, "
                      f"{n['replication_state'] or 'no replication state'}" for n in nodes)
     expect(pgpool_client.nodes_ready(nodes, also_waiting=True), "not every node is up in pgpool with one primary and "
-           f"streaming standbys ({seen}).", f"read {failover.FAILOVER_LOG} and pgpool's log; a node left down: rejoin it (above).")
+           f"streaming standbys ({seen}).", f"read {failover_scripts.FAILOVER_LOG} and pgpool's log; a node left down: rejoin it (above).")
     return nodes_now(env)
 
 

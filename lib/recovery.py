@@ -15,8 +15,8 @@ import shlex
 from datetime import datetime
 from functools import partial
 
-from lib import (clone_guard, cluster, failover, ops, pgpool_client, pgpool_host, pgpoolconf, postgres, rejoin,
-                 system)
+from lib import (clone_guard, cluster, failover, failover_scripts, ops, pgpool_client, pgpool_host, pgpoolconf,
+                 postgres, rejoin, system)
 from lib.ops import guide_step
 from lib.part1 import REPLICATION_ROLE
 from lib.show import expect, positions_named, prompt
@@ -86,7 +86,7 @@ refuse_diverged={refuse_diverged}    # options.refuse_diverged: yes keeps a serv
 name=
 for address in $(ip -o addr show | awk '{{split($4, a, "/"); print a[1]}}'); do
   case $address in   # this server's name: its application_name as a standby
-{failover.application_names(params)}
+{failover_scripts.application_names(params)}
   esac
 done
 [ -n "$name" ] || {{ echo "refused: none of this host's addresses is one of the cluster's servers" >&2; exit 2; }}
@@ -157,7 +157,7 @@ def first_stage_script(params) -> str:
 set -u
 # pg_rewind reads the primary's timeline from its control file, which a promotion updates at the next checkpoint
 psql -p "$4" -XAtqc CHECKPOINT || exit 1
-exec ssh {failover.ssh_options()} postgres@"$2" "rejoin $7"
+exec ssh {failover_scripts.ssh_options()} postgres@"$2" "rejoin $7"
 """
 
 
@@ -169,12 +169,12 @@ def remote_start_script(params) -> str:
 # $1: the recovered server. pgpool attaches it once this script ends well.
 set -u
 host=$1
-ssh {failover.ssh_options()} postgres@"$host" start || exit 1
+ssh {failover_scripts.ssh_options()} postgres@"$host" start || exit 1
 case $host in   # the name this primary sees in pg_stat_replication
-{failover.application_names(params)}
+{failover_scripts.application_names(params)}
 esac
 for _ in $(seq {STREAMING_WITHIN_S * 2}); do
-  [ "$(psql -p {params.postgres['port']} -XAtc "{failover.caught_up_sql('$name')}")" = t ] && exit 0
+  [ "$(psql -p {params.postgres['port']} -XAtc "{failover_scripts.caught_up_sql('$name')}")" = t ] && exit 0
   sleep 0.5
 done
 echo "pgpool_remote_start: $host is not streaming from this server, caught up, after {STREAMING_WITHIN_S} s" >&2
@@ -230,7 +230,7 @@ def ready(env) -> str:
         for other in failover.database_remotes(env):
             if other is r:
                 continue
-            command = f"ssh {failover.ssh_options()} postgres@{other.host.address} ready"
+            command = f"ssh {failover_scripts.ssh_options()} postgres@{other.host.address} ready"
             out = r.run(command, user="postgres", check=False)
             expect(out.ok and "ready" in out.stdout, f"postgres on {r.host.name} cannot ask {other.host.name}: "
                    f"{out.stderr.strip() or out.stdout.strip()}", "provision again (Step 45): keys, known_hosts and "

@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass
 from functools import partial
 
-from lib import clone_guard, failover, ops, pgpool_host, postgres, tls
+from lib import clone_guard, failover_scripts, ops, pgpool_host, postgres, tls
 from lib.cluster import all_up, node_id, the_primary, timeline_history
 from lib.part1 import REPLICATION_ROLE
 from lib.show import expect, positions_named
@@ -147,7 +147,7 @@ def rewind_or_clone(params, primary_address: str) -> tuple[str, str, str]:
 def standby_of(params, primary_address: str, name: str) -> str:
     """Shell, as postgres: the server's data directory set up as a standby of the primary."""
     data = shlex.quote(params.postgres["data_dir"])
-    conninfo = failover.standby_conninfo(params, primary_address, name)
+    conninfo = failover_scripts.standby_conninfo(params, primary_address, name)
     auto = f"{data}/postgresql.auto.conf"
     return (f"sed -i '/^primary_conninfo/d; /^synchronous_standby_names/d' {auto} && "
             f"echo \"primary_conninfo = '{conninfo}'\" >> {auto} && touch {data}/standby.signal")
@@ -208,10 +208,10 @@ def former_primary(env, remote, outcome=None) -> ops.Step:
                             f"rm -f {shlex.quote(clone_guard.fence_marker(env.params))}",
                             summary=f"{name} started as a standby", hint=f"read {p['log_file']} on {name}"))
     # attached only once the primary itself sees it streaming and caught up (a forked standby never is)
-    caught_up = ops.wait_for(f"[ \"$(psql -XAtc {shlex.quote(failover.caught_up_sql(name))})\" = t ]", 60,
+    caught_up = ops.wait_for(f"[ \"$(psql -XAtc {shlex.quote(failover_scripts.caught_up_sql(name))})\" = t ]", 60,
                              f"{primary.host.name} does not see {name} streaming and caught up")
     step.do(ops.Command(primary, "postgres", caught_up, show_output=False,
-                        shown=f"psql -XAtc \"{failover.caught_up_sql(name)}\"    # until it says t",
+                        shown=f"psql -XAtc \"{failover_scripts.caught_up_sql(name)}\"    # until it says t",
                         summary=f"{primary.host.name} sees {name} streaming and caught up",
                         hint=f"read {p['log_file']} on {name}: a standby that forked off cannot stream"))
     n = node_id(env, remote)

@@ -2,7 +2,7 @@
 
 1. Before any change, the hosts must show that it can work: HOST is a standby that the primary
    sees streaming and caught up, and pgpool uses it.
-2. failover.sh is told the target (lib.failover.SWITCHOVER_TO): it promotes it when it holds as
+2. failover.sh is told the target (lib.failover_scripts.SWITCHOVER_TO): it promotes it when it holds as
    much WAL as the most advanced standby, which after a clean hand-over every connected standby does.
 3. The primary is stopped cleanly. Its shutdown hands every WAL record to the standbys; pgpool detaches
    it and runs failover.sh, which waits for that hand-over, promotes HOST and fences the old primary;
@@ -18,7 +18,7 @@ import shlex
 import time
 from typing import Callable
 
-from lib import cluster, failover, ops, postgres, rejoin
+from lib import cluster, failover_scripts, ops, postgres, rejoin
 from lib.remote import Hosts, StepFailed
 from lib.show import CheckFailed, expect
 
@@ -41,9 +41,9 @@ def ready(env, new) -> tuple:
            "provision first (it rejoins a former primary), or run --diagnose. Nothing was changed.")
     name = new.host.name
     expect(old is not new, f"{name} is already the primary. Nothing was changed.", "nothing to do.")
-    caught_up = postgres.value(old, failover.caught_up_sql(name))
+    caught_up = postgres.value(old, failover_scripts.caught_up_sql(name))
     expect(caught_up == "t", f"{old.host.name} does not see {name} streaming and replayed to within "
-                             f"{failover.ATTACH_LAG_BYTES} bytes: a switchover now would wait for it or lose writes.",
+                             f"{failover_scripts.ATTACH_LAG_BYTES} bytes: a switchover now would wait for it or lose writes.",
            f"let {name} catch up (pg_stat_replication on {old.host.name}), or provision again. Nothing was changed.")
     status = cluster.node_status(env, new)
     expect(status in ("up", "waiting"), f"pgpool has {name} {status}: it would not promote it.",
@@ -56,7 +56,7 @@ def plan(env, old, new, proof: str) -> ops.Step:
     name, step = new.host.name, ops.Step("switchover")
     step.note(new, proof)
     until = f"$(( $(date +%s) + {PROMOTED_WITHIN_S} ))"
-    step.do(ops.Command(env.pgpool, "postgres", f"echo {shlex.quote(new.host.address)} {until} > {failover.SWITCHOVER_TO}",
+    step.do(ops.Command(env.pgpool, "postgres", f"echo {shlex.quote(new.host.address)} {until} > {failover_scripts.SWITCHOVER_TO}",
                         summary=f"failover.sh told to prefer {name}"))
     service = shlex.quote(env.params.postgres["service"])
     step.do(ops.Command(old, "root", f"systemctl stop {service}", summary=f"{old.host.name} stopped cleanly: "
@@ -65,7 +65,7 @@ def plan(env, old, new, proof: str) -> ops.Step:
                             f"{name} was not promoted")
     step.do(ops.Command(new, "postgres", promoted, shown="psql -XAtc 'SELECT pg_is_in_recovery()'    # until it says f",
                         show_output=False, summary=f"{name} promoted by failover.sh",
-                        hint=f"read {failover.FAILOVER_LOG} on {env.pgpool.host.name}"))
+                        hint=f"read {failover_scripts.FAILOVER_LOG} on {env.pgpool.host.name}"))
     return step
 
 

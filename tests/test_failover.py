@@ -10,7 +10,7 @@ import time
 import nbformat
 import pytest
 
-from lib import REPO, drills, failover, pgpool_client, pgpool_host, rejoin
+from lib import REPO, drills, failover, failover_scripts, pgpool_client, pgpool_host, rejoin
 from lib import params as P
 from lib.wait import wait_until
 
@@ -64,7 +64,7 @@ def test_only_a_healthy_node_in_its_role_is_attached_again(nodes, attached):
     assert [n for n, _ in pgpool_client.healthy_but_detached(Env, nodes)] == attached
 
 
-@pytest.mark.parametrize("make", [failover.failover_script, failover.follow_script, failover.failback_script])
+@pytest.mark.parametrize("make", [failover_scripts.failover_script, failover_scripts.follow_script, failover_scripts.failback_script])
 def test_the_scripts_are_bash_for_debian_paths(make, tmp_path):
     script = make(PARAMS)
     path = tmp_path / "s.sh"
@@ -72,19 +72,19 @@ def test_the_scripts_are_bash_for_debian_paths(make, tmp_path):
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
     assert "/usr/pgsql" not in script and "pg_ctl -D" not in script
     assert "StrictHostKeyChecking=yes" in script
-    if make is not failover.failback_script:         # it runs SQL only
+    if make is not failover_scripts.failback_script:         # it runs SQL only
         assert re.search(r"pg_(ctl|ls)clusters? (--no-header )?15 main", script)
 
 
 def test_follow_primary_names_each_standby_as_pgpool_matches_it():
-    script = failover.follow_script(PARAMS)
+    script = failover_scripts.follow_script(PARAMS)
     for h in PARAMS.database_hosts:
         assert f"{h.address}) name={h.name} ;;" in script
     assert "passfile=" in script and "password=" not in script
 
 
 def test_standby_conninfo_holds_no_password():
-    info = failover.standby_conninfo(PARAMS, "10.0.0.1", "vm2")
+    info = failover_scripts.standby_conninfo(PARAMS, "10.0.0.1", "vm2")
     assert info == ("host=10.0.0.1 port=5432 user=replicator application_name=vm2 "
                     "passfile=/var/lib/postgresql/.pgpass sslmode=prefer")
 
@@ -178,14 +178,14 @@ def test_only_synchronous_mode_runs_sql_in_the_scripts_and_suspends_before_promo
     data = P.read_file(REPO / "params" / "lab.yaml")
     data["postgres"]["synchronous"] = synchronous
     prm = P.load(data)
-    over, back = failover.failover_script(prm), failover.failback_script(prm)
+    over, back = failover_scripts.failover_script(prm), failover_scripts.failback_script(prm)
     # every SSH round trip is time in which pgpool takes no new session: none that the mode does not need
     # (failover.sh reads each standby's WAL position, failback.sh whether the primary sees the standby caught up)
-    assert (failover.SUSPEND_SQL in over) is synchronous and (failover.RESUME_SQL in back) is synchronous
+    assert (failover_scripts.SUSPEND_SQL in over) is synchronous and (failover_scripts.RESUME_SQL in back) is synchronous
     if synchronous:
-        assert over.index(failover.SUSPEND_SQL) < over.index("main promote")     # in the same SSH call, first
+        assert over.index(failover_scripts.SUSPEND_SQL) < over.index("main promote")     # in the same SSH call, first
         assert "host(client_addr) <> '$failed_host'" in over                      # the failed standby does not count
-        assert failover.SUSPENDED_SQL in back and failover.RESUME_SQL in back
+        assert failover_scripts.SUSPENDED_SQL in back and failover_scripts.RESUME_SQL in back
 
 
 def test_pgpool_keeps_its_node_order_when_the_roles_are_swapped_in_the_parameters():
@@ -238,8 +238,8 @@ def run_failover(tmp_path, nodes, ended=None, positions=None, failed=0, synchron
     data = P.read_file(REPO / "params" / "lab.yaml")
     data["postgres"]["synchronous"] = synchronous
     log = tmp_path / "failover.log"
-    script = failover.failover_script(P.load(data)).replace(failover.FAILOVER_LOG, str(log)) \
-        .replace(failover.SWITCHOVER_TO, str(tmp_path / "switchover-to"))
+    script = failover_scripts.failover_script(P.load(data)).replace(failover_scripts.FAILOVER_LOG, str(log)) \
+        .replace(failover_scripts.SWITCHOVER_TO, str(tmp_path / "switchover-to"))
     if wanted:
         (tmp_path / "switchover-to").write_text(f"{wanted[0]} {int(time.time()) + wanted[1]}\n")
     (tmp_path / "bin").mkdir()
@@ -351,7 +351,7 @@ def test_standbys_stop_receiving_from_a_primary_that_did_not_stop_before_one_is_
     The positions are read again after that, and C, which had more by then, is promoted."""
     rc, log, calls = run_failover(tmp_path, THREE, ended=ended,
                                   positions={B: "t|0/5000100|83886336", C: ["t|0/5000000|83886080", "t|0/5000200|83886592"]})
-    unfollow = [i for i, c in enumerate(calls) if failover.UNFOLLOW_SQL in c]
+    unfollow = [i for i, c in enumerate(calls) if failover_scripts.UNFOLLOW_SQL in c]
     promote = next(i for i, c in enumerate(calls) if c.endswith("pg_ctlcluster 15 main promote"))
     assert len(unfollow) == 2 and max(unfollow) < promote, calls
     assert f"node 1 ({B}) stopped receiving from node 0" in log and f"node 2 ({C}) stopped receiving from node 0" in log
@@ -360,7 +360,7 @@ def test_standbys_stop_receiving_from_a_primary_that_did_not_stop_before_one_is_
 
 def test_after_a_crash_standbys_keep_their_connection_settings(tmp_path):
     rc, log, calls = run_failover(tmp_path, THREE, ended="crashed", positions=SILENT)
-    assert rc == 0 and not any(failover.UNFOLLOW_SQL in c for c in calls)
+    assert rc == 0 and not any(failover_scripts.UNFOLLOW_SQL in c for c in calls)
 
 
 @pytest.mark.parametrize("old, new, said, stopped", [
@@ -396,7 +396,7 @@ def test_a_server_that_is_no_longer_in_recovery_is_not_a_candidate(tmp_path):
 def test_failback_keeps_a_standby_attached_only_when_the_primary_sees_it_replicating(tmp_path, attached, caught_up,
                                                                                      detached):
     log = tmp_path / "failover.log"
-    script = failover.failback_script(PARAMS).replace(failover.FAILOVER_LOG, str(log))
+    script = failover_scripts.failback_script(PARAMS).replace(failover_scripts.FAILOVER_LOG, str(log))
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "ssh").write_text(FAKE_SSH)
     (tmp_path / "bin" / "pcp_detach_node").write_text(f"#!/bin/sh\necho \"detach $*\" >> {tmp_path}/calls\n")

@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from lib import REPO, diagrams, failover, guide, part1, part2, pgpool_client
+from lib import REPO, diagrams, failover_scripts, guide, part1, part2, pgpool_client
 from lib import params as P
 from lib.clone_guard import CloneDecision
 from lib.remote import Hosts, StepFailed
@@ -289,7 +289,7 @@ def test_the_superuser_through_pgpool_only_from_the_pgpool_host_and_the_admin_ma
 
 def test_the_pgpool_hosts_key_runs_the_failover_scripts_commands_and_no_shell(provisioned_twice):
     """Step 41's key: postgres of vm3 gets no shell on vm1, only what failover.sh and its siblings send."""
-    ssh = f"sudo -u postgres ssh {failover.ssh_options()} postgres@10.213.93.132"
+    ssh = f"sudo -u postgres ssh {failover_scripts.ssh_options()} postgres@10.213.93.132"
     said = {command: lab("ssh", "--params", PARAMS_FILE, "vm3", f"cd / && {ssh} {shlex.quote(command)}", check=False)
             for command in ("hostname", "pg_lsclusters --no-header 15 main", "id", "psql -c 'SELECT 1'")}
     assert said["hostname"].stdout.strip() == "vm1" and "online" in said["pg_lsclusters --no-header 15 main"].stdout

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from lib import failover, remote_commands
+from lib import failover, failover_scripts, remote_commands
 from lib import params as P
 
 SAMPLE = "10.213.93.133"        # what every variable of the scripts stands for here
@@ -19,7 +19,7 @@ def prm(**postgres):
 
 
 def scripts(p):
-    return [failover.failover_script(p), failover.follow_script(p), failover.failback_script(p)]
+    return [failover_scripts.failover_script(p), failover_scripts.follow_script(p), failover_scripts.failback_script(p)]
 
 
 def as_sent(body: str) -> str:
@@ -45,7 +45,7 @@ def run(p, sent: str, tmp_path) -> subprocess.CompletedProcess:
 def test_every_command_the_scripts_send_is_let_through_as_sent(tmp_path, synchronous):
     p = prm(synchronous=synchronous)
     sent = [as_sent(b) for s in scripts(p) for b in remote_commands.sent_bodies(s)]
-    sent += [failover._handover_watch(p), "true", "hostname"]
+    sent += [failover_scripts.handover_watch(p), "true", "hostname"]
     assert len(sent) >= 12
     for command in sent:
         out = run(p, command, tmp_path)

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from lib import failover, host_functions, recovery, remote_commands
+from lib import failover, failover_scripts, host_functions, recovery, remote_commands
 from lib import params as P
 from lib.provision.record import StepRecord, Summary, commands_sh
 from tests.labtools import REPO
@@ -15,8 +15,8 @@ SHAPES = ["params/lab.yaml", "params/lab-debian13.yaml", "tests/data/lab-b.yaml"
 
 
 def scripts(params) -> dict[str, str]:
-    return {"failover.sh": failover.failover_script(params), "follow_primary.sh": failover.follow_script(params),
-            "failback.sh": failover.failback_script(params), "recovery_1st_stage": recovery.first_stage_script(params),
+    return {"failover.sh": failover_scripts.failover_script(params), "follow_primary.sh": failover_scripts.follow_script(params),
+            "failback.sh": failover_scripts.failback_script(params), "recovery_1st_stage": recovery.first_stage_script(params),
             "pgpool_remote_start": recovery.remote_start_script(params),
             "rejoin-standby": recovery.rejoin_program(params),
             "pgpool-commands": remote_commands.program(failover.sent_commands(params)),

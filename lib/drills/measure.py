@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib import clone_guard, failover, pgpool_host, postgres, switchover
+from lib import clone_guard, failover, failover_scripts, pgpool_host, postgres, switchover
 from lib.cluster import roles_now, the_primary
 from lib.drills.clients import Losses, Traffic, losses
 from lib.remote import StepFailed
@@ -29,7 +29,7 @@ def commit_mode(env) -> str:
 
 
 def failover_log_since(env, since_epoch: float) -> list[tuple[float, str]]:
-    out = env.pgpool.run(f"cat {failover.FAILOVER_LOG}", user="root").stdout
+    out = env.pgpool.run(f"cat {failover_scripts.FAILOVER_LOG}", user="root").stdout
     lines = []
     for line in out.splitlines():
         stamp, _, text = line.partition(" ")
@@ -148,11 +148,11 @@ def run_during(traffic: Traffic, remote, command: str, user: str, outcome: Outco
         raise StepFailed(f"{e}\n{what_runs(remote)}") from None
     done, _ = wait_until(until, timeout=timeout, interval=0.1)
     if not done:
-        log = traffic.env.pgpool.run(f"tail -n 15 {failover.FAILOVER_LOG}", user="root", check=False).stdout
+        log = traffic.env.pgpool.run(f"tail -n 15 {failover_scripts.FAILOVER_LOG}", user="root", check=False).stdout
         expect(False, f"after `{command}` on {remote.host.name} the cluster did not recover within {timeout:.0f} s. "
                       f"The writer's last error: {traffic.writer.last_error or 'none'}; the reader's: "
                       f"{traffic.reader.last_error or 'none'}. The failover log ends:\n{log}",
-               f"read {failover.FAILOVER_LOG} and pgpool's log on the pgpool host.")
+               f"read {failover_scripts.FAILOVER_LOG} and pgpool's log on the pgpool host.")
     time.sleep(2)                                     # and two seconds after
     outcome.end = time.monotonic()
 
@@ -173,7 +173,7 @@ def a_standby(env):
 #: a silent primary: pgpool's verdict (the 'silent' bound), failover.sh's try to reach the host, then up to 8 s
 #: for the rest: reading the standbys (pcp answers slowly while a node is silent: 1.2-2.3 s measured), the
 #: promotion, and pgpool's search for the new primary before it takes sessions again (about 2 s)
-SILENT_PRIMARY_BOUND_S = pgpool_host.detection_bounds()["silent"] + failover.ANSWER_S + 8
+SILENT_PRIMARY_BOUND_S = pgpool_host.detection_bounds()["silent"] + failover_scripts.ANSWER_S + 8
 
 
 #: from the promotion to follow_primary.sh's word on the failed node: pgpool's search for the new primary,
@@ -182,7 +182,7 @@ FOLLOWED_WITHIN_S = 15
 
 
 #: from its network's return to the watcher's fence: one SSH try a WATCH_EVERY_S, two questions, a clean stop
-FENCED_WITHIN_S = failover.WATCH_EVERY_S + 10
+FENCED_WITHIN_S = failover_scripts.WATCH_EVERY_S + 10
 
 
 #: how long drill 3c keeps the standby's network down: longer than the 'silent' detection bound

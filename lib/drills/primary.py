@@ -7,7 +7,7 @@ import shlex
 import time
 from functools import partial
 
-from lib import failover, postgres
+from lib import failover, failover_scripts, postgres
 from lib.cluster import node_id, node_status, roles_line_now, roles_now, the_primary
 from lib.drills.clients import Traffic
 from lib.drills.measure import (FENCED_WITHIN_S, FOLLOWED_WITHIN_S, Outcome, PRIMARY_BOUND_S, Silence, SILENT_FOR_S,
@@ -76,7 +76,7 @@ def primary_stops(env, how: str, lagging_s: float = 0, session_each: bool = Fals
     detected = next((t for t, line in log if re.match(r"primary node \d+ \(\S+\) failed", line)), None)
     promoted = next((t for t, line in log if re.match(r"node \d+ \(\S+\) promoted", line)), None)
     expect(detected is not None and promoted is not None, f"failover.sh did not promote: {[l for _, l in log]}.",
-           f"read {failover.FAILOVER_LOG} and pgpool's log on {env.pgpool.host.name}; check Steps 41-43.")
+           f"read {failover_scripts.FAILOVER_LOG} and pgpool's log on {env.pgpool.host.name}; check Steps 41-43.")
     outcome.measured = {"failure detected after": detected - failed_at, "promoted after": promoted - failed_at,
                         **outcome.measured}
     outcome.may_lose = how in ("kill", "silent") and not env.params.postgres["synchronous"]
@@ -88,7 +88,7 @@ def primary_stops(env, how: str, lagging_s: float = 0, session_each: bool = Fals
              "pg_stat_replication's sync_state on the primary (Step 44), and the failover log.")
     # the watcher's verdict on a silent host comes when the host answers, before or after follow_primary.sh's
     later = [line for _, line in log if " answers again" in line]
-    outcome.events = [f"{env.pgpool.host.name}: {failover.FAILOVER_LOG}:",
+    outcome.events = [f"{env.pgpool.host.name}: {failover_scripts.FAILOVER_LOG}:",
                       *(f"  {positions_named(line)}" for _, line in log if line not in later),
                       *(f"once {old.host.name}'s network was back:\n  {positions_named(line)}" for line in later)]
     outcome.events.append(roles_line_now(env))
@@ -109,7 +109,7 @@ def fenced_when_back(env, old, silence: Silence, asked_at: float) -> float:
     line, _ = wait_until(said, timeout=silence.seconds + FENCED_WITHIN_S, interval=0.5)
     expect(line and line.endswith("stopped and fenced"),
            f"{old.host.name} answered again, and failover.sh's watcher says: {line or 'nothing'}.",
-           f"read {failover.FAILOVER_LOG}; until it is fenced, {old.host.name} may run as a second primary: "
+           f"read {failover_scripts.FAILOVER_LOG}; until it is fenced, {old.host.name} may run as a second primary: "
            "stop it (systemctl stop) and rejoin it.")
     return silence.began(asked_at)
 
