@@ -43,9 +43,15 @@ def lab(*args, check=True):
     return proc
 
 
-def on(host, command):
-    """A command on a lab host as its admin user (ci/lab ssh); its stdout."""
-    return lab("ssh", "--params", PARAMS_FILE, host, command).stdout
+def on(host, command, *, params=PARAMS_FILE, check=True):
+    """A command on a host (its name, or a params Host) of the lab `params` names, as its admin user (ci/lab
+    ssh): its stdout, or with check=False the CompletedProcess."""
+    return sh(LAB, "ssh", "--params", params, getattr(host, "name", host), command, check=check, timeout=300)
+
+
+def psql(host, sql, database="postgres", *, params=PARAMS_FILE):
+    """A query as postgres over the host's local socket: its rows, unaligned."""
+    return on(host, f"sudo -u postgres psql -XAtc {json.dumps(sql)} {database}", params=params).strip()
 
 
 def variant(tmp_path, name, change, base=PARAMS_FILE):

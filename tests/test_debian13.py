@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from functools import partial
 
 import pytest
 
@@ -15,6 +16,7 @@ from lib import REPO, drills
 from lib import params as P
 from lib import secrets as S
 from lib.remote import Hosts
+import labtools
 from labtools import lab, run_drills, sh, variant
 
 pytestmark = [pytest.mark.lab, pytest.mark.debian13,
@@ -28,12 +30,8 @@ SHARES = {h.address: f"{h.lb_weight / sum(d.lb_weight for d in PARAMS.database_h
           for h in PARAMS.database_hosts}
 
 
-def on(host, command):
-    return lab("ssh", "--params", PARAMS_FILE, host.name, command).stdout
-
-
-def psql(host, sql, database="postgres"):
-    return on(host, f"sudo -u postgres psql -XAtc {json.dumps(sql)} {database}").strip()
+on = partial(labtools.on, params=PARAMS_FILE)
+psql = partial(labtools.psql, params=PARAMS_FILE)
 
 
 def through_pgpool(sql, database="postgres"):

@@ -5,11 +5,13 @@ import re
 import shlex
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import pytest
 
-from labtools import LAB, PARAMS_FILE, PROVISION, lab, netns, sh
+import labtools
+from labtools import PARAMS_FILE, PROVISION, lab, netns, sh
 from lib import params as P
 from lib.diagnose.checks import GUIDE_ROWS
 
@@ -20,8 +22,7 @@ DATA = "/var/lib/postgresql/15/main"
 POOL = "/etc/pgpool2"
 
 
-def on(host, command, check=True):
-    return sh(LAB, "ssh", "--params", PARAMS_FILE, host, command, check=check)
+on = partial(labtools.on, params=PARAMS_FILE)
 
 
 def diagnose():

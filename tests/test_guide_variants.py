@@ -2,17 +2,19 @@
 other load-balancing weights. On the second lab (tests/data/lab-b.yaml), beside the other lab tests."""
 import contextlib
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from lib import REPO, db
 from lib import params as P
+import labtools
 from labtools import LAB, run_drills, sh, variant
 
 pytestmark = [pytest.mark.lab, pytest.mark.second_lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
@@ -71,8 +73,7 @@ def test_tls_everywhere_with_postgres_tls(hardened):
     params, out = hardened
     prm = P.load(params)
 
-    def on(host, command):
-        return sh(LAB, "ssh", "--params", params, host, command)
+    on = partial(labtools.on, params=params)
     pool = prm.pgpool_host.address
     hba = [l.split() for l in on("vm1", "sudo grep -v '^#' /etc/postgresql/15/main/pg_hba.conf").splitlines() if l.strip()]
     assert ["hostssl", "replication", "replicator", f"{prm.standbys[0].address}/32", "scram-sha-256"] in hba
@@ -162,8 +163,7 @@ def test_synchronous_mode_loses_no_acknowledged_row_in_any_drill(hardened, tmp_p
     end where it started, synchronous again."""
     params, _ = hardened
 
-    def on(host, command):
-        return sh(LAB, "ssh", "--params", params, host, command)
+    on = partial(labtools.on, params=params)
     show = "sudo -u postgres psql -XAtc 'SHOW synchronous_standby_names'"
     assert on("vm1", show).strip() == 'ANY 1 ("vm1", "vm2")'
     assert on("vm1", "sudo -u postgres psql -XAtc 'SELECT sync_state FROM pg_stat_replication'").split() == ["quorum"]
@@ -185,8 +185,7 @@ def test_provisioning_after_a_failover_heals_with_the_same_parameter_file(harden
     --check then passes with the roles as they are, and a second run changes nothing."""
     params, _ = hardened
 
-    def on(host, command):
-        return sh(LAB, "ssh", "--params", params, host, command)
+    on = partial(labtools.on, params=params)
 
     def psql(host, sql):
         return on(host, f"sudo -u postgres psql -XAtc \"{sql}\"").strip()
