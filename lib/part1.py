@@ -156,14 +156,14 @@ def _refusals(standby, primary) -> list[str]:
     """Why this host must not have its data directory cleared (identity and role)."""
     p = standby.params.postgres
     addresses = standby.run("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1").lines
-    lsc = standby.sudo(f"pg_lsclusters --no-header {postgres.cluster_words(p)}", check=False).stdout.split()
+    row = postgres.cluster_row(standby)
     refusals = []
     if standby.host.role != "standby":
         refusals.append(f"{standby.host.name} is the {standby.host.role}, not a standby")
     if standby.host.address not in addresses or primary.host.address in addresses:
         refusals.append(f"the host answering at {standby.host.address} has addresses {addresses}")
-    if len(lsc) < 6 or lsc[5].rstrip("/") != p["data_dir"].rstrip("/"):
-        refusals.append(f"cluster {p['version']}/{p['cluster']} does not use {p['data_dir']} ({' '.join(lsc) or 'no cluster'})")
+    if row.data_dir.rstrip("/") != p["data_dir"].rstrip("/"):
+        refusals.append(f"cluster {p['version']}/{p['cluster']} does not use {p['data_dir']} ({row.text or 'no cluster'})")
     return refusals
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+from dataclasses import dataclass
 from typing import Callable
 
 from lib import ops, pgconf, secrets
@@ -128,11 +129,28 @@ def value(remote, sql: str, *, database: str = "postgres") -> str:
 
 
 # --- the cluster ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClusterRow:
+    """Our cluster as Debian's tools see it: the line `pg_lsclusters --no-header VERSION CLUSTER` prints
+    (Ver Cluster Port Status Owner Data-directory Log-file), read in one place."""
+    state: str                  # online, online,recovery, down, down,recovery; "absent": no such cluster
+    data_dir: str = ""
+    text: str = ""              # the line, its fields one space apart
+
+    @classmethod
+    def parse(cls, out: str) -> "ClusterRow":
+        f = out.split()
+        return cls(f[3] if len(f) > 3 else "absent", f[5] if len(f) > 5 else "", " ".join(f))
+
+
+def cluster_row(remote) -> ClusterRow:
+    return ClusterRow.parse(remote.sudo(f"pg_lsclusters --no-header {cluster_words(remote.params.postgres)}",
+                                        check=False).stdout)
+
+
 def cluster_state(remote) -> str:
     """pg_lsclusters' status of our cluster: online, online,recovery, down, … or absent."""
-    p = remote.params.postgres
-    out = remote.sudo(f"pg_lsclusters --no-header {cluster_words(p)}", check=False).stdout.split()
-    return out[3] if len(out) > 3 else "absent"
+    return cluster_row(remote).state
 
 
 def lsclusters(remote) -> str:

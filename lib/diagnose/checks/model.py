@@ -9,6 +9,7 @@ from functools import cached_property
 from lib import pgpool_host, pgpoolconf
 from lib.diagnose.readonly import ReadOnlyHost
 from lib.pgpool_host import PGPOOL_ROLE
+from lib.postgres import ClusterRow
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -89,8 +90,8 @@ class Cluster:
     def state(self, host: ReadOnlyHost) -> str:
         """pg_lsclusters' status: online, online,recovery, down, …"""
         p = self.params.postgres
-        out = host.read(["pg_lsclusters", "--no-header", str(int(p["version"])), p["cluster"]]).stdout.split()
-        return out[3] if len(out) > 3 else "absent"
+        out = host.read(["pg_lsclusters", "--no-header", str(int(p["version"])), p["cluster"]])
+        return ClusterRow.parse(out.stdout).state
 
     @cached_property
     def states(self) -> dict[str, str]:
