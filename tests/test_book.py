@@ -16,6 +16,10 @@ from tests.test_stored_notebooks import NOTEBOOKS
 NOTEBOOK_PAGES = {"03": "03-failover", "04": "04-failover-drills"}
 
 
+#: the tests that build the book with Sphinx (about 20 s in all): ci/test runs them, --unit leaves them out
+BUILDS = pytest.mark.book
+
+
 def test_a_step_and_a_notebook_in_prose_become_links():
     text = "Step 30's settings; Steps 7–9 clear it (notebook 04 breaks it)."
     assert book.link_mentions(text, NOTEBOOK_PAGES) == (
@@ -85,6 +89,7 @@ def site(tmp_path_factory):
     return index.parent
 
 
+@BUILDS
 def test_each_notebook_is_a_page_in_order_with_previous_and_next(site):
     pages = [p.stem for p in NOTEBOOKS]
     index = read(site / "index.html")
@@ -93,6 +98,7 @@ def test_each_notebook_is_a_page_in_order_with_previous_and_next(site):
     assert f"{pages[1]}.html" in middle.links and f"{pages[3]}.html" in middle.links
 
 
+@BUILDS
 def test_every_page_loads_and_draws_every_diagram_as_svg(site):
     for path in NOTEBOOKS:
         fences = sum(len(diagrams.sources_in(c.source)) for c in nbformat.read(path, as_version=4).cells
@@ -103,6 +109,7 @@ def test_every_page_loads_and_draws_every_diagram_as_svg(site):
         assert "language-mermaid" not in dom and "Syntax error in text" not in dom, path.stem
 
 
+@BUILDS
 def test_every_link_inside_the_site_reaches_its_page_and_anchor(site):
     pages = {p: read(p) for p in site.glob("*.html")}
     broken = []
@@ -121,6 +128,7 @@ def test_every_link_inside_the_site_reaches_its_page_and_anchor(site):
     assert len(steps) > 100, "the prose's step mentions are not links"
 
 
+@BUILDS
 def test_the_search_finds_pool_passwd(site):
     dom = in_browser(f"{(site / 'search.html').as_uri()}?q=pool_passwd", wait_ms=10000)
     found = re.search(r"found (\d+) pages? matching", dom)
@@ -128,6 +136,7 @@ def test_the_search_finds_pool_passwd(site):
     assert 'href="02-pgpool.html' in dom
 
 
+@BUILDS
 def test_a_step_with_no_heading_fails_the_build(tmp_path, monkeypatch):
     broken = tmp_path / "notebooks"
     broken.mkdir()
@@ -138,6 +147,7 @@ def test_a_step_with_no_heading_fails_the_build(tmp_path, monkeypatch):
         book.build(broken, out=tmp_path / "book")
 
 
+@BUILDS
 def test_step_30s_diff_is_folded_and_its_grouped_settings_shown(site):
     page = (site / "02-pgpool.html").read_text()
     folded = re.search(r"<details class=\"[^\"]*hide[^\"]*\">(.*?)</details>", page, re.S)
@@ -145,6 +155,7 @@ def test_step_30s_diff_is_folded_and_its_grouped_settings_shown(site):
     assert "grouped as the guide groups them" in page.replace(folded.group(1), "")
 
 
+@BUILDS
 def test_a_run_records_book_shows_its_notebooks_and_the_stored_rest(tmp_path):
     record = tmp_path / "20261207-000000"
     record.mkdir()
@@ -158,6 +169,7 @@ def test_a_run_records_book_shows_its_notebooks_and_the_stored_rest(tmp_path):
     assert all((site / f"{p.stem}.html").is_file() for p in NOTEBOOKS)
 
 
+@BUILDS
 def test_outputs_show_their_commands_highlighted_and_diffs_as_insertions_and_deletions(site):
     page = (site / "01-streaming-replication.html").read_text()
     # Sphinx's pygments classes: gp a prompt, gi/gd inserted/deleted lines, go plain output
