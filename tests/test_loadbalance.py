@@ -58,42 +58,6 @@ def test_more_nodes_share_the_false_fail_budget():
     assert len(p.intervals) == 3 and p.false_fail <= lb.FALSE_FAIL and p.false_pass <= lb.FALSE_PASS
 
 
-def test_sessions_run_concurrently_and_count_every_answer():
-    class Conn:
-        def __init__(self, address):
-            self.address = address
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def execute(self, sql):
-            return self
-
-        def fetchone(self):
-            return (self.address,)
-    answers = iter(["10.0.0.1", "10.0.0.2", "10.0.0.2"] * 100)
-    seen = lb.sample(lambda: Conn(next(answers)), 300, concurrent=8)
-    assert seen == Counter({"10.0.0.1": 100, "10.0.0.2": 200})
-
-
-def test_a_failed_session_fails_the_sample():
-    def connect():
-        raise ConnectionError("pgpool refused")
-    with pytest.raises(ConnectionError, match="pgpool refused"):
-        lb.sample(connect, 50, concurrent=4)
-
-
-def test_the_guides_three_queries_split_1_to_2_by_chance_44_percent():
-    assert lb.chance_of_guides_split(hosts(1, 2)) == pytest.approx(4 / 9)
-
-
-def test_default_weights_are_the_guides():
-    assert [h.lb_weight for h in hosts(None, None)] == [1, 2]
-
-
 class _Answers:
     """A session that answers with an address, or fails as a closed connection does."""
     def __init__(self, answer):
@@ -112,6 +76,27 @@ class _Answers:
 
     def fetchone(self):
         return (self.answer,)
+
+
+def test_sessions_run_concurrently_and_count_every_answer():
+    answers = iter(["10.0.0.1", "10.0.0.2", "10.0.0.2"] * 100)
+    seen = lb.sample(lambda: _Answers(next(answers)), 300, concurrent=8)
+    assert seen == Counter({"10.0.0.1": 100, "10.0.0.2": 200})
+
+
+def test_a_failed_session_fails_the_sample():
+    def connect():
+        raise ConnectionError("pgpool refused")
+    with pytest.raises(ConnectionError, match="pgpool refused"):
+        lb.sample(connect, 50, concurrent=4)
+
+
+def test_the_guides_three_queries_split_1_to_2_by_chance_44_percent():
+    assert lb.chance_of_guides_split(hosts(1, 2)) == pytest.approx(4 / 9)
+
+
+def test_default_weights_are_the_guides():
+    assert [h.lb_weight for h in hosts(None, None)] == [1, 2]
 
 
 def test_sessions_closed_by_the_server_are_counted_and_the_sample_goes_on():
