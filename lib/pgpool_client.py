@@ -9,7 +9,7 @@ from lib import db
 from lib.pgpool_host import KEY_FILE, conf
 from lib.postgres import auth_method, md5_mode
 from lib.secrets import secret
-from lib.show import expect
+from lib.show import expect, prompt
 from lib.wait import wait_until
 
 
@@ -33,8 +33,9 @@ def via_pgpool(env, database: str = "postgres"):
 
 
 def through_pgpool_prompt(env, database: str = "postgres") -> str:
-    return (f"notebook → {env.pgpool.host.name}:{env.params.pgpool['port']} (postgres"
-            + (f", {database}" if database != "postgres" else "") + ") $ ")
+    """The notebook as a client of pgpool, as postgres (and the database, when not postgres)."""
+    return prompt(f"notebook → {env.pgpool.host.name}:{env.params.pgpool['port']}",
+                  "postgres" + (f", {database}" if database != "postgres" else ""))
 
 
 def pool_show(conn, what: str) -> list[dict]:

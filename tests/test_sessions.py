@@ -66,8 +66,8 @@ def test_the_drills_open_their_sessions_through_lib_db(monkeypatch):
 
 
 def test_the_transcript_prompt_is_built_in_one_place():
-    """`host (user) $ ` comes from lib.show.prompt (and, for a client of pgpool, pgpool_client's)."""
-    allowed = {"lib/show.py", "lib/pgpool_client.py", "lib/transcript_lexer.py"}
+    """`host (user) $ ` comes from lib.show.prompt."""
+    allowed = {"lib/show.py", "lib/transcript_lexer.py"}
     found = [f"{p.relative_to(REPO)}:{n}" for p in sorted((REPO / "lib").rglob("*.py")) if str(p.relative_to(REPO)) not in allowed
              for n, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"[\w}] \((?:root|postgres|a client|[{][^}]*[}])\) \$ ", line) and not line.lstrip().startswith("#")]
