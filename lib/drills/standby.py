@@ -7,7 +7,7 @@ import shlex
 import time
 
 from lib import clone_guard, pgpool_host, postgres
-from lib.cluster import node_id, node_status, the_primary
+from lib.cluster import all_up, node_id, node_status, the_primary
 from lib.drills.clients import Traffic
 from lib.drills.measure import (Outcome, PGPOOL_BOUND_S, SCRIPT_SLACK_S, Silence, SILENT_FOR_S, a_standby,
                                 failover_log_since, observe, run_during, within)
@@ -86,6 +86,9 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     def logged(event: str, after: float) -> float | None:
         return next((t for t, line in failover_log_since(env, after)
                      if (m := pattern.match(line)) and m.group(1) == event), None)
+    # a node pgpool has detached already is not health-checked: the drill before may still be attaching it again
+    settled_at = time.time()
+    all_up(env, timeout=bound)
     time.sleep(1)
     cut_at = time.time()
     standby.run(silence.command, user="root")
@@ -93,8 +96,13 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     time.sleep(max(0.0, cut_at + silence.ends_at_after - time.time()))
     # from the moment the interface went down, not from when we asked: SSH and systemd-run take their time
     down_at = silence.began(cut_at)
-    expect(detached, f"pgpool did not detach {name} within {silent_for:.0f} s of its network going silent.",
-           "check health_check_timeout and health_check_max_retries (Step 30), and failover.log.")
+    if not detached:
+        seen = "\n".join(f"  {t - down_at:+.1f} s  {line}" for t, line in failover_log_since(env, settled_at - 30))
+        expect(False, f"pgpool did not detach {name} within {silent_for:.0f} s of its network going silent; pgpool "
+                      f"has it {node_status(env, standby, n)} now. The failover log from 30 s before the drill "
+                      f"(times from the silence):\n{seen or '  (nothing)'}",
+               "check health_check_timeout and health_check_max_retries (Step 30), and pgpool's own log for "
+               f"the health check of node {n}.")
     answering = down_at + silent_for
     attached, _ = wait_until(lambda: logged("attached", answering), timeout=bound + 5, interval=0.5)
     outcome.measured["detached after"] = detached - down_at
