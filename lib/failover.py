@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from functools import partial
 
-from lib import ops, part2, pgconf, pgpool_client, pgpoolconf, postgres, remote_commands
+from lib import facts, ops, part2, pgconf, pgpool_client, pgpoolconf, postgres, remote_commands
 from lib.failover_scripts import (FAILBACK_SCRIPT_NAME, FAILOVER_LOG, FAILOVER_SCRIPT_NAME, FOLLOW_SCRIPT_NAME, KEY,
                                    KNOWN_HOSTS, RESUME_SQL, SSH_DIR, SUSPENDED_SQL, failback_script, failover_script,
                                    failover_settings, follow_script, handover_watch, ssh_options)
@@ -54,8 +54,8 @@ def every_server_can_lead(env) -> ops.Step:
         postgres.edit_step(step, r, conf_file(r, "pg_hba.conf"),
                            lambda text, r=r: pgconf.add_hba_records(text, peer_hba_lines(env, r)))
         pgpass_file(step, r)
-    missing = [f for f in REWIND_FUNCTIONS if postgres.value(
-        env.primary, f"SELECT has_function_privilege({sql_literal(REPLICATION_ROLE)}, {sql_literal(f)}, 'EXECUTE')") != "t"]
+    missing = [f for f in REWIND_FUNCTIONS if postgres.known(
+        env.primary, f"SELECT has_function_privilege({sql_literal(REPLICATION_ROLE)}, {sql_literal(f)}, 'EXECUTE')").value != "t"]
     if missing:
         step.do(ops.Sql(env.primary, "postgres", statement=("\n".join(
             f"GRANT EXECUTE ON FUNCTION {f} TO {REPLICATION_ROLE};" for f in missing),),
@@ -85,13 +85,13 @@ def every_server_can_lead(env) -> ops.Step:
 def host_key(remote) -> str:
     """The host's own ed25519 key (`ssh-ed25519 AAAA…`), read over our SSH connection, whose host
     key is already checked."""
-    return " ".join(remote.run("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2])
+    return " ".join((remote.facts.get(facts.FileFact("/etc/ssh/ssh_host_ed25519_key.pub")).text or "").split()[:2])
 
 
 def make_key(step: ops.Step, remote) -> ops.Step:
     """A key pair for postgres on `remote`, made there: its private half never travels."""
     k = shlex.quote(KEY)
-    if remote.run(f"test -f {k} && test -f {k}.pub", user="root", check=False).ok:
+    if remote.facts.get(facts.CommandFact(f"test -f {k} && test -f {k}.pub")).ok:     # the private key is never read
         return step.note(remote, f"{KEY} exists")
     return step.do(ops.Command(remote, "postgres", f"install -d -m 700 {SSH_DIR} && "
                                f"ssh-keygen -q -t ed25519 -N '' -C {KEY_COMMENT.format(remote.host.name)} -f {k}",
@@ -126,7 +126,7 @@ def _replace_lines(path: str, drop: str, prefix: str, owner: str, mode: str) -> 
 def pin_host_keys(step: ops.Step, on, remotes) -> None:
     """postgres's known_hosts on `on` pins each remote's host key, read over our own checked SSH
     connections, never trusted on first use."""
-    known = on.run(f"cat {KNOWN_HOSTS} 2>/dev/null || true", user="root").stdout.splitlines()
+    known = (on.facts.get(facts.FileFact(KNOWN_HOSTS)).text or "").splitlines()
     for r in remotes:
         pinned = f"{r.host.address} {host_key(r)}"
         if pinned in known and not any(l.startswith(r.host.address + " ") and l != pinned for l in known):
@@ -142,9 +142,10 @@ def authorize(step: ops.Step, target, source, options: str, said: str) -> None:
     """postgres on `target` lets postgres of `source` in with its key, under authorized_keys' `options`.
     The key goes from the host that has it to the host that trusts it (ops.Relay), so the run record's
     commands.sh works on other hosts too."""
-    public = source.run(f"cat {shlex.quote(KEY)}.pub", user="root",
-                        hint="the key is made just before: run that cell first").stdout.strip()
-    have = target.run(f"cat {AUTHORIZED_KEYS} 2>/dev/null || true", user="root").stdout
+    public = source.facts.get(facts.FileFact(f"{KEY}.pub")).text
+    expect(public is not None, f"{source.host.name} has no {KEY}.pub.", "the key is made just before: run that cell first")
+    public = public.strip()
+    have = target.facts.get(facts.FileFact(AUTHORIZED_KEYS)).text or ""
     if f"{options} {public}" in have.splitlines():
         step.note(target, f"{AUTHORIZED_KEYS} lets postgres of {source.host.name} in, {said}")
         return
@@ -189,7 +190,7 @@ def failover_commands(env) -> ops.Step:
     for name, text in ((FAILOVER_SCRIPT_NAME, failover_script(p)), (FOLLOW_SCRIPT_NAME, follow_script(p)),
                        (FAILBACK_SCRIPT_NAME, failback_script(p))):
         postgres.ensure_file(step, vm3, f"{d}/{name}", text, owner="root:postgres", mode="750")
-    if not vm3.run(f"test -f {FAILOVER_LOG}", user="root", check=False).ok:
+    if not vm3.facts.get(facts.CommandFact(f"test -f {FAILOVER_LOG}")).ok:
         step.do(ops.Command(vm3, "root", f"install -o postgres -g postgres -m 640 /dev/null {FAILOVER_LOG}",
                             summary=f"created {FAILOVER_LOG}"))
     postgres.edit_step(step, vm3, conf(p, "pgpool.conf"),
@@ -227,13 +228,8 @@ def synchronous_settings(params) -> dict:
             "synchronous_commit": "on"}
 
 
-def suspended(remote) -> bool:
-    """failover.sh has suspended synchronous commit on this server (postgresql.auto.conf)."""
-    return postgres.value(remote, SUSPENDED_SQL) != "0"
-
-
-def streaming_standbys(remote) -> int:
-    return int(postgres.value(remote, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"))
+#: how many standbys stream from a server
+STREAMING_SQL = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
 
 
 @guide_step
@@ -243,8 +239,8 @@ def commit_acknowledgement(env) -> ops.Step:
     for r in database_remotes(env):
         path = conf_file(r, "postgresql.conf")
         postgres.edit_step(step, r, path, lambda text: pgconf.set_settings(text, wanted))
-        if suspended(r):
-            expect(r is not env.primary or streaming_standbys(r) > 0,
+        if postgres.known(r, SUSPENDED_SQL).value != "0":         # failover.sh suspended synchronous commit here
+            expect(r is not env.primary or int(postgres.known(r, STREAMING_SQL).value) > 0,
                    f"failover.sh suspended synchronous commit on {r.host.name} when no standby was left, and still "
                    f"no standby streams from it: making commits wait now would stop every write.",
                    "bring a standby back (notebook 04: rejoin); attaching it resumes synchronous commit (failback.sh).")

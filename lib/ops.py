@@ -25,14 +25,14 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Union
 
-from lib import host_functions, journal, roles, secrets
+from lib import facts, host_functions, journal, roles, secrets
 from lib.by_hand import conf_settings, delimiter, for_people, heredoc, line_edits, readable, shell_word, text_sum
 from lib.pgconf import changed_lines
 from lib.show import CheckFailed, prompt
 
 MASK = "********"
 #: beside a file we edit: the file as it was before our first change
-ORIGINAL_SUFFIX = ".pgguide-orig"
+ORIGINAL_SUFFIX = facts.ORIGINAL_SUFFIX
 #: ends the text a FileChange sends; stripped on the host, which writes nothing without it
 WRITE_COMPLETE = "#pgguide: end of text\n"
 

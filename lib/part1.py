@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 import shlex
 
-from lib import clone_guard, ops, pgconf, postgres, system, tls
+from lib import clone_guard, facts, ops, pgconf, postgres, system, tls
+from lib.conninfo import conninfo_fields, conninfo_quote
 from lib.host_functions import cluster_is
 from lib.ops import guide_step
 from lib.postgres import GUIDE_ROWS, TEST_DB, auth_method, conf_file, patience, psql_read
@@ -152,11 +153,15 @@ def _mark_cloning(standby) -> str:
     return " ".join(["mark_cloning", *map(shlex.quote, (bindir, d, clone_guard.marker_path(standby.params)))])
 
 
+#: the host's own IPv4 addresses, one a line
+ADDRESSES = facts.CommandFact("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1")
+
+
 def _refusals(standby, primary) -> list[str]:
     """Why this host must not have its data directory cleared (identity and role)."""
     p = standby.params.postgres
-    addresses = standby.run("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1").lines
-    row = postgres.cluster_row(standby)
+    addresses = standby.facts.get(ADDRESSES).lines
+    row = postgres.cluster_row(standby, fresh=False)
     refusals = []
     if standby.host.role != "standby":
         refusals.append(f"{standby.host.name} is the {standby.host.role}, not a standby")
@@ -238,63 +243,11 @@ def base_backup(env) -> ops.Step:
 
 
 # --- Step 10: primary_conninfo ---------------------------------------------------------------------
-def auto_conf(standby) -> str:
-    """postgresql.auto.conf, unmasked: it holds the replication password; never print it."""
-    path = shlex.quote(f"{standby.params.postgres['data_dir']}/postgresql.auto.conf")
-    return standby.run(f"cat {path} 2>/dev/null || true", user="postgres", mask=False).stdout
-
-
-def conninfo_fields(auto_conf_text: str) -> dict[str, str]:
-    """primary_conninfo's keywords, from postgresql.auto.conf's text. Two quotings nest: the
-    file's ('' and \\ doubled, as ALTER SYSTEM writes them) around libpq's (a value in '...'
-    with \\' and \\\\ escaped, or bare with \\ escapes)."""
-    # the server takes the last line: pg_basebackup -R appends its own after one copied from the
-    # source (a promoted standby keeps its old primary_conninfo)
-    line = ([l for l in auto_conf_text.splitlines() if l.startswith("primary_conninfo")] or [""])[-1]
-    quoted = line.split("=", 1)[1].strip() if line else ""
-    return parse_conninfo(_unquote_setting(quoted[1:-1] if quoted.startswith("'") else quoted))
-
-
-def _unquote_setting(text: str) -> str:
-    out, i = [], 0
-    while i < len(text):
-        if text[i] in "'\\" and i + 1 < len(text):
-            i += 1
-        out.append(text[i])
-        i += 1
-    return "".join(out)
-
-
-def parse_conninfo(text: str) -> dict[str, str]:
-    """A libpq keyword/value connection string (as SHOW primary_conninfo gives it) as a dict."""
-    fields, i, n = {}, 0, len(text)
-    while i < n:
-        while i < n and text[i].isspace():
-            i += 1
-        if i >= n or "=" not in text[i:]:
-            break
-        eq = text.index("=", i)
-        key, i = text[i:eq].strip(), eq + 1
-        while i < n and text[i].isspace():
-            i += 1
-        quoted = i < n and text[i] == "'"
-        i += quoted
-        value = []
-        while i < n and (text[i] != "'" if quoted else not text[i].isspace()):
-            if text[i] == "\\" and i + 1 < n:
-                i += 1
-            value.append(text[i])
-            i += 1
-        i += quoted
-        fields[key] = "".join(value)
-    return fields
-
-
-def _conninfo_quote(value: str) -> str:
-    """A libpq connection-string value, quoted when it needs to be."""
-    if value and all(c.isalnum() or c in "._-/:@" for c in value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def auto_conf(standby, *, fresh: bool = True) -> str:
+    """postgresql.auto.conf, unmasked: it holds the replication password; never print it. Asked now,
+    or (fresh=False) as the planners know it."""
+    fact = facts.FileFact(f"{standby.params.postgres['data_dir']}/postgresql.auto.conf")
+    return (standby.facts.read(fact) if fresh else standby.facts.get(fact)).text or ""
 
 
 def wanted_conninfo(params) -> dict[str, str]:
@@ -307,7 +260,7 @@ def conninfo_with_passfile(standby, fields: dict[str, str]) -> ops.Sql:
     TLS) and without password= (a standby cloned before the password moved to .pgpass, or by hand), then
     reload: the WAL receiver reconnects with the new value."""
     fields = {**{k: v for k, v in fields.items() if k != "password"}, **wanted_conninfo(standby.params)}
-    conninfo = " ".join(f"{k}={_conninfo_quote(v)}" for k, v in fields.items())
+    conninfo = " ".join(f"{k}={conninfo_quote(v)}" for k, v in fields.items())
     return ops.Sql(standby, "postgres", summary=f"primary_conninfo: the password now comes from {PGPASS}",
                    statement=(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(conninfo)};\nSELECT pg_reload_conf();",))
 
@@ -318,7 +271,7 @@ def verify_backup(env) -> ops.Step:
     password: a standby cloned with the password inside gets it replaced by passfile=."""
     step = ops.Step("backup files")
     for s in env.standbys:
-        fields = conninfo_fields(auto_conf(s))
+        fields = conninfo_fields(auto_conf(s, fresh=False))
         wanted = wanted_conninfo(env.params)
         if fields and ("password" in fields or any(fields.get(k) != v for k, v in wanted.items())):
             step.do(conninfo_with_passfile(s, fields))
@@ -329,7 +282,7 @@ def verify_backup(env) -> ops.Step:
         shown = []
         for s in env.standbys:
             data = env.params.postgres["data_dir"]
-            signal = s.run(f"test -f {shlex.quote(data + '/standby.signal')}", user="postgres", check=False).ok
+            signal = s.facts.read(facts.FileFact(f"{data}/standby.signal")).exists
             fields = conninfo_fields(auto_conf(s))
             shown.append(f"{prompt(s, 'postgres')}ls {data}/standby.signal\n"
                          + (f"{data}/standby.signal" if signal else "ls: cannot access: No such file or directory"))
@@ -430,9 +383,10 @@ TABLE_DDL = """CREATE TABLE employees (
 def write_test_data(env) -> ops.Step:
     """testdb, employees and the guide's three rows; what is there is kept, nothing is doubled."""
     primary, step = env.primary, ops.Step("test data")
-    has_db = postgres.value(primary, f"SELECT count(*) FROM pg_database WHERE datname = '{TEST_DB}'") == "1"
-    has_table = has_db and postgres.value(primary, "SELECT to_regclass('employees') IS NOT NULL", database=TEST_DB) == "t"
-    names = postgres.employee_names(primary) if has_table else []
+    has_db = postgres.known(primary, f"SELECT count(*) FROM pg_database WHERE datname = '{TEST_DB}'").value == "1"
+    has_table = has_db and postgres.known(primary, "SELECT to_regclass('employees') IS NOT NULL",
+                                          database=TEST_DB).value == "t"
+    names = postgres.names_known(primary) if has_table else []
     missing = [(n, d) for n, d in GUIDE_ROWS if n not in names]
     if not has_db:
         step.do(ops.Sql(primary, "postgres", statement=(f"CREATE DATABASE {TEST_DB};",), summary=f"database {TEST_DB} created"))
@@ -469,6 +423,6 @@ def prove_read_only(env) -> ops.Step:
 def sync_test(env) -> ops.Step:
     """The guide's two-terminal test: insert David on the primary, then watch each standby until he
     appears (the measured times are in step.measured)."""
-    step = postgres.insert_if_absent(ops.Step("sync test"), env.primary, "David", "HR")
+    step = postgres.insert_if_absent(ops.Step("sync test"), env.primary, "David", "HR", primary=env.primary)
     return postgres.arrives_on_standbys(step, env.standbys, "David", "check replication (Step 12): "
                                         "pg_stat_replication on the primary, and the standby's log.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from lib import ops, postgres, tls
+from lib import facts, ops, postgres, tls
 
 PGPOOL_ROLE = "pgpool"
 #: an application's own role through pgpool (Step 31): it reads and adds employees, and nothing more
@@ -97,10 +97,12 @@ def pgpool_settings(params, hosts: list | None = None, conf_text: str = "") -> d
     return settings
 
 
-def service_state(remote) -> list[str]:
-    """['active', 'enabled'] when pgpool runs and starts at boot."""
+def service_state(remote, *, fresh: bool = True) -> list[str]:
+    """['active', 'enabled'] when pgpool runs and starts at boot: asked now, or (fresh=False) as the
+    planners know it (lib.facts)."""
     service = shlex.quote(remote.params.pgpool["service"])
-    return remote.run(f"systemctl is-active {service}; systemctl is-enabled {service}", check=False).lines
+    fact = facts.CommandFact(f"systemctl is-active {service}; systemctl is-enabled {service}")
+    return (remote.facts.read(fact) if fresh else remote.facts.get(fact)).lines
 
 
 #: the checksums of pgpool's configuration files as they were when this step last (re)started pgpool
@@ -125,7 +127,7 @@ def restart_pending_script(files: list[str], loaded: str = LOADED, pid: str = PI
 def restart_pending(remote) -> bool:
     """pgpool runs with other configuration than the files on disk. The pid file's time alone once misled: after
     a crash drill and a heal on the Debian 13 lab, Step 30 changed a weight and Step 33 found nothing to restart."""
-    return "newer" in remote.sudo(restart_pending_script(config_files(remote.params))).stdout
+    return "newer" in remote.facts.get(facts.CommandFact(restart_pending_script(config_files(remote.params)))).stdout
 
 
 #: a systemd drop-in for pgpool's unit. The packaged unit signals every pgpool process at once

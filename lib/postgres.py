@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Callable
 
-from lib import ops, pgconf, secrets
+from lib import facts, ops, pgconf, secrets
 from lib.remote import Hosts
 from lib.roles import sql_literal, verifier_matches
 from lib.show import expect, prompt
@@ -82,6 +82,8 @@ def guides_md5_way(step: ops.Step, env, build, number: int) -> ops.Step:
     if env.md5_way is None:
         variant = dataclasses.replace(env.params, postgres={**env.params.postgres, "auth_method": "md5"})
         env.md5_way = Hosts(variant, read_only=True)
+        for twin, remote in zip(env.md5_way.all, env.all):     # the same hosts: what they are is read once
+            twin.facts = remote.facts
     plan = build(env.md5_way).preview()
     if plan:
         env.md5_previews[number] = plan
@@ -112,7 +114,7 @@ def primary_hba_step(env, lines_of, number: int) -> ops.Step:
 # --- reads, shown as a person would type them ------------------------------------------------
 def read(remote, command: str, *, user: str | None = "root", shown: str | None = None) -> str:
     """Run a read-only command; return the transcript: the command line and its output."""
-    out = remote.run(command, user=user).stdout.rstrip()
+    out = remote.run(command, user=user, reads_only=True).stdout.rstrip()
     who = user or remote.params.ssh["user"]
     return f"{prompt(remote, who)}{shown or command}" + (f"\n{out}" if out else "")
 
@@ -120,12 +122,18 @@ def read(remote, command: str, *, user: str | None = "root", shown: str | None =
 def psql_read(remote, sql: str, *, database: str = "postgres") -> str:
     """A query as postgres over the local socket, shown with psql's own table."""
     db = f" -d {database}" if database != "postgres" else ""
-    out = remote.psql(sql, database=database, tuples=False).stdout.rstrip()
+    out = remote.psql(sql, database=database, tuples=False, reads_only=True).stdout.rstrip()
     return f"{prompt(remote, 'postgres')}psql{db} -c \"{sql}\"\n{out}"
 
 
 def value(remote, sql: str, *, database: str = "postgres") -> str:
-    return remote.psql(sql, database=database).stdout.strip()
+    """One value, asked of the server now (a read: the facts read so far stay)."""
+    return remote.psql(sql, database=database, reads_only=True).stdout.strip()
+
+
+def known(remote, sql: str, *, database: str = "postgres") -> facts.Rows:
+    """A planner's read-only query: its answer, asked once in the run (lib.facts)."""
+    return remote.facts.get(facts.SqlFact(sql, database, remote.params.postgres["port"]))
 
 
 # --- the cluster ------------------------------------------------------------------------------------
@@ -143,14 +151,19 @@ class ClusterRow:
         return cls(f[3] if len(f) > 3 else "absent", f[5] if len(f) > 5 else "", " ".join(f))
 
 
-def cluster_row(remote) -> ClusterRow:
-    return ClusterRow.parse(remote.sudo(f"pg_lsclusters --no-header {cluster_words(remote.params.postgres)}",
-                                        check=False).stdout)
+def cluster_fact(params) -> facts.CommandFact:
+    return facts.CommandFact(f"pg_lsclusters --no-header {cluster_words(params.postgres)}")
 
 
-def cluster_state(remote) -> str:
+def cluster_row(remote, *, fresh: bool = True) -> ClusterRow:
+    """Our cluster's line, asked now; fresh=False: as the planners know it (lib.facts)."""
+    fact = cluster_fact(remote.params)
+    return ClusterRow.parse((remote.facts.read(fact) if fresh else remote.facts.get(fact)).stdout)
+
+
+def cluster_state(remote, *, fresh: bool = True) -> str:
     """pg_lsclusters' status of our cluster: online, online,recovery, down, … or absent."""
-    return cluster_row(remote).state
+    return cluster_row(remote, fresh=fresh).state
 
 
 def lsclusters(remote) -> str:
@@ -160,16 +173,15 @@ def lsclusters(remote) -> str:
 def settings_differing(remote, wanted: dict) -> list[str]:
     """Settings whose running value differs from `wanted` (pg_settings.setting, base units)."""
     names = ", ".join(sql_literal(n) for n in wanted)
-    running = dict(line.split("|", 1) for line in remote.psql(
-        f"SELECT name, setting FROM pg_settings WHERE name IN ({names})").lines)
+    running = dict(known(remote, f"SELECT name, setting FROM pg_settings WHERE name IN ({names})").rows)
     return [n for n, v in wanted.items() if running.get(n) != str(v)]
 
 
 def hba_reload_pending(remote) -> bool:
     """pg_hba.conf was written after the server last read its configuration."""
     path = shlex.quote(conf_file(remote, "pg_hba.conf"))
-    written = float(remote.sudo(f"date -r {path} +%s.%N").stdout.strip())
-    loaded = float(value(remote, "SELECT extract(epoch FROM pg_conf_load_time())"))
+    written = float(remote.facts.get(facts.CommandFact(f"date -r {path} +%s.%N")).stdout.strip())
+    loaded = float(known(remote, "SELECT extract(epoch FROM pg_conf_load_time())").value)
     return written > loaded
 
 
@@ -202,22 +214,22 @@ def settle(step: ops.Step, remote, wanted: dict) -> ops.Step:
 # --- files ------------------------------------------------------------------------------------------
 def edit(remote, path: str, change: Callable[[str], tuple[str, list[str]]]) -> ops.FileChange | None:
     """The file change that `change` makes to the file's current text; None if it makes none."""
-    old = remote.read_file(path)
+    found = remote.facts.get(facts.FileFact(path))
+    expect(found.exists, f"{remote.host.name} has no {path}.", "install the package that provides it (Step 18 or "
+                         "the guide's prerequisites), or check postgres.version and postgres.cluster.")
+    old = found.text
     new, _ = change(old)
     if new == old:
         return None
-    kept = remote.run(f"test -e {shlex.quote(path + ops.ORIGINAL_SUFFIX)}", user="root", check=False).ok
-    return ops.FileChange(remote, "root", path=path, old=old, new=(new,), original_kept=kept)
+    return ops.FileChange(remote, "root", path=path, old=old, new=(new,), original_kept=found.original_kept)
 
 
 def ensure_file(step: ops.Step, remote, path: str, text: str, *, owner: str, mode: str,
                 make_dir: bool = False) -> bool:
     """A whole file of ours: written (with owner and mode; make_dir: its directory made first)
     unless it already holds `text` with that owner and mode. True when a write is planned."""
-    q = shlex.quote(path)
-    # one round trip: the first line is the file's access, the rest its text (nothing if it is missing)
-    found = remote.run(f"stat -c '%U:%G %a' {q} 2>/dev/null && cat {q} || true", user="root", mask=False).stdout
-    access, _, old = found.partition("\n")
+    found = remote.facts.get(facts.FileFact(path))
+    access, old = found.access, found.text or ""
     if old == text and access == f"{owner} {mode}":
         step.note(remote, f"{path} is in place")
         return False
@@ -241,11 +253,11 @@ def edit_step(step: ops.Step, remote, path: str, change) -> ops.Step:
 def role_differences(remote, role: str, password: str, attributes: str) -> list[str] | None:
     """None if the role does not exist; else what differs from the wanted attributes and
     password (an empty list: nothing). Reads only; the password is never shown."""
-    row = remote.psql(f"SELECT rolreplication, rolcanlogin, coalesce(rolpassword, '') FROM pg_authid "
-                      f"WHERE rolname = {sql_literal(role)}", mask=False).stdout.strip()
-    if not row:
+    found = known(remote, f"SELECT rolreplication, rolcanlogin, coalesce(rolpassword, '') FROM pg_authid "
+                          f"WHERE rolname = {sql_literal(role)}")
+    if not found.rows:
         return None
-    replication, login, stored = row.split("|", 2)
+    replication, login, stored = found.rows[0]
     method = auth_method(remote.params)
     differences = []
     # Only what is asked for is checked: postgres keeps its REPLICATION when asked for LOGIN.
@@ -292,8 +304,11 @@ def role_listing(remote) -> str:
 
 
 # --- the guide's test data ----------------------------------------------------------------------
+EMPLOYEE_NAMES = "SELECT name FROM employees ORDER BY id"
+
+
 def employee_names(remote) -> list[str]:
-    r = remote.psql("SELECT name FROM employees ORDER BY id", database=TEST_DB, check=False)
+    r = remote.psql(EMPLOYEE_NAMES, database=TEST_DB, check=False, reads_only=True)
     return r.lines if r.ok else []
 
 
@@ -330,11 +345,16 @@ def arrives_on_standbys(step: ops.Step, standbys, name: str, fix: str) -> ops.St
     return step.verify(f"{name} reaches every standby in time", arrived)
 
 
-def insert_if_absent(step: ops.Step, remote, name: str, department: str, **login) -> ops.Step:
-    """Plan one INSERT of the guide's, unless a row with that name is there. `login`: through
-    pgpool (Sql's login and password), else on `remote` as postgres."""
-    there = name in (login.pop("names") if "names" in login else employee_names(remote))
-    if there:
+def names_known(primary) -> list[str]:
+    """The names in the guide's table, as the planners know them: read on the primary itself, never
+    through a load-balanced session (lib.facts)."""
+    return [r[0] for r in known(primary, EMPLOYEE_NAMES, database=TEST_DB).rows]
+
+
+def insert_if_absent(step: ops.Step, remote, name: str, department: str, *, primary, **login) -> ops.Step:
+    """Plan one INSERT of the guide's on `remote`, unless the primary has a row with that name.
+    `login`: through pgpool (Sql's login and password), else as postgres."""
+    if name in names_known(primary):
         return step.note(remote, f"{name} is already in {TEST_DB}.employees: nothing to insert")
     login.setdefault("database", TEST_DB)
     return step.do(ops.Sql(remote, None if login.get("login") else "postgres", **login, statement=ops.text(

@@ -209,8 +209,8 @@ def online_recovery(env) -> ops.Step:
         for other in peers:
             failover.authorize(step, r, other, peer_options(other), f"to run {REJOIN_PROGRAM} only")
     for database in ("template1", "postgres"):   # pgpool up to 4.3 calls the functions in template1, later in postgres
-        if postgres.value(env.primary, "SELECT count(*) FROM pg_extension WHERE extname = 'pgpool_recovery'",
-                          database=database) == "0":
+        if postgres.known(env.primary, "SELECT count(*) FROM pg_extension WHERE extname = 'pgpool_recovery'",
+                          database=database).value == "0":
             step.do(ops.Sql(env.primary, "postgres", database=database, statement=("CREATE EXTENSION pgpool_recovery;",),
                             summary=f"pgpool_recovery in {database}"))
         else:

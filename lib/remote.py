@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import paramiko
 from fabric import Connection
 
-from lib import hosts, journal, secrets
+from lib import facts, hosts, journal, secrets
 from lib.lock import ClusterLock
 from lib.params import Host, Params
 
@@ -87,6 +87,7 @@ class Remote:
         self._sudo_needs_password: bool | None = None
         self._masked = secrets.known_values(params)
         self.cluster_lock = None        # set by Hosts: taken before the first change (lib.lock)
+        self.facts = facts.HostFacts(self)
 
     # -- connection ---------------------------------------------------------------------
     @property
@@ -117,11 +118,14 @@ class Remote:
     # -- running --------------------------------------------------------------------------
     def run(self, command: str, *, user: str | None = None, stdin: str | None = None,
             check: bool = True, hint: str | None = None, timeout: float | None = None,
-            mask: bool = True, journaled: bool = True) -> Result:
+            mask: bool = True, journaled: bool = True, reads_only: bool = False) -> Result:
         """Run `command` with bash on the host, as the admin user (user=None), or as
         `user` through sudo ("root", "postgres"). Raise StepFailed unless it exits 0
         (or check=False). mask=False keeps secret values in stdout: only for reading a
-        file that is edited and written back, never for printing."""
+        file that is edited and written back, never for printing. Unless it `reads_only`, the
+        command may change the host: the facts read so far are read again (lib.facts)."""
+        if not reads_only:
+            facts.stale()
         wrapped, stdin = self._wrap(command, user, stdin)
         exit_code, out, err = self._exec(wrapped, stdin, timeout or self.params.ssh["command_timeout"], journaled)
         result = Result(command, exit_code, self.mask(out) if mask else out, self.mask(err))
@@ -148,7 +152,7 @@ class Remote:
 
     def read_file(self, path: str, *, user: str = "root") -> str:
         """A file's exact text (secrets not masked: do not print it)."""
-        return self.run(f"cat -- {shlex.quote(path)}", user=user, mask=False).stdout
+        return self.run(f"cat -- {shlex.quote(path)}", user=user, mask=False, reads_only=True).stdout
 
     def mask(self, text: str) -> str:
         return secrets.mask(text, self._masked)

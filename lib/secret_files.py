@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from lib import ops
+from lib import facts, ops
 
 #: who may read the files that hold secrets: pgpool runs as postgres, and nobody else reads them
 SECRET_OWNER, SECRET_MODE = "postgres:postgres", "600"
@@ -19,11 +19,8 @@ def secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str, by
     """A file that holds a secret: written only when its text differs, its diff masked; its owner
     and mode are put right on every run. `new`: the pieces of its text, or a function making them
     from its current text (None: absent). `by_hand`: how commands.sh changes it (ops.FileChange)."""
-    f = shlex.quote(path)
-    found = remote.run(f"if test -f {f}; then stat -c '%U:%G %a' {f}; cat {f}; else echo absent; fi",
-                       user="root", mask=False).stdout
-    access, _, old = found.partition("\n")
-    old = None if access == "absent" else old
+    found = remote.facts.get(facts.FileFact(path))
+    access, old = found.access, found.text
     new = new(old) if callable(new) else new
     if old != ops.resolve(new, remote.params):
         step.do(ops.FileChange(remote, "root", path=path, old=old, new=new, owner=SECRET_OWNER, mode=SECRET_MODE,
@@ -38,7 +35,7 @@ def secret_access(step: ops.Step, remote, path: str, access: str | None = None) 
     (`access`: its `stat -c '%U:%G %a'`, read here when not given)."""
     f = shlex.quote(path)
     if access is None:
-        access = remote.run(f"stat -c '%U:%G %a' {f} 2>/dev/null || echo absent", user="root").stdout.strip()
+        access = remote.facts.get(facts.FileFact(path)).access or "absent"
     if access != f"{SECRET_OWNER} {SECRET_MODE}":
         step.do(ops.Command(remote, "root", f"chown {SECRET_OWNER} {f} && chmod {SECRET_MODE} {f}",
                             summary=f"{path}: {access} -> {SECRET_OWNER} {SECRET_MODE}"))

@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import re
+import shlex
 
-from lib import ops
+from lib import facts, ops
+
+
+def packages_fact(packages: list[str]) -> facts.CommandFact:
+    """`PACKAGE install ok installed` for each installed one (dpkg-query)."""
+    return facts.CommandFact("dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(map(shlex.quote, packages))
+                             + " 2>/dev/null")
 
 
 def missing_packages(remote, packages: list[str]) -> list[str]:
-    return [p for p in packages if "install ok installed" not in remote.run(
-        f"dpkg-query -W -f='${{Status}}' {p} 2>/dev/null", check=False).stdout]
+    installed = remote.facts.get(packages_fact(packages))
+    have = {line.split()[0] for line in installed.lines if line.endswith("install ok installed")}
+    return [p for p in packages if p not in have]
 
 
 def packages_step(step: ops.Step, remote, packages: list[str]) -> ops.Step:
@@ -25,8 +33,16 @@ def packages_step(step: ops.Step, remote, packages: list[str]) -> ops.Step:
 
 def ufw_state(remote) -> str:
     """'absent', 'inactive' or 'active': Ubuntu installs ufw (often active), Debian does not."""
-    state = remote.sudo("command -v ufw >/dev/null || { echo absent; exit 0; }; ufw status | head -1").stdout.strip()
+    state = ufw_status(remote).split("\n", 1)[0].strip()
     return "absent" if state == "absent" else "inactive" if "inactive" in state else "active"
+
+
+def ufw_status(remote) -> str:
+    """`ufw status`, or 'absent' without ufw."""
+    return remote.facts.get(UFW_STATUS).stdout
+
+
+UFW_STATUS = facts.CommandFact("command -v ufw >/dev/null || { echo absent; exit 0; }; ufw status")
 
 
 def firewall_step(step: ops.Step, remote, port: int, sources: list[str]) -> ops.Step:
@@ -40,7 +56,7 @@ def firewall_step(step: ops.Step, remote, port: int, sources: list[str]) -> ops.
                                   f"ufw is installed but inactive, so port {port} is not blocked")
                          + f" (where ufw is active, this step runs `{command}`; the guide's `ufw allow {port}/tcp` "
                            "would open the port to anyone)")
-    status = remote.sudo("ufw status").stdout
+    status = ufw_status(remote)
     missing = [src for src in sources if not re.search(
         rf"^{port}/tcp\s+ALLOW(\s+IN)?\s+{re.escape(src)}\s*$", status, re.M)]
     if not missing:

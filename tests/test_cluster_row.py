@@ -16,17 +16,15 @@ def test_a_standby_a_primary_a_stopped_cluster_and_none():
 def test_the_clone_guard_refuses_a_cluster_elsewhere():
     """Step 8 clears the standby's data directory only where the cluster's own row says it is."""
     from lib import params as P
-    from lib import part1
+    from lib import part1, postgres
+    from lib.facts import Output
+    from lib.remote import Remote
 
-    class Host:
-        def __init__(self, host, row):
-            self.host, self.params, self.row = host, P.load(), row
-
-        def run(self, command, **kw):
-            return type("R", (), {"lines": [self.host.address]})()
-
-        def sudo(self, command, **kw):
-            return type("R", (), {"stdout": self.row})()
+    def Host(host, row):
+        remote = Remote(P.load(), host)
+        remote.facts.given({part1.ADDRESSES: Output(True, host.address + "\n"),
+                            postgres.cluster_fact(remote.params): Output(row != "", row)})
+        return remote
     params = P.load()
     primary = Host(params.primary, "")
     here = Host(params.standbys[0], "15 main 5432 down postgres /var/lib/postgresql/15/main log")

@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from lib import REPO, diagrams, failover_scripts, guide, part1, part2, pgpool_client
+from lib import REPO, conninfo, diagrams, failover_scripts, guide, part1, part2, pgpool_client
 from lib import params as P
 from lib.clone_guard import CloneDecision
 from lib.remote import Hosts, StepFailed
@@ -244,14 +244,14 @@ def test_primary_conninfo_names_the_passfile_and_a_password_in_it_is_moved_out(p
     """Step 9 clones with the password from ~postgres/.pgpass, so -R writes passfile= and no password. A standby
     cloned the guide's way (the password inside primary_conninfo, readable with pg_read_all_settings) gets passfile=
     from Step 10 instead, and streams on."""
-    def conninfo():
-        return part1.parse_conninfo(on("vm2", "sudo -u postgres psql -XAtc 'SHOW primary_conninfo'").strip())
-    assert "password" not in conninfo() and conninfo()["passfile"] == part1.PGPASS, conninfo()
-    guide_way = " ".join(f"{k}={v}" for k, v in conninfo().items() if k != "passfile")
+    def standby_conninfo():
+        return conninfo.parse_conninfo(on("vm2", "sudo -u postgres psql -XAtc 'SHOW primary_conninfo'").strip())
+    assert "password" not in standby_conninfo() and standby_conninfo()["passfile"] == part1.PGPASS, standby_conninfo()
+    guide_way = " ".join(f"{k}={v}" for k, v in standby_conninfo().items() if k != "passfile")
     guide_way += f" password={SECRETS['PGGUIDE_REPLICATION_PASSWORD']}"
     sh(REPO / "ci" / "lab", "ssh", "vm2", "sudo -u postgres psql -XAtq -f - -c 'SELECT pg_reload_conf()'",
        input=f"ALTER SYSTEM SET primary_conninfo = '{guide_way}';\n")
-    assert conninfo()["password"] == SECRETS["PGGUIDE_REPLICATION_PASSWORD"]
+    assert standby_conninfo()["password"] == SECRETS["PGGUIDE_REPLICATION_PASSWORD"]
     for variable, value in SECRETS.items():
         monkeypatch.setenv(variable, value)
     env = Hosts(PARAMS)
@@ -260,7 +260,7 @@ def test_primary_conninfo_names_the_passfile_and_a_password_in_it_is_moved_out(p
         part1.check_streaming(env).apply()
     finally:
         env.close()
-    assert "password" not in conninfo() and conninfo()["passfile"] == part1.PGPASS, conninfo()
+    assert "password" not in standby_conninfo() and standby_conninfo()["passfile"] == part1.PGPASS, standby_conninfo()
     assert SECRETS["PGGUIDE_REPLICATION_PASSWORD"] not in on("vm2", "sudo cat /var/lib/postgresql/15/main/postgresql.auto.conf")
 
 

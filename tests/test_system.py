@@ -2,20 +2,17 @@
 a port is opened to the sources that need it, not to anyone, and only what is missing."""
 from lib import ops, system
 from lib import params as P
-from lib.remote import Remote, Result
+from lib.facts import Output
+from lib.remote import Remote
 
 PARAMS = P.load()
 
 
-class UfwHost(Remote):
-    def __init__(self, status: str):
-        super().__init__(PARAMS, PARAMS.primary)
-        self.status = status
-
-    def run(self, command, *, user=None, stdin=None, **kw):
-        if "command -v ufw" in command:
-            return Result(command, 0, "absent\n" if self.status is None else self.status.splitlines()[0] + "\n", "")
-        return Result(command, 0, self.status or "", "")
+def UfwHost(status: str | None) -> Remote:
+    """The primary, whose `ufw status` says `status` (None: no ufw)."""
+    host = Remote(PARAMS, PARAMS.primary)
+    host.facts.given({system.UFW_STATUS: Output(True, "absent\n" if status is None else status)})
+    return host
 
 
 ACTIVE = """Status: active

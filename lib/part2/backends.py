@@ -81,9 +81,9 @@ PGPOOL_GRANT, GUIDE_GRANT = "pg_read_all_stats", "pg_monitor"
 
 def granted(primary, role: str) -> bool:
     """PGPOOL_ROLE is a direct member of `role` (pg_has_role would also count what pg_monitor holds)."""
-    return postgres.value(primary, "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+    return postgres.known(primary, "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
                                    f"JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = {sql_literal(PGPOOL_ROLE)} "
-                                   f"AND r.rolname = {sql_literal(role)}") != "0"
+                                   f"AND r.rolname = {sql_literal(role)}").value != "0"
 
 
 @guide_step
@@ -142,9 +142,9 @@ def encryption_step(step: ops.Step, remote) -> ops.Step:
 def stored_formats(primary, roles: list[str]) -> dict[str, str]:
     """How each role's password is stored: 'md5' or 'SCRAM-SHA-256' (never the value)."""
     names = ", ".join(sql_literal(r) for r in roles)
-    return dict(line.split("|") for line in primary.psql(
-        f"SELECT rolname, CASE WHEN rolpassword LIKE 'md5%' THEN 'md5' ELSE split_part(rolpassword, '$', 1) END "
-        f"FROM pg_authid WHERE rolname IN ({names}) ORDER BY rolname").lines)
+    return dict(postgres.known(
+        primary, f"SELECT rolname, CASE WHEN rolpassword LIKE 'md5%' THEN 'md5' ELSE split_part(rolpassword, '$', 1) END "
+                 f"FROM pg_authid WHERE rolname IN ({names}) ORDER BY rolname").rows)
 
 
 def _md5_on_primary(env) -> ops.Step:

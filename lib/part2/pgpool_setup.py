@@ -6,7 +6,7 @@ import re
 import shlex
 from functools import partial
 
-from lib import ops, pgconf, pgpoolconf, postgres, system
+from lib import facts, ops, pgconf, pgpoolconf, postgres, system
 from lib.ops import Secret, guide_step
 from lib.pgpool_host import (APP_ROLE, KEY_FILE, LOG_DIR, PCPPASS, PGPOOL_ROLE, POOL_PASSWD_ROLES, STOP_DROPIN,
                              backend_hosts, conf, pgpool_service, pgpool_settings, restart_pending, service_state,
@@ -26,8 +26,8 @@ APP_GRANTS = ("GRANT SELECT, INSERT ON employees TO app;", "GRANT USAGE ON SEQUE
 
 def connection_budget(env) -> str:
     p = env.params.pgpool
-    allowed = int(postgres.value(env.primary, "SELECT current_setting('max_connections')::int - "
-                                              "current_setting('superuser_reserved_connections')::int"))
+    allowed = int(postgres.known(env.primary, "SELECT current_setting('max_connections')::int - "
+                                              "current_setting('superuser_reserved_connections')::int").value)
     needed = p["num_init_children"] * p["max_pool"]
     expect(needed <= allowed, f"pgpool may open {needed} connections per server, more than {allowed}.",
            "lower num_init_children or max_pool, or raise max_connections on the servers.")
@@ -37,11 +37,11 @@ def connection_budget(env) -> str:
 @guide_step
 def configure_pgpool(env) -> ops.Step:
     vm3, step = env.pgpool, ops.Step("pgpool.conf")
-    if not vm3.run(f"test -d {LOG_DIR}", check=False).ok:
+    if not vm3.facts.get(facts.CommandFact(f"test -d {LOG_DIR}")).ok:
         step.do(ops.Command(vm3, "root", f"install -d -o postgres -g postgres -m 750 {LOG_DIR}",
                             summary=f"created {LOG_DIR}"))
     path = conf(env.params, "pgpool.conf")
-    current = vm3.run(f"cat {shlex.quote(path)} 2>/dev/null || true", user="root", mask=False).stdout
+    current = vm3.facts.get(facts.FileFact(path)).text or ""
     wanted = pgpool_settings(env.params, backend_hosts(env.params, current), current)
     postgres.edit_step(step, vm3, path, lambda text: pgpoolconf.set_settings(text, wanted))
     change = next((a for a in step.actions if getattr(a, "path", None) == path), None)
@@ -147,12 +147,12 @@ def app_role(step: ops.Step, env) -> ops.Step:
     """The application's own role: it logs in (through pgpool, from the clients' network), reads and adds
     employees, and can do nothing else: no other table, no DELETE, no DDL."""
     primary = env.primary
-    exists = postgres.value(primary, f"SELECT count(*) FROM pg_roles WHERE rolname = {sql_literal(APP_ROLE)}") == "1"
+    exists = postgres.known(primary, f"SELECT count(*) FROM pg_roles WHERE rolname = {sql_literal(APP_ROLE)}").value == "1"
     postgres.role_step(step, primary, APP_ROLE)
-    may = exists and postgres.value(primary, f"SELECT has_table_privilege({sql_literal(APP_ROLE)}, 'employees', 'SELECT') "
+    may = exists and postgres.known(primary, f"SELECT has_table_privilege({sql_literal(APP_ROLE)}, 'employees', 'SELECT') "
                                              f"AND has_table_privilege({sql_literal(APP_ROLE)}, 'employees', 'INSERT') AND "
                                              f"has_sequence_privilege({sql_literal(APP_ROLE)}, 'employees_id_seq', 'USAGE')",
-                                    database=TEST_DB) == "t"
+                                    database=TEST_DB).value == "t"
     if may:
         return step.note(primary, f"{APP_ROLE} may already read and add employees in {TEST_DB}")
     return step.do(ops.Sql(primary, "postgres", statement=("\n".join(APP_GRANTS),), database=TEST_DB,
@@ -189,7 +189,7 @@ def password_file(env) -> ops.Step:
     pcp.conf and ~postgres/.pcppass for pgpool's admin commands."""
     vm3, p, step = env.pgpool, env.params, ops.Step("pool_passwd")
     path = conf(p, "pool_passwd")
-    current = vm3.read_file(path)
+    current = vm3.facts.get(facts.FileFact(path)).text or ""
     if md5_mode(p):
         entries = {u: (f"{u}:md5", Secret(u, f"md5:{u}")) for u in POOL_PASSWD_ROLES}
         kept = "".join(l + "\n" for l in current.splitlines() if l.split(":", 1)[0] not in entries)
@@ -254,7 +254,7 @@ def start_pgpool(env) -> ops.Step:
     dropin = stop_dropin(env.params)
     if postgres.ensure_file(step, vm3, dropin, STOP_DROPIN, owner="root:root", mode="644", make_dir=True):
         step.do(ops.Command(vm3, "root", "systemctl daemon-reload", summary="systemd read the drop-in"))
-    state = service_state(vm3)
+    state = service_state(vm3, fresh=False)
     if state[1:] != ["enabled"]:
         step.do(ops.Command(vm3, "root", f"systemctl enable {service} 2>&1 | grep -v '^Synchronizing\\|^Executing' || true",
                             shown=f"systemctl enable {service}", summary=f"{service} enabled at boot"))

@@ -128,11 +128,6 @@ def pgpool_sql_login(env, database: str = TEST_DB) -> dict:
             "database": database, "password": Secret("postgres")}
 
 
-def names_through_pgpool(env) -> list[str]:
-    with via_pgpool(env, TEST_DB)() as conn:
-        return [r[0] for r in db.rows(conn, "SELECT name FROM employees ORDER BY id")]
-
-
 def employees_through_pgpool(env) -> str:
     with via_pgpool(env, TEST_DB)() as conn:
         rows = db.rows(conn, "SELECT * FROM employees ORDER BY id")
@@ -141,7 +136,7 @@ def employees_through_pgpool(env) -> str:
 
 
 def _insert_through_pgpool(env, name: str, department: str, what: str) -> ops.Step:
-    step = postgres.insert_if_absent(ops.Step(what), env.pgpool, name, department, names=names_through_pgpool(env),
+    step = postgres.insert_if_absent(ops.Step(what), env.pgpool, name, department, primary=env.primary,
                                      **pgpool_sql_login(env))
     return step
 

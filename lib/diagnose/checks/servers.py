@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from lib.diagnose.checks.model import FAIL, WARN, Cluster, Finding, passed
-from lib.part1 import REPLICATION_ROLE, parse_conninfo
+from lib.conninfo import parse_conninfo
+from lib.part1 import REPLICATION_ROLE
 
 
 #: replay lag beyond this is reported (bytes of WAL the standby has not replayed)

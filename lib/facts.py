@@ -1,0 +1,232 @@
+"""What the hosts are, read once: each fact is a command and a parser (pyinfra's facts, smaller).
+
+A step's planner asks `remote.facts.get(fact)` for what it needs to decide. The first question to a host
+runs every fact asked of it at once, in one SSH round trip (`prefetch` can ask for more ahead), and
+the answers are kept for the run, until anything may have changed the hosts: a command that is not
+a read (an applied action, a drill's stop) makes every host's answers stale (`stale`). Reads that
+change nothing say so (`Remote.run(..., reads_only=True)`) and keep them.
+
+The values are typed (a file with its owner, mode and text; a server's state; a query's rows), so a
+planner can be tested without a host: `HostFacts.given` puts the answers in place.
+"""
+from __future__ import annotations
+
+import secrets as token
+import shlex
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+#: beside a file we change, the copy of it as it was before our first change (lib.ops keeps it)
+ORIGINAL_SUFFIX = ".pgguide-orig"
+
+#: bumped by every command that may change a host; answers read before it are stale
+_generation = 0
+
+
+def stale() -> None:
+    """Something may have changed on a host: every answer read before is read again when asked."""
+    global _generation
+    _generation += 1
+
+
+# --- the facts ---------------------------------------------------------------------------------------
+class Fact:
+    """A command (run as `user`) and how its output reads. Equal facts share one answer."""
+    user = "root"
+    masked = True           # the answer has the run's secret values masked (a file's text must stay exact)
+
+    def __init__(self, *args: Any):
+        self.args = args
+
+    @property
+    def key(self) -> tuple:
+        return (type(self).__name__, self.user, *self.args)
+
+    def command(self) -> str: raise NotImplementedError
+    def parse(self, code: int, out: str, err: str) -> Any: raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self.args}"
+
+
+@dataclass(frozen=True)
+class File:
+    """A file as its host has it: `access` is `owner:group mode`, text None when there is no file;
+    `original_kept` when the copy we keep before our first change (lib.ops.ORIGINAL_SUFFIX) is there."""
+    path: str
+    text: str | None
+    access: str = ""
+    original_kept: bool = False
+
+    @property
+    def exists(self) -> bool:
+        return self.text is not None
+
+
+class FileFact(Fact):
+    masked = False
+
+    def __init__(self, path: str):
+        super().__init__(path)
+
+    def command(self) -> str:
+        f, o = shlex.quote(self.args[0]), shlex.quote(self.args[0] + ORIGINAL_SUFFIX)
+        return (f"if [ -f {f} ]; then stat -c '%U:%G %a' {f} && {{ [ -e {o} ] && echo kept || echo none; }} "
+                f"&& cat -- {f}; else echo absent; fi")
+
+    def parse(self, code: int, out: str, err: str) -> File:
+        path = self.args[0]
+        if code != 0:
+            raise FactUnreadable(f"{path} could not be read (exit {code}): {err.strip() or 'no message'}")
+        if out.startswith("absent\n") or out == "absent":
+            return File(path, None)
+        access, kept, text = (out.split("\n", 2) + ["", ""])[:3]
+        return File(path, text, access, kept == "kept")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A query's answer: its rows (fields split at |), or ok False when psql failed (`error` says why)."""
+    ok: bool
+    rows: tuple[tuple[str, ...], ...] = ()
+    error: str = ""
+
+    @property
+    def value(self) -> str:
+        """The one value of a one-row, one-column answer ('' when there is no row)."""
+        return self.rows[0][0] if self.rows else ""
+
+    @property
+    def lines(self) -> list[str]:
+        return ["|".join(r) for r in self.rows]
+
+
+class SqlFact(Fact):
+    """A read-only query as postgres over the local socket (a session that cannot write)."""
+    user = "postgres"
+
+    def __init__(self, sql: str, database: str = "postgres", port: int = 5432):
+        super().__init__(sql, database, port)
+
+    def command(self) -> str:
+        sql, database, port = self.args
+        return (f"PGOPTIONS='-c default_transaction_read_only=on' psql -X -q -A -t -F '|' -v ON_ERROR_STOP=1 "
+                f"-p {int(port)} -d {shlex.quote(database)} -c {shlex.quote(sql)}")
+
+    def parse(self, code: int, out: str, err: str) -> Rows:
+        if code != 0:
+            return Rows(False, error=err.strip())
+        return Rows(True, tuple(tuple(line.split("|")) for line in out.splitlines() if line))
+
+
+@dataclass(frozen=True)
+class Output:
+    ok: bool
+    stdout: str
+
+    @property
+    def lines(self) -> list[str]:
+        return [l for l in self.stdout.splitlines() if l.strip()]
+
+
+class CommandFact(Fact):
+    """A read-only command's output, as `user`."""
+
+    def __init__(self, command: str, user: str = "root"):
+        super().__init__(command)
+        self.user = user
+
+    def command(self) -> str:
+        return self.args[0]
+
+    def parse(self, code: int, out: str, err: str) -> Output:
+        return Output(code == 0, out)
+
+
+class FactUnreadable(RuntimeError):
+    """A host answered, but not what the fact expects."""
+
+
+# --- reading them ------------------------------------------------------------------------------------
+def batch(facts: list[Fact], nonce: str) -> str:
+    """One bash script, run as root, that answers every fact: each answer between lines that carry the
+    nonce, its exit status after it, then its stderr. Facts of another user run through runuser
+    (util-linux: on every Debian host, and root needs no password for it), in that user's home."""
+    parts = []
+    for i, fact in enumerate(facts):
+        command = fact.command()
+        if fact.user != "root":
+            inner = f"cd ~{fact.user} 2>/dev/null && export HOME=$PWD; {command}"
+            command = f"runuser -u {fact.user} -- bash -c {shlex.quote(inner)}"
+        parts.append(f"printf '%s\\n' '@@{nonce}:{i}:begin'; e=$(mktemp); ( {command}\n) 2>\"$e\" </dev/null; "
+                     f"printf '\\n@@{nonce}:{i}:end:%d\\n' $?; cat \"$e\"; rm -f \"$e\"; printf '\\n@@{nonce}:{i}:err\\n'")
+    return "\n".join(parts)
+
+
+def answers(out: str, count: int, nonce: str) -> list[tuple[int, str, str]]:
+    """(exit status, stdout, stderr) of each fact, from `batch`'s output."""
+    found = []
+    for i in range(count):
+        begin, end = f"@@{nonce}:{i}:begin\n", f"\n@@{nonce}:{i}:end:"
+        try:
+            start = out.index(begin) + len(begin)
+            stop = out.index(end, start)
+            code_end = out.index("\n", stop + len(end))
+            err_end = out.index(f"\n@@{nonce}:{i}:err\n", code_end)
+        except ValueError:
+            raise FactUnreadable(f"the answer to fact {i} is not whole: the host's output was cut off") from None
+        found.append((int(out[stop + len(end):code_end]), out[start:stop], out[code_end + 1:err_end]))
+    return found
+
+
+class HostFacts:
+    """One host's answers for the run. `round_trips` counts the SSH round trips that read them."""
+
+    def __init__(self, remote):
+        self.remote = remote
+        self._answers: dict[tuple, Any] = {}
+        self._generation = _generation
+        self.round_trips = 0
+        self.given_only = False
+
+    def get(self, fact: Fact) -> Any:
+        self._drop_if_stale()
+        if fact.key not in self._answers:
+            self.prefetch([fact])
+        return self._answers[fact.key]
+
+    def read(self, fact: Fact) -> Any:
+        """Asked again of the host now, whatever is known (a verification, a wait for a change)."""
+        self._drop_if_stale()
+        if not self.given_only:
+            self._answers.pop(fact.key, None)
+        return self.get(fact)
+
+    def prefetch(self, facts: Iterable[Fact]) -> None:
+        """Read the facts not known yet, in one round trip."""
+        self._drop_if_stale()
+        wanted = list({f.key: f for f in facts if f.key not in self._answers}.values())
+        if not wanted:
+            return
+        if self.given_only:
+            raise FactUnreadable(f"{self.remote.host.name}: no answer given for {wanted[0]!r} (a planner asked "
+                                 "for a fact its test does not give)")
+        nonce = token.token_hex(6)
+        out = self.remote.run(batch(wanted, nonce), user="root", mask=False, reads_only=True).stdout
+        self.round_trips += 1
+        for fact, (code, stdout, err) in zip(wanted, answers(out, len(wanted), nonce)):
+            if fact.masked:
+                stdout = self.remote.mask(stdout)
+            self._answers[fact.key] = fact.parse(code, stdout, err)
+
+    def given(self, answers: dict[Fact | tuple, Any]) -> "HostFacts":
+        """Answers put in place, not read (a planner's test), by fact or by its key: asking for any other
+        fact fails."""
+        self.given_only = True
+        self._answers.update({getattr(f, "key", f): v for f, v in answers.items()})
+        return self
+
+    def _drop_if_stale(self) -> None:
+        if self._generation != _generation and not self.given_only:
+            self._answers.clear()
+        self._generation = _generation

@@ -1,0 +1,87 @@
+"""The facts layer (lib.facts): every fact asked of a host answered in one round trip, exactly (a
+file's text byte for byte, with or without its last newline), kept until a command that may change
+a host runs, and given in place for a planner's test. The batch script runs in this machine's bash."""
+import subprocess
+
+import pytest
+
+from lib import facts
+from lib import params as P
+from lib.facts import CommandFact, FileFact, Output
+from lib.remote import Remote, Result
+
+PARAMS = P.load()
+
+
+class LocalHost(Remote):
+    """A host whose commands run in this machine's bash, as we are; counts them."""
+
+    def __init__(self):
+        super().__init__(PARAMS, PARAMS.primary)
+        self.commands = []
+
+    def run(self, command, *, user=None, stdin=None, check=True, reads_only=False, **kw):
+        if not reads_only:
+            facts.stale()
+        self.commands.append(command)
+        r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, input=stdin)
+        return Result(command, r.returncode, r.stdout, r.stderr)
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "conf").write_text("listen_addresses = '*'\n# no newline at the end")
+    (tmp_path / ("conf" + facts.ORIGINAL_SUFFIX)).write_text("")
+    (tmp_path / "tricky").write_text("@@abc:0:begin\nabsent\n\n")
+    return tmp_path
+
+
+def test_several_facts_in_one_round_trip_each_answer_exact(files):
+    host = LocalHost()
+    conf, tricky, missing = (FileFact(str(files / n)) for n in ("conf", "tricky", "missing"))
+    failing = CommandFact("echo partial; echo why >&2; exit 3")
+    host.facts.prefetch([conf, tricky, missing, failing])
+    assert len(host.commands) == 1
+    found = host.facts.get(conf)
+    assert found.text == "listen_addresses = '*'\n# no newline at the end" and found.original_kept
+    assert found.access.split()[1] == "644"
+    assert host.facts.get(tricky).text == "@@abc:0:begin\nabsent\n\n" and not host.facts.get(tricky).original_kept
+    assert host.facts.get(missing).text is None and not host.facts.get(missing).exists
+    assert host.facts.get(failing) == Output(False, "partial\n")
+    assert len(host.commands) == 1, "every answer came from the one round trip"
+
+
+def test_answers_are_kept_until_a_command_that_may_change_a_host(files):
+    host = LocalHost()
+    conf = FileFact(str(files / "conf"))
+    first = host.facts.get(conf)
+    host.run("true", reads_only=True)                  # a read: the answers stay
+    assert host.facts.get(conf) is first and len(host.commands) == 2
+    (files / "conf").write_text("changed\n")
+    host.run(f"touch {files / 'conf'}")                # may have changed something: read again
+    assert host.facts.get(conf).text == "changed\n"
+    assert host.facts.read(conf).text == "changed\n" and len(host.commands) == 5, "read() always asks again"
+
+
+def test_a_fact_of_another_user_runs_as_that_user():
+    host = LocalHost()
+    who = CommandFact("id -un", user="nobody")
+    assert host.facts.get(who).stdout == "nobody\n"
+
+
+def test_an_answer_cut_off_is_an_error_not_a_wrong_fact():
+    out = subprocess.run(["bash", "-c", facts.batch([CommandFact("echo hello")], "n1")], capture_output=True,
+                         text=True).stdout
+    assert facts.answers(out, 1, "n1") == [(0, "hello\n", "")]
+    with pytest.raises(facts.FactUnreadable, match="not whole"):
+        facts.answers(out[:len(out) // 2], 1, "n1")
+
+
+def test_given_answers_stand_for_the_host_and_nothing_else_is_asked():
+    host = Remote(PARAMS, PARAMS.primary)
+    known = CommandFact("uname -r")
+    host.facts.given({known: Output(True, "6.1\n")})
+    facts.stale()
+    assert host.facts.get(known).stdout == "6.1\n"
+    with pytest.raises(facts.FactUnreadable, match="no answer given for CommandFact"):
+        host.facts.get(CommandFact("hostname"))
