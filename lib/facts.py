@@ -105,11 +105,12 @@ class SqlFact(Fact):
     """A read-only query as postgres over the local socket (a session that cannot write)."""
     user = "postgres"
 
-    def __init__(self, sql: str, database: str = "postgres", port: int = 5432):
-        super().__init__(sql, database, port)
+    def __init__(self, sql: str, database: str = "postgres", port: int = 5432, *, masked: bool = True):
+        super().__init__(sql, database, port, masked)
+        self.masked = masked        # False for a value compared with a secret's form (a stored md5 verifier)
 
     def command(self) -> str:
-        sql, database, port = self.args
+        sql, database, port, _ = self.args
         return (f"PGOPTIONS='-c default_transaction_read_only=on' psql -X -q -A -t -F '|' -v ON_ERROR_STOP=1 "
                 f"-p {int(port)} -d {shlex.quote(database)} -c {shlex.quote(sql)}")
 

@@ -133,12 +133,3 @@ def healthy_but_detached(env, nodes: list[dict]) -> list[tuple[int, str]]:
                 n["pg_role"] == "primary" and n["status"] == "up" for n in nodes if n is not node):
             found.append((int(node["node_id"]), f"{name} is down in pgpool, but it is the only primary"))
     return found
-
-
-def current_nodes(env) -> list[dict] | None:
-    """SHOW pool_nodes now, or None when pgpool does not answer."""
-    try:
-        with via_pgpool(env)() as conn:
-            return pool_nodes(conn)
-    except ConnectionError:
-        return None

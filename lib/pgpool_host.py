@@ -169,6 +169,32 @@ def pcp(env, tool: str, *args: str) -> str:
     return " ".join([tool, "-h localhost", f"-p {env.params.pgpool['pcp_port']}", f"-U {PGPOOL_ROLE}", "-w", *args])
 
 
+#: pcp_node_info -v's names (pgpool 4.3 and later) -> SHOW pool_nodes' columns
+PCP_FIELDS = {"Hostname": "hostname", "Status Name": "status", "Backend Status Name": "pg_status", "Role": "role",
+              "Backend Role": "pg_role", "Replication State": "replication_state", "Weight": "weight"}
+
+
+def pcp_node(text: str, node_id: int) -> dict:
+    """One node as pcp_node_info -v describes it, under SHOW pool_nodes' column names."""
+    said = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if _}
+    return {"node_id": str(node_id), **{column: said.get(name, "") for name, column in PCP_FIELDS.items()}}
+
+
+def nodes_fact(env) -> facts.CommandFact:
+    """Every node as pcp sees it, one block a node, as postgres on the pgpool host."""
+    return facts.CommandFact("; ".join(f"{pcp(env, 'pcp_node_info', '-v', f'-n {i}')}; echo @@"
+                                       for i in range(len(env.params.database_hosts))), user="postgres")
+
+
+def known_nodes(env) -> list[dict] | None:
+    """The nodes as the planners know them (lib.facts), or None when pcp does not answer (pgpool down)."""
+    out = env.pgpool.facts.get(nodes_fact(env))
+    blocks = out.stdout.split("@@\n")[:-1]
+    if len(blocks) != len(env.params.database_hosts) or not all("Status Name" in b for b in blocks):
+        return None
+    return [pcp_node(b, i) for i, b in enumerate(blocks)]
+
+
 def pgpool_log(env, lines: int = 5) -> str:
     """The guide's `journalctl -u pgpool2 | tail`: with logging_collector on (Step 30) pgpool
     writes its own log file instead."""

@@ -20,12 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lib import db, facts, guide, roles, secrets
+from lib import REPO, db, facts, guide, roles, secrets
 from lib import params as P
 from lib.remote import Hosts, Remote
 
 #: where the recordings are, one file per parameter file's environment
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "plans"
+FIXTURES = REPO / "tests" / "data" / "plans"
 
 VALUE_TYPES = {t.__name__: t for t in (facts.File, facts.Rows, facts.Output)}
 
@@ -133,6 +133,11 @@ def from_edits(entries: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def params_of(path: Path):
+    """The parameters a recording was made with."""
+    return P.load(REPO / json.loads(path.read_text())["params"])
+
+
 def read(path: Path, params) -> dict[str, dict[int, dict]]:
     """A recording as {"before"|"after": {step number: {"facts": {host: {key: value}}, "plan", "outside",
     "clone_decision"}}}, the answers typed and the placeholders filled with `params`' secrets."""
@@ -237,7 +242,8 @@ def main(argv: list[str]) -> int:
     FIXTURES.mkdir(parents=True, exist_ok=True)
     out = FIXTURES / f"{params.environment}.json"
     steps = {"before": before, "after": after}
-    out.write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in [
+    source = str(Path(argv[0]).resolve().relative_to(REPO)) if argv else "params/lab.yaml"
+    out.write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in [("params", source),
         *((f"{when} {n}", step) for when, by_number in steps.items() for n, step in by_number.items()),
         *((f"answer {i}", e) for i, e in as_edits(store).items())]) + "\n}\n")
     print(f"recorded {len(before)} steps into {out}")

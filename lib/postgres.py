@@ -131,9 +131,10 @@ def value(remote, sql: str, *, database: str = "postgres") -> str:
     return remote.psql(sql, database=database, reads_only=True).stdout.strip()
 
 
-def known(remote, sql: str, *, database: str = "postgres") -> facts.Rows:
-    """A planner's read-only query: its answer, asked once in the run (lib.facts)."""
-    return remote.facts.get(facts.SqlFact(sql, database, remote.params.postgres["port"]))
+def known(remote, sql: str, *, database: str = "postgres", masked: bool = True) -> facts.Rows:
+    """A planner's read-only query: its answer, asked once in the run (lib.facts). masked=False keeps the
+    secret values of the run in it: only for comparing, never for printing."""
+    return remote.facts.get(facts.SqlFact(sql, database, remote.params.postgres["port"], masked=masked))
 
 
 # --- the cluster ------------------------------------------------------------------------------------
@@ -254,7 +255,7 @@ def role_differences(remote, role: str, password: str, attributes: str) -> list[
     """None if the role does not exist; else what differs from the wanted attributes and
     password (an empty list: nothing). Reads only; the password is never shown."""
     found = known(remote, f"SELECT rolreplication, rolcanlogin, coalesce(rolpassword, '') FROM pg_authid "
-                          f"WHERE rolname = {sql_literal(role)}")
+                          f"WHERE rolname = {sql_literal(role)}", masked=False)
     if not found.rows:
         return None
     replication, login, stored = found.rows[0]

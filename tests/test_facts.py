@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from lib import facts
+from lib import facts, secrets
 from lib import params as P
 from lib.facts import CommandFact, FileFact, Output
 from lib.remote import Remote, Result
@@ -85,3 +85,15 @@ def test_given_answers_stand_for_the_host_and_nothing_else_is_asked():
     assert host.facts.get(known).stdout == "6.1\n"
     with pytest.raises(facts.FactUnreadable, match="no answer given for CommandFact"):
         host.facts.get(CommandFact("hostname"))
+
+
+def test_answers_are_masked_unless_the_fact_is_for_comparing_with_a_secret(tmp_path):
+    """A file's text, and a query made with masked=False (a stored md5 verifier), keep the run's secret
+    values: a planner compares them with what it wants. Other answers have them masked."""
+    secret = secrets.secret("replication", PARAMS)
+    (tmp_path / "pgpass").write_text(f"*:5432:*:replicator:{secret}\n")
+    host = LocalHost()
+    assert host.facts.get(CommandFact(f"echo {secret}")).stdout == "********\n"
+    assert host.facts.get(FileFact(str(tmp_path / "pgpass"))).text.endswith(f":{secret}\n")
+    assert not facts.SqlFact("SELECT rolpassword FROM pg_authid", masked=False).masked
+    assert facts.SqlFact("SELECT 1").masked

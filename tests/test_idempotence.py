@@ -542,10 +542,14 @@ def test_teardown_stops_pgpool_and_leaves_a_standalone_standby(provisioned_twice
 
 
 def data_fingerprint():
-    """What a wipe or a clone would change: each cluster's control data and its rows."""
-    controldata = "sudo -u postgres /usr/lib/postgresql/15/bin/pg_controldata -D /var/lib/postgresql/15/main"
+    """What a wipe or a clone would change: each cluster's identity, the timeline it writes on, and its rows.
+    Not its checkpoints: the server makes those itself (a promoted standby's first one can end minutes later)."""
+    identity = ("sudo -u postgres /usr/lib/postgresql/15/bin/pg_controldata -D /var/lib/postgresql/15/main "
+                "| grep -e '^Database system identifier' -e '^Database cluster state'")
+    timeline = ("sudo -u postgres psql -XAtc \"SELECT CASE WHEN pg_is_in_recovery() THEN 'in recovery' "
+                "ELSE 'writing on timeline ' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END\"")
     rows = "sudo -u postgres psql -XAtc 'select name from employees order by id' testdb"
-    return {h: on(h, f"cd /; {controldata}; {rows}") for h in ("vm1", "vm2")}
+    return {h: on(h, f"cd /; {identity}; {timeline}; {rows}") for h in ("vm1", "vm2")}
 
 
 def refused_before_any_change(tmp_path, secrets_file, change, message):

@@ -7,9 +7,9 @@ from functools import partial
 from lib import db, loadbalance, ops, postgres
 from lib.ops import Secret, guide_step
 from lib.part2.backends import as_client
-from lib.pgpool_client import (check_nodes, current_nodes, healthy_but_detached, pool_nodes, pool_show,
+from lib.pgpool_client import (check_nodes, healthy_but_detached, pool_nodes, pool_show,
                                through_pgpool_prompt, via_pgpool, wait_for_nodes)
-from lib.pgpool_host import APP_ROLE, PCPPASS, pcp
+from lib.pgpool_host import APP_ROLE, PCPPASS, known_nodes, pcp
 from lib.postgres import TEST_DB, patience
 from lib.show import expect, masked_columns, prompt, table
 from lib.wait import wait_until
@@ -41,7 +41,7 @@ def nodes_as_wanted(env) -> str:
 def check_pool_nodes(env) -> ops.Step:
     nodes = partial(nodes_as_wanted, env)
     step = ops.Step("pool_nodes")
-    for node_id, why in healthy_but_detached(env, current_nodes(env) or []):
+    for node_id, why in healthy_but_detached(env, known_nodes(env) or []):
         step.do(ops.Command(env.pgpool, "postgres", pcp(env, "pcp_attach_node", f"-n {node_id}"),
                             shown=pcp(env, "pcp_attach_node", f"-n {node_id}") + f"    # {why}",
                             summary=f"node {node_id} attached again",

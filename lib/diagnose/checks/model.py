@@ -8,7 +8,7 @@ from functools import cached_property
 
 from lib import pgpool_host, pgpoolconf
 from lib.diagnose.readonly import ReadOnlyHost
-from lib.pgpool_host import PGPOOL_ROLE
+from lib.pgpool_host import PGPOOL_ROLE, pcp_node
 from lib.postgres import ClusterRow
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -175,9 +175,5 @@ def nodes_by_pcp(c: Cluster) -> tuple[list[dict], str]:
                              "-v", "-n", str(i)], user="postgres")
         if not out.ok:
             return [], (out.stderr or out.stdout).strip()
-        # -v: "Name : value" lines, the same names in pgpool 4.3 and later
-        info = {k.strip(): v.strip() for k, _, v in (l.partition(":") for l in out.stdout.splitlines()) if v}
-        nodes.append({"node_id": i, "hostname": info.get("Hostname", ""), "status": info.get("Status Name", ""),
-                      "role": info.get("Role", ""), "pg_role": info.get("Backend Role", ""),
-                      "pg_status": info.get("Backend Status Name", ""), "weight": info.get("Weight", "")})
+        nodes.append({**pcp_node(out.stdout, i), "node_id": i})
     return nodes, ""
