@@ -1,13 +1,13 @@
-"""What the hosts are, read once: each fact is a command and a parser (pyinfra's facts, smaller).
+"""What the hosts are, read for the planners: each fact is a command and a parser (pyinfra's facts, smaller).
 
-A step's planner asks `remote.facts.get(fact)` for what it needs to decide. The first question to a host
-runs every fact asked of it at once, in one SSH round trip (`prefetch` can ask for more ahead), and
-the answers are kept for the run, until anything may have changed the hosts: a command that is not
-a read (an applied action, a drill's stop) makes every host's answers stale (`stale`). Reads that
-change nothing say so (`Remote.run(..., reads_only=True)`) and keep them.
+A step's planner asks `remote.facts.get(fact)` for what it needs to decide. Facts asked together
+(`prefetch`) are answered in one SSH round trip, and every answer is kept for the run until anything
+may have changed the hosts: a command that is not a read (an applied action, a drill's stop) makes
+every host's answers stale (`stale`). Reads that change nothing say so (`Remote.run(..., reads_only=True)`)
+and keep them. `read` asks again whatever is known (a verification, a wait).
 
-The values are typed (a file with its owner, mode and text; a server's state; a query's rows), so a
-planner can be tested without a host: `HostFacts.given` puts the answers in place.
+The values are typed (a file with its owner, mode and text; a query's rows; a command's output), so a
+planner can be tested without a host: `HostFacts.given` puts the answers in place (tests/test_plans.py).
 """
 from __future__ import annotations
 

@@ -171,7 +171,7 @@ def ssh_trust(env) -> ops.Step:
         lines = []
         for r in database_remotes(env):
             command = f"ssh {ssh_options()} postgres@{r.host.address} hostname"
-            out = vm3.run(command, user="postgres", check=False)
+            out = vm3.run(command, user="postgres", check=False, reads_only=True)
             expect(out.ok, f"postgres on {vm3.host.name} cannot log in to {r.host.name}: "
                            f"{out.stderr.strip() or out.stdout.strip()}",
                    f"check {AUTHORIZED_KEYS} on {r.host.name} and {KNOWN_HOSTS} on {vm3.host.name} (provision again).")

@@ -346,7 +346,7 @@ def check_streaming(env) -> ops.Step:
 
     def streaming():
         def rows():
-            return [l.split("|") for l in primary.psql(REPLICATION_QUERY).lines]
+            return [l.split("|") for l in primary.psql(REPLICATION_QUERY, reads_only=True).lines]
         found, _ = wait_until(lambda: {r[2] for r in rows() if r[3] == "streaming"} >= wanted,
                               timeout=patience(primary, 30))
         streaming = {r[2] for r in rows() if r[3] == "streaming"}

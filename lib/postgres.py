@@ -373,7 +373,8 @@ def read_only_step(standbys, department: str) -> ops.Step:
 def write_refused(standby, department: str) -> str:
     """An INSERT on a standby must fail with SQLSTATE 25006 (read_only_sql_transaction)."""
     sql = f"INSERT INTO employees (name, department) VALUES ('Hacker', {sql_literal(department)});"
-    r = standby.psql("\\set VERBOSITY verbose\n" + sql, database=TEST_DB, check=False)
+    r = standby.psql("\\set VERBOSITY verbose\n" + sql, database=TEST_DB, check=False,
+                     reads_only=True)       # it must fail: a standby that took it is what this reports
     error = next((l[l.index("ERROR:"):] for l in r.stderr.splitlines() if "ERROR:" in l), r.stderr.strip())
     expect(r.exit_code != 0 and "25006" in error,
            f"the INSERT on {standby.host.name} did not fail with SQLSTATE 25006 (exit {r.exit_code}: {error!r}).",

@@ -231,7 +231,7 @@ def ready(env) -> str:
             if other is r:
                 continue
             command = f"ssh {failover_scripts.ssh_options()} postgres@{other.host.address} ready"
-            out = r.run(command, user="postgres", check=False)
+            out = r.run(command, user="postgres", check=False, reads_only=True)
             expect(out.ok and "ready" in out.stdout, f"postgres on {r.host.name} cannot ask {other.host.name}: "
                    f"{out.stderr.strip() or out.stdout.strip()}", "provision again (Step 45): keys, known_hosts and "
                    f"{REJOIN_PROGRAM} on every server.")

@@ -32,7 +32,7 @@ def version_line(remote, command: str, user: str | None = None) -> str:
     """`psql --version` → 'psql (PostgreSQL) 15'; `pgpool --version` → 'pgpool-II version 4.3', and a comment
     saying what was left out: the point release and Debian's revision, which change with every update of the
     package and change nothing this guide relies on."""
-    out = remote.run(f"{command} 2>&1", user=user).stdout.strip().splitlines()[0]
+    out = remote.run(f"{command} 2>&1", user=user, reads_only=True).stdout.strip().splitlines()[0]
     words, said = out.split(), ""
     for i, w in enumerate(words):
         if w[:1].isdigit():
@@ -242,12 +242,12 @@ def listen_on_standbys(env) -> ops.Step:
 
 # --- Step 29 -----------------------------------------------------------------------------------------------
 def as_client(remote, command: str, secret_name: str, *, flags: str = "-X", check: bool = True):
-    """`command` (a psql command line as the guide writes it) run on `remote` as the admin user, a
-    client's way: the secret's password on stdin into PGPASSWORD, `flags` added to psql."""
+    """`command` (a psql command line as the guide writes it, which only reads) run on `remote` as the
+    admin user, a client's way: the secret's password on stdin into PGPASSWORD, `flags` added to psql."""
     to_pgpool = f"-p {remote.params.pgpool['port']} " in command
     verified = tls.environment(remote.params, to_pgpool=to_pgpool) if tls.on(remote.params) else ""
     return remote.run(f"read -r PGPASSWORD; export PGPASSWORD; {verified}{command.replace('psql', f'psql {flags}', 1)}",
-                      stdin=secret(secret_name, remote.params) + "\n", check=check)
+                      stdin=secret(secret_name, remote.params) + "\n", check=check, reads_only=True)
 
 
 def login_from(remote, target, user: str, secret_name: str, port: int, database: str = "postgres") -> str:

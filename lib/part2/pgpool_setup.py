@@ -175,7 +175,8 @@ def pool_passwd_entries(env) -> dict[str, str]:
     compared with pool_passwd, never shown."""
     vm3 = env.pgpool
     pairs = "".join(f"{u}:{secret(u, env.params)}\n" for u in POOL_PASSWD_ROLES)
-    out = vm3.run(f"pg_enc -k {KEY_FILE} -i /dev/stdin", user="root", stdin=pairs, mask=False, check=False).stdout
+    out = vm3.run(f"pg_enc -k {KEY_FILE} -i /dev/stdin", user="root", stdin=pairs, mask=False, check=False,
+                  reads_only=True).stdout
     # pg_enc prints each pair's entry as `pool_passwd string: AES…` (some builds: `user:AES…`).
     users = POOL_PASSWD_ROLES
     found = dict(l.split(":", 1) for l in out.splitlines() if re.match(r"^[^\s:]+:AES\S+$", l))
@@ -233,7 +234,7 @@ def password_file(env) -> ops.Step:
 
     def private():
         files = [path, pcp, PCPPASS] + ([] if md5_mode(p) else [KEY_FILE])
-        out = vm3.run("stat -c '%U:%G %a %n' " + " ".join(map(shlex.quote, files)), user="root").lines
+        out = vm3.run("stat -c '%U:%G %a %n' " + " ".join(map(shlex.quote, files)), user="root", reads_only=True).lines
         loose = [l for l in out if not l.startswith(f"{SECRET_OWNER} {SECRET_MODE} ")]
         expect(not loose, f"files that hold secrets can be read by others: {'; '.join(loose)}.",
                f"provision again: it sets them to {SECRET_OWNER}, mode {SECRET_MODE}")

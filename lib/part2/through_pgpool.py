@@ -22,7 +22,7 @@ def pcp_node_count(env) -> str:
     """pcp works: pcp_node_count as postgres, password from ~postgres/.pcppass (-w: never prompt)."""
     vm3 = env.pgpool
     command = pcp(env, "pcp_node_count")
-    r = vm3.run(command, user="postgres", check=False)
+    r = vm3.run(command, user="postgres", check=False, reads_only=True)
     expect(r.ok, f"pcp_node_count failed on {vm3.host.name}: {r.stderr.strip()}",
            f"check pcp.conf (user:md5 of the password) and {PCPPASS} (host:port:user:password, mode 600) (Step 32).")
     expect(int(r.stdout.strip()) == len(env.params.database_hosts), f"pcp reports {r.stdout.strip()} nodes.",
