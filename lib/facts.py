@@ -11,10 +11,15 @@ planner can be tested without a host: `HostFacts.given` puts the answers in plac
 """
 from __future__ import annotations
 
+import json
+import os
 import secrets as token
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
+
+from lib import journal
 
 #: beside a file we change, the copy of it as it was before our first change (lib.ops keeps it)
 ORIGINAL_SUFFIX = ".pgguide-orig"
@@ -34,6 +39,7 @@ class Fact:
     """A command (run as `user`) and how its output reads. Equal facts share one answer."""
     user = "root"
     masked = True           # the answer has the run's secret values masked (a file's text must stay exact)
+    live = False            # what others change as they run (pgpool's view of the nodes): never asked ahead
 
     def __init__(self, *args: Any):
         self.args = args
@@ -105,9 +111,11 @@ class SqlFact(Fact):
     """A read-only query as postgres over the local socket (a session that cannot write)."""
     user = "postgres"
 
-    def __init__(self, sql: str, database: str = "postgres", port: int = 5432, *, masked: bool = True):
+    def __init__(self, sql: str, database: str = "postgres", port: int = 5432, *, masked: bool = True,
+                 live: bool = False):
         super().__init__(sql, database, port, masked)
         self.masked = masked        # False for a value compared with a secret's form (a stored md5 verifier)
+        self.live = live
 
     def command(self) -> str:
         sql, database, port, _ = self.args
@@ -133,9 +141,9 @@ class Output:
 class CommandFact(Fact):
     """A read-only command's output, as `user`."""
 
-    def __init__(self, command: str, user: str = "root"):
+    def __init__(self, command: str, user: str = "root", *, live: bool = False):
         super().__init__(command)
-        self.user = user
+        self.user, self.live = user, live
 
     def command(self) -> str:
         return self.args[0]
@@ -189,11 +197,20 @@ class HostFacts:
         self._generation = _generation
         self.round_trips = 0
         self.given_only = False
+        self.asked: dict[tuple, Fact] = {}      # what this run asked, for the next run (remember)
+        self._ahead: list[Fact] = []            # asked with the first question: what the last run asked
+
+    def expect(self, facts: Iterable[Fact]) -> None:
+        """Ask these too with the first question to the host (what the last run asked: recall)."""
+        self._ahead = list(facts)
 
     def get(self, fact: Fact) -> Any:
         self._drop_if_stale()
+        if not fact.live:
+            self.asked.setdefault(fact.key, fact)
         if fact.key not in self._answers:
-            self.prefetch([fact])
+            ahead, self._ahead = self._ahead, []
+            self.prefetch([fact, *ahead])
         return self._answers[fact.key]
 
     def read(self, fact: Fact) -> Any:
@@ -215,6 +232,7 @@ class HostFacts:
         nonce = token.token_hex(6)
         out = self.remote.run(batch(wanted, nonce), user="root", mask=False, reads_only=True).stdout
         self.round_trips += 1
+        journal.facts_read(self.remote.host.name)
         for fact, (code, stdout, err) in zip(wanted, answers(out, len(wanted), nonce)):
             if fact.masked:
                 stdout = self.remote.mask(stdout)
@@ -231,3 +249,40 @@ class HostFacts:
         if self._generation != _generation and not self.given_only:
             self._answers.clear()
         self._generation = _generation
+
+
+# --- what the last run asked -------------------------------------------------------------------------
+KINDS = {k.__name__: k for k in (FileFact, SqlFact, CommandFact)}
+
+
+def from_key(key: list | tuple) -> Fact:
+    """The fact a key stands for."""
+    kind, user, *args = key
+    if kind == "SqlFact":
+        sql, database, port, masked = args
+        return SqlFact(sql, database, port, masked=masked)
+    if kind == "CommandFact":
+        return CommandFact(args[0], user)
+    return KINDS[kind](*args)
+
+
+def recall(path: Path) -> dict[str, list[Fact]]:
+    """The facts earlier runs asked of each host (nothing when there is no such file)."""
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {host: [from_key(k) for k in keys if k and k[0] in KINDS] for host, keys in kept.items()}
+
+
+def remember(path: Path, remotes) -> None:
+    """Add what this run asked of each host to `path` (keys only: commands, paths and queries, never an
+    answer), written whole."""
+    kept = {h: [f.key for f in fs] for h, fs in recall(path).items()}
+    for r in remotes:
+        known = {tuple(k) for k in kept.get(r.host.name, [])}
+        kept[r.host.name] = [*kept.get(r.host.name, []), *(k for k in r.facts.asked if k not in known)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(kept, indent=1) + "\n")
+    partial.replace(path)

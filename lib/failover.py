@@ -239,8 +239,8 @@ def commit_acknowledgement(env) -> ops.Step:
     for r in database_remotes(env):
         path = conf_file(r, "postgresql.conf")
         postgres.edit_step(step, r, path, lambda text: pgconf.set_settings(text, wanted))
-        if postgres.known(r, SUSPENDED_SQL).value != "0":         # failover.sh suspended synchronous commit here
-            expect(r is not env.primary or int(postgres.known(r, STREAMING_SQL).value) > 0,
+        if postgres.known(r, SUSPENDED_SQL, live=True).value != "0":     # failover.sh suspended synchronous commit
+            expect(r is not env.primary or int(postgres.known(r, STREAMING_SQL, live=True).value) > 0,
                    f"failover.sh suspended synchronous commit on {r.host.name} when no standby was left, and still "
                    f"no standby streams from it: making commits wait now would stop every write.",
                    "bring a standby back (notebook 04: rejoin); attaching it resumes synchronous commit (failback.sh).")

@@ -29,6 +29,11 @@ def contacted(host: str) -> None:
     _append({"host": host})
 
 
+def facts_read(host: str) -> None:
+    """The planners' facts were read on `host`: one SSH round trip (lib.facts)."""
+    _append({"host": host, "facts_read": 1})
+
+
 def applied(action: dict) -> None:
     """A step applied an action (lib.ops.Action.record(): host, user, what, shown, bash)."""
     _append({**action, "applied": True})

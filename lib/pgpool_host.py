@@ -183,7 +183,7 @@ def pcp_node(text: str, node_id: int) -> dict:
 def nodes_fact(env) -> facts.CommandFact:
     """Every node as pcp sees it, one block a node, as postgres on the pgpool host."""
     return facts.CommandFact("; ".join(f"{pcp(env, 'pcp_node_info', '-v', f'-n {i}')}; echo @@"
-                                       for i in range(len(env.params.database_hosts))), user="postgres")
+                                       for i in range(len(env.params.database_hosts))), user="postgres", live=True)
 
 
 def known_nodes(env) -> list[dict] | None:

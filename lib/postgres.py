@@ -131,10 +131,11 @@ def value(remote, sql: str, *, database: str = "postgres") -> str:
     return remote.psql(sql, database=database, reads_only=True).stdout.strip()
 
 
-def known(remote, sql: str, *, database: str = "postgres", masked: bool = True) -> facts.Rows:
+def known(remote, sql: str, *, database: str = "postgres", masked: bool = True, live: bool = False) -> facts.Rows:
     """A planner's read-only query: its answer, asked once in the run (lib.facts). masked=False keeps the
-    secret values of the run in it: only for comparing, never for printing."""
-    return remote.facts.get(facts.SqlFact(sql, database, remote.params.postgres["port"], masked=masked))
+    secret values of the run in it: only for comparing, never for printing. live: what pgpool's scripts
+    change as they run, never asked ahead."""
+    return remote.facts.get(facts.SqlFact(sql, database, remote.params.postgres["port"], masked=masked, live=live))
 
 
 # --- the cluster ------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def survey(remote: Remote) -> Facts:
     # the values are validated names (lib.params), quoted all the same
     script = SURVEY.format(iface=shlex.quote(p.options["interface"]), version=int(p.postgres["version"]),
                            cluster=p.postgres["cluster"], pgpool_package=shlex.quote(p.pgpool["package"]))
-    out = dict(line.split("=", 1) for line in remote.run(script).lines if "=" in line)
+    out = dict(line.split("=", 1) for line in remote.run(script, reads_only=True).lines if "=" in line)
     return Facts(remote, out["inet"], out["os"], out["postgresql"], out["postgresql_any"],
                  out["pgpool"], out["cluster"], out["systemd"])
 
@@ -90,7 +90,7 @@ def check_host(f: Facts) -> None:
 
 
 def check_sudo(remote: Remote) -> str:
-    who = remote.sudo("id -un").stdout.strip()
+    who = remote.sudo("id -un", reads_only=True).stdout.strip()
     expect(who == "root", f"sudo on {remote.host.name} runs as {who!r}, not root.",
            "give the admin user sudo rights (the guide runs every change with sudo).")
     return "works"
@@ -98,7 +98,7 @@ def check_sudo(remote: Remote) -> str:
 
 # --- reachability ------------------------------------------------------------------------
 def probe_from_host(remote: Remote, address: str, port: int) -> str:
-    r = remote.run(f"timeout 3 bash -c '</dev/tcp/{address}/{port}' 2>&1", check=False)
+    r = remote.run(f"timeout 3 bash -c '</dev/tcp/{address}/{port}' 2>&1", check=False, reads_only=True)
     if r.ok:
         return "listening"
     if "refused" in r.stdout:

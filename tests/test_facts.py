@@ -97,3 +97,38 @@ def test_answers_are_masked_unless_the_fact_is_for_comparing_with_a_secret(tmp_p
     assert host.facts.get(FileFact(str(tmp_path / "pgpass"))).text.endswith(f":{secret}\n")
     assert not facts.SqlFact("SELECT rolpassword FROM pg_authid", masked=False).masked
     assert facts.SqlFact("SELECT 1").masked
+
+
+def test_what_a_run_asked_is_asked_with_the_next_runs_first_question(files, tmp_path):
+    """A run keeps the keys of the facts it asked (never the answers); the next asks them all with its
+    first question to the host: one round trip when nothing changed. Live facts are not kept."""
+    first = LocalHost()
+    conf, count = FileFact(str(files / "conf")), facts.SqlFact("SELECT count(*) FROM employees", "testdb", 5433)
+    first.facts.get(conf)
+    first.facts.get(CommandFact("echo kept", user="nobody"))
+    first.facts.given_only = True           # from here on answered in place: this machine has no psql, no pcp
+    first.facts._answers[count.key] = facts.Rows(True, (("3",),))
+    first.facts.get(count)
+    first.facts._answers[("CommandFact", "postgres", "pcp_node_info")] = Output(True, "")
+    first.facts.get(CommandFact("pcp_node_info", "postgres", live=True))
+    memory = tmp_path / "runs" / "facts-asked.json"
+    facts.remember(memory, [first])
+    recalled = facts.recall(memory)[first.host.name]
+    assert [f.key for f in recalled] == [conf.key, ("CommandFact", "nobody", "echo kept"), count.key]
+    assert "kept\n" not in memory.read_text() and "listen_addresses" not in memory.read_text(), "keys only"
+
+    second = LocalHost()
+    second.facts.expect(recalled[:2])
+    second.facts.get(CommandFact("echo now"))
+    assert len(second.commands) == 1
+    assert second.facts.get(conf).exists and second.facts.get(recalled[1]).stdout == "kept\n"
+    assert len(second.commands) == 1, "the first question brought the others' answers"
+    facts.remember(memory, [second])
+    assert [f.key for f in facts.recall(memory)[first.host.name]][-1] == ("CommandFact", "root", "echo now")
+
+
+def test_a_key_stands_for_its_fact():
+    for fact in (FileFact("/etc/hosts"), facts.SqlFact("SELECT 1", "testdb", 5433, masked=False),
+                 CommandFact("id -un", user="postgres")):
+        assert facts.from_key(list(fact.key)).key == fact.key
+        assert facts.from_key(list(fact.key)).command() == fact.command()

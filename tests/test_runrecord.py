@@ -61,6 +61,15 @@ def test_summary_counts_changed_steps(tmp_path):
     assert data["steps"][0]["changes"] == [{"host": "vm1", "what": "role x created"}]
 
 
+def test_summary_counts_the_round_trips_that_read_facts():
+    s = Summary("lab", "params/lab.yaml")
+    s.steps = [StepRecord("01", 1, "a", "in place"), StepRecord("01", 2, "b", "in place")]
+    s.steps[0].add_events([{"host": "vm1", "facts_read": 1}, {"host": "vm2", "facts_read": 1}, {"host": "vm1"}])
+    s.steps[1].add_events([{"host": "vm1", "facts_read": 1}])
+    s.finish("succeeded", 1.0)
+    assert s.fact_reads == {"vm1": 2, "vm2": 1} and s.steps[0].fact_reads == {"vm1": 1, "vm2": 1}
+
+
 def test_commands_sh_is_bash_with_every_applied_action_and_secrets_as_references(tmp_path, monkeypatch):
     import subprocess
 

@@ -35,7 +35,7 @@ def measure(params_file: Path, rounds: int, say) -> dict:
     steps: dict[str, list[float]] = defaultdict(list)
     second_steps: dict[str, list[float]] = defaultdict(list)
     notebooks: dict[str, list[float]] = defaultdict(list)
-    changed_second = []
+    changed_second, fact_reads = [], []
     for i in range(1, rounds + 1):
         timed(LAB, "down", params_file)
         walls["lab up"].append(timed(LAB, "up", params_file)[0])
@@ -54,6 +54,7 @@ def measure(params_file: Path, rounds: int, say) -> dict:
         walls["provision again (nothing to change)"].append(seconds)
         summary = record_of(out)
         changed_second.append(summary["steps_changed"])
+        fact_reads.append(summary.get("fact_reads", {}))
         for s in summary["steps"]:
             second_steps[f"{s['notebook']} {('Step ' + str(s['step'])) if s['step'] else s['title']}"].append(s["seconds"])
         walls["provision --check"].append(timed(PROVISION, "--check", params_file)[0])
@@ -67,6 +68,7 @@ def measure(params_file: Path, rounds: int, say) -> dict:
             "slowest steps, second run": {k: spread(second_steps[k]) for k in
                                           sorted(second_steps, key=lambda k: -spread(second_steps[k])["median"])[:8]},
             "steps changed by the second run": changed_second,
+            "fact round trips per host, second run": fact_reads,
             "commands": [f"ci/lab down|up {params_file.name}", f"ci/provision {params_file.name}   # fresh, then again",
                          f"ci/provision --check {params_file.name}"]}
 

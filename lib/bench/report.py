@@ -39,6 +39,12 @@ def markdown(r: dict) -> str:
                                                                for k, v in list(p["slowest steps, fresh"].items())[:8]) + ".",
                 "Slowest on the second run: " + "; ".join(f"{k} {v['median']:.1f} s"
                                                            for k, v in list(p["slowest steps, second run"].items())[:5]) + ".", ""]
+        if p.get("fact round trips per host, second run"):
+            trips = p["fact round trips per host, second run"]
+            out += ["The second run read the planners' facts (lib.facts) in " + "; ".join(
+                ", ".join(f"{h} {n}" for h, n in sorted(run.items())) for run in trips)
+                + " SSH round trips per host (one line a round; each of the four notebooks' kernels asks "
+                  "with its first question what the last run asked).", ""]
     if "image" in r:
         out += ["**Lab image**: " + ", ".join(f"{k} {_s(v, digits=2)}" for k, v in r["image"].items()) + ".", ""]
     if "memory" in r:

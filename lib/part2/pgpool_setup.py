@@ -98,7 +98,7 @@ def settings_as_the_guide_groups(env) -> str:
     """Step 30's settings read back from pgpool.conf on the host, grouped as the guide groups them, each group
     with why."""
     vm3, path = env.pgpool, conf(env.params, "pgpool.conf")
-    text = vm3.run(f"cat {shlex.quote(path)}", user="root", mask=False).stdout
+    text = vm3.read_file(path)
     active = pgpoolconf.active_settings(text)
     wanted = pgpool_settings(env.params, backend_hosts(env.params, text), text)
     lines = [f"{prompt(vm3, 'root')}cat {path}    # its active settings, grouped as the guide groups them"]

@@ -37,12 +37,15 @@ class StepRecord:
     seconds: float = 0.0
     actions: list[dict] = field(default_factory=list, repr=False)    # the applied actions, for commands.sh
     checks: list[dict] = field(default_factory=list, repr=False)     # the verifications that passed, ditto
+    fact_reads: dict[str, int] = field(default_factory=dict)         # the round trips that read facts, per host
 
     def add_events(self, events: list[dict]) -> None:
         for e in events:
             if "verified" in e:
                 self.checks.append(e)
                 continue
+            if e.get("facts_read"):
+                self.fact_reads[e["host"]] = self.fact_reads.get(e["host"], 0) + 1
             if e["host"] not in self.hosts:
                 self.hosts.append(e["host"])
             if e.get("applied"):
@@ -61,6 +64,7 @@ class Summary:
     seconds: float = 0.0
     result: str = "running"          # succeeded | failed
     steps_changed: int = 0
+    fact_reads: dict[str, int] = field(default_factory=dict)         # SSH round trips that read facts, per host
     steps: list[StepRecord] = field(default_factory=list)
     failure: dict | None = None
 
@@ -68,6 +72,9 @@ class Summary:
         self.result, self.seconds = result, round(seconds, 2)
         self.finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.steps_changed = sum(1 for s in self.steps if s.status == "changed")
+        for s in self.steps:
+            for host, n in s.fact_reads.items():
+                self.fact_reads[host] = self.fact_reads.get(host, 0) + n
 
     def write(self, directory: Path) -> None:
         data = asdict(self)
