@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
 
 from lib import facts, ops, postgres, tls
 
@@ -205,3 +206,24 @@ def journal(env, lines: int = 5) -> str:
     """The guide's log command: with logging_collector on, systemd's journal keeps only what
     pgpool printed before its log file took over."""
     return postgres.read(env.pgpool, f"journalctl -u {shlex.quote(env.params.pgpool['service'])} --no-pager | tail -n {lines}")
+
+
+#: where the kernel shows a process blocked in a socket read (tcp_recvmsg waits there)
+IN_A_READ = "wait_woken"
+
+
+def health_check_in_a_read(env, node: int) -> bool:
+    """Whether pgpool's health check of `node` waits in a socket read now. Outside a read it sleeps
+    between checks, or waits in connect() or poll(), each bounded by health_check_timeout. A read is
+    bounded too, but only without TLS: with ssl = on, pgpool (4.3 measured, tests/test_guide_variants.py)
+    retries the read its timer interrupted, so a check whose server goes silent mid-read waits until
+    the network returns. Sampled twice, half a second apart: one sample can catch a normal check's short read."""
+    title = shlex.quote(f"health check process\\({int(node)}\\)")
+    probe = f"for p in $(pgrep -f {title}); do cat /proc/$p/wchan; echo; done"
+
+    def reading() -> bool:
+        return IN_A_READ in env.pgpool.run(probe, user="root", reads_only=True).stdout.split()
+    if not reading():
+        return False
+    time.sleep(0.5)
+    return reading()

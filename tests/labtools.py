@@ -71,3 +71,36 @@ def run_drills(params, out: Path) -> str:
        "-f", params, "--cwd", REPO / "notebooks", timeout=900)
     return "\n".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
                      if c["cell_type"] == "code" for o in c.get("outputs", []))
+
+
+def stalled_health_check(params) -> dict:
+    """pgpool's health check of a standby whose new sessions stall right after they log in
+    (post_auth_delay, for 6 s): whether that node's health check waits in a read 5 s in (as drill 3c
+    asks), and pgpool's log lines of those 5 s and until 3 s after the stall."""
+    import time
+    from lib import params as P, pgpool_host
+    from lib.remote import Hosts
+    prm = P.load(params)
+    standby = next(h for h in prm.database_hosts if psql(h, "SELECT pg_is_in_recovery()", params=params) == "t")
+    conf = on(prm.pgpool_host, "sudo cat /etc/pgpool2/pgpool.conf", params=params)
+    node = next(int(line.split("=")[0].strip()[len("backend_hostname"):]) for line in conf.splitlines()
+                if line.startswith("backend_hostname") and f"'{standby.address}'" in line)
+    log = "/var/log/pgpool2/pgpool.log"
+    size = int(on(prm.pgpool_host, f"sudo stat -c %s {log}", params=params))
+    # One session sets the delay and ends it: a session opened meanwhile, ours too, would wait. The setting
+    # lasts until the next reload, whose signal also wakes the sessions that wait (ending the stall).
+    stall = " -c ".join(json.dumps(sql) for sql in (
+        "ALTER SYSTEM SET post_auth_delay = 60", "SELECT pg_reload_conf()", "SELECT pg_sleep(1)",
+        "ALTER SYSTEM RESET post_auth_delay", "SELECT pg_sleep(5)", "SELECT pg_reload_conf()"))
+    began = time.monotonic()
+    with subprocess.Popen([str(LAB), "ssh", "--params", str(params), standby.name,
+                           f"sudo -u postgres psql -XAtq -c {stall}"], stdout=subprocess.DEVNULL) as session:
+        time.sleep(5)                        # a health check (every 2 s) began within the first second
+        in_a_read = pgpool_host.health_check_in_a_read(Hosts(prm, read_only=True), node)
+
+        def logged():
+            return on(prm.pgpool_host, f"sudo tail -c +{size + 1} {log}", params=params)
+        in_5_s = logged()
+        assert session.wait(timeout=30) == 0
+    time.sleep(max(0.0, began + 9 - time.monotonic()))
+    return {"node": node, "standby": standby.name, "in a read": in_a_read, "log in 5 s": in_5_s, "log": logged()}

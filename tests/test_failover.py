@@ -459,3 +459,21 @@ def test_a_planned_switchover_promotes_its_target_only_when_it_holds_as_much_wal
     rc, log, _ = run_failover(tmp_path, THREE, ended="shutdown 0/4000028", positions=positions, wanted=wanted)
     assert rc == 0 and f"promoting node {chosen} ({THREE[chosen][0]}): the most advanced standby" in log, log
     assert not (tmp_path / "switchover-to").exists() or wanted[1] < 0          # a request is used once
+
+
+def test_drill_3c_tries_again_only_after_a_health_check_held_in_a_tls_read(monkeypatch):
+    """A silence pgpool missed because its health check waited in a TLS read (which no setting bounds)
+    is tried once more; one it missed for another reason, or saw, is not."""
+    from lib.drills import standby as drill
+    Silent = drill.Silent
+
+    def tries(*seen):
+        said = iter(seen)
+        monkeypatch.setattr(drill, "silence_once", lambda *a: next(said))
+        silent, tried = drill.silence_until_seen(None, None, 1, 16, 14)
+        return tried, silent
+    held, missed, seen = Silent(0, None, True, ""), Silent(0, None, False, "log"), Silent(0, 11.0, False, "")
+    assert tries(held, seen) == (2, seen)
+    assert tries(held, held) == (2, held)
+    assert tries(missed, seen) == (1, missed)
+    assert tries(seen, held) == (1, seen)

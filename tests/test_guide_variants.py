@@ -224,3 +224,18 @@ def test_provisioning_after_a_failover_heals_with_the_same_parameter_file(harden
         assert ": 0 steps changed," in again.splitlines()[-1], again[-3000:]
     finally:
         sh(LAB, "up", params)        # the next module starts from a fresh lab, not from swapped roles
+
+
+def test_pgpools_health_check_does_not_time_out_a_read_inside_tls(hardened):
+    """With ssl = on, pgpool (4.3) does not apply health_check_timeout to a read inside TLS: it retries
+    the read its timer interrupted. A standby that stalls for 6 s after its login is neither tried
+    again nor detached, and the check waits in a read meanwhile (where a plaintext one has timed out
+    and retried: test_idempotence.py). So a silence that begins during a check goes unnoticed until
+    the network returns; drill 3c tells that case apart and tries again, and the book says so. If this
+    fails, pgpool has changed: take the retry out of drill 3c and the limitation out of the book."""
+    params, _ = hardened
+    seen = labtools.stalled_health_check(params)
+    n = seen["node"]
+    assert seen["in a read"], seen
+    assert f"retrying on DB node: {n}" not in seen["log in 5 s"], seen
+    assert f"retrying on DB node: {n}" not in seen["log"] and f"degenerate backend request for node_id: {n}" not in seen["log"], seen

@@ -17,7 +17,7 @@ from lib import REPO, conninfo, diagrams, failover_scripts, guide, part1, part2,
 from lib import params as P
 from lib.clone_guard import CloneDecision
 from lib.remote import Hosts, StepFailed
-from labtools import PARAMS_FILE, lab, on, sh
+from labtools import PARAMS_FILE, lab, on, sh, stalled_health_check
 from lib.provision.record import find_in_record
 from lib.secrets import secret_forms
 
@@ -648,3 +648,11 @@ def test_commands_sh_replayed_on_a_fresh_lab_builds_the_same_cluster(provisioned
     assert result.returncode == 0, result.stdout
     assert on("vm2", "sudo -u postgres psql -XAtc 'select name from employees order by id' testdb").split() == \
         ["Alice", "Bob", "Charlie", "David", "Frank", "Grace"]
+
+
+def test_pgpools_health_check_gives_up_on_a_server_that_stalls_without_tls(provisioned_twice):
+    """Without TLS, health_check_timeout bounds a health check's whole session: a standby that stops
+    answering after its login is tried again within the timeout (3 s, Step 30). The contrast to
+    test_guide_variants.py's pgpool with ssl = on, where the same stall holds the check."""
+    seen = stalled_health_check(PARAMS_FILE)
+    assert f"health check retrying on DB node: {seen['node']} (round:1)" in seen["log in 5 s"], seen
