@@ -157,11 +157,20 @@ class FactUnreadable(RuntimeError):
 
 
 # --- reading them ------------------------------------------------------------------------------------
+#: the first line of every batch: what tells a read of facts from any other command (lib.plan_record)
+BATCH_START = "# pgguide: facts"
+
+
+def is_batch(command: str) -> bool:
+    """Whether `command` is a batch of facts (`batch`)."""
+    return command.startswith(BATCH_START + "\n")
+
+
 def batch(facts: list[Fact], nonce: str) -> str:
     """One bash script, run as root, that answers every fact: each answer between lines that carry the
     nonce, its exit status after it, then its stderr. Facts of another user run through runuser
     (util-linux: on every Debian host, and root needs no password for it), in that user's home."""
-    parts = []
+    parts = [BATCH_START]
     for i, fact in enumerate(facts):
         command = fact.command()
         if fact.user != "root":
@@ -189,13 +198,12 @@ def answers(out: str, count: int, nonce: str) -> list[tuple[int, str, str]]:
 
 
 class HostFacts:
-    """One host's answers for the run. `round_trips` counts the SSH round trips that read them."""
+    """One host's answers for the run."""
 
     def __init__(self, remote):
         self.remote = remote
         self._answers: dict[tuple, Any] = {}
         self._generation = _generation
-        self.round_trips = 0
         self.given_only = False
         self.asked: dict[tuple, Fact] = {}      # what this run asked, for the next run (remember)
         self._ahead: list[Fact] = []            # asked with the first question: what the last run asked
@@ -231,12 +239,20 @@ class HostFacts:
                                  "for a fact its test does not give)")
         nonce = token.token_hex(6)
         out = self.remote.run(batch(wanted, nonce), user="root", mask=False, reads_only=True).stdout
-        self.round_trips += 1
         journal.facts_read(self.remote.host.name)
         for fact, (code, stdout, err) in zip(wanted, answers(out, len(wanted), nonce)):
             if fact.masked:
                 stdout = self.remote.mask(stdout)
             self._answers[fact.key] = fact.parse(code, stdout, err)
+
+    def known(self) -> dict[tuple, Any]:
+        """The answers known now, by fact key (what a planner read: lib.plan_record)."""
+        self._drop_if_stale()
+        return dict(self._answers)
+
+    def forget(self) -> None:
+        """Drop every answer: the next question reads the host again."""
+        self._answers.clear()
 
     def given(self, answers: dict[Fact | tuple, Any]) -> "HostFacts":
         """Answers put in place, not read (a planner's test), by fact or by its key: asking for any other

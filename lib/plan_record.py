@@ -164,30 +164,22 @@ class Watch:
 
     def __init__(self, env: Hosts):
         self.env, self.outside, self.planning = env, [], False
-        self._run, self._prefetch = Remote.run, facts.HostFacts.prefetch
+        self._run, self._connect = Remote.run, db.connect
         watch = self
 
         def run(remote, command, **kw):
-            if watch.planning and not kw.get("reads_only_fact_batch"):
+            if watch.planning and not facts.is_batch(command):
                 watch.outside.append(f"{remote.host.name}: {command.splitlines()[0][:100]}")
-            kw.pop("reads_only_fact_batch", None)
             return watch._run(remote, command, **kw)
 
-        def prefetch(host_facts, wanted):
-            host_facts.remote.run = lambda command, **kw: run(host_facts.remote, command, reads_only_fact_batch=True, **kw)
-            try:
-                return watch._prefetch(host_facts, wanted)
-            finally:
-                del host_facts.remote.run
         def connect(params, host, **kw):
             if watch.planning:
                 watch.outside.append(f"{host.name}: a session as {kw.get('user')} to {kw.get('dbname', 'postgres')}")
             return watch._connect(params, host, **kw)
-        self._connect = db.connect
-        Remote.run, facts.HostFacts.prefetch, db.connect = run, prefetch, connect
+        Remote.run, db.connect = run, connect
 
     def close(self) -> None:
-        Remote.run, facts.HostFacts.prefetch, db.connect = self._run, self._prefetch, self._connect
+        Remote.run, db.connect = self._run, self._connect
 
 
 def decision(env: Hosts) -> dict | None:
@@ -206,7 +198,7 @@ def record_pass(env: Hosts, watch: Watch, found: dict[str, str], store: dict) ->
     for gs in guide.STEPS:
         facts.stale()
         for r in env.all:
-            r.facts._answers.clear()
+            r.facts.forget()
         watch.outside.clear()
         record = {"facts": {}, "plan": [], "outside": watch.outside, "clone_decision": decision(env)}
         for planner in gs.planners:          # one after another: a step's second planner may need the first's work
@@ -217,7 +209,7 @@ def record_pass(env: Hosts, watch: Watch, found: dict[str, str], store: dict) ->
                 watch.planning = False
             for r in env.all:
                 known = record["facts"].setdefault(r.host.name, [])
-                known += [[list(k), kept(v)] for k, v in r.facts._answers.items()]
+                known += [[list(k), kept(v)] for k, v in r.facts.known().items()]
             record["plan"] += [hide(line, found) for line in planned.preview()]
             planned.apply()
         record["facts"] = {h: a for h, a in record["facts"].items() if a}

@@ -106,10 +106,10 @@ def test_what_a_run_asked_is_asked_with_the_next_runs_first_question(files, tmp_
     conf, count = FileFact(str(files / "conf")), facts.SqlFact("SELECT count(*) FROM employees", "testdb", 5433)
     first.facts.get(conf)
     first.facts.get(CommandFact("echo kept", user="nobody"))
-    first.facts.given_only = True           # from here on answered in place: this machine has no psql, no pcp
-    first.facts._answers[count.key] = facts.Rows(True, (("3",),))
+    # from here on answered in place: this machine has no psql, no pcp
+    first.facts.given({count.key: facts.Rows(True, (("3",),)),
+                       ("CommandFact", "postgres", "pcp_node_info"): Output(True, "")})
     first.facts.get(count)
-    first.facts._answers[("CommandFact", "postgres", "pcp_node_info")] = Output(True, "")
     first.facts.get(CommandFact("pcp_node_info", "postgres", live=True))
     memory = tmp_path / "runs" / "facts-asked.json"
     facts.remember(memory, [first])

@@ -96,3 +96,24 @@ def test_a_recording_holds_no_secret(lab):
     found += [m for m in ("SCRAM-SHA-256$", "AES") if m in text.replace("${aes}", "")]
     count = len(found)      # not the values themselves: a failing test must not print them
     assert count == 0, "secret values or forms in the recording: record it again"
+
+
+def test_the_recorder_names_a_read_around_the_facts_and_not_a_batch_of_facts(monkeypatch):
+    """What ci/record-plans calls a read outside the facts: any command while a planner plans, except
+    a batch of facts; and nothing while no planner plans."""
+    from types import SimpleNamespace
+    from lib import facts
+    ran = []
+    monkeypatch.setattr(Remote, "run", lambda remote, command, **kw: ran.append(command))
+    watch = plan_record.Watch(None)
+    vm1 = SimpleNamespace(host=SimpleNamespace(name="vm1"))
+    try:
+        watch.planning = True
+        Remote.run(vm1, facts.batch([facts.FileFact("/etc/hostname")], "n0nce"), user="root")
+        Remote.run(vm1, "cat /etc/hostname", user="root")
+        watch.planning = False
+        Remote.run(vm1, "systemctl restart postgresql", user="root")
+    finally:
+        watch.close()
+    assert watch.outside == ["vm1: cat /etc/hostname"]
+    assert len(ran) == 3 and not facts.is_batch("cat /etc/hostname")
