@@ -183,7 +183,7 @@ def heredoc(pieces: Iterable) -> str:
     pieces = tuple(pieces)
     body = "".join(p if isinstance(p, str) else "" for p in pieces)
     end = delimiter(HEREDOC_END, body)
-    if all(isinstance(p, str) for p in pieces):      # no secret (lib.ops.Secret) among them
+    if all(isinstance(p, str) for p in pieces):      # no secret (lib.plan_secrets.Secret) among them
         out = body
         mark = f"<<'{end}'"
     else:

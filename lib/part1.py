@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from lib import clone_guard, facts, ops, pgconf, postgres, system, tls
+from lib import clone_guard, facts, ops, pgconf, plan_secrets, postgres, system, tls
 from lib.conninfo import conninfo_fields, conninfo_quote
 from lib.host_functions import cluster_is
 from lib.ops import guide_step
@@ -203,7 +203,7 @@ PROGRESS = re.compile(r"\d+/\d+ kB")
 def pgpass_file(step: ops.Step, remote) -> None:
     """~postgres/.pgpass with the replicator's password (any host, this port)."""
     secret_file(step, remote, PGPASS, (f"*:{remote.params.postgres['port']}:*:{REPLICATION_ROLE}:",
-                                       ops.Secret("replication", "pgpass"), "\n"),
+                                       plan_secrets.Secret("replication", "pgpass"), "\n"),
                 last_field_masked, "the replicator's password")
 
 

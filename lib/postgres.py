@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Callable
 
-from lib import facts, ops, pgconf, secrets
+from lib import facts, ops, pgconf, plan_secrets, secrets
 from lib.remote import Hosts
 from lib.roles import sql_literal, verifier_matches
 from lib.show import expect, prompt
@@ -292,7 +292,7 @@ def role_step(step: ops.Step, remote, secret_name: str) -> ops.Step:
     else:
         head = f"ALTER ROLE {role} WITH {attributes} PASSWORD "
     # the verifier, computed here: the plain password reaches neither the server nor its log
-    statement = ops.text(head, ops.Secret(secret_name, f"verifier:{role}"), ";")
+    statement = plan_secrets.text(head, plan_secrets.Secret(secret_name, f"verifier:{role}"), ";")
     # scram-sha-256 is PostgreSQL's default; md5 mode stores this password as md5 whatever the server's setting
     session = f"-c password_encryption={method}" if method != "scram-sha-256" else ""
     why = "" if differences is None else f" ({', '.join(differences)})"
@@ -359,7 +359,7 @@ def insert_if_absent(step: ops.Step, remote, name: str, department: str, *, prim
     if name in names_known(primary):
         return step.note(remote, f"{name} is already in {TEST_DB}.employees: nothing to insert")
     login.setdefault("database", TEST_DB)
-    return step.do(ops.Sql(remote, None if login.get("login") else "postgres", **login, statement=ops.text(
+    return step.do(ops.Sql(remote, None if login.get("login") else "postgres", **login, statement=plan_secrets.text(
         f"INSERT INTO employees (name, department) VALUES ({sql_literal(name)}, {sql_literal(department)});"),
         summary=f"{name} inserted into {TEST_DB}.employees"))
 

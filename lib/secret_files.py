@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from lib import facts, ops
+from lib import facts, ops, plan_secrets
 
 #: who may read the files that hold secrets: pgpool runs as postgres, and nobody else reads them
 SECRET_OWNER, SECRET_MODE = "postgres:postgres", "600"
@@ -12,7 +12,7 @@ SECRET_OWNER, SECRET_MODE = "postgres:postgres", "600"
 
 def last_field_masked(line: str) -> str:
     """A `.pgpass`-shaped line (`…:secret`) as a diff may show it."""
-    return line.rsplit(":", 1)[0] + ":" + ops.MASK
+    return line.rsplit(":", 1)[0] + ":" + plan_secrets.MASK
 
 
 def secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str, by_hand=None) -> None:
@@ -22,7 +22,7 @@ def secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str, by
     found = remote.facts.get(facts.FileFact(path))
     access, old = found.access, found.text
     new = new(old) if callable(new) else new
-    if old != ops.resolve(new, remote.params):
+    if old != plan_secrets.resolve(new, remote.params):
         step.do(ops.FileChange(remote, "root", path=path, old=old, new=new, owner=SECRET_OWNER, mode=SECRET_MODE,
                                mask_line=mask_line, by_hand=by_hand if old is not None else None))
         return

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from lib import by_hand, host_functions, ops
+from lib import by_hand, host_functions, ops, plan_secrets
 from lib import params as P
 from lib.show import CheckFailed
 from lib.remote import Remote, Result
@@ -49,17 +49,17 @@ pgpass_field() { local s=${1//\\/\\\\}; printf '%s' "${s//:/\\:}"; }
 
 @pytest.mark.parametrize("form", ["plain", "sql", "pgpass", "md5", "md5:replicator"])
 def test_a_secret_computed_in_bash_equals_the_value_sent(secrets_env, form):
-    secret = ops.Secret("replication", form)
+    secret = plan_secrets.Secret("replication", form)
     pieces = ("a $literal `x` \\ line\n", secret, "\n")
     script = PREAMBLE_FUNCTIONS + "cat " + by_hand.heredoc(pieces)
-    assert bash(script, {"PGGUIDE_REPLICATION_PASSWORD": NASTY, "PATH": "/usr/bin:/bin"}) == ops.resolve(pieces, PARAMS)
+    assert bash(script, {"PGGUIDE_REPLICATION_PASSWORD": NASTY, "PATH": "/usr/bin:/bin"}) == plan_secrets.resolve(pieces, PARAMS)
 
 
 def test_secret_forms_and_how_they_are_shown(secrets_env):
-    assert ops.Secret("replication", "sql").value(PARAMS) == "'" + NASTY.replace("'", "''") + "'"
-    assert ops.Secret("postgres", "md5:postgres").value(PARAMS) == hashlib.md5(b"pg-secret-1postgres").hexdigest()
-    assert ops.masked(("PASSWORD ", ops.Secret("postgres", "sql"))) == "PASSWORD '********'"
-    assert ops.Secret("postgres").bash() == "${PGGUIDE_POSTGRES_PASSWORD}"
+    assert plan_secrets.Secret("replication", "sql").value(PARAMS) == "'" + NASTY.replace("'", "''") + "'"
+    assert plan_secrets.Secret("postgres", "md5:postgres").value(PARAMS) == hashlib.md5(b"pg-secret-1postgres").hexdigest()
+    assert plan_secrets.masked(("PASSWORD ", plan_secrets.Secret("postgres", "sql"))) == "PASSWORD '********'"
+    assert plan_secrets.Secret("postgres").bash() == "${PGGUIDE_POSTGRES_PASSWORD}"
 
 
 def test_a_heredoc_without_secrets_is_quoted_and_literal():
@@ -81,7 +81,7 @@ def test_scripts_with_quotes_become_literal_heredocs():
 def test_a_text_holding_our_end_word_still_arrives_whole(secrets_env):
     text = "a\nPGGUIDE_EOF\nPGGUIDE_EOF_1\nb $x\n"
     assert bash("cat " + by_hand.heredoc((text,)), {}) == text
-    with_secret = (text, ops.Secret("postgres"), "\n")
+    with_secret = (text, plan_secrets.Secret("postgres"), "\n")
     assert bash("cat " + by_hand.heredoc(with_secret), {"PGGUIDE_POSTGRES_PASSWORD": "pg-secret-1"}) == text + "pg-secret-1\n"
     script = "echo 'x'\nSH\necho 'y'"
     assert bash(f"printf %s {by_hand.shell_word(script)}", {}) == script
@@ -93,7 +93,7 @@ def test_apply_prints_the_transcript_masks_secrets_and_runs_handlers_once(secret
     r = FakeRemote()
     restart = ops.service(r, "restart", "postgresql")
     step = ops.Step("t").do(
-        ops.Sql(r, "postgres", statement=("ALTER ROLE replicator PASSWORD ", ops.Secret("replication", "sql"), ";")),
+        ops.Sql(r, "postgres", statement=("ALTER ROLE replicator PASSWORD ", plan_secrets.Secret("replication", "sql"), ";")),
         restart, ops.service(r, "restart", "postgresql"),
         ops.FileChange(r, "root", path="/etc/x.conf", old="a = 1\n", new=("a = 2\n",)))
     step.apply()
@@ -142,8 +142,8 @@ def ops_fail(message):
 def test_secret_files_show_masked_lines_only(secrets_env):
     r = FakeRemote()
     change = ops.FileChange(r, "root", path="/etc/pgpool2/pcp.conf", old="pgpool:0123abcd\n",
-                            new=("pgpool:", ops.Secret("postgres", "md5"), "\n"),
-                            mask_line=lambda l: l.split(":")[0] + ":" + ops.MASK)
+                            new=("pgpool:", plan_secrets.Secret("postgres", "md5"), "\n"),
+                            mask_line=lambda l: l.split(":")[0] + ":" + plan_secrets.MASK)
     assert change.display() == f"edit /etc/pgpool2/pcp.conf{KEPT}/etc/pgpool2/" \
                                "pcp.conf.pgguide-orig\n  -pgpool:********\n  +pgpool:********"
     assert "0123abcd" not in change.what() and hashlib.md5(b"pg-secret-1").hexdigest() not in change.display()
@@ -154,7 +154,7 @@ def test_file_changes_are_atomic_and_keep_owner_and_mode(tmp_path):
     target.write_text("old\n")
     target.chmod(0o640)
     change = ops.FileChange(FakeRemote(), "root", path=str(target), old="old\n", new=("new\n",))
-    sent = ops.resolve(change.stdin(), None)
+    sent = plan_secrets.resolve(change.stdin(), None)
     # a connection lost mid-write: the text arrives cut short, and the file is left as it was
     cut = subprocess.run(["bash", "-c", host_functions.defined(change.script())], input=sent[:-5], text=True, capture_output=True)
     assert cut.returncode == 1 and "not written (its text did not arrive whole)" in cut.stderr
@@ -166,7 +166,7 @@ def test_file_changes_are_atomic_and_keep_owner_and_mode(tmp_path):
     assert (tmp_path / "f.conf.pgguide-orig").read_text() == "old\n"
     assert change.record()["original"] == f"{target}.pgguide-orig"
     without_newline = ops.FileChange(FakeRemote(), "root", path=str(target), old="new\n", new=("last",))
-    subprocess.run(["bash", "-c", host_functions.defined(without_newline.script())], input=ops.resolve(without_newline.stdin(), None),
+    subprocess.run(["bash", "-c", host_functions.defined(without_newline.script())], input=plan_secrets.resolve(without_newline.stdin(), None),
                    text=True, check=True)
     assert target.read_text() == "last"
     assert (tmp_path / "f.conf.pgguide-orig").read_text() == "old\n"          # kept once, never overwritten
@@ -174,7 +174,7 @@ def test_file_changes_are_atomic_and_keep_owner_and_mode(tmp_path):
 
 def test_a_session_option_shows_and_runs_before_psql(secrets_env):
     r = FakeRemote()
-    sql = ops.Sql(r, "postgres", statement=("ALTER USER postgres PASSWORD ", ops.Secret("postgres", "sql"), ";"),
+    sql = ops.Sql(r, "postgres", statement=("ALTER USER postgres PASSWORD ", plan_secrets.Secret("postgres", "sql"), ";"),
                   session="-c password_encryption=md5")
     assert sql.display() == "PGOPTIONS='-c password_encryption=md5' psql -c \"ALTER USER postgres PASSWORD '********';\""
     assert sql.script() == "PGOPTIONS='-c password_encryption=md5' psql -X -v ON_ERROR_STOP=1"
@@ -187,7 +187,7 @@ def test_the_kept_original_of_a_file_that_holds_secrets_is_private_too(tmp_path)
     me = f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
     change = ops.FileChange(FakeRemote(), "root", path=str(target), old=target.read_text(),
                             new=("localhost:9898:pgpool:new-secret\n",), owner=me, mode="600")
-    subprocess.run(["bash", "-c", host_functions.defined(change.script())], input=ops.resolve(change.stdin(), None), text=True, check=True)
+    subprocess.run(["bash", "-c", host_functions.defined(change.script())], input=plan_secrets.resolve(change.stdin(), None), text=True, check=True)
     for path in (target, tmp_path / ".pcppass.pgguide-orig"):
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
 

@@ -7,6 +7,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from lib.provision.record import StepRecord, Summary, external_references, find_in_record, render_html
+from lib import plan_secrets
 from lib.secrets import secret_forms
 
 
@@ -81,7 +82,7 @@ def test_commands_sh_is_bash_with_every_applied_action_and_secrets_as_references
     monkeypatch.setenv("PGGUIDE_REPLICATION_PASSWORD", "Secret-That-Must-Not-Appear")
     prm = P.load()
     r = Remote(prm, prm.primary)
-    action = ops.Sql(r, "postgres", statement=("ALTER ROLE replicator PASSWORD ", ops.Secret("replication", "sql"), ";"))
+    action = ops.Sql(r, "postgres", statement=("ALTER ROLE replicator PASSWORD ", plan_secrets.Secret("replication", "sql"), ";"))
     s = Summary("lab", "params/lab.yaml")
     s.steps = [StepRecord("01-streaming-replication", 1, "Create Replication User", "changed"),
                StepRecord("01-streaming-replication", 2, "Configure postgresql.conf", "in place")]
@@ -245,18 +246,18 @@ def test_a_hosts_own_file_that_holds_a_secret_is_changed_by_hand_line_by_line(tm
     target.write_text(shipped)
     user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     group = subprocess.run(["id", "-gn"], capture_output=True, text=True).stdout.strip()
-    new = _replace_line(shipped, "pgpool:", ("pgpool:", ops.Secret("pgpool", "md5")))
+    new = _replace_line(shipped, "pgpool:", ("pgpool:", plan_secrets.Secret("pgpool", "md5")))
     change = ops.FileChange(FakeRemote(), "root", path=str(target), old=shipped, new=new, owner=f"{user}:{group}",
                             mode="600", mask_line=lambda l: l, by_hand=(
                                 f"replace_line {target} '^pgpool:' {user}:{group} 600 'pgpool:'",
-                                (ops.Secret("pgpool", "md5"), "\n")))
+                                (plan_secrets.Secret("pgpool", "md5"), "\n")))
     shown = change.bash()
     assert "pgpool-secret-1" not in shown and "# PCP Client" not in shown        # the file's own text stays
     assert shown.endswith('<<PGGUIDE_EOF\n$(md5_of "${PGGUIDE_PGPOOL_PASSWORD}")\nPGGUIDE_EOF')
     done = subprocess.run(["bash", "-c", f'{PREAMBLE_FUNCTIONS}\non() {{ bash -c "$HOST_FUNCTIONS\n$3"; }}\n{shown}\n'],
                           capture_output=True, text=True, env={**os.environ, "HOST_FUNCTIONS": host_functions.ALL})
     assert done.returncode == 0, done.stderr
-    assert target.read_text() == ops.resolve(new, None) and oct(target.stat().st_mode)[-3:] == "600"
+    assert target.read_text() == plan_secrets.resolve(new, None) and oct(target.stat().st_mode)[-3:] == "600"
 
 
 def test_a_one_line_statement_is_psql_dash_c_in_commands_sh_and_a_longer_one_a_here_document():

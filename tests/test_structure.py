@@ -8,7 +8,7 @@ LIB = REPO / "lib"
 #: about as long as a module should be
 MODULE_LINES = 450
 #: the modules still longer, each held to the length it has (to be split, not grown)
-LONGER_STILL = {"lib/ops.py": 517}
+LONGER_STILL: dict[str, int] = {}
 
 
 def test_no_module_grows_past_its_length():

@@ -6,7 +6,7 @@ import re
 import shlex
 from functools import partial
 
-from lib import facts, ops, pgconf, pgpoolconf, postgres, system
+from lib import facts, ops, pgconf, pgpoolconf, plan_secrets, postgres, system
 from lib.ops import Secret, guide_step
 from lib.pgpool_host import (APP_ROLE, KEY_FILE, LOG_DIR, PCPPASS, PGPOOL_ROLE, POOL_PASSWD_ROLES, STOP_DROPIN,
                              backend_hosts, conf, pgpool_service, pgpool_settings, restart_pending, service_state,
@@ -161,7 +161,7 @@ def app_role(step: ops.Step, env) -> ops.Step:
 
 def _user_line(line: str) -> str:
     """`user:secret` shown as `user:********`."""
-    return line.split(":", 1)[0] + ":" + ops.MASK if ":" in line else ops.MASK
+    return line.split(":", 1)[0] + ":" + plan_secrets.MASK if ":" in line else plan_secrets.MASK
 
 
 def _replace_line(text: str | None, prefix: str, line: tuple) -> tuple:
@@ -195,13 +195,13 @@ def password_file(env) -> ops.Step:
         entries = {u: (f"{u}:md5", Secret(u, f"md5:{u}")) for u in POOL_PASSWD_ROLES}
         kept = "".join(l + "\n" for l in current.splitlines() if l.split(":", 1)[0] not in entries)
         pieces = (kept,) + tuple(x for u in entries for x in (*entries[u], "\n"))
-        if ops.resolve(pieces, p) != current:
+        if plan_secrets.resolve(pieces, p) != current:
             step.do(ops.FileChange(vm3, "root", path=path, old=current, new=pieces, owner=SECRET_OWNER,
                                    mode=SECRET_MODE, mask_line=_user_line))
         else:
             step.note(vm3, f"{path} already holds md5 entries for {', '.join(POOL_PASSWD_ROLES)}")
     else:
-        secret_file(step, vm3, KEY_FILE, (Secret("pgpool_key"), "\n"), lambda l: ops.MASK, "PGGUIDE_PGPOOL_KEY")
+        secret_file(step, vm3, KEY_FILE, (Secret("pgpool_key"), "\n"), lambda l: plan_secrets.MASK, "PGGUIDE_PGPOOL_KEY")
         wanted = pool_passwd_entries(env) if not step.actions else {}
         have = dict(l.split(":", 1) for l in current.splitlines() if ":" in l)
         if step.actions or any(have.get(u) != e for u, e in wanted.items()) or len(wanted) < len(POOL_PASSWD_ROLES):
