@@ -81,7 +81,9 @@ def stalled_health_check(params) -> dict:
     from lib import params as P, pgpool_host
     from lib.remote import Hosts
     prm = P.load(params)
-    standby = next(h for h in prm.database_hosts if psql(h, "SELECT pg_is_in_recovery()", params=params) == "t")
+    standbys = [h for h in prm.database_hosts if psql(h, "SELECT pg_is_in_recovery()", params=params) == "t"]
+    assert standbys, f"no server of {params} is a standby: provision the lab first"
+    standby = standbys[0]
     conf = on(prm.pgpool_host, "sudo cat /etc/pgpool2/pgpool.conf", params=params)
     node = next(int(line.split("=")[0].strip()[len("backend_hostname"):]) for line in conf.splitlines()
                 if line.startswith("backend_hostname") and f"'{standby.address}'" in line)

@@ -116,6 +116,21 @@ def impostor(prm, host, cert: Path, key: Path, received: Path, port: int = 5433)
         proc.wait()
 
 
+def test_pgpools_health_check_does_not_time_out_a_read_inside_tls(hardened):
+    """With ssl = on, pgpool (4.3) does not apply health_check_timeout to a read inside TLS: it retries
+    the read its timer interrupted. A standby that stalls for 6 s after its login is neither tried
+    again nor detached, and the check waits in a read meanwhile (where a plaintext one has timed out
+    and retried: test_idempotence.py). So a silence that begins during a check goes unnoticed until
+    the network returns; drill 3c tells that case apart and tries again, and the book says so. If this
+    fails, pgpool has changed: take the retry out of drill 3c and the limitation out of the book."""
+    params, _ = hardened
+    seen = labtools.stalled_health_check(params)
+    n = seen["node"]
+    assert seen["in a read"], seen
+    assert f"retrying on DB node: {n}" not in seen["log in 5 s"], seen
+    assert f"retrying on DB node: {n}" not in seen["log"] and f"degenerate backend request for node_id: {n}" not in seen["log"], seen
+
+
 def test_an_impostor_on_the_primarys_address_gets_no_password(hardened, tmp_path):
     """With postgres.tls the standby's own primary_conninfo, and the notebook's connections, check who
     answers: a server at the primary's address with a certificate of its own (naming that address), or
@@ -225,17 +240,3 @@ def test_provisioning_after_a_failover_heals_with_the_same_parameter_file(harden
     finally:
         sh(LAB, "up", params)        # the next module starts from a fresh lab, not from swapped roles
 
-
-def test_pgpools_health_check_does_not_time_out_a_read_inside_tls(hardened):
-    """With ssl = on, pgpool (4.3) does not apply health_check_timeout to a read inside TLS: it retries
-    the read its timer interrupted. A standby that stalls for 6 s after its login is neither tried
-    again nor detached, and the check waits in a read meanwhile (where a plaintext one has timed out
-    and retried: test_idempotence.py). So a silence that begins during a check goes unnoticed until
-    the network returns; drill 3c tells that case apart and tries again, and the book says so. If this
-    fails, pgpool has changed: take the retry out of drill 3c and the limitation out of the book."""
-    params, _ = hardened
-    seen = labtools.stalled_health_check(params)
-    n = seen["node"]
-    assert seen["in a read"], seen
-    assert f"retrying on DB node: {n}" not in seen["log in 5 s"], seen
-    assert f"retrying on DB node: {n}" not in seen["log"] and f"degenerate backend request for node_id: {n}" not in seen["log"], seen
