@@ -73,36 +73,47 @@ def run_drills(params, out: Path) -> str:
                      if c["cell_type"] == "code" for o in c.get("outputs", []))
 
 
-def stalled_health_check(params) -> dict:
+def stalled_health_check(params, stall_s: int = 6, guard: bool = False) -> dict:
     """pgpool's health check of a standby whose new sessions stall right after they log in
-    (post_auth_delay, for 6 s): whether that node's health check waits in a read 5 s in (as drill 3c
-    asks), and pgpool's log lines of those 5 s and until 3 s after the stall."""
+    (post_auth_delay, for `stall_s` seconds): whether that node's health check waits in a read a second
+    before the stall ends (as drill 3c asks), pgpool's log lines until then and until 3 s after the
+    stall, and the failover log's. With TLS a guard runs beside pgpool (lib.health_check_guard): paused
+    meanwhile unless `guard`."""
     import time
-    from lib import params as P, pgpool_host
+    from lib import health_check_guard, params as P, pgpool_host
     from lib.remote import Hosts
     prm = P.load(params)
     standbys = [h for h in prm.database_hosts if psql(h, "SELECT pg_is_in_recovery()", params=params) == "t"]
     assert standbys, f"no server of {params} is a standby: provision the lab first"
-    standby = standbys[0]
-    conf = on(prm.pgpool_host, "sudo cat /etc/pgpool2/pgpool.conf", params=params)
+    standby, vm3 = standbys[0], prm.pgpool_host
+    conf = on(vm3, "sudo cat /etc/pgpool2/pgpool.conf", params=params)
     node = next(int(line.split("=")[0].strip()[len("backend_hostname"):]) for line in conf.splitlines()
                 if line.startswith("backend_hostname") and f"'{standby.address}'" in line)
-    log = "/var/log/pgpool2/pgpool.log"
-    size = int(on(prm.pgpool_host, f"sudo stat -c %s {log}", params=params))
+    logs = {"log": "/var/log/pgpool2/pgpool.log", "failover log": "/var/log/pgpool2/failover.log"}
+    sizes = {name: int(on(vm3, f"sudo stat -c %s {path}", params=params)) for name, path in logs.items()}
+
+    def logged():
+        return {name: on(vm3, f"sudo tail -c +{sizes[name] + 1} {path}", params=params) for name, path in logs.items()}
+    paused = not guard and prm.postgres["tls"]
+    if paused:
+        on(vm3, f"sudo systemctl stop {health_check_guard.UNIT}", params=params)
     # One session sets the delay and ends it: a session opened meanwhile, ours too, would wait. The setting
     # lasts until the next reload, whose signal also wakes the sessions that wait (ending the stall).
     stall = " -c ".join(json.dumps(sql) for sql in (
         "ALTER SYSTEM SET post_auth_delay = 60", "SELECT pg_reload_conf()", "SELECT pg_sleep(1)",
-        "ALTER SYSTEM RESET post_auth_delay", "SELECT pg_sleep(5)", "SELECT pg_reload_conf()"))
+        "ALTER SYSTEM RESET post_auth_delay", f"SELECT pg_sleep({stall_s - 1})", "SELECT pg_reload_conf()"))
     began = time.monotonic()
-    with subprocess.Popen([str(LAB), "ssh", "--params", str(params), standby.name,
-                           f"sudo -u postgres psql -XAtq -c {stall}"], stdout=subprocess.DEVNULL) as session:
-        time.sleep(5)                        # a health check (every 2 s) began within the first second
-        in_a_read = pgpool_host.health_check_in_a_read(Hosts(prm, read_only=True), node)
-
-        def logged():
-            return on(prm.pgpool_host, f"sudo tail -c +{size + 1} {log}", params=params)
-        in_5_s = logged()
-        assert session.wait(timeout=30) == 0
-    time.sleep(max(0.0, began + 9 - time.monotonic()))
-    return {"node": node, "standby": standby.name, "in a read": in_a_read, "log in 5 s": in_5_s, "log": logged()}
+    try:
+        with subprocess.Popen([str(LAB), "ssh", "--params", str(params), standby.name,
+                               f"sudo -u postgres psql -XAtq -c {stall}"], stdout=subprocess.DEVNULL) as session:
+            time.sleep(stall_s - 1)              # a health check (every 2 s) began within the first second
+            in_a_read = pgpool_host.health_check_in_a_read(Hosts(prm, read_only=True), node)
+            before_the_end = logged()
+            assert session.wait(timeout=60) == 0
+    finally:
+        if paused:
+            on(vm3, f"sudo systemctl start {health_check_guard.UNIT}", params=params)
+    time.sleep(max(0.0, began + stall_s + 3 - time.monotonic()))
+    after = logged()
+    return {"node": node, "standby": standby.name, "in a read": in_a_read, "log before the end": before_the_end["log"],
+            "log": after["log"], "failover log": after["failover log"]}

@@ -461,19 +461,12 @@ def test_a_planned_switchover_promotes_its_target_only_when_it_holds_as_much_wal
     assert not (tmp_path / "switchover-to").exists() or wanted[1] < 0          # a request is used once
 
 
-def test_drill_3c_tries_again_only_after_a_health_check_held_in_a_tls_read(monkeypatch):
-    """A silence pgpool missed because its health check waited in a TLS read (which no setting bounds)
-    is tried once more; one it missed for another reason, or saw, is not."""
-    from lib.drills import standby as drill
-    Silent = drill.Silent
 
-    def tries(*seen):
-        said = iter(seen)
-        monkeypatch.setattr(drill, "silence_once", lambda *a: next(said))
-        silent, tried = drill.silence_until_seen(None, None, 1, 16, 14)
-        return tried, silent
-    held, missed, seen = Silent(0, None, True, ""), Silent(0, None, False, "log"), Silent(0, 11.0, False, "")
-    assert tries(held, seen) == (2, seen)
-    assert tries(held, held) == (2, held)
-    assert tries(missed, seen) == (1, missed)
-    assert tries(seen, held) == (1, seen)
+@pytest.mark.parametrize("tls, bound", [(False, 13), (True, 18)])
+def test_drill_3c_holds_pgpool_to_the_silent_bound_plus_what_the_tls_guard_adds(tls, bound):
+    """Without TLS, the settings' 'silent' bound; with it, a check held in a TLS read from the silence's start
+    is ended by the guard (lib.health_check_guard) after its limit and one sample, and the bound runs from there."""
+    from lib import health_check_guard
+    params = P.load(REPO / "params" / "lab.yaml")
+    params.postgres["tls"] = tls
+    assert pgpool_host.detection_bounds()["silent"] + health_check_guard.added_s(params) == bound

@@ -127,9 +127,18 @@ def test_pgpools_health_check_does_not_time_out_a_read_inside_tls(hardened):
     seen = labtools.stalled_health_check(params)
     n = seen["node"]
     assert seen["in a read"], seen
-    assert f"retrying on DB node: {n}" not in seen["log in 5 s"], seen
+    assert f"retrying on DB node: {n}" not in seen["log before the end"], seen
     assert f"retrying on DB node: {n}" not in seen["log"] and f"degenerate backend request for node_id: {n}" not in seen["log"], seen
 
+
+
+def test_the_guard_ends_a_health_check_held_in_a_tls_read(hardened):
+    """With postgres.tls, Step 33 runs a guard beside pgpool (lib.health_check_guard): a health check held in
+    a read past health_check_timeout + 1 s is ended, logged in the failover log, and pgpool starts another."""
+    params, _ = hardened
+    seen = labtools.stalled_health_check(params, stall_s=9, guard=True)
+    assert "held in a read for 5 s, beyond health_check_timeout: ended" in seen["failover log"], seen
+    assert f"health check failed on node {seen['node']}" not in seen["log"], seen     # ended, not failed: no verdict
 
 def test_an_impostor_on_the_primarys_address_gets_no_password(hardened, tmp_path):
     """With postgres.tls the standby's own primary_conninfo, and the notebook's connections, check who

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from lib import failover, failover_scripts, host_functions, recovery, remote_commands
+from lib import failover, failover_scripts, health_check_guard, host_functions, recovery, remote_commands
 from lib import params as P
 from lib.provision.record import StepRecord, Summary, commands_sh
 from tests.labtools import REPO
@@ -20,7 +20,7 @@ def scripts(params) -> dict[str, str]:
             "pgpool_remote_start": recovery.remote_start_script(params),
             "rejoin-standby": recovery.rejoin_program(params),
             "pgpool-commands": remote_commands.program(failover.sent_commands(params)),
-            "host functions": "#!/bin/bash\n" + host_functions.ALL,
+            "host functions": "#!/bin/bash\n" + host_functions.ALL, "health-check-guard": health_check_guard.SCRIPT,
             "commands.sh": commands_sh(Summary("lab", "params/lab.yaml", steps=[StepRecord("01", 1, "x", "changed")]),
                                        params)}
 

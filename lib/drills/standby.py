@@ -7,7 +7,7 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from lib import clone_guard, pgpool_host, postgres
+from lib import clone_guard, health_check_guard, pgpool_host, postgres
 from lib.cluster import all_up, node_id, node_status, the_primary
 from lib.drills.clients import Traffic
 from lib.drills.measure import (Outcome, PGPOOL_BOUND_S, SCRIPT_SLACK_S, Silence, SILENT_FOR_S, a_standby,
@@ -78,26 +78,25 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     timeout: this measures the 'silent' bound of Step 30, and that the standby comes back by itself.
     The times are pgpool's own, from the failover log (its scripts log each detach and attach):
     polling pcp while pgpool handles a failover would add delays of its own.
-    With TLS, a silence that begins while pgpool's health check reads goes unnoticed until the
-    network returns (pgpool_host.health_check_in_a_read): seen so, the drill tries once more, and
-    the figures count the tries."""
+    With TLS the bound includes what the health-check guard adds (lib.health_check_guard), and the
+    silence lasts longer than that bound."""
     standby = a_standby(env)
     name, n = standby.host.name, node_id(env, standby)
+    added = health_check_guard.added_s(env.params)
+    promised, bound = pgpool_host.detection_bounds()["silent"] + added, back_bound()
+    silent_for = max(silent_for, promised + SCRIPT_SLACK_S + 2)
     outcome = Outcome(f"{prompt(name, 'root')}{Silence(standby, silent_for).command}    # a standby's network, "
                       "with no client connected")
-    promised, bound = pgpool_host.detection_bounds()["silent"], back_bound()
-    silent, tries = silence_until_seen(env, standby, n, silent_for, promised + SCRIPT_SLACK_S)
-    if tries > 1:
-        outcome.measured["tries"] = tries
+    silent = silence_once(env, standby, n, silent_for, promised + SCRIPT_SLACK_S)
     if not silent.detached:
         held = (f"pgpool's health check of node {n} was still waiting in a read on its TLS session to {name} "
-                f"{promised + SCRIPT_SLACK_S:.0f} s into the silence, on each of {tries} tries: with ssl = on, "
-                "pgpool does not time out a read its health check began before the silence. " if silent.read_held else "")
+                f"{promised + SCRIPT_SLACK_S:.0f} s into the silence, which the guard beside pgpool should have "
+                "ended. " if silent.read_held else "")
         expect(False, f"pgpool did not detach {name} within {silent_for:.0f} s of its network going silent; pgpool "
                       f"has it {node_status(env, standby, n)} now. {held}The failover log from 30 s before the drill "
                       f"(times from the silence):\n{silent.log or '  (nothing)'}",
-               "check health_check_timeout and health_check_max_retries (Step 30), and pgpool's own log for "
-               f"the health check of node {n}.")
+               "check health_check_timeout and health_check_max_retries (Step 30), pgpool's own log for the health "
+               f"check of node {n}" + (f", and that {health_check_guard.UNIT} runs (Step 33)." if added else "."))
     answering = silent.down_at + silent_for
     attached, _ = wait_until(lambda: logged(env, standby, n, "attached", answering), timeout=bound + 5, interval=0.5)
     outcome.measured["detached after"] = silent.detached - silent.down_at
@@ -118,8 +117,9 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
                       f"{within_s:.0f} s later: its reads are stale.",
            "its WAL receiver neither streams nor gave up on the silent connection: read its log and "
            "pg_stat_wal_receiver.")
+    guard = f", with TLS the guard's {added} s" if added else ""
     outcome.events = [f"pgpool's health check detached {name} within {promised} s of the silence (+ {SCRIPT_SLACK_S:g} s "
-                      "for pgpool to start failover.sh, whose log line gives the time): yes",
+                      f"for pgpool to start failover.sh, whose log line gives the time{guard}): yes",
                       f"back in load balancing by itself within {bound} s of its network's return: yes",
                       f"and replaying the primary's new WAL within {within_s:.0f} s after that (its WAL receiver's "
                       "timeout and retry interval): yes"]
@@ -131,7 +131,7 @@ class Silent:
     """One silence of a standby, as pgpool saw it (epoch seconds)."""
     down_at: float                 # when its interface went down
     detached: float | None         # when failover.sh logged the detach, if it did before the network returned
-    read_held: bool                # no detach in time, and the health check was waiting in a read
+    read_held: bool                # no detach in time, and the health check was waiting in a (TLS) read
     log: str                       # the failover log from 30 s before, times from the silence
 
 
@@ -140,16 +140,6 @@ def logged(env, standby, n: int, event: str, after: float) -> float | None:
     pattern = re.compile(rf"node {n} \({re.escape(standby.host.address)}\) (detached|attached)")
     return next((t for t, line in failover_log_since(env, after)
                  if (m := pattern.match(line)) and m.group(1) == event), None)
-
-
-def silence_until_seen(env, standby, n: int, silent_for: float, promised: float, tries: int = 2) -> tuple[Silent, int]:
-    """A silence pgpool saw (or the last of `tries`): another try only after one that met a health check
-    held in a TLS read, which no setting bounds."""
-    for tried in range(1, tries + 1):
-        silent = silence_once(env, standby, n, silent_for, promised)
-        if silent.detached or not silent.read_held:
-            break
-    return silent, tried
 
 
 def silence_once(env, standby, n: int, silent_for: float, promised: float) -> Silent:

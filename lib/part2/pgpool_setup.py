@@ -6,7 +6,7 @@ import re
 import shlex
 from functools import partial
 
-from lib import facts, ops, pgconf, pgpoolconf, plan_secrets, postgres, system
+from lib import facts, health_check_guard, ops, pgconf, pgpoolconf, plan_secrets, postgres, system
 from lib.ops import Secret, guide_step
 from lib.pgpool_host import (APP_ROLE, KEY_FILE, LOG_DIR, PCPPASS, PGPOOL_ROLE, POOL_PASSWD_ROLES, STOP_DROPIN,
                              backend_hosts, conf, pgpool_service, pgpool_settings, restart_pending, service_state,
@@ -253,8 +253,10 @@ def start_pgpool(env) -> ops.Step:
     hint = f"read {LOG_DIR}/pgpool.log and `journalctl -u {service}` on {vm3.host.name}"
     system.firewall_step(step, vm3, port, pgpool_sources(env.params))       # clients connect to pgpool
     dropin = stop_dropin(env.params)
-    if postgres.ensure_file(step, vm3, dropin, STOP_DROPIN, owner="root:root", mode="644", make_dir=True):
-        step.do(ops.Command(vm3, "root", "systemctl daemon-reload", summary="systemd read the drop-in"))
+    units_changed = postgres.ensure_file(step, vm3, dropin, STOP_DROPIN, owner="root:root", mode="644", make_dir=True)
+    units_changed |= health_check_guard.plan(step, env)            # with postgres.tls
+    if units_changed:
+        step.do(ops.Command(vm3, "root", "systemctl daemon-reload", summary="systemd read the changed units"))
     state = service_state(vm3, fresh=False)
     if state[1:] != ["enabled"]:
         step.do(ops.Command(vm3, "root", f"systemctl enable {service} 2>&1 | grep -v '^Synchronizing\\|^Executing' || true",
@@ -278,5 +280,5 @@ def start_pgpool(env) -> ops.Step:
         return "\n".join([
             postgres.read(vm3, f"systemctl status {service} --no-pager | grep -o 'Active: [a-z]* ([a-z]*)'", user=None),
             postgres.read(vm3, f"systemctl is-enabled {service}", user=None),
-            kill_mode])
+            kill_mode, *health_check_guard.evidence(env)])
     return step.verify("pgpool runs and starts at boot", running)
