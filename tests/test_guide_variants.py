@@ -121,8 +121,8 @@ def test_pgpools_health_check_does_not_time_out_a_read_inside_tls(hardened):
     the read its timer interrupted. A standby that stalls for 6 s after its login is neither tried
     again nor detached, and the check waits in a read meanwhile (where a plaintext one has timed out
     and retried: test_idempotence.py). So a silence that begins during a check goes unnoticed until
-    the network returns; drill 3c tells that case apart and tries again, and the book says so. If this
-    fails, pgpool has changed: take the retry out of drill 3c and the limitation out of the book."""
+    the network returns, unless the guard of Step 33 (paused here) ends the check. If this fails, pgpool
+    has changed: the guard, its 5 s in drill 3c's bound and the book's paragraph can go."""
     params, _ = hardened
     seen = labtools.stalled_health_check(params)
     n = seen["node"]
