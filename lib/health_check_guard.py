@@ -2,7 +2,7 @@
 held in a read beyond health_check_timeout, and pgpool starts a new one at once.
 
 Why: health_check_timeout is an alarm. A plain read it interrupts ends the try, but pgpool's TLS read
-(pool_ssl_read, 4.3) retries the read the alarm interrupted. A check that is reading when its server's
+(pool_ssl_read; 4.3 and 4.6 measured) retries the read the alarm interrupted. A check that is reading when its server's
 host dies waits until TCP gives up, which it never does when nothing of ours is unacknowledged: that
 server is never detached (book/failover.md; tests/test_guide_variants.py pins pgpool's behaviour). The
 guard looks once a second at each health check process's kernel wait channel; one seen in a read for

@@ -117,7 +117,7 @@ def impostor(prm, host, cert: Path, key: Path, received: Path, port: int = 5433)
 
 
 def test_pgpools_health_check_does_not_time_out_a_read_inside_tls(hardened):
-    """With ssl = on, pgpool (4.3) does not apply health_check_timeout to a read inside TLS: it retries
+    """With ssl = on, pgpool (4.3; 4.6 too, measured by hand) does not apply health_check_timeout to a read inside TLS: it retries
     the read its timer interrupted. A standby that stalls for 6 s after its login is neither tried
     again nor detached, and the check waits in a read meanwhile (where a plaintext one has timed out
     and retried: test_idempotence.py). So a silence that begins during a check goes unnoticed until
