@@ -83,6 +83,10 @@ WantedBy={service}.service
 """
 
 
+#: whether the guard runs and starts with pgpool: what Step 33 plans from, and shows as its evidence
+STATE = facts.CommandFact(f"systemctl is-active {UNIT}; systemctl is-enabled {UNIT}")
+
+
 def plan(step: ops.Step, env) -> bool:
     """The guard's script and unit on the pgpool host, enabled and running, when the servers are reached
     over TLS. True when a unit file changed (systemd must read it again)."""
@@ -91,7 +95,7 @@ def plan(step: ops.Step, env) -> bool:
         return False
     wrote = postgres.ensure_file(step, vm3, SCRIPT_PATH, SCRIPT, owner="root:root", mode="755", make_dir=True)
     unit_changed = postgres.ensure_file(step, vm3, UNIT_PATH, unit(env.params), owner="root:root", mode="644")
-    state = vm3.facts.get(facts.CommandFact(f"systemctl is-active {UNIT}; systemctl is-enabled {UNIT}")).lines
+    state = vm3.facts.get(STATE).lines
     if wrote or unit_changed or state != ["active", "enabled"]:
         step.notify(ops.Command(vm3, "root", f"systemctl enable {UNIT} 2>&1 | grep -v '^Created symlink' || true; "
                                              f"systemctl restart {UNIT}", shown=f"systemctl enable {UNIT}; systemctl restart {UNIT}",
@@ -106,8 +110,7 @@ def evidence(env) -> list[str]:
     runs and starts with pgpool."""
     if not env.params.postgres["tls"]:
         return []
-    command = f"systemctl is-active {UNIT}; systemctl is-enabled {UNIT}"
-    state = env.pgpool.run(command, user=None, reads_only=True, check=False).stdout.split()
+    state = env.pgpool.facts.read(STATE).lines
     expect(state == ["active", "enabled"], f"{UNIT} on {env.pgpool.host.name} is {' '.join(state)}: a health check "
            "held in a TLS read would not be ended.", f"read `journalctl -u {UNIT}` there, and provision again")
-    return [f"{prompt(env.pgpool, env.params.ssh['user'])}{command}", *state]
+    return [f"{prompt(env.pgpool, 'root')}{STATE.command()}", *state]
