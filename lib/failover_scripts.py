@@ -165,9 +165,16 @@ esac
 
 # 2. The standbys pgpool uses, and how much WAL each holds; the most advanced one is promoted (ties: the
 #    lower node id), so that with synchronous commit (ANY 1) the new primary holds every acknowledged commit.
+#    pgpool is asked one node at a time, never about the failed one: for each node it asks, pgpool also asks the
+#    server itself, and a host that does not answer holds that for connect_timeout (10 s, measured).
 standbys() {{
-    {_pcp(params, "pcp_node_info")} 2>/dev/null | awk -v failed="$failed" \\
-        '{{ if (NR - 1 != failed && ($5 == "up" || $5 == "waiting")) print NR - 1, $1 }}'
+    local id count
+    count=$({_pcp(params, "pcp_node_count")} 2>/dev/null) || return 0
+    for ((id = 0; id < count; id++)); do
+        [ "$id" = "$failed" ] && continue
+        {_pcp(params, "pcp_node_info")} -n "$id" 2>/dev/null | awk -v id="$id" \\
+            '{{ if ($5 == "up" || $5 == "waiting") print id, $1 }}'
+    done
 }}
 # a planned switchover's target (lib.switchover), while it has not expired: preferred among the most advanced
 read -r wanted until < {SWITCHOVER_TO} 2>/dev/null && [ "${{until:-0}}" -ge "$(date +%s)" ] || wanted=

@@ -1,15 +1,18 @@
-"""A guard beside pgpool when its connections to the servers use TLS (postgres.tls): it ends a health check
-held in a read beyond health_check_timeout, and pgpool starts a new one at once.
+"""A guard beside pgpool: it ends a health check held in a read beyond health_check_timeout, and pgpool
+starts a new one at once.
 
-Why: health_check_timeout is an alarm. A plain read it interrupts ends the try, but pgpool's TLS read
-(pool_ssl_read; 4.3 and 4.6 measured) retries the read the alarm interrupted. A check that is reading when its server's
-host dies waits until TCP gives up, which it never does when nothing of ours is unacknowledged: that
-server is never detached (book/failover.md; tests/test_guide_variants.py pins pgpool's behaviour). The
-guard looks once a second at each health check process's kernel wait channel; one seen in a read for
-longer than the timeout has met that retry, since pgpool's alarm would have ended any other read. It
-is ended with SIGTERM (pgpool's health check exits on it, and the main process starts another), and
-the new check's connect is bounded again. The verdict then comes at most the guard's limit later than
-the settings' 'silent' bound (pgpool_host.detection_bounds)."""
+Why: health_check_timeout is an alarm, and pgpool does not always let it end a read. Its TLS read
+(pool_ssl_read; pgpool 4.3 and 4.6 measured) retries the read the alarm interrupted, and so does 4.6's plain
+read (4.6.1, Debian 13, measured); only 4.3 without TLS (Debian 12) was seen to end it. A check that is
+reading when its server's host dies waits until TCP gives up, which it never does when nothing of ours is
+unacknowledged: that server is never detached (book/failover.md; tests pin pgpool's behaviour in
+test_guide_variants.py and test_debian13.py). The guard runs on every pgpool host, since where pgpool's
+alarm ends the read it never acts, and a pgpool upgrade then needs nothing of ours. It looks once a second
+at each health check process's kernel wait channel; one seen in a read for longer than the timeout has met
+that retry, since the alarm would have ended any other read. It is ended with SIGTERM (pgpool's health
+check exits on it, and the main process starts another), and the new check's connect is bounded again.
+The verdict then comes at most the guard's limit later than the settings' 'silent' bound
+(pgpool_host.detection_bounds)."""
 from __future__ import annotations
 
 from lib import facts, ops, postgres
@@ -27,16 +30,16 @@ def limit_s(settings: dict = HEALTH_CHECK) -> int:
     return settings["health_check_timeout"] + 1
 
 
-def added_s(params) -> int:
+def added_s() -> int:
     """What the guard adds, at worst, to the 'silent' detection bound: a check held from the silence's
-    start is ended after limit_s() and one more sample; then the bound runs from there. Nothing without TLS."""
-    return limit_s() + 1 if params.postgres["tls"] else 0
+    start is ended after limit_s() and one more sample; then the bound runs from there."""
+    return limit_s() + 1
 
 
 SCRIPT = f"""\
 #!/bin/bash
-# Written by pgguide (lib/health_check_guard.py). With ssl = on, pgpool's health check can wait in a TLS
-# read beyond health_check_timeout; this ends such a check, and pgpool starts another at once.
+# Written by pgguide (lib/health_check_guard.py). pgpool's health check can wait in a read beyond
+# health_check_timeout (with TLS; on 4.6 without it too); this ends such a check, and pgpool starts another.
 # Usage: pgpool-health-check-guard SECONDS LOG   (a check seen in a read for more than SECONDS is ended)
 set -u
 limit=${{1:?seconds}} log=${{2:?log file}}
@@ -69,7 +72,7 @@ def unit(params) -> str:
     return f"""\
 # Written by pgguide (lib/health_check_guard.py)
 [Unit]
-Description=End a pgpool health check held in a TLS read beyond its timeout
+Description=End a pgpool health check held in a read beyond its timeout
 After={service}.service
 PartOf={service}.service
 
@@ -88,11 +91,9 @@ STATE = facts.CommandFact(f"systemctl is-active {UNIT}; systemctl is-enabled {UN
 
 
 def plan(step: ops.Step, env) -> bool:
-    """The guard's script and unit on the pgpool host, enabled and running, when the servers are reached
-    over TLS. True when a unit file changed (systemd must read it again)."""
+    """The guard's script and unit on the pgpool host, enabled and running. True when a unit file changed
+    (systemd must read it again)."""
     vm3 = env.pgpool
-    if not env.params.postgres["tls"]:
-        return False
     wrote = postgres.ensure_file(step, vm3, SCRIPT_PATH, SCRIPT, owner="root:root", mode="755", make_dir=True)
     unit_changed = postgres.ensure_file(step, vm3, UNIT_PATH, unit(env.params), owner="root:root", mode="644")
     state = vm3.facts.get(STATE).lines
@@ -106,11 +107,8 @@ def plan(step: ops.Step, env) -> bool:
 
 
 def evidence(env) -> list[str]:
-    """The guard's state under Step 33, as a reader sees it (nothing without postgres.tls); fails unless it
-    runs and starts with pgpool."""
-    if not env.params.postgres["tls"]:
-        return []
+    """The guard's state under Step 33, as a reader sees it; fails unless it runs and starts with pgpool."""
     state = env.pgpool.facts.read(STATE).lines
     expect(state == ["active", "enabled"], f"{UNIT} on {env.pgpool.host.name} is {' '.join(state)}: a health check "
-           "held in a TLS read would not be ended.", f"read `journalctl -u {UNIT}` there, and provision again")
+           "held in a read would not be ended.", f"read `journalctl -u {UNIT}` there, and provision again")
     return [f"{prompt(env.pgpool, 'root')}{STATE.command()}", *state]

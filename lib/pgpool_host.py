@@ -215,10 +215,11 @@ IN_A_READ = "wait_woken"
 def health_check_in_a_read(env, node: int) -> bool:
     """Whether pgpool's health check of `node` waits in a socket read now. Outside a read it sleeps
     between checks, or waits in connect() or poll(), each bounded by health_check_timeout. A read is
-    bounded too, but only without TLS: with ssl = on, pgpool (4.3 measured, tests/test_guide_variants.py)
-    retries the read its timer interrupted, so a check whose server goes silent mid-read waits until
-    the network returns, unless the guard of Step 33 ends it (lib.health_check_guard). Sampled twice, half a
-    second apart: one sample can catch a normal check's short read."""
+    bounded by it only on pgpool 4.3 without TLS: with ssl = on (4.3 and 4.6), and on 4.6 without it, pgpool
+    retries the read its timer interrupted (measured: tests/test_guide_variants.py, test_debian13.py), so a
+    check whose server goes silent mid-read waits until the network returns, unless the guard of Step 33 ends
+    it (lib.health_check_guard). Sampled twice, half a second apart: one sample can catch a normal check's
+    short read."""
     title = shlex.quote(f"health check process\\({int(node)}\\)")
     probe = f"for p in $(pgrep -f {title}); do cat /proc/$p/wchan; echo; done"
 

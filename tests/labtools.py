@@ -77,8 +77,8 @@ def stalled_health_check(params, stall_s: int = 6, guard: bool = False) -> dict:
     """pgpool's health check of a standby whose new sessions stall right after they log in
     (post_auth_delay, for `stall_s` seconds): whether that node's health check waits in a read a second
     before the stall ends (as drill 3c asks), pgpool's log lines until then and until 3 s after the
-    stall, and the failover log's. With TLS a guard runs beside pgpool (lib.health_check_guard): paused
-    meanwhile unless `guard`."""
+    stall, and the failover log's. The guard beside pgpool (lib.health_check_guard) is paused meanwhile
+    unless `guard`."""
     import time
     from lib import health_check_guard, params as P, pgpool_host
     from lib.remote import Hosts
@@ -94,7 +94,7 @@ def stalled_health_check(params, stall_s: int = 6, guard: bool = False) -> dict:
 
     def logged():
         return {name: on(vm3, f"sudo tail -c +{sizes[name] + 1} {path}", params=params) for name, path in logs.items()}
-    paused = not guard and prm.postgres["tls"]
+    paused = not guard
     if paused:
         on(vm3, f"sudo systemctl stop {health_check_guard.UNIT}", params=params)
     # One session sets the delay and ends it: a session opened meanwhile, ours too, would wait. The setting

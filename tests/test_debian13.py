@@ -147,6 +147,26 @@ def test_clone_guard_leaves_both_streaming_standbys_alone(provisioned_twice):
     assert len({v[0] for v in before.values()} | {psql(PRIMARY, ident)}) == 1   # clones of the one primary
 
 
+def test_pgpool_46s_health_check_waits_out_a_stall_even_without_tls(provisioned_twice):
+    """pgpool 4.6 retries a plain read its health_check_timeout interrupted, as 4.3 and 4.6 do inside TLS
+    (test_guide_variants.py), where 4.3 without TLS tries again (test_idempotence.py): a standby that
+    stalls for 6 s after its login is neither tried again nor detached, and the check waits in a read,
+    with the guard of Step 33 paused. This is why the guard runs without TLS too; drill 3c met it once
+    (a standby silent for 16 s, not detached). If this fails, 4.6 has changed."""
+    seen = labtools.stalled_health_check(PARAMS_FILE)
+    n = seen["node"]
+    assert seen["in a read"], seen
+    assert f"retrying on DB node: {n}" not in seen["log"] and f"degenerate backend request for node_id: {n}" not in seen["log"], seen
+
+
+def test_the_guard_ends_pgpool_46s_health_check_held_in_a_plain_read(provisioned_twice):
+    """The guard beside pgpool (lib.health_check_guard) ends the same held check after its limit, logs it,
+    and pgpool starts another: no verdict on the node."""
+    seen = labtools.stalled_health_check(PARAMS_FILE, stall_s=9, guard=True)
+    assert "held in a read for 5 s, beyond health_check_timeout: ended" in seen["failover log"], seen
+    assert f"health check failed on node {seen['node']}" not in seen["log"], seen
+
+
 def test_failover_drills_pass_and_the_other_standby_follows_the_new_primary(provisioned_twice, tmp_path):
     """Notebook 04 unchanged on two standbys: when the primary stops, failover.sh promotes the most
     advanced standby and follow_primary.sh points the other at it (a path one standby never takes);

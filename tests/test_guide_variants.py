@@ -117,12 +117,12 @@ def impostor(prm, host, cert: Path, key: Path, received: Path, port: int = 5433)
 
 
 def test_pgpools_health_check_does_not_time_out_a_read_inside_tls(hardened):
-    """With ssl = on, pgpool (4.3; 4.6 too, measured by hand) does not apply health_check_timeout to a read inside TLS: it retries
-    the read its timer interrupted. A standby that stalls for 6 s after its login is neither tried
-    again nor detached, and the check waits in a read meanwhile (where a plaintext one has timed out
-    and retried: test_idempotence.py). So a silence that begins during a check goes unnoticed until
-    the network returns, unless the guard of Step 33 (paused here) ends the check. If this fails, pgpool
-    has changed: the guard, its 5 s in drill 3c's bound and the book's paragraph can go."""
+    """With ssl = on, pgpool (4.3; 4.6 too, measured by hand) does not apply health_check_timeout to a read
+    inside TLS: it retries the read its timer interrupted. A standby that stalls for 6 s after its login is
+    neither tried again nor detached, and the check waits in a read meanwhile (where 4.3's plaintext one
+    has timed out and retried: test_idempotence.py). So a silence that begins during a check goes
+    unnoticed until the network returns, unless the guard of Step 33 (paused here) ends the check. If this
+    fails, pgpool 4.3 has changed; 4.6 holds a plain read too (test_debian13.py)."""
     params, _ = hardened
     seen = labtools.stalled_health_check(params)
     n = seen["node"]
@@ -133,8 +133,8 @@ def test_pgpools_health_check_does_not_time_out_a_read_inside_tls(hardened):
 
 
 def test_the_guard_ends_a_health_check_held_in_a_tls_read(hardened):
-    """With postgres.tls, Step 33 runs a guard beside pgpool (lib.health_check_guard): a health check held in
-    a read past health_check_timeout + 1 s is ended, logged in the failover log, and pgpool starts another."""
+    """Step 33 runs a guard beside pgpool (lib.health_check_guard): a health check held in a TLS read past
+    health_check_timeout + 1 s is ended, logged in the failover log, and pgpool starts another."""
     params, _ = hardened
     seen = labtools.stalled_health_check(params, stall_s=9, guard=True)
     assert "held in a read for 5 s, beyond health_check_timeout: ended" in seen["failover log"], seen

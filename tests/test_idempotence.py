@@ -651,8 +651,9 @@ def test_commands_sh_replayed_on_a_fresh_lab_builds_the_same_cluster(provisioned
 
 
 def test_pgpools_health_check_gives_up_on_a_server_that_stalls_without_tls(provisioned_twice):
-    """Without TLS, health_check_timeout bounds a health check's whole session: a standby that stops
-    answering after its login is tried again within the timeout (3 s, Step 30). The contrast to
-    test_guide_variants.py's pgpool with ssl = on, where the same stall holds the check."""
+    """On pgpool 4.3 without TLS, health_check_timeout bounds a health check's whole session: a standby
+    that stops answering after its login is tried again within the timeout (3 s, Step 30), with the guard
+    of Step 33 paused. The contrast to ssl = on (test_guide_variants.py) and to pgpool 4.6
+    (test_debian13.py), where the same stall holds the check."""
     seen = stalled_health_check(PARAMS_FILE)
     assert f"health check retrying on DB node: {seen['node']} (round:1)" in seen["log before the end"], seen

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib import clone_guard, failover, failover_scripts, pgpool_host, postgres, switchover
+from lib import clone_guard, failover, failover_scripts, health_check_guard, pgpool_host, postgres, switchover
 from lib.cluster import roles_now, the_primary
 from lib.drills.clients import Losses, Traffic, losses
 from lib.remote import StepFailed
@@ -170,10 +170,21 @@ def a_standby(env):
     return next(r for r in failover.database_remotes(env) if r is not primary)
 
 
-#: a silent primary: pgpool's verdict (the 'silent' bound), failover.sh's try to reach the host, then up to 8 s
-#: for the rest: reading the standbys (pcp answers slowly while a node is silent: 1.2-2.3 s measured), the
-#: promotion, and pgpool's search for the new primary before it takes sessions again (about 2 s)
-SILENT_PRIMARY_BOUND_S = pgpool_host.detection_bounds()["silent"] + failover_scripts.ANSWER_S + 8
+#: pgpool's verdict on a host that answers nothing: the settings' 'silent' bound (13 s), plus what the guard
+#: adds when a health check was reading as the silence began (5 s; lib.health_check_guard)
+SILENT_BOUND_S = pgpool_host.detection_bounds()["silent"] + health_check_guard.added_s()
+
+
+#: a silent primary: pgpool's verdict, failover.sh's try to reach the host, then up to 8 s for the rest:
+#: reading the standbys and telling them to stop listening to it (1.6 s measured), the promotion, and
+#: pgpool's search for the new primary before it takes sessions again (about 2 s)
+SILENT_PRIMARY_BOUND_S = SILENT_BOUND_S + failover_scripts.ANSWER_S + 8
+
+
+#: how long drill 2b keeps the primary's host silent: past its bound, so that clients are back on a new
+#: primary while the old one still answers nothing, as when a host is gone for good (30 s). A failover that
+#: waited for something of the silent host would end with its return, and fail the bound.
+SILENT_PRIMARY_FOR_S = SILENT_PRIMARY_BOUND_S + 2
 
 
 #: from the promotion to follow_primary.sh's word on the failed node: pgpool's search for the new primary,
@@ -185,13 +196,14 @@ FOLLOWED_WITHIN_S = 15
 FENCED_WITHIN_S = failover_scripts.WATCH_EVERY_S + 10
 
 
-#: how long drill 3c keeps the standby's network down: longer than the 'silent' detection bound
-SILENT_FOR_S = 16
-
-
 #: from pgpool's verdict to the line failover.sh logs, which is where drill 3c reads the time (once
 #: 13.2 s against the 13 s bound, with three test queues loading the machine)
 SCRIPT_SLACK_S = 1
+
+
+#: how long drill 3c keeps a standby's network down: past pgpool's verdict and its script's line by 2 s, so
+#: that the verdict comes while nothing answers (21 s)
+SILENT_FOR_S = SILENT_BOUND_S + SCRIPT_SLACK_S + 2
 
 
 @dataclass

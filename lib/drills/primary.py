@@ -10,8 +10,9 @@ from functools import partial
 from lib import failover, failover_scripts, postgres
 from lib.cluster import node_id, node_status, roles_line_now, roles_now, the_primary
 from lib.drills.clients import Traffic
-from lib.drills.measure import (FENCED_WITHIN_S, FOLLOWED_WITHIN_S, Outcome, PRIMARY_BOUND_S, Silence, SILENT_FOR_S,
-                                SILENT_PRIMARY_BOUND_S, a_standby, failover_log_since, observe, run_during, within)
+from lib.drills.measure import (FENCED_WITHIN_S, FOLLOWED_WITHIN_S, Outcome, PRIMARY_BOUND_S, Silence,
+                                SILENT_PRIMARY_BOUND_S, SILENT_PRIMARY_FOR_S, a_standby, failover_log_since, observe,
+                                run_during, within)
 from lib.show import expect, positions_named, prompt
 from lib.wait import wait_until
 
@@ -35,7 +36,7 @@ KILL_ALL = "pkill -KILL -u postgres -x postgres"
 
 def primary_stops(env, how: str, lagging_s: float = 0, session_each: bool = False) -> Outcome:
     """Stop the primary (`how`: 'stop' with systemctl, 'kill' with SIGKILL to every process of the
-    server at once, as a power cut would, 'silent' with its host's network down for SILENT_FOR_S),
+    server at once, as a power cut would, 'silent' with its host's network down for SILENT_PRIMARY_FOR_S),
     with clients running; pgpool runs failover.sh, which promotes the most advanced standby (and,
     for a silent host, fences it once it answers again). With `lagging_s` the primary's WAL sender to the first
     standby is paused that long, a second before the stop, so that this standby lags behind the
@@ -43,7 +44,7 @@ def primary_stops(env, how: str, lagging_s: float = 0, session_each: bool = Fals
     each statement (see Traffic). Returns what the clients saw."""
     old, epoch = the_primary(env), time.time()
     p = env.params.postgres
-    silence = Silence(old, SILENT_FOR_S) if how == "silent" else None
+    silence = Silence(old, SILENT_PRIMARY_FOR_S) if how == "silent" else None
     command = {"stop": f"systemctl stop {shlex.quote(p['service'])}", "kill": KILL_ALL,
                "silent": silence and silence.command}[how]
     clients = "a writer and a reader use pgpool, a new session for each statement" if session_each \

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from lib import clone_guard, health_check_guard, pgpool_host, postgres
 from lib.cluster import all_up, node_id, node_status, the_primary
 from lib.drills.clients import Traffic
-from lib.drills.measure import (Outcome, PGPOOL_BOUND_S, SCRIPT_SLACK_S, Silence, SILENT_FOR_S, a_standby,
+from lib.drills.measure import (Outcome, PGPOOL_BOUND_S, SCRIPT_SLACK_S, Silence, SILENT_BOUND_S, SILENT_FOR_S, a_standby,
                                 failover_log_since, observe, run_during, within)
 from lib.show import expect, prompt
 from lib.wait import wait_until
@@ -75,28 +75,25 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
     """Take a standby's network interface down for `silent_for` seconds, from the standby itself
     (a transient systemd unit brings it back even though our SSH session stalls), with nobody
     connected. Packets to it now get no answer at all, so each health-check try waits out its
-    timeout: this measures the 'silent' bound of Step 30, and that the standby comes back by itself.
-    The times are pgpool's own, from the failover log (its scripts log each detach and attach):
-    polling pcp while pgpool handles a failover would add delays of its own.
-    With TLS the bound includes what the health-check guard adds (lib.health_check_guard), and the
-    silence lasts longer than that bound."""
+    timeout: this measures the 'silent' bound of Step 30, with what the health-check guard adds
+    (lib.health_check_guard), and that the standby comes back by itself. The times are pgpool's own, from
+    the failover log (its scripts log each detach and attach): polling pcp while pgpool handles a failover
+    would add delays of its own."""
     standby = a_standby(env)
     name, n = standby.host.name, node_id(env, standby)
-    added = health_check_guard.added_s(env.params)
-    promised, bound = pgpool_host.detection_bounds()["silent"] + added, back_bound()
-    silent_for = max(silent_for, promised + SCRIPT_SLACK_S + 2)
+    added, promised, bound = health_check_guard.added_s(), SILENT_BOUND_S, back_bound()
     outcome = Outcome(f"{prompt(name, 'root')}{Silence(standby, silent_for).command}    # a standby's network, "
                       "with no client connected")
     silent = silence_once(env, standby, n, silent_for, promised + SCRIPT_SLACK_S)
     if not silent.detached:
-        held = (f"pgpool's health check of node {n} was still waiting in a read on its TLS session to {name} "
+        held = (f"pgpool's health check of node {n} was still waiting in a read on its session to {name} "
                 f"{promised + SCRIPT_SLACK_S:.0f} s into the silence, which the guard beside pgpool should have "
                 "ended. " if silent.read_held else "")
         expect(False, f"pgpool did not detach {name} within {silent_for:.0f} s of its network going silent; pgpool "
                       f"has it {node_status(env, standby, n)} now. {held}The failover log from 30 s before the drill "
                       f"(times from the silence):\n{silent.log or '  (nothing)'}",
                "check health_check_timeout and health_check_max_retries (Step 30), pgpool's own log for the health "
-               f"check of node {n}" + (f", and that {health_check_guard.UNIT} runs (Step 33)." if added else "."))
+               f"check of node {n}, and that {health_check_guard.UNIT} runs (Step 33).")
     answering = silent.down_at + silent_for
     attached, _ = wait_until(lambda: logged(env, standby, n, "attached", answering), timeout=bound + 5, interval=0.5)
     outcome.measured["detached after"] = silent.detached - silent.down_at
@@ -117,9 +114,8 @@ def standby_goes_silent(env, silent_for: float = SILENT_FOR_S) -> Outcome:
                       f"{within_s:.0f} s later: its reads are stale.",
            "its WAL receiver neither streams nor gave up on the silent connection: read its log and "
            "pg_stat_wal_receiver.")
-    guard = f", with TLS the guard's {added} s" if added else ""
     outcome.events = [f"pgpool's health check detached {name} within {promised} s of the silence (+ {SCRIPT_SLACK_S:g} s "
-                      f"for pgpool to start failover.sh, whose log line gives the time{guard}): yes",
+                      f"for pgpool to start failover.sh, whose log line gives the time, and the guard's {added} s): yes",
                       f"back in load balancing by itself within {bound} s of its network's return: yes",
                       f"and replaying the primary's new WAL within {within_s:.0f} s after that (its WAL receiver's "
                       "timeout and retry interval): yes"]
@@ -131,7 +127,7 @@ class Silent:
     """One silence of a standby, as pgpool saw it (epoch seconds)."""
     down_at: float                 # when its interface went down
     detached: float | None         # when failover.sh logged the detach, if it did before the network returned
-    read_held: bool                # no detach in time, and the health check was waiting in a (TLS) read
+    read_held: bool                # no detach in time, and the health check was waiting in a read
     log: str                       # the failover log from 30 s before, times from the silence
 
 
