@@ -12,7 +12,7 @@ from lib.host_functions import cluster_is
 from lib.ops import guide_step
 from lib.postgres import GUIDE_ROWS, TEST_DB, auth_method, conf_file, patience, psql_read
 from lib.roles import sql_literal
-from lib.secret_files import last_field_masked, secret_file
+from lib.secret_files import PGPASS_MASKED, secret_file
 from lib.show import CheckFailed, expect, masked_columns, prompt
 from lib.wait import wait_until
 
@@ -204,7 +204,7 @@ def pgpass_file(step: ops.Step, remote) -> None:
     """~postgres/.pgpass with the replicator's password (any host, this port)."""
     secret_file(step, remote, PGPASS, (f"*:{remote.params.postgres['port']}:*:{REPLICATION_ROLE}:",
                                        plan_secrets.Secret("replication", "pgpass"), "\n"),
-                last_field_masked, "the replicator's password")
+                PGPASS_MASKED, "the replicator's password")
 
 
 @guide_step

@@ -10,9 +10,24 @@ from lib import facts, ops, plan_secrets
 SECRET_OWNER, SECRET_MODE = "postgres:postgres", "600"
 
 
-def last_field_masked(line: str) -> str:
-    """A `.pgpass`-shaped line (`…:secret`) as a diff may show it."""
-    return line.rsplit(":", 1)[0] + ":" + plan_secrets.MASK
+def password_masked(fields_before: int):
+    """How a diff may show a line of a password file whose password follows `fields_before` fields
+    (`.pgpass`: host:port:database:user:, 4; `.pcppass`: host:port:user:, 3): everything after them masked.
+    Counted from the left, skipping `\\:` as libpq and pcp do, so that a password holding an escaped colon
+    is masked whole; a line with fewer fields is masked whole."""
+    def masked(line: str) -> str:
+        fields = i = 0
+        while i < len(line) and fields < fields_before:
+            if line[i] == "\\":
+                i += 1
+            elif line[i] == ":":
+                fields += 1
+            i += 1
+        return (line[:i] if fields == fields_before else "") + plan_secrets.MASK
+    return masked
+
+
+PGPASS_MASKED, PCPPASS_MASKED = password_masked(4), password_masked(3)
 
 
 def secret_file(step: ops.Step, remote, path: str, new, mask_line, what: str, by_hand=None) -> None:

@@ -479,20 +479,28 @@ def streams_after_restart():
     return False
 
 
-def test_reset_passwords_rotates_the_replication_password_and_the_standby_follows(
+def test_reset_passwords_rotates_the_replication_and_pgpool_passwords_and_the_cluster_follows(
         provisioned_twice, secrets_file, tmp_path):
+    """Passwords with a quote, a backslash and a colon: the standby logs in again with the new replication
+    password (~postgres/.pgpass), and pcp with the new pgpool password (~postgres/.pcppass, where an
+    unescaped colon would cut it short)."""
     rotated = tmp_path / "rotated.secrets"
-    rotated.write_text(secrets_file.read_text().replace(SECRETS["PGGUIDE_REPLICATION_PASSWORD"], "Rot'at\\e-1"))
+    rotated.write_text(secrets_file.read_text().replace(SECRETS["PGGUIDE_REPLICATION_PASSWORD"], "Rot'at\\e-1")
+                       .replace(SECRETS["PGGUIDE_PGPOOL_PASSWORD"], "Po:ol\\p-2"))
     rotated.chmod(0o600)
     params = tmp_path / "rotate.yaml"
     params.write_text((REPO / "params" / "lab.yaml").read_text().replace("options:\n", "options:\n  reset_passwords: true\n"))
     try:
         record = REPO / sh(REPO / "ci" / "provision", "--secrets", rotated, params).strip().splitlines()[-1].split("Record: ")[1]
         changed = {s["step"]: s["changes"] for s in summary(record)["steps"] if s["status"] == "changed"}
-        assert set(changed) == {1, 9, 40}, changed      # 9: the standby's ~postgres/.pgpass, 40: the primary's
+        # 1, 22: the two roles; 9, 40: ~postgres/.pgpass on the standby, then on the primary; 32: pool_passwd,
+        # pcp.conf and ~postgres/.pcppass; 33: pgpool starts again to read pool_passwd
+        assert set(changed) == {1, 9, 22, 32, 33, 40}, changed
         assert [c["what"] for c in changed[9]] == ["/var/lib/postgresql/.pgpass: *:5432:*:replicator:********"], changed
-        assert "Rot'at" not in (record / "commands.sh").read_text()
+        assert "/var/lib/postgresql/.pcppass: localhost:9898:pgpool:********" in [c["what"] for c in changed[32]], changed
+        assert "Rot'at" not in (record / "commands.sh").read_text() and "Po:ol" not in (record / "commands.sh").read_text()
         assert streams_after_restart(), "the standby did not reconnect with the new password"
+        assert on("vm3", "sudo -u postgres pcp_node_count -h localhost -p 9898 -U pgpool -w").strip() == "2"
         rotated_check = check(rotated)
         assert f"all {len(guide.STEPS)} steps match" in rotated_check.stdout, rotated_check.stdout
     finally:

@@ -149,6 +149,48 @@ def test_secret_files_show_masked_lines_only(secrets_env):
     assert "0123abcd" not in change.what() and hashlib.md5(b"pg-secret-1").hexdigest() not in change.display()
 
 
+def read_as_pcp_does(line: str, fields_before: int = 3) -> str:
+    """The password of a .pcppass line as pgpool's pcp reads it (src/libs/pcp/pcp.c, PasswordFromFile and
+    pwdfMatchesString, as libpq reads .pgpass): the fields before it end at an unescaped colon; then a
+    backslash escapes the next character, and the password ends at an unescaped colon."""
+    i = 0
+    for _ in range(fields_before):
+        while line[i] != ":":
+            i += 2 if line[i] == "\\" else 1
+        i += 1
+    password, rest = "", line[i:].rstrip("\n")
+    j = 0
+    while j < len(rest) and rest[j] != ":":
+        if rest[j] == "\\" and j + 1 < len(rest):
+            j += 1
+        password += rest[j]
+        j += 1
+    return password
+
+
+@pytest.mark.parametrize("password", ["plain-secret-1", "a:b\\c:", NASTY + ":"])
+def test_pcppass_holds_the_pgpool_password_as_pcp_reads_it_and_shows_none_of_it(monkeypatch, password):
+    """A : or \\ in the password escaped (unescaped, pcp would cut it short at the colon and drop the
+    backslash), and the diff masks the whole password, the part before an escaped colon too."""
+    from lib.part2.pgpool_setup import pcppass_line
+    from lib.secret_files import PCPPASS_MASKED
+    monkeypatch.setenv("PGGUIDE_PGPOOL_PASSWORD", password)
+    line = plan_secrets.resolve(pcppass_line(PARAMS), PARAMS)
+    assert line.startswith("localhost:9898:pgpool:") and read_as_pcp_does(line) == password
+    assert PCPPASS_MASKED(line.rstrip("\n")) == "localhost:9898:pgpool:" + plan_secrets.MASK
+
+
+@pytest.mark.parametrize("line, shown", [
+    ("*:5432:*:replicator:plain", "*:5432:*:replicator:********"),
+    ("*:5432:*:replicator:ab\\:cd\\\\:ef", "*:5432:*:replicator:********"),
+    ("*\\:x:5432:*:replicator:ab", "*\\:x:5432:*:replicator:********"),        # an escaped colon before it
+    ("not a password line", "********"),
+])
+def test_a_pgpass_lines_password_is_masked_whole(line, shown):
+    from lib.secret_files import PGPASS_MASKED
+    assert PGPASS_MASKED(line) == shown
+
+
 def test_file_changes_are_atomic_and_keep_owner_and_mode(tmp_path):
     target = tmp_path / "f.conf"
     target.write_text("old\n")

@@ -117,3 +117,21 @@ def test_the_recorder_names_a_read_around_the_facts_and_not_a_batch_of_facts(mon
         watch.close()
     assert watch.outside == ["vm1: cat /etc/hostname"]
     assert len(ran) == 3 and not facts.is_batch("cat /etc/hostname")
+
+
+@pytest.mark.parametrize("pgpool_state, stopped", [("active\nenabled\n", True), ("inactive\nenabled\n", False)])
+def test_a_new_pgpool_password_is_set_with_pgpool_stopped(monkeypatch, pgpool_state, stopped):
+    """options.reset_passwords on a provisioned lab: set under a running pgpool, the new password would fail
+    its health checks (pool_passwd holds the old one until Step 32) and pgpool would detach every server. So
+    Step 22 stops pgpool first, when it runs, and Step 33 starts it."""
+    from lib import facts
+    from lib.pgpool_host import service_state
+    params, recorded = RECORDINGS["lab"]
+    monkeypatch.setenv(secrets.SECRETS["pgpool"][0], "a-new-pgpool-secret")
+    env = given(params, recorded["after"][22])
+    state = facts.CommandFact("systemctl is-active pgpool2; systemctl is-enabled pgpool2")
+    env.pgpool.facts.given({state: state.parse(0, pgpool_state, "")})
+    assert service_state(env.pgpool, fresh=False) == pgpool_state.split()
+    step22 = next(gs for gs in guide.STEPS if gs.number == 22)
+    assert planned(step22, env) == ["vm3 (root) $ systemctl stop pgpool2"] * stopped + [
+        "vm1 (postgres) $ psql -c \"ALTER USER pgpool PASSWORD '********';\""]

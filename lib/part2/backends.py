@@ -8,10 +8,10 @@ from functools import partial
 from lib import ops, pgconf, postgres, system, tls
 from lib.ops import guide_step
 from lib.part1 import REPLICATION_ROLE
-from lib.pgpool_host import PGPOOL_ROLE
+from lib.pgpool_host import PGPOOL_ROLE, service_state
 from lib.postgres import auth_method, conf_file, md5_mode
 from lib.roles import sql_literal
-from lib.secrets import secret
+from lib.secrets import ROLES, secret
 from lib.show import expect, prompt
 
 
@@ -89,7 +89,7 @@ def granted(primary, role: str) -> bool:
 @guide_step
 def create_pgpool_role(env) -> ops.Step:
     primary = env.primary
-    step = postgres.role_step(ops.Step("pgpool role"), primary, "pgpool")
+    step = postgres.role_step(stop_pgpool_for_a_new_password(env, ops.Step("pgpool role")), primary, "pgpool")
     step.note(primary, f"the guide's `GRANT {GUIDE_GRANT} TO {PGPOOL_ROLE};` is not run: {GUIDE_GRANT} includes "
                        f"pg_read_all_settings, with which {PGPOOL_ROLE} could read primary_conninfo and the replication "
                        f"password in it; {PGPOOL_GRANT} is what its checks read")
@@ -101,6 +101,22 @@ def create_pgpool_role(env) -> ops.Step:
     if granted(primary, GUIDE_GRANT):
         step.do(ops.Sql(primary, "postgres", statement=(f"REVOKE {GUIDE_GRANT} FROM {PGPOOL_ROLE};",),
                         summary=f"{GUIDE_GRANT} revoked from {PGPOOL_ROLE}"))
+    return step
+
+
+def stop_pgpool_for_a_new_password(env, step: ops.Step) -> ops.Step:
+    """pgpool's health checks log in as pgpool with the password pool_passwd holds (Step 32). A new password
+    (options.reset_passwords) set under a running pgpool fails every check from then on, and 2 retries a second
+    apart later pgpool detaches every server, the primary too, which starts failover.sh: seen on the lab,
+    where a rotation's Steps 22 to 33 took longer than those retries now and then. So pgpool is stopped first,
+    and Step 33 starts it with the new pool_passwd: clients wait for those seconds instead."""
+    vm3, service = env.pgpool, shlex.quote(env.params.pgpool["service"])
+    role, attributes = ROLES["pgpool"]
+    differences = postgres.role_differences(env.primary, role, secret("pgpool", env.params), attributes) or []
+    if "has another password" in differences and service_state(vm3, fresh=False)[:1] == ["active"]:
+        step.do(ops.Command(vm3, "root", f"systemctl stop {service}",
+                            summary=f"{service} stopped until Step 33: its health checks would fail with the old "
+                                    f"password and detach every server"))
     return step
 
 

@@ -13,7 +13,7 @@ from lib.pgpool_host import (APP_ROLE, KEY_FILE, LOG_DIR, PCPPASS, PGPOOL_ROLE, 
                              stop_dropin)
 from lib.postgres import TEST_DB, auth_method, md5_mode
 from lib.roles import sql_literal
-from lib.secret_files import SECRET_MODE, SECRET_OWNER, last_field_masked, secret_access, secret_file
+from lib.secret_files import PCPPASS_MASKED, SECRET_MODE, SECRET_OWNER, secret_access, secret_file
 from lib.secrets import secret
 from lib.show import expect, prompt
 
@@ -184,6 +184,12 @@ def pool_passwd_entries(env) -> dict[str, str]:
     return found if found else dict(zip(users, strings)) if len(strings) == len(users) else {}
 
 
+def pcppass_line(params) -> tuple:
+    """~postgres/.pcppass's one line. pcp reads it as libpq reads .pgpass: a \\ or : in the password is
+    escaped, or the password is cut short at it."""
+    return (f"localhost:{params.pgpool['pcp_port']}:{PGPOOL_ROLE}:", Secret("pgpool", "pgpass"), "\n")
+
+
 @guide_step
 def password_file(env) -> ops.Step:
     """pool_passwd: AES entries (pg_enc) under ~postgres/.pgpoolkey, or md5 entries in md5 mode;
@@ -221,8 +227,7 @@ def password_file(env) -> ops.Step:
                (Secret("pgpool", "md5"), "\n"))
     secret_file(step, vm3, pcp, lambda old: _replace_line(old, f"{PGPOOL_ROLE}:", (f"{PGPOOL_ROLE}:", Secret("pgpool", "md5"))),
                 _user_line, f"{PGPOOL_ROLE}'s md5 (pg_md5 of PGGUIDE_PGPOOL_PASSWORD)", by_hand=by_hand)
-    secret_file(step, vm3, PCPPASS, (f"localhost:{p.pgpool['pcp_port']}:{PGPOOL_ROLE}:", Secret("pgpool"), "\n"),
-                 last_field_masked, "PGGUIDE_PGPOOL_PASSWORD")
+    secret_file(step, vm3, PCPPASS, pcppass_line(p), PCPPASS_MASKED, "PGGUIDE_PGPOOL_PASSWORD")
 
     def entries():
         kinds = []
@@ -254,7 +259,7 @@ def start_pgpool(env) -> ops.Step:
     system.firewall_step(step, vm3, port, pgpool_sources(env.params))       # clients connect to pgpool
     dropin = stop_dropin(env.params)
     units_changed = postgres.ensure_file(step, vm3, dropin, STOP_DROPIN, owner="root:root", mode="644", make_dir=True)
-    units_changed |= health_check_guard.plan(step, env)            # with postgres.tls
+    units_changed |= health_check_guard.plan(step, env)
     if units_changed:
         step.do(ops.Command(vm3, "root", "systemctl daemon-reload", summary="systemd read the changed units"))
     state = service_state(vm3, fresh=False)
