@@ -152,6 +152,13 @@ class CommandFact(Fact):
         return Output(code == 0, out)
 
 
+def unit_state(unit: str) -> CommandFact:
+    """Whether a systemd unit runs and starts at boot: its lines answer `systemctl is-active` and `is-enabled`
+    (['active', 'enabled'])."""
+    quoted = shlex.quote(unit)
+    return CommandFact(f"systemctl is-active {quoted}; systemctl is-enabled {quoted}")
+
+
 class FactUnreadable(RuntimeError):
     """A host answered, but not what the fact expects."""
 

@@ -87,7 +87,7 @@ WantedBy={service}.service
 
 
 #: whether the guard runs and starts with pgpool: what Step 33 plans from, and shows as its evidence
-STATE = facts.CommandFact(f"systemctl is-active {UNIT}; systemctl is-enabled {UNIT}")
+STATE = facts.unit_state(UNIT)
 
 
 def plan(step: ops.Step, env) -> bool:

@@ -101,8 +101,7 @@ def pgpool_settings(params, hosts: list | None = None, conf_text: str = "") -> d
 def service_state(remote, *, fresh: bool = True) -> list[str]:
     """['active', 'enabled'] when pgpool runs and starts at boot: asked now, or (fresh=False) as the
     planners know it (lib.facts)."""
-    service = shlex.quote(remote.params.pgpool["service"])
-    fact = facts.CommandFact(f"systemctl is-active {service}; systemctl is-enabled {service}")
+    fact = facts.unit_state(remote.params.pgpool["service"])
     return (remote.facts.read(fact) if fresh else remote.facts.get(fact)).lines
 
 

@@ -129,7 +129,7 @@ def test_a_new_pgpool_password_is_set_with_pgpool_stopped(monkeypatch, pgpool_st
     params, recorded = RECORDINGS["lab"]
     monkeypatch.setenv(secrets.SECRETS["pgpool"][0], "a-new-pgpool-secret")
     env = given(params, recorded["after"][22])
-    state = facts.CommandFact("systemctl is-active pgpool2; systemctl is-enabled pgpool2")
+    state = facts.unit_state(params.pgpool["service"])
     env.pgpool.facts.given({state: state.parse(0, pgpool_state, "")})
     assert service_state(env.pgpool, fresh=False) == pgpool_state.split()
     step22 = next(gs for gs in guide.STEPS if gs.number == 22)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from lib import clone_guard, health_check_guard, pgpool_host, postgres
 from lib.cluster import all_up, node_id, node_status, the_primary
 from lib.drills.clients import Traffic
-from lib.drills.measure import (Outcome, PGPOOL_BOUND_S, SCRIPT_SLACK_S, Silence, SILENT_BOUND_S, SILENT_FOR_S, a_standby,
-                                failover_log_since, observe, run_during, within)
+from lib.drills.measure import (Outcome, PGPOOL_BOUND_S, SCRIPT_SLACK_S, Silence, SILENT_BOUND_S, SILENT_FOR_S,
+                                a_standby, failover_log_since, observe, run_during, within)
 from lib.show import expect, prompt
 from lib.wait import wait_until
 
