@@ -69,6 +69,15 @@ def connect(params: Params, host: Host) -> Connection:
     return conn
 
 
+def openssh_argv(params: Params, host: Host) -> list[str]:
+    """OpenSSH's command line that logs in to `host` as the parameters' admin user, with the same key
+    and known_hosts as connect(): what `ci/lab ssh` runs, and what the lab tests run without it."""
+    ssh = params.ssh
+    return ["ssh", "-i", str(ssh["key_file"]), "-o", f"UserKnownHostsFile={ssh['known_hosts']}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-p", str(ssh["port"]),
+            f"{ssh['user']}@{host.address}"]
+
+
 def no_nagle(sock) -> None:
     """Send each SSH packet at once. Opening a channel is two small writes; with Nagle's algorithm
     the second waits for the ACK of the first, which the server delays 40 ms: every command paid

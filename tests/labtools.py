@@ -1,6 +1,7 @@
 """What the lab tests share: the commands a user runs (ci/lab, ci/provision, ssh to a host), each
 failing with its output when it exits non-zero."""
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -43,10 +44,28 @@ def lab(*args, check=True):
     return proc
 
 
-def on(host, command, *, params=PARAMS_FILE, check=True):
-    """A command on a host (its name, or a params Host) of the lab `params` names, as its admin user (ci/lab
-    ssh): its stdout, or with check=False the CompletedProcess."""
-    return sh(LAB, "ssh", "--params", params, getattr(host, "name", host), command, check=check, timeout=300)
+@functools.lru_cache(maxsize=32)
+def _loaded(params: str, mtime: float):
+    from lib import params as P
+    return P.load(params)
+
+
+def ssh_argv(host, params=PARAMS_FILE) -> list[str]:
+    """ssh to a host (its name or role, or a params Host) of the lab `params` names, as its admin user: what
+    `ci/lab ssh` runs, without its start (bootstrap and a Python, about 0.4 s of CPU; the lab tests log in
+    hundreds of times). Refused, as there, unless the lab's bridge routes the address."""
+    from lib import hosts
+    params = str(Path(params).resolve())
+    prm = _loaded(params, os.stat(params).st_mtime)
+    found = prm.host(getattr(host, "name", host))
+    hosts.require_lab_route(prm, found)
+    return hosts.openssh_argv(prm, found)
+
+
+def on(host, command, *, params=PARAMS_FILE, check=True, input=None):
+    """A command on a host (its name, or a params Host) of the lab `params` names, as its admin user:
+    its stdout, or with check=False the CompletedProcess."""
+    return sh(*ssh_argv(host, params), command, check=check, timeout=300, input=input)
 
 
 def psql(host, sql, database="postgres", *, params=PARAMS_FILE):
@@ -104,8 +123,8 @@ def stalled_health_check(params, stall_s: int = 6, guard: bool = False) -> dict:
         "ALTER SYSTEM RESET post_auth_delay", f"SELECT pg_sleep({stall_s - 1})", "SELECT pg_reload_conf()"))
     began = time.monotonic()
     try:
-        with subprocess.Popen([str(LAB), "ssh", "--params", str(params), standby.name,
-                               f"sudo -u postgres psql -XAtq -c {stall}"], stdout=subprocess.DEVNULL) as session:
+        with subprocess.Popen([*ssh_argv(standby, params), f"sudo -u postgres psql -XAtq -c {stall}"],
+                              stdout=subprocess.DEVNULL) as session:
             time.sleep(stall_s - 1)              # a health check (every 2 s) began within the first second
             in_a_read = pgpool_host.health_check_in_a_read(Hosts(prm, read_only=True), node)
             before_the_end = logged()

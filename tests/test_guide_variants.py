@@ -21,38 +21,58 @@ pytestmark = [pytest.mark.lab, pytest.mark.second_lab, pytest.mark.skipif(os.get
 
 
 
-def test_md5_mode_does_what_the_guide_does(tmp_path):
-    params = variant(tmp_path, "lab-md5", lambda d: d["postgres"].update(auth_method="md5"))
-    sh(LAB, "up", params)
-    sh(REPO / "ci" / "provision", params)
-    # the check builds every step's plan: all empty, so a second run would change nothing
-    assert "check passed" in sh(REPO / "ci" / "provision", "--check", params)
-    hba = sh(LAB, "ssh", "--params", params, "vm1", "sudo grep -v '^#' /etc/postgresql/15/main/pg_hba.conf")
-    assert "scram-sha-256" not in hba and f"{P.load(params).pgpool_host.address}/32         md5" in hba
-    assert sh(LAB, "ssh", "--params", params, "vm1", "sudo -u postgres psql -XAtc \"select count(*) from pg_authid "
-                                 "where rolname in ('postgres','pgpool') and rolpassword like 'md5%'\"").strip() == "2"
-    entries = sh(LAB, "ssh", "--params", params, "vm3", "sudo cat /etc/pgpool2/pool_passwd").split()
-    assert sorted(e.split(":")[0] for e in entries) == ["app", "pgpool", "postgres"]
-    assert all(e.split(":")[1].startswith("md5") for e in entries)
-    login = sh(LAB, "ssh", "--params", params, "vm3", f"PGPASSWORD=postgres123 psql -XAt -h {P.load(params).pgpool_host.address} -p 9999 -U postgres "
-                                  "-c 'select current_user'")
-    assert login.strip() == "postgres"
-
-
-@pytest.mark.parametrize("weights", [(1, 3), (1, 1)], ids=["1to3", "1to1"])
-def test_load_balancing_check_passes_at_other_weights(tmp_path, weights):
-    def set_weights(d):
-        d["hosts"]["primary"]["weight"], d["hosts"]["standbys"][0]["weight"] = weights
-    params = variant(tmp_path, f"lab-w{weights[0]}{weights[1]}", set_weights)
-    if weights == (1, 3):
-        sh(LAB, "up", params)                      # fresh; 1:1 then reconfigures the same lab
+def provisioned(params) -> Path:
+    """ci/provision on the lab of `params`: the record of a run whose summary says it succeeded."""
     out = sh(REPO / "ci" / "provision", params)
     assert "provision succeeded" in out
     record = REPO / out.strip().splitlines()[-1].split("Record: ")[1]
     assert json.loads((record / "summary.json").read_text())["result"] == "succeeded"
+    return record
+
+
+def md5_at_weights(weights):
+    def change(d):
+        d["postgres"].update(auth_method="md5")
+        d["hosts"]["primary"]["weight"], d["hosts"]["standbys"][0]["weight"] = weights
+    return change
+
+
+def assert_step_38_finds_the_share(record, weights):
     text = (record / "02-pgpool.ipynb").read_text()
     share = weights[1] / sum(weights)
     assert f"vm2: a share of {share:.3f}" in text and "within" in text and "OUTSIDE" not in text
+
+
+@pytest.fixture(scope="module")
+def md5_lab(tmp_path_factory):
+    """The guide's own md5 way, with the standby weighted 1:3: one fresh lab shows both shapes."""
+    params = variant(tmp_path_factory.mktemp("md5"), "lab-md5", md5_at_weights((1, 3)))
+    sh(LAB, "up", params)
+    return params, provisioned(params)
+
+
+def test_md5_mode_does_what_the_guide_does(md5_lab):
+    params, _ = md5_lab
+    on = partial(labtools.on, params=params)
+    # the check builds every step's plan: all empty, so a second run would change nothing
+    assert "check passed" in sh(REPO / "ci" / "provision", "--check", params)
+    hba = on("vm1", "sudo grep -v '^#' /etc/postgresql/15/main/pg_hba.conf")
+    assert "scram-sha-256" not in hba and f"{P.load(params).pgpool_host.address}/32         md5" in hba
+    assert on("vm1", "sudo -u postgres psql -XAtc \"select count(*) from pg_authid "
+                     "where rolname in ('postgres','pgpool') and rolpassword like 'md5%'\"").strip() == "2"
+    entries = on("vm3", "sudo cat /etc/pgpool2/pool_passwd").split()
+    assert sorted(e.split(":")[0] for e in entries) == ["app", "pgpool", "postgres"]
+    assert all(e.split(":")[1].startswith("md5") for e in entries)
+    login = on("vm3", f"PGPASSWORD=postgres123 psql -XAt -h {P.load(params).pgpool_host.address} -p 9999 -U postgres "
+                      "-c 'select current_user'")
+    assert login.strip() == "postgres"
+
+
+def test_load_balancing_check_passes_at_other_weights(md5_lab, tmp_path):
+    params, record = md5_lab
+    assert_step_38_finds_the_share(record, (1, 3))
+    again = variant(tmp_path, "lab-w11", md5_at_weights((1, 1)))        # the same lab, reconfigured
+    assert_step_38_finds_the_share(provisioned(again), (1, 1))
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +104,7 @@ def test_tls_everywhere_with_postgres_tls(hardened):
     sessions = "sudo -u postgres psql -XAtc \"SELECT replace(backend_type, ' ', '_') || ':' || ssl::text FROM " \
                "pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE client_addr IS NOT NULL\""
     # from the pgpool host: the superuser through pgpool only from there and pgpool.admin_clients (Step 31)
-    with subprocess.Popen([str(LAB), "ssh", "--params", str(params), "vm3",       # a session through pgpool, held
+    with subprocess.Popen([*labtools.ssh_argv("vm3", params),          # a session through pgpool, held
                            f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=require' "
                            "-c 'select pg_sleep(3)'"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as held:
         time.sleep(1.5)
@@ -95,7 +115,7 @@ def test_tls_everywhere_with_postgres_tls(hardened):
     assert standby and set(standby) == {"client_backend:true"}, standby          # pgpool's connections
     tls = on("vm3", f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=require' -c '\\conninfo'")
     assert "SSL connection (protocol: TLSv1.3" in tls
-    plain = subprocess.run([str(LAB), "ssh", "--params", str(params), "vm3",
+    plain = subprocess.run([*labtools.ssh_argv("vm3", params),
                             f"PGPASSWORD=postgres123 psql -X 'host={pool} port=9999 user=postgres sslmode=disable' "
                             "-c 'select 1'"], capture_output=True, text=True)
     assert plain.returncode != 0 and "pool_hba.conf" in plain.stderr, plain.stderr
@@ -153,10 +173,9 @@ def test_an_impostor_on_the_primarys_address_gets_no_password(hardened, tmp_path
     def from_standby(conninfo: str) -> str:
         script = (f"export PGPASSWORD={marker}\n"
                   f"sudo -u postgres --preserve-env=PGPASSWORD psql -XAt \"{conninfo}\" -c 'select 1' 2>&1 || true\n")
-        return sh(LAB, "ssh", "--params", params, "vm2", "bash -s", input=script)
+        return labtools.on("vm2", "bash -s", params=params, input=script)
 
-    standbys_own = sh(LAB, "ssh", "--params", params, "vm2",
-                      "sudo -u postgres psql -XAtc 'SHOW primary_conninfo'").strip()
+    standbys_own = labtools.on("vm2", "sudo -u postgres psql -XAtc 'SHOW primary_conninfo'", params=params).strip()
     assert "sslmode='verify-full'" in standbys_own and "channel_binding=require" in standbys_own, standbys_own
     to_impostor = standbys_own.replace(f"port={prm.postgres['port']}", "port=5433") + " dbname=postgres"
     own_cert, own_key = tmp_path / "impostor.crt", tmp_path / "impostor.key"
@@ -164,8 +183,8 @@ def test_an_impostor_on_the_primarys_address_gets_no_password(hardened, tmp_path
        "-subj", f"/CN={primary.name}", "-addext", f"subjectAltName=IP:{primary.address},DNS:{primary.name}",
        "-keyout", own_key, "-out", own_cert)
     standby_cert, standby_key = tmp_path / "vm2.crt", tmp_path / "vm2.key"      # trusted, but names vm2's address
-    standby_cert.write_text(sh(LAB, "ssh", "--params", params, "vm2", "sudo cat /etc/ssl/pgguide/server.crt"))
-    standby_key.write_text(sh(LAB, "ssh", "--params", params, "vm2", "sudo cat /etc/ssl/pgguide/server.key"))
+    standby_cert.write_text(labtools.on("vm2", "sudo cat /etc/ssl/pgguide/server.crt", params=params))
+    standby_key.write_text(labtools.on("vm2", "sudo cat /etc/ssl/pgguide/server.key", params=params))
     with impostor(prm, primary, own_cert, own_key, received):
         refused = from_standby(to_impostor)
         with pytest.raises(ConnectionError, match="certificate verify failed"):

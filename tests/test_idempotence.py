@@ -17,7 +17,7 @@ from lib import REPO, conninfo, diagrams, failover_scripts, guide, part1, part2,
 from lib import params as P
 from lib.clone_guard import CloneDecision
 from lib.remote import Hosts, StepFailed
-from labtools import PARAMS_FILE, lab, on, sh, stalled_health_check
+from labtools import PARAMS_FILE, on, sh, stalled_health_check
 from lib.provision.record import find_in_record
 from lib.secrets import secret_forms
 
@@ -176,9 +176,7 @@ def test_independent_check_with_psql_on_the_hosts(provisioned_twice):
     rows = on("vm1", "sudo -u postgres psql -XAtc \"select client_addr, state from pg_stat_replication\"")
     assert rows.split() == ["10.213.93.133|streaming"]
     assert on("vm2", "sudo -u postgres psql -XAtc 'select pg_is_in_recovery()'").strip() == "t"
-    refused = subprocess.run([str(REPO / "ci" / "lab"), "ssh", "vm2",
-                              "sudo -u postgres psql -XAtc \"insert into employees (name) values ('x')\" testdb"],
-                             capture_output=True, text=True)
+    refused = on("vm2", "sudo -u postgres psql -XAtc \"insert into employees (name) values ('x')\" testdb", check=False)
     assert refused.returncode != 0 and "read-only transaction" in refused.stderr
     for host in ("vm1", "vm2"):
         assert on(host, "sudo -u postgres psql -XAtc 'select name from employees order by id' testdb").split() == \
@@ -188,7 +186,7 @@ def test_independent_check_with_psql_on_the_hosts(provisioned_twice):
 def through_pgpool(sql, database="postgres"):
     """Plain psql against pgpool's port as the superuser, from the pgpool host (the superuser is let in
     from there and from pgpool.admin_clients only)."""
-    return sh(REPO / "ci" / "lab", "ssh", "vm3",
+    return on("vm3",
               f"PGPASSWORD={SECRETS['PGGUIDE_POSTGRES_PASSWORD']} psql -XAt -h 10.213.93.134 -p 9999 -U postgres "
               f"-d {database} -c \"{sql}\"")
 
@@ -218,7 +216,7 @@ def test_no_account_on_the_pgpool_host_gets_in_without_a_password(provisioned_tw
     """Debian ships pool_hba.conf with trust for pgpool's socket and 127.0.0.1: with a postgres entry in
     pool_passwd, that made any account on the host the superuser on the servers. Step 31 removes it."""
     for where in ("-h 127.0.0.1", "-h /var/run/postgresql"):
-        attempt = lab("ssh", "--params", PARAMS_FILE, "vm3", f"cd / && sudo -u nobody psql -w {where} -p 9999 "
+        attempt = on("vm3", f"cd / && sudo -u nobody psql -w {where} -p 9999 "
                       "-U postgres -XAtc 'SELECT current_user'", check=False)
         assert attempt.returncode != 0 and "postgres" not in attempt.stdout, (where, attempt.stdout)
         assert "no password supplied" in attempt.stderr, (where, attempt.stderr)
@@ -233,7 +231,7 @@ def test_pgpools_role_reads_replication_status_but_no_setting_that_holds_a_passw
             "senders": ("10.213.93.132", "SELECT count(replay_lsn) FROM pg_stat_replication")}
     script = f"export PGPASSWORD={password}\ncd /\n" + "".join(
         f"echo @@{name}; psql -XAt -h {host} -U pgpool -d postgres -c '{sql}' 2>&1\n" for name, (host, sql) in asks.items())
-    out = sh(REPO / "ci" / "lab", "ssh", "vm3", "bash -s", input=script)
+    out = on("vm3", "bash -s", input=script)
     said = dict(part.split("\n", 1) for part in out.split("@@")[1:])
     assert said["conninfo"].startswith("ERROR:") and 'to examine "primary_conninfo"' in said["conninfo"], said
     assert SECRETS["PGGUIDE_REPLICATION_PASSWORD"] not in out and "password=" not in out, said
@@ -249,7 +247,7 @@ def test_primary_conninfo_names_the_passfile_and_a_password_in_it_is_moved_out(p
     assert "password" not in standby_conninfo() and standby_conninfo()["passfile"] == part1.PGPASS, standby_conninfo()
     guide_way = " ".join(f"{k}={v}" for k, v in standby_conninfo().items() if k != "passfile")
     guide_way += f" password={SECRETS['PGGUIDE_REPLICATION_PASSWORD']}"
-    sh(REPO / "ci" / "lab", "ssh", "vm2", "sudo -u postgres psql -XAtq -f - -c 'SELECT pg_reload_conf()'",
+    on("vm2", "sudo -u postgres psql -XAtq -f - -c 'SELECT pg_reload_conf()'",
        input=f"ALTER SYSTEM SET primary_conninfo = '{guide_way}';\n")
     assert standby_conninfo()["password"] == SECRETS["PGGUIDE_REPLICATION_PASSWORD"]
     for variable, value in SECRETS.items():
@@ -272,25 +270,25 @@ def test_the_superuser_through_pgpool_only_from_the_pgpool_host_and_the_admin_ma
     passwords = {role: shlex.quote(SECRETS[f"PGGUIDE_{role.upper()}_PASSWORD"]) for role in ("postgres", "pgpool")}
     attempt = "".join(f"PGPASSWORD={passwords[role]} psql -XAt -h 10.213.93.134 -p 9999 -U {role} -d postgres "
                       f"-c 'SELECT current_user' 2>&1; echo @@\n" for role in ("postgres", "pgpool"))
-    superuser, pgpool = sh(REPO / "ci" / "lab", "ssh", "vm1", "bash -s", input="cd /\n" + attempt).split("@@")[:2]
+    superuser, pgpool = on("vm1", "bash -s", input="cd /\n" + attempt).split("@@")[:2]
     assert 'no pool_hba.conf entry for host "10.213.93.132", user "postgres"' in superuser, superuser
     assert pgpool.strip() == "pgpool", pgpool
     app = shlex.quote(SECRETS["PGGUIDE_APP_PASSWORD"])
     as_app = "".join(f"PGPASSWORD={app} psql -XAt -h 10.213.93.134 -p 9999 -U app -d testdb -c {shlex.quote(sql)} 2>&1; "
                      "echo @@\n" for sql in ("SELECT current_user, count(*) > 0 FROM employees",
                                              "DELETE FROM employees WHERE false", "SELECT count(*) FROM pg_authid"))
-    reads, deletes, catalog = sh(REPO / "ci" / "lab", "ssh", "vm1", "bash -s", input="cd /\n" + as_app).split("@@")[:3]
+    reads, deletes, catalog = on("vm1", "bash -s", input="cd /\n" + as_app).split("@@")[:3]
     assert reads.strip() == "app|t", reads                      # an application's own role: it reads employees
     assert "permission denied for table employees" in deletes, deletes
     assert "permission denied for table pg_authid" in catalog, catalog
-    from_pgpool_host = sh(REPO / "ci" / "lab", "ssh", "vm3", "bash -s", input="cd /\n" + attempt.split("\n")[0])
+    from_pgpool_host = on("vm3", "bash -s", input="cd /\n" + attempt.split("\n")[0])
     assert from_pgpool_host.split("@@")[0].strip() == "postgres", from_pgpool_host
 
 
 def test_the_pgpool_hosts_key_runs_the_failover_scripts_commands_and_no_shell(provisioned_twice):
     """Step 41's key: postgres of vm3 gets no shell on vm1, only what failover.sh and its siblings send."""
     ssh = f"sudo -u postgres ssh {failover_scripts.ssh_options()} postgres@10.213.93.132"
-    said = {command: lab("ssh", "--params", PARAMS_FILE, "vm3", f"cd / && {ssh} {shlex.quote(command)}", check=False)
+    said = {command: on("vm3", f"cd / && {ssh} {shlex.quote(command)}", check=False)
             for command in ("hostname", "pg_lsclusters --no-header 15 main", "id", "psql -c 'SELECT 1'")}
     assert said["hostname"].stdout.strip() == "vm1" and "online" in said["pg_lsclusters --no-header 15 main"].stdout
     for refused in ("id", "psql -c 'SELECT 1'"):
@@ -304,7 +302,7 @@ def test_replicator_cannot_open_a_database_from_the_pgpool_host(provisioned_twic
     script = f"export PGPASSWORD={password}\ncd /\n" + "".join(
         f"psql -XAt -h {address} -U replicator -d testdb -c 'SELECT 1' 2>&1; echo @@\n"
         for address in ("10.213.93.132", "10.213.93.133"))
-    out = sh(REPO / "ci" / "lab", "ssh", "vm3", "bash -s", input=script).split("@@")[:2]
+    out = on("vm3", "bash -s", input=script).split("@@")[:2]
     assert all("pg_hba.conf rejects connection" in o and 'user "replicator"' in o for o in out), out
 
 

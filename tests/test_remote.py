@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from lib import params as P
+from lib import hosts, params as P
 from lib.remote import Remote, Result
 
 
@@ -114,3 +114,13 @@ def test_a_command_whose_output_never_ends_is_not_waited_for_long():
     started = time.monotonic()
     assert run_on(LateOutputChannel(None, after_polls=0, eof=False)) == (0, "", "")
     assert time.monotonic() - started < 3
+
+
+def test_openssh_logs_in_with_the_parameters_key_and_known_hosts_and_trusts_no_new_host_key():
+    """What `ci/lab ssh` and the lab tests run: the same key, known_hosts, port and user as the notebooks."""
+    prm = P.load({**P.read_file(P.DEFAULT_FILE), "ssh": {**P.read_file(P.DEFAULT_FILE)["ssh"], "port": 2222}})
+    argv = hosts.openssh_argv(prm, prm.standbys[0])
+    assert argv[0] == "ssh" and argv[-1] == f"{prm.ssh['user']}@{prm.standbys[0].address}"
+    options = " ".join(argv[1:-1])
+    assert f"-i {prm.ssh['key_file']}" in options and f"UserKnownHostsFile={prm.ssh['known_hosts']}" in options
+    assert "StrictHostKeyChecking=yes" in options and "IdentitiesOnly=yes" in options and "-p 2222" in options

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from lib import REPO, pgpool_host
+from lib import pgpool_host
 from lib import params as P
 from lib.lock import LOCK_DIR
 from lib.remote import Remote, StepFailed
@@ -153,7 +153,7 @@ def test_pgpool_restarts_a_hundred_times_under_sessions_each_within_the_stop_bou
         ["KillMode=mixed", f"TimeoutStopUSec={pgpool_host.STOP_TIMEOUT_S}s"]
     # pgpool's local socket asks for a password like any other line (Step 31): on stdin, not in argv
     password = shlex.quote(secret("postgres", P.load(PARAMS_FILE)))
-    out = sh(REPO / "ci" / "lab", "ssh", "--params", PARAMS_FILE, "vm3", "sudo bash -s 100",
+    out = on("vm3", "sudo bash -s 100",
              input=f"export PGPASSWORD={password}\n" + RESTARTS)
     slow = re.findall(r"^restart \d+: (\d+) ms, exit (\d+)$", out, re.M)
     assert all(int(ms) <= (pgpool_host.STOP_TIMEOUT_S + 5) * 1000 and rc == "0" for ms, rc in slow), out

@@ -125,15 +125,13 @@ def ssh(params_file: str, host_name: str, command: list[str]) -> None:
     host = next((h for h in plan.hosts if host_name in (h.name, h.role, h.address)), None)
     if host is None:
         raise LabError(f"no lab host {host_name!r}; the hosts are {', '.join(h.name for h in plan.hosts)}")
-    from lib import hosts as hostmod   # with the lab down, its address would be routed off this machine
-    try:
-        hostmod.require_lab_route(P.load(params_file), P.load(params_file).host(host.name))
+    from lib import hosts as hostmod   # imported here: paramiko and fabric cost up and down 0.2 s for nothing
+    prm = P.load(params_file)
+    try:    # with the lab down, its address would be routed off this machine
+        hostmod.require_lab_route(prm, prm.host(host.name))
     except hostmod.HostUnreachable as e:
         raise LabError(str(e)) from None
-    argv = ["ssh", "-i", str(plan.key_file), "-o", f"UserKnownHostsFile={plan.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-p", str(plan.ssh_port),
-            f"{plan.user}@{host.address}", *command]
-    os.execvp("ssh", argv)
+    os.execvp("ssh", hostmod.openssh_argv(prm, prm.host(host.name)) + command)
 
 
 def main(argv: list[str]) -> int:
