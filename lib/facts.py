@@ -289,23 +289,33 @@ def from_key(key: list | tuple) -> Fact:
     return KINDS[kind](*args)
 
 
-def recall(path: Path) -> dict[str, list[Fact]]:
-    """The facts earlier runs asked of each host (nothing when there is no such file)."""
+def recall(path: Path, chapter: str) -> dict[str, list[Fact]]:
+    """The facts the runs before asked of each host in `chapter` (a notebook, by its file name): nothing when
+    there is no such file or it is of an older form."""
     try:
-        kept = json.loads(path.read_text())
-    except (OSError, ValueError):
+        kept = json.loads(path.read_text())[chapter]
+        return {host: [from_key(k) for k in keys if k and k[0] in KINDS] for host, keys in kept.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-    return {host: [from_key(k) for k in keys if k and k[0] in KINDS] for host, keys in kept.items()}
 
 
-def remember(path: Path, remotes) -> None:
-    """Add what this run asked of each host to `path` (keys only: commands, paths and queries, never an
-    answer), written whole."""
-    kept = {h: [f.key for f in fs] for h, fs in recall(path).items()}
+def remember(path: Path, chapter: str, remotes) -> None:
+    """Add what this run asked of each host in `chapter` to `path` (keys only: commands, paths and queries,
+    never an answer), written whole. Kept by chapter: a notebook asks ahead what it asked itself, not what
+    the others did (a whole run's 23 queries of the primary, asked by each of four notebooks, were 92 psql
+    sessions where one notebook needs them)."""
+    try:
+        chapters = json.loads(path.read_text())
+    except (OSError, ValueError):
+        chapters = {}
+    if not isinstance(chapters, dict) or not all(isinstance(v, dict) for v in chapters.values()):
+        chapters = {}                    # the older form, by host alone: started again
+    kept = {h: [f.key for f in fs] for h, fs in recall(path, chapter).items()}
     for r in remotes:
         known = {tuple(k) for k in kept.get(r.host.name, [])}
         kept[r.host.name] = [*kept.get(r.host.name, []), *(k for k in r.facts.asked if k not in known)]
+    chapters[chapter] = kept
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps(kept, indent=1) + "\n")
+    partial.write_text(json.dumps(chapters, indent=1) + "\n")
     partial.replace(path)

@@ -1,6 +1,7 @@
 """The facts layer (lib.facts): every fact asked of a host answered in one round trip, exactly (a
 file's text byte for byte, with or without its last newline), kept until a command that may change
 a host runs, and given in place for a planner's test. The batch script runs in this machine's bash."""
+import json
 import subprocess
 
 import pytest
@@ -112,8 +113,8 @@ def test_what_a_run_asked_is_asked_with_the_next_runs_first_question(files, tmp_
     first.facts.get(count)
     first.facts.get(CommandFact("pcp_node_info", "postgres", live=True))
     memory = tmp_path / "runs" / "facts-asked.json"
-    facts.remember(memory, [first])
-    recalled = facts.recall(memory)[first.host.name]
+    facts.remember(memory, "01-streaming-replication", [first])
+    recalled = facts.recall(memory, "01-streaming-replication")[first.host.name]
     assert [f.key for f in recalled] == [conf.key, ("CommandFact", "nobody", "echo kept"), count.key]
     assert "kept\n" not in memory.read_text() and "listen_addresses" not in memory.read_text(), "keys only"
 
@@ -123,8 +124,12 @@ def test_what_a_run_asked_is_asked_with_the_next_runs_first_question(files, tmp_
     assert len(second.commands) == 1
     assert second.facts.get(conf).exists and second.facts.get(recalled[1]).stdout == "kept\n"
     assert len(second.commands) == 1, "the first question brought the others' answers"
-    facts.remember(memory, [second])
-    assert [f.key for f in facts.recall(memory)[first.host.name]][-1] == ("CommandFact", "root", "echo now")
+    facts.remember(memory, "01-streaming-replication", [second])
+    assert [f.key for f in facts.recall(memory, "01-streaming-replication")[first.host.name]][-1] == \
+        ("CommandFact", "root", "echo now")
+    assert facts.recall(memory, "02-pgpool") == {}, "another notebook asks ahead only what it asked itself"
+    facts.remember(memory, "02-pgpool", [second])
+    assert set(json.loads(memory.read_text())) == {"01-streaming-replication", "02-pgpool"}
 
 
 def test_a_key_stands_for_its_fact():
