@@ -43,8 +43,8 @@ def markdown(r: dict) -> str:
             trips = p["fact round trips per host, second run"]
             out += ["The second run read the planners' facts (lib.facts) in " + "; ".join(
                 ", ".join(f"{h} {n}" for h, n in sorted(run.items())) for run in trips)
-                + " SSH round trips per host (one line a round; each of the four notebooks' kernels asks "
-                  "with its first question what the last run asked).", ""]
+                + " SSH round trips per host, one round after another (each notebook's kernel asks with its "
+                  "first question to a host what that notebook asked of it the run before).", ""]
     if "image" in r:
         out += ["**Lab image**: " + ", ".join(f"{k} {_s(v, digits=2)}" for k, v in r["image"].items()) + ".", ""]
     if "memory" in r:
