@@ -1,5 +1,6 @@
 """The pieces of a run record: the secret search must find a secret in any form in any file,
 and the HTML must not load anything from the network."""
+import datetime
 import hashlib
 import json
 
@@ -270,3 +271,28 @@ def test_a_one_line_statement_is_psql_dash_c_in_commands_sh_and_a_longer_one_a_h
     insert = ops.Sql(FakeRemote(), "postgres", statement=("INSERT INTO t VALUES ('x');",), database="testdb")
     assert "<<'PGGUIDE_EOF'\nINSERT INTO t VALUES ('x');\nPGGUIDE_EOF" in insert.bash()
     assert insert.record()["typed"] == "psql -d testdb -c \"INSERT INTO t VALUES ('x');\""
+
+
+def test_the_record_notebook_is_written_at_the_start_on_a_failure_and_at_the_end_not_at_every_cell(
+        tmp_path, monkeypatch):
+    from papermill import engines
+    from lib.provision import engine
+    nb = new_notebook(cells=[new_code_cell(f"print({i})") for i in range(5)])
+    nb.metadata.papermill = {}                            # as papermill.execute_notebook prepares it
+    writes = []
+    monkeypatch.setattr(engines, "write_ipynb", lambda nb, path: writes.append(path))
+    manager = engine.SparseSaves(nb, output_path=str(tmp_path / "run.ipynb"), progress_bar=False)
+    manager.notebook_start()
+    assert len(writes) == 1                               # the file is there from the start
+    for i, cell in enumerate(nb.cells[:3]):
+        manager.cell_start(cell, i)
+        manager.cell_complete(cell, i)
+    assert len(writes) == 1                               # papermill alone would have written 7 times by now
+    manager.last_save_time -= datetime.timedelta(seconds=manager.autosave_cell_every)
+    manager.cell_start(nb.cells[3], 3)
+    assert len(writes) == 2                               # its autosave interval still holds
+    manager.cell_exception(nb.cells[3], 3)
+    manager.cell_complete(nb.cells[3], 3)
+    assert len(writes) == 3 and nb.cells[3].metadata.papermill["status"] == "failed"
+    manager.notebook_complete()
+    assert len(writes) == 4

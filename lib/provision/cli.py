@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
+import papermill
 
 from lib import REPO, diagnose, heal, journal, lock, secrets, switchover
 from lib import params as P
-from lib.provision import check, runbook, teardown
+from lib.provision import check, engine, runbook, teardown
 from lib.provision.notebooks import NOTEBOOKS, QUIET_KERNEL, guide_notebooks
 from lib.provision.record import StepRecord, Summary, commands_sh, record_files, render_html
 from lib.remote import Hosts
@@ -113,7 +114,6 @@ def kernels_stderr_to(path: Path):
 
 
 def provision(params_file: Path, prm, console: Console) -> int:
-    import papermill
     import yaml
 
     started = time.monotonic()
@@ -149,7 +149,8 @@ def provision(params_file: Path, prm, console: Console) -> int:
                     with kernels_stderr_to(record_dir / "kernels.log"):
                         papermill.execute_notebook(
                             str(nb_path), str(out_path), parameters=parameters, cwd=str(NOTEBOOKS),
-                            progress_bar=False, log_output=False, kernel_name="python3", extra_arguments=QUIET_KERNEL,
+                            engine_name=engine.NAME, progress_bar=False, log_output=False, kernel_name="python3",
+                            extra_arguments=QUIET_KERNEL,
                             execution_timeout=prm.options["step_timeout"] + 60,   # past the step's own bounds
                             on_cell_execute=progress.before, on_cell_executed=progress.after)
                 except papermill.PapermillExecutionError:
