@@ -71,11 +71,36 @@ def test_a_fact_of_another_user_runs_as_that_user():
 
 
 def test_an_answer_cut_off_is_an_error_not_a_wrong_fact():
-    out = subprocess.run(["bash", "-c", facts.batch([CommandFact("echo hello")], "n1")], capture_output=True,
-                         text=True).stdout
-    assert facts.answers(out, 1, "n1") == [(0, "hello\n", "")]
+    hello = [CommandFact("echo hello")]
+    out = subprocess.run(["bash", "-c", facts.batch(hello, "n1")], capture_output=True, text=True).stdout
+    assert facts.answers(out, hello, "n1") == [(0, "hello\n", "")]
     with pytest.raises(facts.FactUnreadable, match="not whole"):
-        facts.answers(out[:len(out) // 2], 1, "n1")
+        facts.answers(out[:len(out) // 2], hello, "n1")
+
+
+def test_the_queries_of_one_database_share_a_psql_session_and_each_keeps_its_own_answer():
+    """This machine has no psql: the session's output is written here as psql prints it (the lab's test
+    of the same, tests/test_lab.py, runs the real one). A query psql would read a `:name` or a backslash in
+    runs alone."""
+    count, fails, other_db, empty = (facts.SqlFact("SELECT count(*) FROM t"), facts.SqlFact("SELECT nope"),
+                                     facts.SqlFact("SELECT 1", "testdb"), facts.SqlFact("SELECT 1 WHERE false"))
+    alone, unanswered = facts.SqlFact("SELECT :'x'"), facts.SqlFact("SELECT 2")
+    wanted = [count, CommandFact("echo hi"), fails, other_db, alone, empty, unanswered]
+    script = facts.batch(wanted, "n2")
+    assert script.count("psql ") == 3 and "SQL_n2_q0" in script and "SQL_n2_q2" in script   # postgres, testdb
+    assert script.count("-f - <<") == 2 and script.count("-d postgres -c ") == 1                 # the query alone
+    assert facts.SqlFact.session([count, fails, empty], "n2:q0").count("\\if :ERROR") == 3
+    session = ("@@n2:q0:0:begin\n7\n\n@@n2:q0:0:end:0\n@@n2:q0:0:err\n"
+               "@@n2:q0:1:begin\n\n@@n2:q0:1:end:1\ncolumn \"nope\" does not exist\n@@n2:q0:1:err\n"
+               "@@n2:q0:2:begin\n\n@@n2:q0:2:end:0\n@@n2:q0:2:err\n")
+    out = "".join(f"@@n2:{u}:begin\n{text}\n@@n2:{u}:end:{code}\n{err}\n@@n2:{u}:err\n" for u, (code, text, err) in
+                  enumerate([(0, session, ""), (0, "hi\n", ""), (2, "", "psql: error: no such database"),
+                             (0, "x\n", "")]))
+    found = facts.answers(out, wanted, "n2")
+    assert found == [(0, "7\n", ""), (0, "hi\n", ""), (1, "", 'column "nope" does not exist'),
+                     (2, "", "psql: error: no such database"), (0, "x\n", ""), (0, "", ""),
+                     (2, "", "")]                         # a session that stopped short answers nothing for it
+    assert fails.parse(*found[2]) == facts.Rows(False, error='column "nope" does not exist')
 
 
 def test_given_answers_stand_for_the_host_and_nothing_else_is_asked():

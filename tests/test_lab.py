@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib import REPO, hosts
+from lib import REPO, facts, hosts
 from lib import params as P
 from lib.remote import Remote, StepFailed
 from labtools import lab, on
@@ -108,6 +108,27 @@ def test_steps_report_host_command_and_stderr():
     assert r.postgres("id -un").stdout.strip() == "postgres"
     assert r.psql("select 6 * 7").stdout.strip() == "42"
     r.close()
+
+
+def test_the_queries_a_batch_asks_in_one_psql_session_answer_as_each_alone_would():
+    """lib.facts runs the queries of one database in one psql session: each answer, failure and error is
+    what the query alone gives, and the session cannot write."""
+    r = Remote(PARAMS, PARAMS.primary)
+    try:
+        asked = [facts.SqlFact("SELECT 6 * 7"), facts.SqlFact("SELECT nope"), facts.SqlFact("SELECT 1 WHERE false"),
+                 facts.SqlFact("SELECT 'a|b', 3"), facts.SqlFact("CREATE TABLE written ()"),
+                 facts.SqlFact("SELECT 1", "nodb"), facts.SqlFact("SELECT current_database()")]
+        assert len(facts._units(asked)) == 2                             # postgres, nodb
+        r.facts.prefetch(asked)
+        got = [r.facts.get(q) for q in asked]
+        assert got[0] == facts.Rows(True, (("42",),)) and got[2] == facts.Rows(True, ())
+        assert not got[1].ok and got[1].error == 'column "nope" does not exist'
+        assert got[3] == facts.Rows(True, (("a", "b", "3"),))          # a | in a value splits, as psql -A prints it
+        assert not got[4].ok and "read-only transaction" in got[4].error
+        assert not got[5].ok and 'database "nodb" does not exist' in got[5].error
+        assert got[6] == facts.Rows(True, (("postgres",),))
+    finally:
+        r.close()
 
 
 def test_sudo_that_asks_for_a_password(monkeypatch):
