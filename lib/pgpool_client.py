@@ -116,20 +116,3 @@ def check_nodes(nodes: list[dict], params) -> None:
             expect(node["replication_state"] == "streaming",
                    f"{where} shows replication_state {node['replication_state']!r}.",
                    "backend_application_nameN must match the standby's application_name (Step 30).")
-
-
-def healthy_but_detached(env, nodes: list[dict]) -> list[tuple[int, str]]:
-    """Nodes pgpool keeps down although the server answers in the role the cluster gives it: a
-    standby streaming from the primary, or the primary itself. pgpool remembers a detached node
-    (pgpool_status) and, for a primary, never re-attaches it by itself."""
-    found = []
-    for node in nodes:
-        if node["status"] != "down" or node["pg_status"] != "up":
-            continue
-        name = env.params.host(node["hostname"]).name
-        if node["pg_role"] == "standby" and node["replication_state"] == "streaming":
-            found.append((int(node["node_id"]), f"{name} is down in pgpool, but it streams from the primary"))
-        elif node["pg_role"] == "primary" and not any(
-                n["pg_role"] == "primary" and n["status"] == "up" for n in nodes if n is not node):
-            found.append((int(node["node_id"]), f"{name} is down in pgpool, but it is the only primary"))
-    return found

@@ -195,6 +195,43 @@ def known_nodes(env) -> list[dict] | None:
     return [pcp_node(b, i) for i, b in enumerate(blocks)]
 
 
+def healthy_but_detached(env, nodes: list[dict]) -> list[tuple[int, str]]:
+    """Nodes pgpool keeps down although the server answers in the role the cluster gives it: a
+    standby streaming from the primary, or the primary itself. pgpool remembers a detached node
+    (pgpool_status) and, for a primary, never re-attaches it by itself."""
+    found = []
+    for node in nodes:
+        if node["status"] != "down" or node["pg_status"] != "up":
+            continue
+        name = env.params.host(node["hostname"]).name
+        if node["pg_role"] == "standby" and node["replication_state"] == "streaming":
+            found.append((int(node["node_id"]), f"{name} is down in pgpool, but it streams from the primary"))
+        elif node["pg_role"] == "primary" and not any(
+                n["pg_role"] == "primary" and n["status"] == "up" for n in nodes if n is not node):
+            found.append((int(node["node_id"]), f"{name} is down in pgpool, but it is the only primary"))
+    return found
+
+
+def attach_healthy_nodes(step: ops.Step, env) -> ops.Step:
+    """pcp_attach_node for each node pgpool keeps down though its server is healthy in its role."""
+    for node_id, why in healthy_but_detached(env, known_nodes(env) or []):
+        attach = pcp(env, "pcp_attach_node", f"-n {node_id}")
+        # pcp returns once pgpool has the request: wait for its failback, so that a restart next keeps the node up
+        done = ops.wait_for(f"{pcp(env, 'pcp_node_info', f'-n {node_id}')} | awk '{{exit $5 == \"down\"}}'", 10,
+                            f"pgpool has not attached node {node_id}")
+        step.do(ops.Command(env.pgpool, "postgres", f"{attach} && {done}", shown=f"{attach}    # {why}",
+                            summary=f"node {node_id} attached again", hint="read pgpool's log: pcp refuses a node it cannot reach"))
+    return step
+
+
+def restart_pgpool(step: ops.Step, env) -> ops.Step:
+    """pgpool restarted, every healthy node attached first. A restarted pgpool starts no health check for
+    a node that its pgpool_status gives as down, and auto_failback runs in that check, so such a node would
+    stay down for good (pgpool 4.3.5, measured: a standby restarted in Step 40 was detached, then kept down
+    by Step 43's restart)."""
+    return attach_healthy_nodes(step, env).notify(pgpool_service(env, "restart"))
+
+
 def pgpool_log(env, lines: int = 5) -> str:
     """The guide's `journalctl -u pgpool2 | tail`: with logging_collector on (Step 30) pgpool
     writes its own log file instead."""

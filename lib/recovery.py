@@ -218,7 +218,7 @@ def online_recovery(env) -> ops.Step:
     vm3, path = env.pgpool, pgpool_host.conf(p, "pgpool.conf")
     change = postgres.edit(vm3, path, lambda text: pgpoolconf.set_settings(text, recovery_settings(p)))
     if change:
-        step.do(change).notify(pgpool_host.pgpool_service(env, "restart"))
+        pgpool_host.restart_pgpool(step.do(change), env)
     else:
         step.note(vm3, f"{path} already names the recovery commands")
     return step.verify("each server may ask each other to rejoin, and pgpool knows how", partial(ready, env))

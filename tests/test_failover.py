@@ -61,7 +61,7 @@ class Env:
     ([node(0, "up", "up", "primary", hostname="10.213.93.132"), node(1, "waiting", "up", "standby", "streaming")], []),
 ])
 def test_only_a_healthy_node_in_its_role_is_attached_again(nodes, attached):
-    assert [n for n, _ in pgpool_client.healthy_but_detached(Env, nodes)] == attached
+    assert [n for n, _ in pgpool_host.healthy_but_detached(Env, nodes)] == attached
 
 
 @pytest.mark.parametrize("make", [failover_scripts.failover_script, failover_scripts.follow_script, failover_scripts.failback_script])

@@ -13,13 +13,14 @@ import time
 import pytest
 import yaml
 
-from lib import REPO, conninfo, diagrams, failover_scripts, guide, part1, part2, pgpool_client
+from lib import REPO, conninfo, diagrams, failover_scripts, guide, part1, part2, pgpool_client, pgpool_host
 from lib import params as P
 from lib.clone_guard import CloneDecision
 from lib.remote import Hosts, StepFailed
 from labtools import PARAMS_FILE, on, sh, stalled_health_check
 from lib.provision.record import find_in_record
 from lib.secrets import secret_forms
+from lib.wait import wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (run ci/test as root)")]
 PARAMS = P.load()
@@ -522,6 +523,35 @@ def test_wrong_pool_passwd_entry_stops_with_the_reason(provisioned_twice, monkey
         monkeypatch.setenv("PGGUIDE_POSTGRES_PASSWORD", SECRETS["PGGUIDE_POSTGRES_PASSWORD"])
         part2.password_file(env).apply()
         part2.start_pgpool(env).apply()
+        env.close()
+
+
+def pcp_node_status(node_id):
+    return on("vm3", f"sudo -u postgres pcp_node_info -h localhost -U pgpool -w -v -n {node_id}")
+
+
+def test_a_restart_of_pgpool_first_attaches_a_healthy_standby_that_it_keeps_down(provisioned_twice, monkeypatch):
+    """A pgpool started with a node down in pgpool_status starts no health check for it, and auto_failback
+    runs in that check: the node stays down for good. So it was after a standby's slow restart in Step 40 and
+    pgpool's restart in Step 43. Here pgpool starts so on purpose; the restart the steps plan attaches it first."""
+    for variable, value in SECRETS.items():
+        monkeypatch.setenv(variable, value)
+    env = Hosts(PARAMS)
+    status_file = "/var/log/postgresql/pgpool_status"      # pgpool's logdir in Debian's pgpool.conf
+    try:
+        on("vm3", f"sudo systemctl stop pgpool2 && printf 'up\\ndown\\n' | sudo tee {status_file} >/dev/null "
+                  f"&& sudo systemctl start pgpool2")
+        streaming, _ = wait_until(lambda: "Replication State      : streaming" in pcp_node_status(1), timeout=15, interval=0.5)
+        assert streaming, pcp_node_status(1)
+        assert "Status Name            : down" in pcp_node_status(1)
+        time.sleep(2 * pgpool_host.HEALTH_CHECK["health_check_period"])      # auto_failback would have acted by now
+        assert "Status Name            : down" in pcp_node_status(1), "pgpool attached it by itself: nothing to prove"
+        on("vm3", f"echo '0  /etc/pgpool2/pgpool.conf' | sudo tee {pgpool_host.LOADED} >/dev/null")   # a restart is due
+        part2.start_pgpool(env).apply()
+        attached, _ = wait_until(lambda: "Status Name            : down" not in pcp_node_status(1), timeout=15, interval=0.5)
+        assert attached, f"pgpool's restart kept the streaming standby down:\n{pcp_node_status(1)}"
+    finally:
+        on("vm3", "sudo -u postgres pcp_attach_node -h localhost -U pgpool -w -n 1 >/dev/null 2>&1 || true")
         env.close()
 
 

@@ -3,6 +3,10 @@
 lab, it plans nothing. A host read outside the facts layer fails the test at once, so a step is here only
 when its planner decides from facts alone; the steps that still read around them are listed, and the
 list may only shrink."""
+import copy
+import dataclasses
+import re
+
 import pytest
 
 from lib import clone_guard, db, guide, plan_record, secrets
@@ -135,3 +139,21 @@ def test_a_new_pgpool_password_is_set_with_pgpool_stopped(monkeypatch, pgpool_st
     step22 = next(gs for gs in guide.STEPS if gs.number == 22)
     assert planned(step22, env) == ["vm3 (root) $ systemctl stop pgpool2"] * stopped + [
         "vm1 (postgres) $ psql -c \"ALTER USER pgpool PASSWORD '********';\""]
+
+
+@pytest.mark.parametrize("lab", RECORDINGS)
+def test_a_restart_of_pgpool_first_attaches_a_standby_it_keeps_down_while_it_streams(lab):
+    """A restarted pgpool starts no health check for a node its pgpool_status gives as down, and auto_failback
+    runs in that check: Step 43's restart is planned after the attachment of such a standby, never before it."""
+    params, recorded = RECORDINGS[lab]
+    before = copy.deepcopy(recorded["before"][43])
+    pooler = before["facts"][params.pgpool_host.name]
+    nodes = next(key for key in pooler if "pcp_node_info" in key[-1])
+    blocks = pooler[nodes].stdout.split("@@\n")
+    standby = next(i for i, b in enumerate(blocks) if "Backend Role           : standby" in b)
+    blocks[standby] = re.sub(r"Replication State +: \w+", "Replication State      : streaming",
+                             blocks[standby].replace("Status Name            : up", "Status Name            : down"))
+    pooler[nodes] = dataclasses.replace(pooler[nodes], stdout="@@\n".join(blocks))
+    plan = planned(next(gs for gs in guide.STEPS if gs.number == 43), given(params, before))
+    assert [line.split("$ ")[1].split()[0] for line in plan] == ["pcp_attach_node", "systemctl"], plan
+    assert f"-n {standby}    # " in plan[0] and "streams from the primary" in plan[0]

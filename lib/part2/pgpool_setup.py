@@ -9,8 +9,8 @@ from functools import partial
 from lib import facts, health_check_guard, ops, pgconf, pgpoolconf, plan_secrets, postgres, system
 from lib.ops import Secret, guide_step
 from lib.pgpool_host import (APP_ROLE, KEY_FILE, LOG_DIR, PCPPASS, PGPOOL_ROLE, POOL_PASSWD_ROLES, STOP_DROPIN,
-                             backend_hosts, conf, pgpool_service, pgpool_settings, restart_pending, service_state,
-                             stop_dropin)
+                             backend_hosts, conf, pgpool_service, pgpool_settings, restart_pending, restart_pgpool,
+                             service_state, stop_dropin)
 from lib.postgres import TEST_DB, auth_method, md5_mode
 from lib.roles import sql_literal
 from lib.secret_files import PCPPASS_MASKED, SECRET_MODE, SECRET_OWNER, secret_access, secret_file
@@ -272,7 +272,7 @@ def start_pgpool(env) -> ops.Step:
     if state[:1] != ["active"]:
         step.notify(pgpool_service(env, "start"))
     elif restart_pending(vm3):
-        step.notify(pgpool_service(env, "restart"))
+        restart_pgpool(step, env)
     else:
         step.note(vm3, f"{service} is running with the configuration on disk")
 

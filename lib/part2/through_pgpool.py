@@ -7,9 +7,9 @@ from functools import partial
 from lib import db, loadbalance, ops, postgres
 from lib.ops import Secret, guide_step
 from lib.part2.backends import as_client
-from lib.pgpool_client import (check_nodes, healthy_but_detached, pool_nodes, pool_show,
+from lib.pgpool_client import (check_nodes, pool_nodes, pool_show,
                                through_pgpool_prompt, via_pgpool, wait_for_nodes)
-from lib.pgpool_host import APP_ROLE, PCPPASS, known_nodes, pcp
+from lib.pgpool_host import APP_ROLE, PCPPASS, attach_healthy_nodes, pcp
 from lib.postgres import TEST_DB, patience
 from lib.show import expect, masked_columns, prompt, table
 from lib.wait import wait_until
@@ -40,12 +40,7 @@ def nodes_as_wanted(env) -> str:
 @guide_step
 def check_pool_nodes(env) -> ops.Step:
     nodes = partial(nodes_as_wanted, env)
-    step = ops.Step("pool_nodes")
-    for node_id, why in healthy_but_detached(env, known_nodes(env) or []):
-        step.do(ops.Command(env.pgpool, "postgres", pcp(env, "pcp_attach_node", f"-n {node_id}"),
-                            shown=pcp(env, "pcp_attach_node", f"-n {node_id}") + f"    # {why}",
-                            summary=f"node {node_id} attached again",
-                            hint="read pgpool's log: pcp refuses a node it cannot reach"))
+    step = attach_healthy_nodes(ops.Step("pool_nodes"), env)
     step.verify("every node up, with its role and weight", nodes) \
         .verify("pcp answers", partial(pcp_node_count, env)) \
         .verify("an application gets in with a role of its own, and may only what it needs", partial(app_login, env))
