@@ -146,7 +146,7 @@ class Remote:
         port = self.params.postgres["port"]
         # A check's sessions cannot write, whatever its SQL says.
         read_only = "PGOPTIONS='-c default_transaction_read_only=on' " if self.read_only else ""
-        result = self.postgres(f"{read_only}psql {flags} -p {port} -d {shlex.quote(database)}",
+        result = self.postgres(f"{read_only}{self.params.pg_bin('psql')} {flags} -p {port} -d {shlex.quote(database)}",
                                stdin=f"{sql}\n;\n\\echo {PSQL_END}\n", **kw)
         return whole_input(result, self.host.label)
 

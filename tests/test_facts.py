@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from lib import facts, secrets
+from lib import REPO, facts, secrets
 from lib import params as P
 from lib.facts import CommandFact, FileFact, Output
 from lib.remote import Remote, Result
@@ -162,3 +162,13 @@ def test_a_key_stands_for_its_fact():
                  CommandFact("id -un", user="postgres")):
         assert facts.from_key(list(fact.key)).key == fact.key
         assert facts.from_key(list(fact.key)).command() == fact.command()
+
+
+def test_a_batch_runs_its_queries_with_the_psql_it_is_given_and_other_commands_as_they_are():
+    """The lab's hosts run the versioned psql (Params.pg_bin), not Debian's Perl wrapper on PATH."""
+    psql = P.load(REPO / "params" / "lab-debian13.yaml").pg_bin("psql")
+    assert psql == "/usr/lib/postgresql/17/bin/psql"
+    script = facts.batch([facts.SqlFact("SELECT 1"), facts.SqlFact("SELECT 2"), facts.SqlFact("SELECT :'x'"),
+                          CommandFact("psql --version")], "n3", psql)
+    assert script.count("psql -X") == script.count(f"{psql} -X") == 2      # a session, and the query alone
+    assert "( psql --version\n)" in script
