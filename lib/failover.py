@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from functools import partial
 
-from lib import facts, ops, part2, pgconf, pgpool_client, pgpoolconf, postgres, remote_commands
+from lib import facts, ops, part2, pgconf, pgpool_client, pgpool_host, pgpoolconf, postgres, remote_commands
 from lib.failover_scripts import (FAILBACK_SCRIPT_NAME, FAILOVER_LOG, FAILOVER_SCRIPT_NAME, FOLLOW_SCRIPT_NAME, KEY,
                                    KNOWN_HOSTS, RESUME_SQL, SSH_DIR, SUSPENDED_SQL, failback_script, failover_script,
                                    failover_settings, follow_script, handover_watch, ssh_options)
@@ -78,7 +78,7 @@ def every_server_can_lead(env) -> ops.Step:
                    "pg_rewind cannot rewind a server without it: provision again (Step 2, Step 40), which restarts it.")
             rows.append(f"{prompt(r, 'postgres')}psql -c \"SHOW wal_log_hints\"  →  {found['wal_log_hints']}")
         return "\n".join(rows)
-    return step.verify("every server logs hint bits for pg_rewind", shown)
+    return pgpool_host.guard_restarts(step, env).verify("every server logs hint bits for pg_rewind", shown)
 
 
 # --- Step 41 ---------------------------------------------------------------------------------------------

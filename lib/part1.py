@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from lib import clone_guard, facts, ops, pgconf, plan_secrets, postgres, system, tls
+from lib import clone_guard, facts, ops, pgconf, pgpool_host, plan_secrets, postgres, system, tls
 from lib.conninfo import conninfo_fields, conninfo_quote
 from lib.host_functions import cluster_is
 from lib.ops import guide_step
@@ -76,7 +76,8 @@ def open_firewall(env) -> ops.Step:
 @guide_step
 def restart_primary(env) -> ops.Step:
     primary = env.primary
-    step = postgres.settle(ops.Step("restart"), primary, postgres.primary_settings(env.params))
+    step = pgpool_host.guard_restarts(postgres.settle(ops.Step("restart"), primary,
+                                                      postgres.primary_settings(env.params)), env)
 
     def online():
         state = postgres.cluster_state(primary)

@@ -7,7 +7,7 @@ import re
 import shlex
 import time
 
-from lib import facts, ops, postgres, tls
+from lib import facts, ops, pgpoolconf, postgres, tls
 
 PGPOOL_ROLE = "pgpool"
 #: an application's own role through pgpool (Step 31): it reads and adds employees, and nothing more
@@ -230,6 +230,43 @@ def restart_pgpool(step: ops.Step, env) -> ops.Step:
     stay down for good (pgpool 4.3.5, measured: a standby restarted in Step 40 was detached, then kept down
     by Step 43's restart)."""
     return attach_healthy_nodes(step, env).notify(pgpool_service(env, "restart"))
+
+
+def guard_restarts(step: ops.Step, env) -> ops.Step:
+    """The step's planned restarts of database servers, each server's node flagged DISALLOW_TO_FAILOVER in
+    pgpool around them, when pgpool runs with a failover command. Otherwise pgpool takes a planned restart for a
+    failure as soon as a client's session through it ends: on the lab, a restart of the primary with one idle
+    session open made failover.sh promote the standby and fence the primary (measured Dec 8); with the flag
+    loaded, the session ended and both nodes stayed up. Should a run stop between (the restart failed, or the run was
+    killed), the flag stays until Step 30 writes it back; the failed restart's hint says so."""
+    unit = shlex.quote(env.params.postgres["service"])
+    servers = {r.host.name for r in [env.primary, *env.standbys]}
+    restarts = [h for h in step.handlers if h.host in servers and getattr(h, "shown", "") == f"systemctl restart {unit}"]
+    if not restarts or service_state(env.pgpool, fresh=False)[:1] != ["active"]:
+        return step
+    path = conf(env.params, "pgpool.conf")
+    text = env.pgpool.facts.get(facts.FileFact(path)).text or ""
+    if not pgpoolconf.active_settings(text).get("failover_command"):
+        return step
+    nodes = [i for i, h in enumerate(backend_hosts(env.params, text)) if h.name in {r.host for r in restarts}]
+    ids = ", ".join(map(str, nodes))
+
+    def flag(value: str, why: str) -> list[ops.Command]:
+        edit = " ".join(f"-e \"s/^backend_flag{i} = .*/backend_flag{i} = '{value}'/\"" for i in nodes)
+        return [ops.Command(env.pgpool, "root", f"sed -i {edit} {shlex.quote(path)}", handler=True,
+                            shown=f"sed -i {edit} {path}    # {why}", summary=f"pgpool: node {ids} {value}"),
+                ops.Command(env.pgpool, "postgres", pcp(env, "pcp_reload_config"), handler=True,
+                            summary="pgpool read pgpool.conf again")]
+    for h in restarts:      # a restart that fails stops the step before the flag is written back
+        flags = ", ".join(f"backend_flag{i}" for i in nodes)
+        h.hint = (f"{h.hint or 'read the server log'}. Until {flags} in {path} say ALLOW_TO_FAILOVER again, pgpool "
+                  f"will not fail over from node {ids}: provision again (Step 30 writes it), or "
+                  f"edit the file and run `{pcp(env, 'pcp_reload_config')}` as postgres there")
+    first = step.handlers.index(restarts[0])
+    last = step.handlers.index(restarts[-1])
+    step.handlers[last + 1:last + 1] = flag("ALLOW_TO_FAILOVER", "as Step 30 writes it")
+    step.handlers[first:first] = flag("DISALLOW_TO_FAILOVER", "a planned restart, not a failure to fail over from")
+    return step
 
 
 def pgpool_log(env, lines: int = 5) -> str:

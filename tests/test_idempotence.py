@@ -17,7 +17,7 @@ from lib import REPO, conninfo, diagrams, failover_scripts, guide, part1, part2,
 from lib import params as P
 from lib.clone_guard import CloneDecision
 from lib.remote import Hosts, StepFailed
-from labtools import PARAMS_FILE, on, sh, stalled_health_check
+from labtools import PARAMS_FILE, on, psql, sh, stalled_health_check
 from lib.provision.record import find_in_record
 from lib.secrets import secret_forms
 from lib.wait import wait_until
@@ -553,6 +553,38 @@ def test_a_restart_of_pgpool_first_attaches_a_healthy_standby_that_it_keeps_down
     finally:
         on("vm3", "sudo -u postgres pcp_attach_node -h localhost -U pgpool -w -n 1 >/dev/null 2>&1 || true")
         env.close()
+
+
+def test_a_restart_of_the_primary_that_provisioning_plans_is_no_failover_for_connected_clients(
+        provisioned_twice, secrets_file, monkeypatch):
+    """A setting the primary reads only at start has drifted: provisioning restarts it (Step 5) while a client
+    holds a session through pgpool. pgpool would take that for a failure and fail over; the step flags the node
+    DISALLOW_TO_FAILOVER around the restart, and the roles stay as they are."""
+    for variable, value in SECRETS.items():
+        monkeypatch.setenv(variable, value)
+    # the drift, made with pgpool stopped, so that it needs a restart and pgpool saw none
+    on("vm3", "sudo systemctl stop pgpool2")
+    on("vm1", "sudo sed -i 's/^wal_log_hints = on/wal_log_hints = off/' /etc/postgresql/15/main/postgresql.conf "
+              "&& sudo systemctl restart postgresql")
+    on("vm3", "sudo systemctl start pgpool2")
+    failovers_before = on("vm3", "sudo cat /var/log/pgpool2/failover.log").count("promoting")
+    env = Hosts(PARAMS)
+    try:
+        wait_until(lambda: "Status Name            : down" not in pcp_node_status(0) + pcp_node_status(1), timeout=20,
+                   interval=0.5)
+        client = pgpool_client.via_pgpool(env, "testdb")()
+        client.execute("SELECT 1")
+        record = provision(secrets_file)
+        client.close()
+    finally:
+        env.close()
+    step5 = (record / "01-streaming-replication.ipynb").read_text()
+    assert "backend_flag0 = 'DISALLOW_TO_FAILOVER'" in step5 and "pcp_reload_config" in step5, step5
+    assert on("vm3", "sudo cat /var/log/pgpool2/failover.log").count("promoting") == failovers_before, \
+        on("vm3", "sudo tail -5 /var/log/pgpool2/failover.log")
+    assert psql("vm1", "SELECT pg_is_in_recovery()") == "f" and psql("vm2", "SELECT pg_is_in_recovery()") == "t"
+    assert "backend_flag0 = 'ALLOW_TO_FAILOVER'" in on("vm3", "sudo cat /etc/pgpool2/pgpool.conf")
+    assert check(secrets_file).returncode == 0
 
 
 def test_teardown_stops_pgpool_and_leaves_a_standalone_standby(provisioned_twice, secrets_file):

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from lib import clone_guard, db, guide, plan_record, secrets
+from lib import clone_guard, db, facts, guide, ops, pgpool_host, plan_record, secrets
 from lib.remote import Hosts, Remote
 
 #: each recording (one per lab: its parameters say which) with its parameters
@@ -106,7 +106,6 @@ def test_the_recorder_names_a_read_around_the_facts_and_not_a_batch_of_facts(mon
     """What ci/record-plans calls a read outside the facts: any command while a planner plans, except
     a batch of facts; and nothing while no planner plans."""
     from types import SimpleNamespace
-    from lib import facts
     ran = []
     monkeypatch.setattr(Remote, "run", lambda remote, command, **kw: ran.append(command))
     watch = plan_record.Watch(None)
@@ -128,7 +127,6 @@ def test_a_new_pgpool_password_is_set_with_pgpool_stopped(monkeypatch, pgpool_st
     """options.reset_passwords on a provisioned lab: set under a running pgpool, the new password would fail
     its health checks (pool_passwd holds the old one until Step 32) and pgpool would detach every server. So
     Step 22 stops pgpool first, when it runs, and Step 33 starts it."""
-    from lib import facts
     from lib.pgpool_host import service_state
     params, recorded = RECORDINGS["lab"]
     monkeypatch.setenv(secrets.SECRETS["pgpool"][0], "a-new-pgpool-secret")
@@ -157,3 +155,31 @@ def test_a_restart_of_pgpool_first_attaches_a_standby_it_keeps_down_while_it_str
     plan = planned(next(gs for gs in guide.STEPS if gs.number == 43), given(params, before))
     assert [line.split("$ ")[1].split()[0] for line in plan] == ["pcp_attach_node", "systemctl"], plan
     assert f"-n {standby}    # " in plan[0] and "streams from the primary" in plan[0]
+
+
+def planned_restart(lab, pgpool_state: str, failover_command: str) -> list[str]:
+    """A restart of the primary planned beside a pgpool in `pgpool_state` whose pgpool.conf has that failover
+    command, guarded as the steps guard theirs (lib.pgpool_host.guard_restarts)."""
+    params, recorded = RECORDINGS[lab]
+    env = given(params, recorded["after"][43])
+    conf = pgpool_host.conf(params, "pgpool.conf")
+    nodes = "".join(f"backend_hostname{i} = '{h.address}'\nbackend_flag{i} = 'ALLOW_TO_FAILOVER'\n"
+                    for i, h in enumerate(params.database_hosts))
+    env.pgpool.facts.given({
+        facts.unit_state(params.pgpool["service"]): facts.Output(True, f"{pgpool_state}\nenabled\n"),
+        facts.FileFact(conf): facts.File(conf, f"{nodes}failover_command = '{failover_command}'\n")})
+    step = ops.Step("restart").notify(ops.service(env.primary, "restart", params.postgres["service"]))
+    return [line.split("$ ", 1)[1] for line in pgpool_host.guard_restarts(step, env).preview()]
+
+
+@pytest.mark.parametrize("lab", RECORDINGS)
+def test_a_planned_restart_of_a_server_is_no_failover_for_pgpool(lab):
+    """pgpool, with a failover command, takes a restart for a failure once a client's session ends: the node is
+    flagged DISALLOW_TO_FAILOVER (and pgpool reloads) before the restart, and ALLOW_TO_FAILOVER again after."""
+    plan = planned_restart(lab, "active", "/etc/pgpool2/failover.sh %d %h")
+    assert [line.split()[0] for line in plan] == ["sed", "pcp_reload_config", "systemctl", "sed", "pcp_reload_config"], plan
+    assert "backend_flag0 = 'DISALLOW_TO_FAILOVER'" in plan[0] and "backend_flag1" not in plan[0]
+    assert "systemctl restart" in plan[2] and "backend_flag0 = 'ALLOW_TO_FAILOVER'" in plan[3]
+    # no failover command (Part 2 before Step 42), or no pgpool running: nothing to guard against
+    assert [line.split()[0] for line in planned_restart(lab, "active", "")] == ["systemctl"]
+    assert [line.split()[0] for line in planned_restart(lab, "inactive", "/etc/pgpool2/failover.sh")] == ["systemctl"]

@@ -8,7 +8,7 @@ from functools import partial
 from lib import ops, pgconf, postgres, system, tls
 from lib.ops import guide_step
 from lib.part1 import REPLICATION_ROLE
-from lib.pgpool_host import PGPOOL_ROLE, service_state
+from lib.pgpool_host import PGPOOL_ROLE, guard_restarts, service_state
 from lib.postgres import auth_method, conf_file, md5_mode
 from lib.roles import sql_literal
 from lib.secrets import ROLES, secret
@@ -170,7 +170,7 @@ def _md5_on_primary(env) -> ops.Step:
         for secret_name in ("postgres", "pgpool"):     # app is made in Step 31, already as md5
             postgres.role_step(step, env.primary, secret_name)
         postgres.settle(step, env.primary, {**postgres.primary_settings(env.params), **encryption_settings(env.params)})
-    return step
+    return guard_restarts(step, env)
 
 
 @guide_step
@@ -198,7 +198,7 @@ def md5_hba_on_primary(env) -> ops.Step:
     primary = env.primary
     step = _md5_hba(env) if md5_mode(env.params) else postgres.guides_md5_way(ops.Step("methods"), env, _md5_hba, 25)
     postgres.settle(step, primary, {**postgres.primary_settings(env.params), **encryption_settings(env.params)})
-    return step.verify("password_encryption in effect", lambda: postgres.psql_read(primary, "SHOW password_encryption;"))
+    return guard_restarts(step, env).verify("password_encryption in effect", lambda: postgres.psql_read(primary, "SHOW password_encryption;"))
 
 
 @guide_step
@@ -225,7 +225,7 @@ def _md5_on_standbys(env) -> ops.Step:
         encryption_step(step, s)
         if md5_mode(env.params) and step.actions:
             step.notify(ops.service(s, "restart", env.params.postgres["service"]))
-    return step
+    return guard_restarts(step, env)
 
 
 @guide_step
@@ -253,7 +253,7 @@ def listen_on_standbys(env) -> ops.Step:
                    f"read {env.params.postgres['log_file']} on {s.host.name}.")
         return "\n".join(postgres.read(s, "grep listen_addresses " + shlex.quote(conf_file(s, "postgresql.conf")))
                          + "\n" + postgres.lsclusters(s) for s in env.standbys)
-    return step.verify("each standby listens and is back", back)
+    return guard_restarts(step, env).verify("each standby listens and is back", back)
 
 
 # --- Step 29 -----------------------------------------------------------------------------------------------
