@@ -142,8 +142,8 @@ class SqlFact(Fact):
         """One psql session that answers several queries of one database: each answer framed as a batch frames a
         fact (`answers`), its status from psql's ERROR and its error from LAST_ERROR_MESSAGE (psql 12 and
         later), since the session goes on past a failed query. A session costs the host some 45 ms of CPU
-        (runuser, bash, Debian's Perl psql wrapper, a backend; `psql` may name the program itself, Params.pg_bin,
-        which saves the wrapper's 28 ms): a second run asked 36 queries."""
+        (runuser, bash, Debian's Perl psql wrapper, a backend; `psql` may name the versioned program instead,
+        Params.pg_bin, which saves the wrapper's 28 ms): a second run asked 36 queries."""
         _, database, port, _ = queries[0].args
         script = []
         for i, query in enumerate(queries):
